@@ -1,0 +1,28 @@
+# The two commands of the README:  make quickstart  |  make test
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
+export RAY_USAGE_STATS_ENABLED = 0
+
+.PHONY: install quickstart test benchmark ui
+
+install: $(VENV)/.installed
+
+# torch first and pinned, so pip takes the CPU wheel and never resolves a CUDA build.
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+quickstart: install
+	$(VENV)/bin/radlab run experiments/quickstart.yaml
+
+test: install
+	$(PY) -m pytest -q tests
+
+benchmark: install
+	$(PY) benchmarks/train_overhead.py
+
+ui: install
+	$(VENV)/bin/radlab ui

@@ -1,0 +1,313 @@
+"""The experiment YAML: its schema, loading, `--set` overrides and hardware checks.
+
+Every section rejects unknown keys. Errors carry the file (or the override) and the field path,
+one line each, so `radlab validate` can print them as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from radlab.model.presets import PRESETS
+
+
+class ConfigError(ValueError):
+    """A YAML or override that does not describe a valid experiment."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticData(Section):
+    root: Path = Path("data/synthetic")
+    n_train: int = Field(3000, ge=1)
+    n_val: int = Field(100, ge=1)
+    n_test: int = Field(200, ge=1)
+    image_size: int = Field(64, ge=32, le=1024)
+    seed: int = 0
+
+
+class DataSource(Section):
+    name: str
+    manifest: Path
+    weight: float = Field(1.0, gt=0)
+    text: list[Literal["rule", "llm"]] = ["rule", "llm"]
+
+
+class DataConfig(Section):
+    synthetic: SyntheticData | None = None
+    mixture: list[DataSource] = []
+    eval_manifest: Path | None = None
+    image_root: Path | None = None
+    views: list[Literal["AP", "PA", "LATERAL", "LL"]] = ["AP", "PA"]
+    max_length: int = Field(2048, ge=16)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.synthetic is None) == (not self.mixture):
+            raise ValueError("give exactly one of data.synthetic or data.mixture")
+        if self.mixture and self.eval_manifest is None:
+            raise ValueError("data.eval_manifest is required with data.mixture")
+        return self
+
+
+class VisionConfig(Section):
+    kind: Literal["clip", "siglip", "open_clip"] = "clip"
+    name: str | None = None
+    path: str | None = None
+    image_size: int = Field(64, ge=16)
+    patch_size: int = Field(8, ge=1)
+    hidden_size: int = Field(96, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(384, ge=8)
+    select_layer: int = -1
+    frozen: bool = True
+
+    @model_validator(mode="after")
+    def _shapes(self) -> VisionConfig:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if not -(self.layers + 1) <= self.select_layer <= self.layers:
+            raise ValueError(f"select_layer {self.select_layer} is outside a {self.layers}-layer tower")
+        return self
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class LanguageConfig(Section):
+    path: str | None = None
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    tie_embeddings: bool = True
+
+
+class ModelConfig(Section):
+    preset: Literal["tiny", "llava-rad-7b"] = "tiny"
+    vision: VisionConfig = Field(default_factory=VisionConfig)
+    projector: Literal["linear", "mlp2x_gelu"] = "mlp2x_gelu"
+    language: LanguageConfig = Field(default_factory=LanguageConfig)
+    tokenizer: str | None = Field(None, description="a tokenizer folder or hub id; None trains one on the data")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        preset = value.get("preset", "tiny")
+        if preset not in PRESETS:
+            return value
+        return deep_merge(PRESETS[preset], value)
+
+
+class LoraConfig(Section):
+    r: int = Field(64, ge=1)
+    alpha: int = Field(128, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str = Field(
+        r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)",
+        description="regex over module names; the default is every linear layer of the LLM but lm_head",
+    )
+
+
+Trainable = Literal["projector", "lora", "language", "vision"]
+
+
+class StageConfig(Section):
+    enabled: bool = True
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    lr: float = Field(1e-3, gt=0)
+    global_batch: int = Field(32, ge=1)
+    micro_batch: int = Field(8, ge=1)
+    train: list[Trainable] = ["projector"]
+    lora: LoraConfig | None = None
+    template: Literal["plain", "vicuna_v1"] = "vicuna_v1"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    gradient_checkpointing: bool = False
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _lora_consistent(self) -> StageConfig:
+        if "lora" in self.train and self.lora is None:
+            raise ValueError("train lists 'lora' but the stage has no lora: {r, alpha, dropout} block")
+        if self.lora is not None and "lora" not in self.train:
+            raise ValueError("a lora block is given but 'lora' is not in train")
+        if "lora" in self.train and "language" in self.train:
+            raise ValueError("train lists both 'lora' and 'language': choose LoRA or full fine-tuning")
+        return self
+
+
+def _stage1_default() -> StageConfig:
+    return StageConfig(lr=1e-3, global_batch=256, train=["projector"], template="plain")
+
+
+def _stage2_default() -> StageConfig:
+    return StageConfig(lr=1e-4, epochs=3, global_batch=64, train=["projector", "lora"], lora=LoraConfig())
+
+
+class EvalConfig(Section):
+    enabled: bool = True
+    split: Literal["val", "test"] = "test"
+    max_new_tokens: int = Field(256, ge=1)
+    batch_size: int = Field(16, ge=1)
+    limit: int | None = Field(None, ge=1, description="judge only the first N reports")
+    show: int = Field(4, ge=0, description="generations printed and logged as examples")
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="None: $MLFLOW_TRACKING_URI, else a local sqlite store")
+    artifact_root: str = "radlab_runs/mlartifacts"
+    register_as: str | None = "radlab"
+
+
+class RayConfig(Section):
+    address: str | None = Field(None, description="None starts an embedded local Ray; 'auto' or ray://host:10001 joins one")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray")
+    workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    accelerator: Literal["V100", "A100", "H100", "L4", "T4"] | None = None
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    deepspeed: Literal["none", "zero2", "zero3"] = "none"
+    storage_path: str = "radlab_runs/ray"
+    max_failures: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _hardware(self) -> RayConfig:
+        if self.precision == "bf16" and self.accelerator in ("V100", "T4"):
+            raise ValueError(f"precision bf16: {self.accelerator} has no bf16; use fp16")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision fp16 needs use_gpu: true (CPUs train in fp32 or bf16)")
+        if self.accelerator and not self.use_gpu:
+            raise ValueError(f"accelerator {self.accelerator} needs use_gpu: true")
+        if self.deepspeed != "none" and self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("deepspeed with fp16 needs GPUs")
+        return self
+
+
+class Experiment(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({}))
+    stage1: StageConfig = Field(default_factory=_stage1_default)
+    stage2: StageConfig = Field(default_factory=_stage2_default)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Experiment:
+        if not (self.stage1.enabled or self.stage2.enabled):
+            raise ValueError("both stage1 and stage2 are disabled: nothing to train")
+        if self.data.synthetic and self.model.vision.image_size != self.data.synthetic.image_size:
+            raise ValueError(
+                f"model.vision.image_size {self.model.vision.image_size} differs from "
+                f"data.synthetic.image_size {self.data.synthetic.image_size}"
+            )
+        return self
+
+    def digest(self) -> str:
+        """A short hash of the resolved config: the key that ties reruns to their runs."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_override(raw: dict, assignment: str) -> dict:
+    """Apply one `a.b.c=value` (value parsed as YAML; list items by index) to a raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected path=value, e.g. stage2.lr=5e-5")
+    path, _, text = assignment.partition("=")
+    keys = path.strip().split(".")
+    value = yaml.safe_load(text) if text.strip() else None
+    out = copy.deepcopy(raw)
+    node: Any = out
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"--set {assignment}: {'.'.join(keys[:i + 1])}: no such list item")
+            node = node[int(key)]
+        else:
+            node = node.setdefault(key, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {assignment}: {'.'.join(keys[:i + 1])} is not a section")
+    last = keys[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {assignment}: {path}: no such list item")
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return out
+
+
+def _describe(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{where}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_experiment(raw: dict, where: str) -> Experiment:
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, where)) from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """Read, override and validate an experiment YAML; raise ConfigError naming file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (name, data, model, ...)")
+    parse_experiment(raw, str(path))
+    for assignment in overrides:
+        raw = apply_override(raw, assignment)
+        parse_experiment(raw, f"{path} (--set {assignment})")
+    return parse_experiment(raw, str(path))
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into dotted keys, the form MLflow params take."""
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(value) if isinstance(value, list) else str(value)}

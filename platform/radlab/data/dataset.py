@@ -1,0 +1,192 @@
+"""LLaVA-Rad-style records: reading manifests, mixing sources, and batching for training and
+generation. A record is `{id, image, generate_method, indication, view, chexpert_labels,
+conversations: [{from: human, value: "<image>\\n..."}, {from: gpt, value: findings}]}`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from radlab.config import DataConfig, Experiment
+from radlab.data import synthetic
+from radlab.data.images import ImageError, load_image, to_tensor
+from radlab.data.prompts import IGNORE_INDEX, encode_example, encode_prompt, render_prompt
+
+log = logging.getLogger(__name__)
+METHODS = {"rule": "rule-based", "llm": "gpt4"}
+
+
+class DataError(ValueError):
+    """A manifest or record that cannot be used; the message names the file and line."""
+
+
+@dataclass
+class Example:
+    id: str
+    image: Path
+    human: str
+    findings: str
+    indication: str
+    view: str
+    generate_method: str
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Records from a JSON array (as LLaVA-Rad releases them) or a JSONL file."""
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    return records
+
+
+def to_example(record: dict, image_root: Path, where: str) -> Example:
+    try:
+        turns = record["conversations"]
+        human = next(t["value"] for t in turns if t["from"] == "human")
+        findings = next(t["value"] for t in turns if t["from"] == "gpt")
+        return Example(
+            id=str(record["id"]),
+            image=image_root / record["image"],
+            human=human,
+            findings=findings.strip(),
+            indication=record.get("indication") or "",
+            view=record.get("view") or "",
+            generate_method=record.get("generate_method") or "rule-based",
+        )
+    except (KeyError, StopIteration, TypeError) as err:
+        raise DataError(f"{where}: record lacks {err} (needs id, image, conversations human+gpt)") from None
+
+
+def load_examples(manifest: Path, image_root: Path | None, views: list[str],
+                  methods: list[str] | None = None) -> list[Example]:
+    """Examples of one manifest with a non-empty findings text, of the wanted views and methods."""
+    root = image_root or manifest.parent
+    out = []
+    for i, record in enumerate(read_manifest(manifest)):
+        example = to_example(record, root, f"{manifest} record {i}")
+        if not example.findings or (example.view and example.view not in views):
+            continue
+        if methods and example.generate_method not in methods:
+            continue
+        out.append(example)
+    return out
+
+
+def synthetic_root(config: DataConfig) -> Path:
+    s = config.synthetic
+    return synthetic.generate(s.root, s.n_train, s.n_val, s.n_test, s.image_size, s.seed)
+
+
+def split_examples(config: DataConfig, split: str) -> list[Example]:
+    """The examples of a split ('train', 'val' or 'test'); a mixture's weights scale each source
+    (0.5 takes every other record, 2.0 repeats it twice) so a mixture is deterministic."""
+    if config.synthetic is not None:
+        root = synthetic_root(config)
+        return load_examples(root / synthetic.SPLIT_FILES[split], root, config.views)
+    if split != "train":
+        return load_examples(config.eval_manifest, config.image_root, config.views)
+    out: list[Example] = []
+    for source in config.mixture:
+        examples = load_examples(source.manifest, config.image_root, config.views,
+                                 [METHODS[t] for t in source.text])
+        whole, part = divmod(source.weight, 1.0)
+        out += examples * int(whole) + examples[: round(part * len(examples))]
+    return out
+
+
+def training_texts(config: DataConfig) -> list[str]:
+    """The texts a local tokenizer is trained on: every findings section and distinct prompt."""
+    examples = split_examples(config, "train")
+    return [e.findings for e in examples] + sorted({e.human for e in examples})
+
+
+class ReportDataset(Dataset):
+    """(image, prompt, findings) examples encoded for one stage's template.
+
+    An image that will not decode yields None; `collate` drops it and counts it in the batch.
+    """
+
+    def __init__(self, examples: list[Example], tokenizer, template: str, num_image_tokens: int,
+                 image_size: int, max_length: int, with_target: bool = True):
+        self.examples = examples
+        self.tokenizer = tokenizer
+        self.template = template
+        self.num_image_tokens = num_image_tokens
+        self.image_size = image_size
+        self.max_length = max_length
+        self.with_target = with_target
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict | None:
+        example = self.examples[index]
+        try:
+            pixels = to_tensor(load_image(example.image), self.image_size)
+        except ImageError as err:
+            log.warning("skipping example %s: %s", example.id, err)
+            return None
+        if self.with_target:
+            encoded = encode_example(self.tokenizer, self.template, example.human, example.findings,
+                                     self.num_image_tokens, self.max_length)
+            return {"input_ids": encoded.input_ids, "labels": encoded.labels, "pixel_values": pixels,
+                    "truncated": encoded.truncated}
+        ids = encode_prompt(self.tokenizer, render_prompt(self.template, example.human), self.num_image_tokens)
+        return {"input_ids": ids, "pixel_values": pixels, "index": index}
+
+
+def collate(items: list[dict | None], pad_id: int, left_pad: bool = False) -> dict:
+    """Pad a batch (right for training, left for generation); count skipped and truncated items."""
+    kept = [item for item in items if item is not None]
+    batch: dict = {"skipped": len(items) - len(kept), "truncated": sum(i.get("truncated", False) for i in kept)}
+    if not kept:
+        return batch
+    width = max(len(i["input_ids"]) for i in kept)
+
+    def pad(seq: list[int], value: int) -> list[int]:
+        fill = [value] * (width - len(seq))
+        return fill + seq if left_pad else seq + fill
+
+    batch["input_ids"] = torch.tensor([pad(i["input_ids"], pad_id) for i in kept])
+    batch["attention_mask"] = torch.tensor([pad([1] * len(i["input_ids"]), 0) for i in kept])
+    batch["pixel_values"] = torch.stack([i["pixel_values"] for i in kept])
+    if "labels" in kept[0]:
+        batch["labels"] = torch.tensor([pad(i["labels"], IGNORE_INDEX) for i in kept])
+    if "index" in kept[0]:
+        batch["index"] = [i["index"] for i in kept]
+    return batch
+
+
+def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str,
+                  with_target: bool = True) -> ReportDataset:
+    vision = experiment.model.vision
+    return ReportDataset(split_examples(experiment.data, split), tokenizer, template,
+                         vision.num_image_tokens, vision.image_size, experiment.data.max_length, with_target)
+
+
+def manifest_digest(config: DataConfig) -> str:
+    """A hash of the training manifests' bytes: logged so a run names the exact data it saw."""
+    digest = hashlib.sha256()
+    paths = ([synthetic_root(config) / synthetic.SPLIT_FILES["train"]] if config.synthetic
+             else [s.manifest for s in config.mixture])
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,77 @@
+"""Loading radiographs (PNG, JPEG, DICOM) and turning them into an encoder's input tensor."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+# CLIP's normalisation, used by CLIP, BiomedCLIP and the tiny tower alike.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+MAX_PIXELS = 50_000_000
+
+
+class ImageError(ValueError):
+    """An image that cannot be decoded; the message names the file or request."""
+
+
+def _is_dicom(data: bytes) -> bool:
+    return len(data) > 132 and data[128:132] == b"DICM"
+
+
+def _dicom_to_image(data: bytes, name: str) -> Image.Image:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        pixels = ds.pixel_array.astype(np.float32)
+    except Exception as err:  # pydicom raises many types for broken files
+        raise ImageError(f"{name}: DICOM without readable pixel data ({type(err).__name__}: {err})") from None
+    if pixels.ndim == 3:  # multi-frame: the first frame
+        pixels = pixels[0]
+    lo, hi = float(pixels.min()), float(pixels.max())
+    pixels = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = 1.0 - pixels  # MONOCHROME1 stores air bright: invert to the usual display
+    return Image.fromarray((pixels * 255).astype(np.uint8), mode="L")
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """Decode bytes of a PNG, JPEG or DICOM into a grayscale PIL image."""
+    if _is_dicom(data):
+        return _dicom_to_image(data, name)
+    try:
+        image = Image.open(io.BytesIO(data))
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(f"{name}: {image.width}x{image.height} exceeds {MAX_PIXELS} pixels")
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageError(f"{name}: not a readable PNG, JPEG or DICOM image ({err})") from None
+    return image.convert("L")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageError(f"{path}: cannot be read ({err.strerror})") from None
+    return decode_image(data, str(path))
+
+
+def to_tensor(image: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """Pad to a square (keeping the aspect ratio, as LLaVA-Rad does), resize, normalise: (3, size, size)."""
+    w, h = image.size
+    side = max(w, h)
+    square = Image.new("L", (side, side), 0)
+    square.paste(image, ((side - w) // 2, (side - h) // 2))
+    square = square.resize((size, size), Image.Resampling.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0)
+    pixels = pixels.unsqueeze(0).expand(3, -1, -1)
+    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

@@ -1,0 +1,61 @@
+"""Prompt templates, and turning a (prompt, findings) pair into token ids with the labels masked
+so that only the findings tokens (and the end-of-sequence token) are trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGE_TOKEN = "<image>"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+IGNORE_INDEX = -100
+
+
+def render_prompt(template: str, human: str) -> str:
+    """The text before the answer. `plain` (stage 1) keeps only the image; `vicuna_v1` the chat."""
+    if IMAGE_TOKEN not in human:
+        human = f"{IMAGE_TOKEN}\n{human}"
+    if template == "plain":
+        return IMAGE_TOKEN
+    if template == "vicuna_v1":
+        return f"{VICUNA_SYSTEM} USER: {human} ASSISTANT:"
+    raise ValueError(f"unknown template {template!r}")
+
+
+def render_target(template: str, findings: str) -> str:
+    return findings if template == "plain" else f" {findings}"
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+def encode_prompt(tokenizer, prompt: str, num_image_tokens: int) -> list[int]:
+    """BOS, the prompt's text pieces, and exactly `num_image_tokens` image tokens in place of <image>."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    pieces = prompt.split(IMAGE_TOKEN)
+    if len(pieces) != 2:
+        raise ValueError(f"a prompt needs exactly one {IMAGE_TOKEN}, got {len(pieces) - 1}")
+    for i, piece in enumerate(pieces):
+        if i:
+            ids += [image_id] * num_image_tokens
+        if piece:
+            ids += tokenizer(piece, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def encode_example(tokenizer, template: str, human: str, findings: str, num_image_tokens: int,
+                   max_length: int) -> Encoded:
+    prompt_ids = encode_prompt(tokenizer, render_prompt(template, human), num_image_tokens)
+    target_ids = tokenizer(render_target(template, findings), add_special_tokens=False)["input_ids"]
+    target_ids = target_ids + [tokenizer.eos_token_id]
+    room = max_length - len(prompt_ids)
+    if room < 1:
+        raise ValueError(f"the prompt alone takes {len(prompt_ids)} tokens, over max_length {max_length}")
+    truncated = len(target_ids) > room
+    target_ids = target_ids[:room]
+    return Encoded(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids, truncated)

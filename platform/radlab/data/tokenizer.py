@@ -1,0 +1,43 @@
+"""The tokenizer: a pretrained one named in the config, or a byte-level BPE trained on the
+dataset's own reports and prompts when none is given (the offline default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from radlab.data.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
+
+SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+
+def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on `texts` (plus the prompt templates) and save it to `out_dir`."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIALS.values()) + [IMAGE_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts + [VICUNA_SYSTEM, "USER: ASSISTANT:"], trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIALS,
+                                        additional_special_tokens=[IMAGE_TOKEN])
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(out_dir)
+    return tokenizer
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer folder or hub id; make sure it knows <image> and has a pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer

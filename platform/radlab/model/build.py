@@ -1,0 +1,143 @@
+"""Assembling the LLaVA-style model from the `model:` section.
+
+The model is transformers' `LlavaForConditionalGeneration`: a vision tower, a projector and a
+causal LM, so checkpoints stay HF-native. The tower and the LM come from configs (the tiny preset)
+or from local folders / hub ids (`path`). Which parts train is decided per stage by `set_trainable`;
+LoRA adapters go on the language model only.
+"""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from radlab.config import LoraConfig, ModelConfig
+from radlab.data.prompts import IMAGE_TOKEN
+
+
+class ModelError(ValueError):
+    """A model section that cannot be built, or a checkpoint that does not fit it."""
+
+
+class LinearProjector(nn.Module):
+    """The `linear` projector of LLaVA 1.0: one matrix from image features to LM embeddings."""
+
+    def __init__(self, vision_width: int, text_width: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_width, text_width)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_1(features)
+
+
+def _vision_config(mc: ModelConfig):
+    v = mc.vision
+    if v.kind == "open_clip":
+        raise ModelError(
+            "model.vision.kind open_clip: open_clip towers (BiomedCLIP) need the open_clip_torch "
+            "package, which this install does not carry; use kind clip or siglip with a local path"
+        )
+    if v.path:
+        cls = CLIPVisionConfig if v.kind == "clip" else SiglipVisionConfig
+        return cls.from_pretrained(v.path)
+    cls = CLIPVisionConfig if v.kind == "clip" else SiglipVisionConfig
+    return cls(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.layers,
+               num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size, num_channels=3)
+
+
+def _text_config(mc: ModelConfig, tokenizer, max_length: int):
+    lang = mc.language
+    if lang.path:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(lang.path)
+        config.vocab_size = max(config.vocab_size, len(tokenizer))
+        return config
+    return LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=lang.hidden_size, intermediate_size=lang.intermediate_size,
+        num_hidden_layers=lang.layers, num_attention_heads=lang.heads, num_key_value_heads=lang.heads,
+        max_position_embeddings=max(max_length, 512), tie_word_embeddings=lang.tie_embeddings,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+
+
+def build_model(mc: ModelConfig, tokenizer, max_length: int = 2048) -> LlavaForConditionalGeneration:
+    """A fresh model for `mc`: random weights, or the tower's and LM's weights where paths are given."""
+    text_config = _text_config(mc, tokenizer, max_length)
+    config = LlavaConfig(
+        vision_config=_vision_config(mc),
+        text_config=text_config,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        vision_feature_layer=mc.vision.select_layer,
+        # CLIP towers carry a CLS token that LLaVA drops; SigLIP towers have none.
+        vision_feature_select_strategy="default" if mc.vision.kind == "clip" else "full",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=text_config.tie_word_embeddings,
+    )
+    model = assemble(config, mc.projector)
+    if mc.vision.path:
+        cls = CLIPVisionModel if mc.vision.kind == "clip" else SiglipVisionModel
+        model.model.vision_tower.load_state_dict(cls.from_pretrained(mc.vision.path).vision_model.state_dict(),
+                                                 strict=False)
+    if mc.language.path:
+        lm = AutoModelForCausalLM.from_pretrained(mc.language.path)
+        lm.resize_token_embeddings(text_config.vocab_size)
+        model.model.language_model.load_state_dict(lm.model.state_dict())
+        model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    return model
+
+
+def assemble(config: LlavaConfig, projector: str) -> LlavaForConditionalGeneration:
+    """The model of a LlavaConfig with randomly initialised weights and the chosen projector."""
+    model = LlavaForConditionalGeneration(config)
+    if projector == "linear":
+        model.model.multi_modal_projector = LinearProjector(config.vision_config.hidden_size,
+                                                            config.text_config.hidden_size)
+    return model
+
+
+def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
+    """Wrap the model with LoRA adapters on the language model's linear layers only."""
+    config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=lora.target_modules, bias="none")
+    model = get_peft_model(model, config)
+    touched = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
+    if not touched or any("language_model" not in n for n in touched):
+        raise ModelError(f"lora.target_modules {lora.target_modules!r} must match linear layers of the language model only")
+    return model
+
+
+_PARTS = {
+    "projector": ("multi_modal_projector",),
+    "vision": ("vision_tower",),
+    "language": ("language_model", "lm_head"),
+    "lora": ("lora_",),
+}
+
+
+def set_trainable(model: nn.Module, train: list[str]) -> int:
+    """Freeze everything but the named parts; return the number of trainable parameters."""
+    keys = [key for part in train for key in _PARTS[part]]
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad = any(key in name for key in keys)
+        count += param.numel() if param.requires_grad else 0
+    return count
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

@@ -1,0 +1,114 @@
+"""radlab checkpoints: a folder a user can load back anywhere.
+
+    config.json          the LlavaConfig: the architecture, so loading needs no weight paths
+    radlab.json          format version, the model section, the LoRA block (if any), stage and step
+    model.safetensors    every weight of the model (LoRA adapters unmerged, under peft's names)
+    tokenizer/           the tokenizer, <image> included
+    train_state.pt       optimizer, scheduler and step (training checkpoints only)
+
+A folder is written beside its destination and renamed into place, so a reader never sees a
+half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from transformers import LlavaConfig
+
+from radlab.config import LoraConfig, ModelConfig
+from radlab.data.tokenizer import load_tokenizer
+from radlab.model.build import ModelError, apply_lora, assemble
+
+FORMAT = 1
+META = "radlab.json"
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    model_config: ModelConfig
+    lora: LoraConfig | None
+    meta: dict
+
+
+def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config: ModelConfig,
+                    lora: LoraConfig | None, meta: dict, train_state: dict | None = None) -> Path:
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        llava_config(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        info = {"format": FORMAT, "model": model_config.model_dump(mode="json"),
+                "lora": lora.model_dump(mode="json") if lora else None, **meta}
+        (tmp / META).write_text(json.dumps(info, indent=2))
+        if train_state is not None:
+            torch.save(train_state, tmp / "train_state.pt")
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
+            dest.rename(old)
+            tmp.rename(dest)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def llava_config(model: torch.nn.Module) -> LlavaConfig:
+    """The LlavaConfig of a model, through a peft wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
+
+
+def read_meta(path: Path) -> dict:
+    path = Path(path)
+    meta_file = path / META
+    if not meta_file.is_file():
+        raise ModelError(f"{path}: not a radlab checkpoint (no {META})")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: checkpoint format {meta.get('format')}, this radlab reads {FORMAT}")
+    return meta
+
+
+def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
+    """Load a checkpoint folder; with `expect`, refuse one trained for a different model."""
+    path = Path(path)
+    meta = read_meta(path)
+    model_config = ModelConfig.model_validate(meta["model"])
+    if expect is not None:
+        ours, theirs = expect.model_dump(), model_config.model_dump()
+        diff = [f"{section}.{key}" for section in ("vision", "language") for key in ours[section]
+                if key not in ("path", "frozen") and ours[section][key] != theirs[section][key]]
+        diff += ["projector"] if ours["projector"] != theirs["projector"] else []
+        if diff:
+            raise ModelError(f"{path}: checkpoint is of a different model (model.{', model.'.join(diff)} differ)")
+    tokenizer = load_tokenizer(path / "tokenizer")
+    # The architecture comes from the saved LlavaConfig and the weights from the checkpoint, so
+    # loading needs none of the original weight paths.
+    model = assemble(LlavaConfig.from_pretrained(path), model_config.projector)
+    lora = LoraConfig.model_validate(meta["lora"]) if meta.get("lora") else None
+    if lora is not None:
+        model = apply_lora(model, lora)
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ModelError(f"{path}: weights do not fit the model: {len(missing)} missing "
+                         f"({missing[:2]}), {len(unexpected)} unexpected ({unexpected[:2]})")
+    return Loaded(model, tokenizer, model_config, lora, meta)
+
+
+def load_train_state(path: Path) -> dict | None:
+    state = Path(path) / "train_state.pt"
+    return torch.load(state, weights_only=False) if state.is_file() else None

@@ -1,0 +1,22 @@
+"""Model presets: plain dicts of model-section defaults that an experiment's fields override."""
+
+PRESETS: dict[str, dict] = {
+    # A 0.8M-parameter LLaVA that learns the synthetic task on a CPU in minutes.
+    "tiny": {
+        "vision": {"kind": "clip", "image_size": 64, "patch_size": 8, "hidden_size": 96, "layers": 2,
+                   "heads": 4, "intermediate_size": 384, "select_layer": -1, "frozen": False},
+        "projector": "mlp2x_gelu",
+        "language": {"hidden_size": 128, "layers": 2, "heads": 4, "intermediate_size": 512,
+                     "tie_embeddings": True},
+    },
+    # The LLaVA-Rad shapes: BiomedCLIP-CXR (ViT-B/14, 518 px, 37x37 patch tokens of width 768,
+    # second-to-last block), mlp2x_gelu into Vicuna-7B v1.5 (4096 wide, 32 layers).
+    "llava-rad-7b": {
+        "vision": {"kind": "open_clip", "name": "biomedclip_cxr_518", "image_size": 518, "patch_size": 14,
+                   "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
+                   "select_layer": -2, "frozen": True},
+        "projector": "mlp2x_gelu",
+        "language": {"path": "lmsys/vicuna-7b-v1.5", "hidden_size": 4096, "layers": 32, "heads": 32,
+                     "intermediate_size": 11008, "tie_embeddings": False},
+    },
+}

@@ -127,33 +127,33 @@ def render(findings: list[Finding], size: int, view: str, rng: np.random.Generat
     """
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = np.full((size, size), 0.75)
-    jitter = rng.normal(0, 0.015, 4)
+    jitter = rng.normal(0, 0.012, 4)
     lungs = {}
-    for side, cx in (("right", 0.31 + jitter[0]), ("left", 0.69 + jitter[1])):
-        mask = ((xx - cx) / 0.17) ** 2 + ((yy - 0.5 - jitter[2]) / 0.36) ** 2 <= 1
+    for side, cx in (("right", 0.3 + jitter[0]), ("left", 0.7 + jitter[1])):
+        mask = ((xx - cx) / 0.16) ** 2 + ((yy - 0.5 - jitter[2]) / 0.36) ** 2 <= 1
         lungs[side] = (mask, cx)
         img[mask] = 0.2
     for rib in np.linspace(0.22, 0.8, 7):
-        img[np.abs(yy - rib - 0.03 * np.abs(xx - 0.5)) < 0.012] += 0.12
-    heart_r = 0.15 if view == "PA" else 0.18
-    img[((xx - 0.53) / heart_r) ** 2 + ((yy - 0.68 + jitter[3]) / (heart_r * 0.8)) ** 2 <= 1] = 0.7
+        img[np.abs(yy - rib - 0.03 * np.abs(xx - 0.5)) < 0.01] += 0.1
+    heart_r = 0.1 if view == "PA" else 0.12
+    img[((xx - 0.5) / heart_r) ** 2 + ((yy - 0.72 + jitter[3]) / (heart_r * 0.9)) ** 2 <= 1] = 0.55
     scale = {"small": 0.6, "moderate": 0.85, "large": 1.1, None: 1.0}
     for f in findings:
         mask, cx = lungs[f.side]
-        zy = 0.35 if f.zone == "upper" else 0.65
+        zy = 0.33 if f.zone == "upper" else 0.66
         s = scale[f.severity]
         if f.kind == "consolidation":
             blob = ((xx - cx) / (0.09 * s)) ** 2 + ((yy - zy) / (0.1 * s)) ** 2 <= 1
-            img[blob & mask] = 0.62
+            img[blob & mask] = 0.55
         elif f.kind == "effusion":
-            level = 0.86 - 0.1 * s
-            img[mask & (yy > level + 0.04 * np.abs(xx - cx) / 0.17)] = 0.8
+            level = 0.82 - 0.16 * s
+            img[mask & (yy > level + 0.04 * np.abs(xx - cx) / 0.16)] = 0.8
         elif f.kind == "pneumothorax":
-            edge = cx + (0.17 - 0.09 * s) * (-1 if f.side == "right" else 1)
+            edge = cx + (0.16 - 0.09 * s) * (-1 if f.side == "right" else 1)
             outer = (xx < edge) if f.side == "right" else (xx > edge)
             img[mask & outer & (yy < 0.55)] = 0.02
         else:
-            img[((xx - cx) ** 2 + (yy - zy) ** 2) <= 0.045 ** 2] = 0.95
+            img[((xx - cx) ** 2 + (yy - zy) ** 2) <= 0.04 ** 2] = 0.95
     img += rng.normal(0, 0.03, img.shape)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
@@ -208,7 +208,7 @@ def generate(root: Path, n_train: int, n_val: int, n_test: int, image_size: int,
     """
     root = Path(root)
     meta = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size, "seed": seed,
-            "grammar": 1}
+            "grammar": 2}
     meta_path = root / "meta.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
         return root

@@ -1,0 +1,25 @@
+"""Starting or joining Ray. Locally every Ray listener stays on the loopback interface."""
+
+from __future__ import annotations
+
+import os
+
+from radlab.config import RayConfig
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def init_ray(config: RayConfig) -> None:
+    """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers."""
+    import ray
+
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        return
+    if config.address:
+        ray.init(address=config.address, log_to_driver=True)
+        return
+    cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": LOOPBACK_ENV})

@@ -1,0 +1,126 @@
+"""MLflow tracking through `MlflowClient`: a parent run per experiment, a child run per stage,
+the resolved config, provenance, the final checkpoint as an artifact, and registry versions.
+
+A rerun of an experiment that did not finish reuses its parent and child runs (matched by the
+config digest), so an interrupted run and its resumption land in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from radlab.config import Experiment, TrackingConfig, flatten
+
+DIGEST_TAG = "radlab.digest"
+STAGE_TAG = "radlab.stage"
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    """The YAML's URI, else $MLFLOW_TRACKING_URI, else a sqlite store under ./radlab_runs."""
+    if config.uri:
+        return config.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    Path("radlab_runs").mkdir(exist_ok=True)
+    return f"sqlite:///{Path('radlab_runs/mlflow.db').resolve()}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+class Tracker:
+    """The MLflow runs of one experiment."""
+
+    def __init__(self, experiment: Experiment):
+        self.config = experiment.tracking
+        self.uri = tracking_uri(self.config)
+        self.client = MlflowClient(self.uri)
+        self.experiment = experiment
+        found = self.client.get_experiment_by_name(experiment.name)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            location = None
+            if "://" not in self.uri or self.uri.startswith("sqlite"):
+                location = Path(self.config.artifact_root).resolve().as_uri()
+            self.experiment_id = self.client.create_experiment(experiment.name, artifact_location=location)
+
+    def _unfinished(self, filters: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filters, max_results=10,
+                                       order_by=["attributes.start_time DESC"])
+        for run in runs:
+            if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
+                return run.info.run_id
+        return None
+
+    def open_parent(self, yaml_text: str, data_digest: str) -> str:
+        digest = self.experiment.digest()
+        run_id = self._unfinished(f"tags.`{DIGEST_TAG}` = '{digest}' and tags.`{STAGE_TAG}` = 'experiment'")
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, tags={
+            DIGEST_TAG: digest, STAGE_TAG: "experiment", MLFLOW_RUN_NAME: f"{self.experiment.name}-{digest[:6]}",
+            "radlab.git_commit": git_commit(), "radlab.data_digest": data_digest,
+        })
+        run_id = run.info.run_id
+        params = flatten(self.experiment.model_dump(mode="json"))
+        items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start:start + 100])
+        self.client.log_text(run_id, yaml_text, "experiment.yaml")
+        return run_id
+
+    def open_child(self, parent_id: str, stage: str) -> str:
+        run_id = self._unfinished(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and tags.`{STAGE_TAG}` = '{stage}'")
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        section = getattr(self.experiment, stage, None)
+        run = self.client.create_run(self.experiment_id, tags={
+            MLFLOW_PARENT_RUN_ID: parent_id, STAGE_TAG: stage, MLFLOW_RUN_NAME: stage})
+        if section is not None:
+            params = flatten(section.model_dump(mode="json"))
+            self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sorted(params.items())])
+        return run.info.run_id
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(run_id, key, float(value), step=step)
+
+    def log_checkpoint(self, run_id: str, folder: Path) -> str:
+        """Log a checkpoint folder as the run's `model` artifact; return its artifact URI."""
+        files = [p for p in Path(folder).iterdir() if p.name != "train_state.pt"]
+        for path in files:
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), f"model/{path.name}")
+            else:
+                self.client.log_artifact(run_id, str(path), "model")
+        return f"{self.client.get_run(run_id).info.artifact_uri}/model"
+
+    def register(self, run_id: str, source: str) -> str | None:
+        """Register the logged checkpoint as a new version of `tracking.register_as`."""
+        name = self.config.register_as
+        if not name:
+            return None
+        try:
+            self.client.get_registered_model(name)
+        except Exception:  # MlflowException(RESOURCE_DOES_NOT_EXIST) is the only way MLflow says "absent"
+            self.client.create_registered_model(name)
+        version = self.client.create_model_version(name, source, run_id, tags={"radlab.experiment": self.experiment.name})
+        return version.version

@@ -1,0 +1,199 @@
+"""The per-worker training loop of one stage, run by Ray Train's TorchTrainer.
+
+setup (model from the previous stage, a fresh build, or this stage's own last checkpoint),
+train (gradient accumulation to the global batch, cosine schedule with warmup, DDP or DeepSpeed),
+save_checkpoint (every K optimizer steps and at the end, reported to Ray Train). A restarted worker
+group resumes from the last reported checkpoint and skips the batches it already trained on.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from torch.utils.data import DataLoader, DistributedSampler
+from transformers import get_cosine_schedule_with_warmup
+
+from radlab.config import Experiment, StageConfig
+from radlab.data.dataset import collate, stage_dataset
+from radlab.data.tokenizer import load_tokenizer
+from radlab.model.build import apply_lora, build_model, set_trainable
+from radlab.model.checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from radlab.train.deepspeed import deepspeed_config
+
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Plan:
+    """How many micro-batches make an optimizer step, and how many steps the stage runs."""
+    accumulation: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, stage: StageConfig, examples: int, world: int) -> Plan:
+        accumulation = max(1, stage.global_batch // (stage.micro_batch * world))
+        batches = math.ceil(math.ceil(examples / world) / stage.micro_batch)
+        steps_per_epoch = max(1, batches // accumulation)
+        total = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
+        return cls(accumulation, steps_per_epoch, total)
+
+
+def _initial_model(experiment: Experiment, stage: StageConfig, init_from, tokenizer_dir: str):
+    """(model, tokenizer, resume state) for this stage's first step."""
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as folder:
+            loaded = load_checkpoint(Path(folder))
+            return loaded.model, loaded.tokenizer, load_train_state(Path(folder))
+    if init_from is not None:
+        with init_from.as_directory() as folder:
+            loaded = load_checkpoint(Path(folder), expect=experiment.model)
+        model = apply_lora(loaded.model, stage.lora) if stage.lora and loaded.lora is None else loaded.model
+        return model, loaded.tokenizer, None
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = build_model(experiment.model, tokenizer, experiment.data.max_length)
+    return (apply_lora(model, stage.lora) if stage.lora else model), tokenizer, None
+
+
+def train_stage(config: dict) -> None:
+    """Ray Train entry point. `config`: experiment (dict), stage (name), init_from (Checkpoint or
+    None), tokenizer (folder), tracking_uri and run_id (the stage's MLflow child run)."""
+    experiment = Experiment.model_validate(config["experiment"])
+    stage_name = config["stage"]
+    stage: StageConfig = getattr(experiment, stage_name)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
+    device = ray.train.torch.get_device()
+
+    model, tokenizer, state = _initial_model(experiment, stage, config["init_from"], config["tokenizer"])
+    set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
+    if stage.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    dataset = stage_dataset(experiment, tokenizer, "train", stage.template)
+    plan = Plan.of(stage, len(dataset), world)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=0, drop_last=True)
+    loader = DataLoader(dataset, batch_size=stage.micro_batch, sampler=sampler,
+                        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    warmup = int(stage.warmup_ratio * plan.total_steps)
+    if experiment.ray.deepspeed != "none":
+        import deepspeed
+
+        ds_config = deepspeed_config(experiment.ray, stage, plan.accumulation, world, warmup, plan.total_steps)
+        engine, optimizer, _, scheduler = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+        trainable = engine
+    else:
+        model.to(device)
+        trainable = ray.train.torch.prepare_model(model, move_to_device=False)
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, plan.total_steps)
+    step, skipped, truncated = 0, 0, 0
+    if state is not None:
+        step, skipped, truncated = state["step"], state["skipped"], state["truncated"]
+        if experiment.ray.deepspeed == "none":
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+
+    dtype = DTYPES[experiment.ray.precision]
+    autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if dtype and experiment.ray.deepspeed == "none" else nullcontext
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and experiment.ray.deepspeed == "none")
+    client = MlflowClient(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    unwrapped = model
+
+    def checkpoint_and_report(metrics: dict, final: bool) -> None:
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "checkpoint"
+            train_state = {"step": step, "skipped": skipped, "truncated": truncated}
+            if experiment.ray.deepspeed == "none":
+                train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
+                            {"stage": stage_name, "step": step, "final": final}, train_state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    trainable.train()
+    window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0
+    window_start = time.perf_counter()
+    while step < plan.total_steps:
+        epoch, done_in_epoch = divmod(step, plan.steps_per_epoch)
+        sampler.set_epoch(epoch)
+        micro = 0
+        for index, batch in enumerate(loader):
+            if index < done_in_epoch * plan.accumulation:
+                continue  # trained on before the restart
+            if index >= plan.steps_per_epoch * plan.accumulation:
+                break
+            skipped += batch["skipped"]
+            truncated += batch["truncated"]
+            if "input_ids" in batch:
+                inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
+                with autocast():
+                    loss = trainable(**inputs).loss
+                if experiment.ray.deepspeed != "none":
+                    engine.backward(loss)
+                else:
+                    scaler.scale(loss / plan.accumulation).backward()
+                window_loss += loss.item()
+                window_batches += 1
+                window_items += len(inputs["input_ids"])
+                window_tokens += int((inputs["labels"] != -100).sum())
+            micro += 1
+            if experiment.ray.deepspeed != "none":
+                engine.step()
+                if micro % plan.accumulation:
+                    continue
+            else:
+                if micro % plan.accumulation:
+                    continue
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+            step += 1
+            final = step >= plan.total_steps
+            if step % stage.log_every == 0 or final or step % stage.checkpoint_every == 0:
+                elapsed = time.perf_counter() - window_start
+                metrics = {
+                    "loss": window_loss / max(1, window_batches),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "samples_per_s": window_items * world / elapsed,
+                    "tokens_per_s": window_tokens * world / elapsed,
+                    "skipped_images": skipped,
+                    "truncated_targets": truncated,
+                    "step": step,
+                    "epoch": step / plan.steps_per_epoch,
+                }
+                if client is not None:
+                    now = int(time.time() * 1000)
+                    client.log_batch(config["run_id"], metrics=[
+                        Metric(key, float(value), now, step) for key, value in metrics.items() if key != "step"])
+                if rank == 0:
+                    print(f"[{stage_name}] step {step}/{plan.total_steps} loss {metrics['loss']:.4f} "
+                          f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.0f} samples/s", flush=True)
+                if final or step % stage.checkpoint_every == 0:
+                    checkpoint_and_report(metrics, final)
+                else:
+                    ray.train.report(metrics, checkpoint=None)
+                window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0
+                window_start = time.perf_counter()
+            if final:
+                break

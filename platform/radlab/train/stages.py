@@ -1,0 +1,74 @@
+"""Driving one training stage as a Ray Train `TorchTrainer`.
+
+Each stage's Ray Train run is named by the experiment and a hash of everything that determines
+its result (data, model, this stage and the stages before it), so running the same experiment
+again resumes or reuses it, while changing `stage2.lr` retrains stage 2 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from radlab.config import Experiment
+from radlab.train.loop import train_stage
+
+STAGES = ("stage1", "stage2")
+
+
+def stage_key(experiment: Experiment, stage: str) -> str:
+    dump = experiment.model_dump(mode="json")
+    upto = STAGES[: STAGES.index(stage) + 1]
+    parts = {"data": dump["data"], "model": dump["model"], **{s: dump[s] for s in upto},
+             "precision": dump["ray"]["precision"]}
+    parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def storage_path(experiment: Experiment) -> str:
+    path = experiment.ray.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, tokenizer_dir: Path,
+              tracking_uri: str, run_id: str | None) -> Checkpoint:
+    """Train one stage to completion (resuming a previous attempt) and return its final checkpoint."""
+    name = f"{experiment.name}-{stage}-{stage_key(experiment, stage)}"
+    done = Path(storage_path(experiment)) / name / "radlab_done.json"
+    if "://" not in experiment.ray.storage_path and done.is_file():
+        return Checkpoint(json.loads(done.read_text())["checkpoint"])
+    ray_config = experiment.ray
+    trainer = TorchTrainer(
+        train_stage,
+        train_loop_config={
+            "experiment": experiment.model_dump(mode="json"),
+            "stage": stage,
+            "init_from": init_from,
+            "tokenizer": str(tokenizer_dir),
+            "tracking_uri": tracking_uri,
+            "run_id": run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=ray_config.workers,
+            use_gpu=ray_config.use_gpu,
+            resources_per_worker={"CPU": ray_config.cpus_per_worker},
+            accelerator_type=ray_config.accelerator,
+        ),
+        torch_config=TorchConfig(backend="nccl" if ray_config.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path(experiment),
+            failure_config=FailureConfig(max_failures=ray_config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{stage} finished without a checkpoint (see the Ray Train logs above)")
+    if "://" not in experiment.ray.storage_path:
+        done.write_text(json.dumps({"checkpoint": result.checkpoint.path}))
+    return result.checkpoint

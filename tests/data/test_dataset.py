@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from radlab.config import parse_experiment
+from radlab.data.dataset import DataError, ReportDataset, collate, load_examples, read_manifest, split_examples
+from radlab.data.prompts import IGNORE_INDEX, encode_example
+
+RECORD = {"id": "a", "image": "img.png", "generate_method": "gpt4", "view": "PA", "indication": "cough",
+          "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Clear lungs."}]}
+
+
+def test_label_mask_trains_only_the_findings(tokenizer):
+    encoded = encode_example(tokenizer, "vicuna_v1", "<image>\nDescribe.", "No pneumothorax.", 64, 2048)
+    trained = [t for t in encoded.labels if t != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == " No pneumothorax.</s>"
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert encoded.input_ids.count(image_id) == 64
+    assert all(label == IGNORE_INDEX for tok, label in zip(encoded.input_ids, encoded.labels) if tok == image_id)
+    short = encode_example(tokenizer, "plain", "<image>", "No pneumothorax. " * 20, 64, 80)
+    assert short.truncated and len(short.input_ids) == 80
+
+
+def test_manifest_forms_and_errors(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps([RECORD]))
+    (tmp_path / "b.jsonl").write_text(json.dumps(RECORD) + "\n{broken\n")
+    assert read_manifest(tmp_path / "a.json")[0]["id"] == "a"
+    with pytest.raises(DataError, match=r"b.jsonl:2: not valid JSON"):
+        read_manifest(tmp_path / "b.jsonl")
+    with pytest.raises(DataError, match="manifest not found"):
+        read_manifest(tmp_path / "absent.jsonl")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "x", "image": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"c.jsonl record 0: record lacks 'conversations'"):
+        load_examples(tmp_path / "c.jsonl", None, ["PA"])
+
+
+def test_views_methods_and_mixture_weights(tmp_path):
+    records = [dict(RECORD, id=str(i), view="LATERAL" if i == 0 else "PA",
+                    generate_method="rule-based" if i % 2 else "gpt4") for i in range(5)]
+    records.append(dict(RECORD, id="empty", conversations=[RECORD["conversations"][0], {"from": "gpt", "value": " "}]))
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["AP", "PA"])] == ["1", "2", "3", "4"]
+    assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["PA"], ["rule-based"])] == ["1", "3"]
+    experiment = parse_experiment({"name": "m", "data": {
+        "mixture": [{"name": "x", "manifest": str(tmp_path / "m.jsonl"), "weight": 1.5, "text": ["llm"]}],
+        "eval_manifest": str(tmp_path / "m.jsonl")}}, "test")
+    assert [e.id for e in split_examples(experiment.data, "train")] == ["2", "4", "2"]
+
+
+def test_corrupt_image_is_skipped_and_counted(synthetic_root, tokenizer, tmp_path):
+    examples = load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:3]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG garbage")
+    examples[1].image = broken
+    dataset = ReportDataset(examples, tokenizer, "plain", 64, 64, 512)
+    batch = collate([dataset[i] for i in range(3)], tokenizer.pad_token_id)
+    assert batch["skipped"] == 1
+    assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    left = collate([dataset[0], dataset[2]], tokenizer.pad_token_id, left_pad=True)
+    assert (left["attention_mask"][:, -1] == 1).all()

@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from radlab.config import LoraConfig, ModelConfig
+from radlab.model.build import ModelError, apply_lora, build_model, count_parameters, set_trainable
+
+
+def tiny(**fields) -> ModelConfig:
+    return ModelConfig.model_validate({"preset": "tiny", **fields})
+
+
+def inputs(tokenizer, batch=2):
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    ids = torch.tensor([[tokenizer.bos_token_id] + [image_id] * 64 + [5, 6, 7]] * batch)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(batch, 3, 64, 64)}
+
+
+def test_forward_and_generate_shapes(tokenizer):
+    model = build_model(tiny(), tokenizer).eval()
+    batch = inputs(tokenizer)
+    logits = model(**batch).logits
+    assert logits.shape == (2, 68, len(tokenizer))
+    out = model.generate(**batch, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    assert out.shape == (2, 73)
+    total, _ = count_parameters(model)
+    assert 0.5e6 < total < 1.5e6
+
+
+def test_generation_with_and_without_kv_cache_agrees(tokenizer):
+    torch.manual_seed(0)
+    model = build_model(tiny(), tokenizer).eval()
+    batch = inputs(tokenizer, 1)
+    cached = model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=True)
+    uncached = model.generate(**batch, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_image_changes_the_output(tokenizer):
+    model = build_model(tiny(), tokenizer).eval()
+    a, b = inputs(tokenizer, 1), inputs(tokenizer, 1)
+    b["input_ids"] = a["input_ids"]
+    assert not torch.allclose(model(**a).logits[0, -1], model(**b).logits[0, -1])
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_stage_freeze_rules(tokenizer):
+    model = build_model(tiny(), tokenizer)
+    set_trainable(model, ["projector"])
+    names = trainable_names(model)
+    assert names and all("multi_modal_projector" in n for n in names)
+    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0))
+    set_trainable(model, ["projector", "lora"])
+    names = trainable_names(model)
+    lora = {n for n in names if "lora_" in n}
+    assert lora and all("language_model" in n for n in lora)
+    assert names - lora and all("multi_modal_projector" in n for n in names - lora)
+    assert not any("vision_tower" in n for n in names)
+
+
+def test_lora_regex_must_stay_in_the_language_model(tokenizer):
+    model = build_model(tiny(), tokenizer)
+    with pytest.raises(ModelError, match="language model only"):
+        apply_lora(model, LoraConfig(r=4, alpha=8, target_modules=r".*\.(q_proj|v_proj)"))
+
+
+def test_linear_projector(tokenizer):
+    model = build_model(tiny(projector="linear"), tokenizer)
+    projector = model.model.multi_modal_projector
+    assert [type(m).__name__ for m in projector.children()] == ["Linear"]
+    assert model(**inputs(tokenizer)).logits.shape[1] == 68
+
+
+def test_open_clip_tower_is_a_clear_error(tokenizer):
+    with pytest.raises(ModelError, match="open_clip"):
+        build_model(ModelConfig.model_validate({"preset": "llava-rad-7b"}), tokenizer)

@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from radlab.cli import app
+from radlab.config import ConfigError, apply_override, load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
+
+
+def write(tmp_path, raw: dict) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+BASE = {"name": "t", "data": {"synthetic": {"root": "data/synthetic"}}}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_experiment_validates(path):
+    experiment = load_experiment(path)
+    assert experiment.name
+
+
+def test_shipped_experiments_cover_quickstart_and_paper_recipe():
+    names = {p.name for p in SHIPPED}
+    assert {"quickstart.yaml", "llava_rad.yaml"} <= names
+    paper = load_experiment(ROOT / "experiments/llava_rad.yaml")
+    assert paper.model.vision.num_image_tokens == 37 * 37
+    assert paper.stage2.lora.r == 64 and paper.stage2.lora.alpha == 128
+    assert paper.stage1.train == ["projector"] and paper.ray.precision == "fp16"
+
+
+def test_unknown_key_names_file_and_path(tmp_path):
+    path = write(tmp_path, {**BASE, "stage2": {"lrr": 1}})
+    with pytest.raises(ConfigError) as err:
+        load_experiment(path)
+    assert str(err.value) == f"{path}: stage2.lrr: unknown key"
+
+
+def test_wrong_type_says_what_was_expected(tmp_path):
+    path = write(tmp_path, {**BASE, "ray": {"workers": "many"}})
+    with pytest.raises(ConfigError, match=r"ray\.workers: Input should be a valid integer"):
+        load_experiment(path)
+
+
+def test_missing_section_and_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"data: required field is missing"):
+        load_experiment(write(tmp_path, {"name": "t"}))
+    with pytest.raises(ConfigError, match="no such experiment file"):
+        load_experiment(tmp_path / "absent.yaml")
+
+
+def test_preset_fills_model_and_fields_override():
+    experiment = load_experiment(ROOT / "experiments/quickstart.yaml", ["model.language.layers=3"])
+    assert experiment.model.language.layers == 3
+    assert experiment.model.language.hidden_size == 128  # still from the tiny preset
+
+
+def test_overrides_are_validated_like_the_file():
+    path = ROOT / "experiments/quickstart.yaml"
+    assert load_experiment(path, ["stage2.lr=5e-5"]).stage2.lr == 5e-5
+    with pytest.raises(ConfigError, match=r"--set stage2.lr=fast\): stage2.lr: Input should be a valid number"):
+        load_experiment(path, ["stage2.lr=fast"])
+    with pytest.raises(ConfigError, match="expected path=value"):
+        load_experiment(path, ["stage2.lr"])
+
+
+def test_override_into_list_items():
+    raw = {"data": {"mixture": [{"name": "a", "text": ["rule"]}]}}
+    assert apply_override(raw, "data.mixture.0.text=[rule, llm]")["data"]["mixture"][0]["text"] == ["rule", "llm"]
+    with pytest.raises(ConfigError, match="no such list item"):
+        apply_override(raw, "data.mixture.3.text=[rule]")
+
+
+@pytest.mark.parametrize("ray, message", [
+    ({"use_gpu": True, "accelerator": "V100", "precision": "bf16"}, "V100 has no bf16"),
+    ({"precision": "fp16"}, "fp16 needs use_gpu"),
+    ({"accelerator": "A100"}, "needs use_gpu"),
+])
+def test_hardware_sanity_is_checked_before_start(tmp_path, ray, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(write(tmp_path, {**BASE, "ray": ray}))
+
+
+def test_lora_and_stage_rules(tmp_path):
+    with pytest.raises(ConfigError, match="no lora"):
+        load_experiment(write(tmp_path, {**BASE, "stage2": {"train": ["lora"]}}))
+    with pytest.raises(ConfigError, match="choose LoRA or full"):
+        load_experiment(write(tmp_path, {**BASE, "stage2": {"train": ["lora", "language"], "lora": {}}}))
+    with pytest.raises(ConfigError, match="image_size 64 is not a multiple of patch_size 7"):
+        load_experiment(write(tmp_path, {**BASE, "model": {"vision": {"patch_size": 7}}}))
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(app, ["validate", str(ROOT / "experiments/quickstart.yaml")])
+    assert ok.exit_code == 0 and "ok" in ok.output
+    bad = runner.invoke(app, ["validate", str(write(tmp_path, {**BASE, "eval": {"limt": 3}}))])
+    assert bad.exit_code == 2
+    assert "eval.limt: unknown key" in bad.output

@@ -76,3 +76,14 @@ def test_linear_projector(tokenizer):
 def test_open_clip_tower_is_a_clear_error(tokenizer):
     with pytest.raises(ModelError, match="open_clip"):
         build_model(ModelConfig.model_validate({"preset": "llava-rad-7b"}), tokenizer)
+
+
+def test_tuned_encoder_trains_only_the_layers_llava_reads(tokenizer):
+    model = build_model(tiny(vision={"select_layer": -2}), tokenizer)
+    set_trainable(model, ["vision"])
+    names = trainable_names(model)
+    assert any("encoder.layers.0." in n for n in names)
+    assert not any("encoder.layers.1." in n or "post_layernorm" in n for n in names)
+    batch = inputs(tokenizer)
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -128,12 +128,29 @@ _PARTS = {
 }
 
 
+def llava_config(model: nn.Module) -> LlavaConfig:
+    """The LlavaConfig of a model, through a peft wrapper if there is one."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
+
+
+def _unused_vision_keys(model: nn.Module) -> list[str]:
+    """Vision weights LLaVA never uses: blocks after the selected layer and the final norm.
+    Training them would leave DDP waiting for gradients that never come."""
+    config = llava_config(model)
+    layers = config.vision_config.num_hidden_layers
+    used = config.vision_feature_layer % (layers + 1)
+    return ["vision_tower.post_layernorm", "vision_tower.head"] + [
+        f"vision_tower.encoder.layers.{i}." for i in range(used, layers)]
+
+
 def set_trainable(model: nn.Module, train: list[str]) -> int:
     """Freeze everything but the named parts; return the number of trainable parameters."""
     keys = [key for part in train for key in _PARTS[part]]
+    unused = _unused_vision_keys(model) if "vision" in train else []
     count = 0
     for name, param in model.named_parameters():
-        param.requires_grad = any(key in name for key in keys)
+        param.requires_grad = any(key in name for key in keys) and not any(key in name for key in unused)
         count += param.numel() if param.requires_grad else 0
     return count
 

@@ -24,7 +24,7 @@ from transformers import LlavaConfig
 
 from radlab.config import LoraConfig, ModelConfig
 from radlab.data.tokenizer import load_tokenizer
-from radlab.model.build import ModelError, apply_lora, assemble
+from radlab.model.build import ModelError, apply_lora, assemble, llava_config
 
 FORMAT = 1
 META = "radlab.json"
@@ -64,12 +64,6 @@ def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
-
-
-def llava_config(model: torch.nn.Module) -> LlavaConfig:
-    """The LlavaConfig of a model, through a peft wrapper if there is one."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.config
 
 
 def read_meta(path: Path) -> dict:

@@ -102,9 +102,12 @@ def train_stage(config: dict) -> None:
         trainable = ray.train.torch.prepare_model(model, move_to_device=False)
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, plan.total_steps)
-    step, skipped, truncated = 0, 0, 0
+    step, skipped, truncated, samples, resumed_from = 0, 0, 0, 0, []
     if state is not None:
-        step, skipped, truncated = state["step"], state["skipped"], state["truncated"]
+        step, skipped, truncated, samples = state["step"], state["skipped"], state["truncated"], state["samples"]
+        resumed_from = state["resumed_from"] + [step]
+        if rank == 0:
+            print(f"[{stage_name}] resuming at step {step}/{plan.total_steps}", flush=True)
         if experiment.ray.deepspeed == "none":
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -121,7 +124,8 @@ def train_stage(config: dict) -> None:
             return
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "checkpoint"
-            train_state = {"step": step, "skipped": skipped, "truncated": truncated}
+            train_state = {"step": step, "skipped": skipped, "truncated": truncated, "samples": samples,
+                           "resumed_from": resumed_from}
             if experiment.ray.deepspeed == "none":
                 train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
@@ -153,6 +157,7 @@ def train_stage(config: dict) -> None:
                 window_loss += loss.item()
                 window_batches += 1
                 window_items += len(inputs["input_ids"])
+                samples += len(inputs["input_ids"]) * world
                 window_tokens += int((inputs["labels"] != -100).sum())
             micro += 1
             if experiment.ray.deepspeed != "none":

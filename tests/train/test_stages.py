@@ -1,0 +1,76 @@
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from ray.util.state import list_actors
+
+from radlab.config import parse_experiment
+from radlab.model.checkpoint import load_checkpoint, load_train_state
+from radlab.train.loop import Plan
+from radlab.train.stages import run_stage, stage_key
+
+from ..conftest import experiment_dict
+
+
+def test_plan_accumulates_to_the_global_batch(synthetic_root, tmp_path):
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage1={
+        "max_steps": None, "epochs": 2, "global_batch": 32, "micro_batch": 4}), "t")
+    plan = Plan.of(experiment.stage1, examples=96, world=2)
+    assert plan.accumulation == 4            # 4 micro-batches x 4 x 2 workers = 32
+    assert plan.steps_per_epoch == 3 and plan.total_steps == 6
+
+
+def test_stage_keys_change_only_downstream(synthetic_root, tmp_path):
+    base = parse_experiment(experiment_dict(synthetic_root, tmp_path), "t")
+    tuned = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage2={"lr": 1e-4}), "t")
+    assert stage_key(base, "stage1") == stage_key(tuned, "stage1")
+    assert stage_key(base, "stage2") != stage_key(tuned, "stage2")
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(run_dir.glob("checkpoint_*")):
+        time.sleep(0.05)
+    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    if workers:
+        os.kill(workers[-1].pid, signal.SIGKILL)
+        killed.append(workers[-1].pid)
+
+
+def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session, synthetic_root, tokenizer_dir,
+                                                                     tmp_path):
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage1={
+        "max_steps": 120, "global_batch": 2, "micro_batch": 1, "checkpoint_every": 10, "log_every": 10}), "t")
+    run_dir = tmp_path / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
+    killer.start()
+    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
+    killer.join()
+    assert killed, "no worker was alive to kill"
+    with checkpoint.as_directory() as folder:
+        state = load_train_state(Path(folder))
+        meta = load_checkpoint(Path(folder)).meta
+    assert meta["final"] and state["step"] == 120
+    assert state["resumed_from"] and all(step % 10 == 0 and 0 < step < 120 for step in state["resumed_from"])
+    assert state["samples"] == 120 * 2  # every optimizer step counted once, across the restart
+    # A second run of the same stage reuses the finished result instead of training again.
+    again = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
+    assert again.path == checkpoint.path
+
+
+def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, tokenizer_dir, tmp_path):
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path), "t")
+    first = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
+    second = run_stage(experiment, "stage2", first, tokenizer_dir, "", None)
+    with first.as_directory() as one, second.as_directory() as two:
+        a, b = load_checkpoint(Path(one)), load_checkpoint(Path(two))
+    assert a.lora is None and b.lora.r == 4 and b.meta["stage"] == "stage2"
+    vision_a = {k: v for k, v in a.model.state_dict().items() if "vision_tower" in k}
+    vision_b = {k.replace("base_model.model.", ""): v for k, v in b.model.state_dict().items() if "vision_tower" in k}
+    assert vision_a.keys() == vision_b.keys()
+    changed = [k for k in vision_a if not (vision_a[k] == vision_b[k]).all()]
+    assert changed  # the tiny preset tunes its encoder (vision.frozen: false)

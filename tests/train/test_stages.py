@@ -4,8 +4,7 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-from ray.util.state import list_actors
+import psutil
 
 from radlab.config import parse_experiment
 from radlab.model.checkpoint import load_checkpoint, load_train_state
@@ -32,9 +31,11 @@ def test_stage_keys_change_only_downstream(synthetic_root, tmp_path):
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
     deadline = time.time() + 120
-    while time.time() < deadline and not list(run_dir.glob("checkpoint_*")):
+    # The controller writes its snapshot once it has registered a reported checkpoint.
+    while time.time() < deadline and not (run_dir / "checkpoint_manager_snapshot.json").is_file():
         time.sleep(0.05)
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    workers = [p for p in psutil.process_iter(["cmdline"])
+               if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::RayTrainWorker")]
     if workers:
         os.kill(workers[-1].pid, signal.SIGKILL)
         killed.append(workers[-1].pid)

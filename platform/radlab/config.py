@@ -64,7 +64,7 @@ class VisionConfig(Section):
     name: str | None = None
     path: str | None = None
     image_size: int = Field(64, ge=16)
-    patch_size: int = Field(8, ge=1)
+    patch_size: int = Field(16, ge=1)
     hidden_size: int = Field(96, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
@@ -160,6 +160,40 @@ def _stage2_default() -> StageConfig:
     return StageConfig(lr=1e-4, epochs=3, global_batch=64, train=["projector", "lora"], lora=LoraConfig())
 
 
+class JudgeConfig(Section):
+    """The CheXprompt judge: any OpenAI-compatible endpoint."""
+    endpoint: Literal["synthetic-reference", "openai", "azure", "compatible"] = Field(
+        "synthetic-reference", description="synthetic-reference: radlab's exact judge for the synthetic set, "
+        "served on loopback; compatible: any OpenAI-compatible base_url")
+    base_url: str | None = Field(None, description="the server for compatible; the resource URL for azure")
+    model: str = Field("gpt-4", description="model name, or the deployment name on Azure")
+    api_version: str = "2024-06-01"
+    api_key_env: str = "OPENAI_API_KEY"
+    allow_offsite: bool = Field(False, description="consent to send reports to an endpoint off this machine")
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(512, ge=16)
+    requests_per_minute: float = Field(600, gt=0)
+    concurrency: int = Field(8, ge=1)
+    max_retries: int = Field(4, ge=0)
+    retry_base_s: float = Field(1.0, ge=0)
+    timeout_s: float = Field(60, gt=0)
+    prompt_file: Path | None = Field(None, description="a user prompt with {reference} and {candidate}")
+    cache: Path = Path("radlab_runs/judge_cache.sqlite")
+    cost_per_1k_input: float = Field(0.0, ge=0)
+    cost_per_1k_output: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> JudgeConfig:
+        if self.endpoint in ("compatible", "azure") and not self.base_url:
+            raise ValueError(f"endpoint {self.endpoint} needs base_url")
+        if self.endpoint in ("openai", "azure") and not self.allow_offsite:
+            raise ValueError(f"endpoint {self.endpoint} sends reports off this machine: set allow_offsite: true")
+        return self
+
+
+Metric = Literal["chexprompt", "rouge_l", "bleu", "label_f1", "chexbert_f1", "radgraph_f1"]
+
+
 class EvalConfig(Section):
     enabled: bool = True
     split: Literal["val", "test"] = "test"
@@ -167,6 +201,12 @@ class EvalConfig(Section):
     batch_size: int = Field(16, ge=1)
     limit: int | None = Field(None, ge=1, description="judge only the first N reports")
     show: int = Field(4, ge=0, description="generations printed and logged as examples")
+    metrics: list[Metric] = ["chexprompt", "rouge_l", "bleu", "label_f1"]
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    compare_untrained: bool = Field(True, description="also score the untrained model, side by side")
+    bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
+    chexbert_weights: Path | None = None
+    radgraph_weights: Path | None = None
 
 
 class TrackingConfig(Section):
@@ -214,6 +254,10 @@ class Experiment(Section):
     def _cross_checks(self) -> Experiment:
         if not (self.stage1.enabled or self.stage2.enabled):
             raise ValueError("both stage1 and stage2 are disabled: nothing to train")
+        if (self.data.mixture and "chexprompt" in self.eval.metrics
+                and self.eval.judge.endpoint == "synthetic-reference"):
+            raise ValueError("eval.judge.endpoint: the synthetic-reference judge only knows the synthetic set; "
+                             "name an openai, azure or compatible judge for real data")
         if self.data.synthetic and self.model.vision.image_size != self.data.synthetic.image_size:
             raise ValueError(
                 f"model.vision.image_size {self.model.vision.image_size} differs from "

@@ -11,7 +11,7 @@ def tiny(**fields) -> ModelConfig:
 
 def inputs(tokenizer, batch=2):
     image_id = tokenizer.convert_tokens_to_ids("<image>")
-    ids = torch.tensor([[tokenizer.bos_token_id] + [image_id] * 64 + [5, 6, 7]] * batch)
+    ids = torch.tensor([[tokenizer.bos_token_id] + [image_id] * tiny().vision.num_image_tokens + [5, 6, 7]] * batch)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(batch, 3, 64, 64)}
 
 
@@ -19,9 +19,9 @@ def test_forward_and_generate_shapes(tokenizer):
     model = build_model(tiny(), tokenizer).eval()
     batch = inputs(tokenizer)
     logits = model(**batch).logits
-    assert logits.shape == (2, 68, len(tokenizer))
+    assert logits.shape == (2, 20, len(tokenizer))
     out = model.generate(**batch, max_new_tokens=5, do_sample=False, min_new_tokens=5)
-    assert out.shape == (2, 73)
+    assert out.shape == (2, 25)
     total, _ = count_parameters(model)
     assert 0.5e6 < total < 1.5e6
 
@@ -70,10 +70,11 @@ def test_linear_projector(tokenizer):
     model = build_model(tiny(projector="linear"), tokenizer)
     projector = model.model.multi_modal_projector
     assert [type(m).__name__ for m in projector.children()] == ["Linear"]
-    assert model(**inputs(tokenizer)).logits.shape[1] == 68
+    assert model(**inputs(tokenizer)).logits.shape[1] == 20
 
 
 def test_open_clip_tower_is_a_clear_error(tokenizer):
+    assert ModelConfig.model_validate({"preset": "llava-rad-7b"}).vision.num_image_tokens == 1369
     with pytest.raises(ModelError, match="open_clip"):
         build_model(ModelConfig.model_validate({"preset": "llava-rad-7b"}), tokenizer)
 

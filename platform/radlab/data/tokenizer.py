@@ -3,6 +3,7 @@ dataset's own reports and prompts when none is given (the offline default)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -28,8 +29,10 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> P
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIALS,
                                         additional_special_tokens=[IMAGE_TOKEN])
     tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
     return tokenizer
 
 

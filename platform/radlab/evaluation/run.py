@@ -1,61 +1,154 @@
-"""The evaluation stage of a run: generate findings for the eval split with the trained model
-(and, for contrast, with the untrained one), score them, and log everything to the run."""
+"""The evaluation stage: generate findings for the eval split (with the trained model and, for
+contrast, the untrained one), judge them with CheXprompt, add text and clinical metrics, and log
+everything to the MLflow run: metrics with intervals, the per-report table, the judge's raw
+answers, an error-type chart and the judge's identity."""
 
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+import matplotlib
 
-from radlab.config import Experiment
-from radlab.data.synthetic import parse_findings
-from radlab.evaluation.generate import generate_findings, write_jsonl
-from radlab.model.build import build_model
-from radlab.model.checkpoint import load_checkpoint
-from radlab.tracking.runs import Tracker
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from radlab.config import Experiment  # noqa: E402
+from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS, aggregate  # noqa: E402
+from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E402
+from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
+from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
+from radlab.evaluation.reference_judge import MODEL_ID, create_app, serve_in_thread  # noqa: E402
+from radlab.model.build import build_model  # noqa: E402
+from radlab.model.checkpoint import load_checkpoint  # noqa: E402
+from radlab.tracking.runs import Tracker  # noqa: E402
 
 
-def exact_match(predictions: list[dict]) -> float:
-    judged = [p for p in predictions if "candidate" in p]
-    return sum(p["candidate"] == p["reference"] for p in judged) / max(1, len(judged))
+def judge_predictions(experiment: Experiment, predictions: list[dict]) -> tuple[list[Judgment], JudgeClient]:
+    """CheXprompt judgments, one per prediction; a prediction without a candidate is a failed one."""
+    config = experiment.eval.judge
+    local = config.endpoint == "synthetic-reference"
+    with serve_in_thread(create_app()) if local else nullcontext(config.base_url) as base_url:
+        client = JudgeClient(config.model_copy(update={"model": MODEL_ID}) if local else config, base_url)
+        pairs = [(p["reference"], p["candidate"]) for p in predictions if "candidate" in p]
+        judged = iter(client.judge(pairs))
+    judgments = [next(judged) if "candidate" in p else Judgment(None, None, p.get("error", "no candidate"))
+                 for p in predictions]
+    return judgments, client
 
 
-def synthetic_label_match(predictions: list[dict]) -> float:
-    """Share of reports whose parsed finding set equals the reference's (synthetic grammar only)."""
-    judged = [p for p in predictions if "candidate" in p]
-    hits = sum(parse_findings(p["candidate"]).findings == parse_findings(p["reference"]).findings
-               and not parse_findings(p["candidate"]).unparsed for p in judged)
-    return hits / max(1, len(judged))
+def score(experiment: Experiment, predictions: list[dict]) -> tuple[dict[str, float], dict[str, str], list[Judgment], JudgeClient | None]:
+    """(metrics, skipped metrics with reasons, judgments, judge client) of one set of predictions."""
+    cfg = experiment.eval
+    metrics: dict[str, float] = {"eval/n_reports": float(len(predictions)),
+                                 "eval/n_without_candidate": float(sum("candidate" not in p for p in predictions))}
+    judgments: list[Judgment] = []
+    client = None
+    if "chexprompt" in cfg.metrics:
+        judgments, client = judge_predictions(experiment, predictions)
+        metrics.update(aggregate([j.counts for j in judgments], resamples=cfg.bootstrap).metrics())
+        metrics.update({f"judge/{k}": float(v) for k, v in client.usage.items()})
+        metrics["judge/cost"] = client.cost
+    pairs = [(p["reference"], p["candidate"]) for p in predictions if "candidate" in p]
+    values, skipped = text_and_clinical(pairs, cfg.metrics, experiment.data.synthetic is not None, cfg.bootstrap,
+                                        {"chexbert_f1": cfg.chexbert_weights, "radgraph_f1": cfg.radgraph_weights})
+    metrics.update(values)
+    return metrics, skipped, judgments, client
+
+
+def report_table(predictions: list[dict], judgments: list[Judgment]) -> dict[str, list]:
+    rows = []
+    for p, j in zip(predictions, judgments or [None] * len(predictions)):
+        row = {"id": p["id"], "reference": p["reference"], "candidate": p.get("candidate", ""),
+               "judge_status": "ok" if j and j.ok else "failed" if j else "not judged",
+               "judge_error": (j.error or "") if j else "", "judge_answer": (j.raw or "") if j else ""}
+        for letter in LETTERS:
+            row[f"significant_{letter}"] = j.counts.significant[letter] if j and j.ok else None
+            row[f"insignificant_{letter}"] = j.counts.insignificant[letter] if j and j.ok else None
+        rows.append(row)
+    return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+
+
+def error_chart(metrics: dict[str, float]):
+    names = [ERROR_TYPES[x] for x in LETTERS]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], [metrics.get(f"chexprompt/significant/{n}", 0) for n in names], 0.4,
+           label="clinically significant")
+    ax.bar([x + 0.2 for x in xs], [metrics.get(f"chexprompt/insignificant/{n}", 0) for n in names], 0.4,
+           label="insignificant")
+    ax.set_xticks(list(xs), names, rotation=20, fontsize=8)
+    ax.set_ylabel("mean errors per report")
+    ax.set_title("CheXprompt errors by type")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predictions: list[dict],
+                   metrics: dict[str, float], skipped: dict[str, str], judgments: list[Judgment],
+                   client: JudgeClient | None, prefix: str = "") -> None:
+    tracker.log_metrics(run_id, {f"{prefix}{k}" if prefix else k: v for k, v in metrics.items()})
+    client_ml = tracker.client
+    for name, reason in skipped.items():
+        client_ml.set_tag(run_id, f"radlab.skipped.{prefix}{name}", reason)
+    folder = f"eval/{prefix.strip('/') or 'trained'}"
+    with tempfile.TemporaryDirectory() as tmp:
+        client_ml.log_artifact(run_id, str(write_jsonl(predictions, Path(tmp) / "predictions.jsonl")), folder)
+    table = report_table(predictions, judgments)
+    if table:
+        client_ml.log_table(run_id, table, f"{folder}/per_report.json")
+    if judgments:
+        figure = error_chart(metrics)
+        client_ml.log_figure(run_id, figure, f"{folder}/chexprompt_error_types.png")
+        plt.close(figure)
+    if client is not None and not prefix:
+        client_ml.set_tag(run_id, "radlab.judge.endpoint", experiment.eval.judge.endpoint)
+        client_ml.set_tag(run_id, "radlab.judge.model", client.config.model)
+        client_ml.set_tag(run_id, "radlab.judge.prompt_version", client.prompt.version)
+
+
+SUMMARY = ["chexprompt/significant_mean", "chexprompt/insignificant_mean", "chexprompt/zero_significant_share",
+           "chexprompt/n_failed", "text/rouge_l_f1", "text/sacrebleu_bleu4", "clinical/label_f1_micro"]
+
+
+def print_summary(console: Console, columns: dict[str, dict[str, float]], skipped: dict[str, str]) -> None:
+    table = Table("metric", *columns, title="evaluation")
+    for key in SUMMARY:
+        if any(key in m for m in columns.values()):
+            cells = []
+            for m in columns.values():
+                value = m.get(key)
+                low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+                cells.append("-" if value is None else f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else ""))
+            table.add_row(key, *cells)
+    console.print(table)
+    for name, reason in skipped.items():
+        console.print(f"[yellow]skipped[/] {name}: {reason}")
 
 
 def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, run_id: str,
                         console: Console) -> dict[str, float]:
+    """Generate, judge, score and log; return the trained model's metrics."""
     loaded = load_checkpoint(folder, expect=experiment.model)
-    split, cfg = experiment.eval.split, experiment.eval
-    with console.status(f"generating findings for the {split} split"):
-        trained = generate_findings(loaded.model, loaded.tokenizer, experiment, split, cfg.limit)
+    cfg = experiment.eval
+    with console.status(f"generating findings for the {cfg.split} split"):
+        trained = generate_findings(loaded.model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
+    with console.status("judging"):
+        metrics, skipped, judgments, client = score(experiment, trained)
+    log_evaluation(tracker, run_id, experiment, trained, metrics, skipped, judgments, client)
+    columns = {"trained": metrics}
+    if cfg.compare_untrained:
         untrained_model = build_model(experiment.model, loaded.tokenizer, experiment.data.max_length)
-        untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, split, cfg.limit)
-    metrics = {"eval/n": float(len(trained)),
-               "eval/failed_images": float(sum("error" in p for p in trained)),
-               "eval/exact_match": exact_match(trained),
-               "eval/untrained/exact_match": exact_match(untrained)}
-    if experiment.data.synthetic is not None:
-        metrics["eval/label_match"] = synthetic_label_match(trained)
-        metrics["eval/untrained/label_match"] = synthetic_label_match(untrained)
-    tracker.log_metrics(run_id, metrics)
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker.client.log_artifact(run_id, str(write_jsonl(trained, Path(tmp) / "predictions.jsonl")), "eval")
-        tracker.client.log_artifact(run_id, str(write_jsonl(untrained, Path(tmp) / "predictions_untrained.jsonl")), "eval")
-    shown = [{"id": t["id"], "reference": t["reference"], "trained": t.get("candidate", ""),
-              "untrained": u.get("candidate", "")} for t, u in zip(trained[: cfg.show], untrained[: cfg.show])]
-    if shown:
-        tracker.client.log_table(run_id, {k: [row[k] for row in shown] for k in shown[0]}, "eval/examples.json")
-    table = Table("id", "reference", "trained model", "untrained model", show_lines=True)
-    for row in shown:
-        table.add_row(row["id"], row["reference"], row["trained"], row["untrained"][:200])
-    console.print(table)
-    console.print("  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        with console.status("generating and judging with the untrained model"):
+            untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
+            base, _, base_judgments, base_client = score(experiment, untrained)
+        log_evaluation(tracker, run_id, experiment, untrained, base, {}, base_judgments, base_client, "untrained/")
+        columns["untrained"] = base
+    for p in trained[: cfg.show]:
+        console.print(f"[bold]{p['id']}[/]\n  reference: {p['reference']}\n  generated: {p.get('candidate', '-')}")
+    print_summary(console, columns, skipped)
     return metrics

@@ -1,9 +1,10 @@
 """Model presets: plain dicts of model-section defaults that an experiment's fields override."""
 
 PRESETS: dict[str, dict] = {
-    # A 0.8M-parameter LLaVA that learns the synthetic task on a CPU in minutes.
+    # A 0.8M-parameter LLaVA that learns the synthetic task on a CPU in minutes. Patch 16 gives
+    # 16 image tokens: on this task it learns faster per second than patch 8 (64 tokens).
     "tiny": {
-        "vision": {"kind": "clip", "image_size": 64, "patch_size": 8, "hidden_size": 96, "layers": 2,
+        "vision": {"kind": "clip", "image_size": 64, "patch_size": 16, "hidden_size": 96, "layers": 2,
                    "heads": 4, "intermediate_size": 384, "select_layer": -1, "frozen": False},
         "projector": "mlp2x_gelu",
         "language": {"hidden_size": 128, "layers": 2, "heads": 4, "intermediate_size": 512,

@@ -1,0 +1,78 @@
+"""Text and clinical metrics of generated findings against references.
+
+Variants, as reported in their names: ROUGE-L F1 (rouge-score, stemming, x100), BLEU-1 and BLEU-4
+(sacrebleu corpus BLEU, 0-100), and on the synthetic set label F1 over its four findings (micro and
+macro), computed from the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to
+one token on both sides for the lexical metrics only.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU
+
+from radlab.data.synthetic import KINDS, parse_findings
+from radlab.evaluation.chexprompt import bootstrap
+
+_PHI = re.compile(r"_{2,}|X{3,}")
+
+
+def normalise(text: str) -> str:
+    return _PHI.sub("PHI", text)
+
+
+def rouge_l(pairs: list[tuple[str, str]], resamples: int) -> dict[str, float]:
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    values = np.array([scorer.score(normalise(r), normalise(c))["rougeL"].fmeasure * 100 for r, c in pairs])
+    interval = bootstrap(values, resamples=resamples)
+    return {"text/rouge_l_f1": interval.mean, "text/rouge_l_f1_ci_low": interval.low,
+            "text/rouge_l_f1_ci_high": interval.high}
+
+
+def bleu(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    refs = [[normalise(r) for r, _ in pairs]]
+    cands = [normalise(c) for _, c in pairs]
+    return {"text/sacrebleu_bleu1": BLEU(max_ngram_order=1).corpus_score(cands, refs).score,
+            "text/sacrebleu_bleu4": BLEU(max_ngram_order=4).corpus_score(cands, refs).score}
+
+
+def label_f1(pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Presence F1 of each synthetic finding kind (side, zone and severity ignored)."""
+    truth = np.array([[any(f.kind == k for f in parse_findings(r).findings) for k in KINDS] for r, _ in pairs])
+    guess = np.array([[any(f.kind == k for f in parse_findings(c).findings) for k in KINDS] for _, c in pairs])
+    tp = (truth & guess).sum(0)
+    fp = (~truth & guess).sum(0)
+    fn = (truth & ~guess).sum(0)
+    per_kind = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+    micro = 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
+    out = {"clinical/label_f1_micro": float(micro) * 100, "clinical/label_f1_macro": float(per_kind.mean()) * 100}
+    out.update({f"clinical/label_f1_{kind}": float(v) * 100 for kind, v in zip(KINDS, per_kind)})
+    return out
+
+
+def text_and_clinical(pairs: list[tuple[str, str]], metrics: list[str], synthetic: bool, resamples: int,
+                      weights: dict[str, object]) -> tuple[dict[str, float], dict[str, str]]:
+    """(values, skipped): every requested metric lands in one of the two, never silently dropped."""
+    values: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    if not pairs:
+        return values, {m: "no judged pairs" for m in metrics if m != "chexprompt"}
+    if "rouge_l" in metrics:
+        values.update(rouge_l(pairs, resamples))
+    if "bleu" in metrics:
+        values.update(bleu(pairs))
+    if "label_f1" in metrics:
+        if synthetic:
+            values.update(label_f1(pairs))
+        else:
+            skipped["label_f1"] = "exact labels exist for the synthetic set only"
+    for name in ("chexbert_f1", "radgraph_f1"):
+        if name in metrics:
+            if weights.get(name) is None:
+                skipped[name] = f"no scorer weights: set eval.{name.split('_')[0]}_weights to the RRG_scorers file"
+            else:
+                skipped[name] = "the CheXbert/RadGraph scorers need the radeval package, not installed here"
+    return values, skipped

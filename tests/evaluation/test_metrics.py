@@ -1,0 +1,38 @@
+import pytest
+
+from radlab.data.synthetic import Finding, write_findings
+from radlab.evaluation.metrics import bleu, label_f1, normalise, rouge_l, text_and_clinical
+
+
+def test_identical_texts_score_full_marks():
+    pairs = [("No pneumothorax. Small left effusion.", "No pneumothorax. Small left effusion.")] * 3
+    assert rouge_l(pairs, 50)["text/rouge_l_f1"] == pytest.approx(100)
+    assert bleu(pairs)["text/sacrebleu_bleu4"] == pytest.approx(100)
+
+
+def test_rouge_l_hand_checked():
+    # LCS of "a b c d" and "a c d e" is "a c d": P = R = 3/4, F1 = 0.75
+    assert rouge_l([("a b c d", "a c d e")], 10)["text/rouge_l_f1"] == pytest.approx(75)
+
+
+def test_phi_placeholders_are_normalised_alike():
+    assert normalise("Dr. ___ saw XXXX.") == "Dr. PHI saw PHI."
+
+
+def test_label_f1_hand_checked():
+    e = Finding("effusion", "left", None, "small")
+    n = Finding("nodule", "right", "upper")
+    pairs = [(write_findings([e]), write_findings([e])),       # effusion TP
+             (write_findings([e]), write_findings([n])),       # effusion FN, nodule FP
+             (write_findings([]), write_findings([]))]
+    out = label_f1(pairs)
+    assert out["clinical/label_f1_micro"] == pytest.approx(100 * 2 / (2 + 1 + 1))
+    assert out["clinical/label_f1_effusion"] == pytest.approx(100 * 2 / 3)
+    assert out["clinical/label_f1_nodule"] == 0 and out["clinical/label_f1_pneumothorax"] == 100
+
+
+def test_clinical_metrics_without_weights_are_skipped_with_a_reason():
+    values, skipped = text_and_clinical([("a", "a")], ["rouge_l", "chexbert_f1", "label_f1"], False, 10,
+                                        {"chexbert_f1": None})
+    assert "text/rouge_l_f1" in values
+    assert "chexbert_weights" in skipped["chexbert_f1"] and "synthetic" in skipped["label_f1"]

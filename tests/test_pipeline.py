@@ -20,7 +20,11 @@ def test_run_logs_parent_and_stage_runs_and_registers(ray_session, mlflow_server
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["stage2.lora.r"] == "4" and parent.data.tags["radlab.data_digest"]
-    assert parent.data.metrics["eval/n"] == 4
+    metrics = parent.data.metrics
+    assert metrics["eval/n_reports"] == 4 and metrics["chexprompt/n_judged"] + metrics["chexprompt/n_failed"] == 4
+    assert "chexprompt/significant_mean_ci_high" in metrics and "untrained/chexprompt/n_reports" in metrics
+    assert parent.data.tags["radlab.judge.prompt_version"] == "radlab-chexprompt-1"
+    assert parent.data.tags["radlab.judge.endpoint"] == "synthetic-reference"
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
     assert sorted(c.data.tags["radlab.stage"] for c in children) == ["stage1", "stage2"]
@@ -32,4 +36,6 @@ def test_run_logs_parent_and_stage_runs_and_registers(ray_session, mlflow_server
     assert {"model/radlab.json", "model/model.safetensors", "model/tokenizer"} <= artifacts
     version = client.get_model_version("radlab-test", summary.model_version)
     assert version.run_id == summary.parent_run_id
-    assert {a.path for a in client.list_artifacts(summary.parent_run_id, "eval")} >= {"eval/predictions.jsonl"}
+    evaluation = {a.path for a in client.list_artifacts(summary.parent_run_id, "eval/trained")}
+    assert {"eval/trained/predictions.jsonl", "eval/trained/judgments.jsonl", "eval/trained/per_report.json",
+            "eval/trained/chexprompt_error_types.png"} <= evaluation

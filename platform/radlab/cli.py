@@ -18,7 +18,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train, judge
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the synthetic chest X-ray set.")
 app.add_typer(data_app, name="data")
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 Overrides = Annotated[list[str], typer.Option("--set", help="override a field: --set stage2.lr=5e-5")]
 
@@ -74,3 +74,87 @@ def ui(port: int = 5000, backend: str = "sqlite:///radlab_runs/mlflow.db") -> No
     env = {**os.environ, "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}"}
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", backend,
                                       "--host", "127.0.0.1", "--port", str(port)], env=env))
+
+
+judge_app = typer.Typer(no_args_is_help=True, help="CheXprompt judges: the local reference judge, agreement.")
+app.add_typer(judge_app, name="judge")
+DEFAULT_EVAL = {"name": "eval", "data": {"synthetic": {}}}
+
+
+@app.command("eval")
+def eval_command(
+    path: Annotated[Path, typer.Argument(help="experiment YAML: judge, metrics, tracking")] = None,
+    checkpoint: Annotated[str, typer.Option(help="folder, runs:/<id>/model or models:/<name>@<alias>")] = None,
+    predictions: Annotated[Path, typer.Option(help="JSONL of {id, candidate[, reference]}")] = None,
+    references: Annotated[Path, typer.Option(help="JSONL of {id, reference}, joined by id")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Evaluate a checkpoint on the experiment's eval split, or judge a predictions file."""
+    from radlab.config import parse_experiment
+    from radlab.evaluation.generate import join_predictions
+    from radlab.evaluation.run import evaluate_checkpoint, log_evaluation, print_summary, score
+    from radlab.tracking.runs import Tracker, fetch_checkpoint
+
+    if (checkpoint is None) == (predictions is None):
+        err_console.print("give exactly one of --checkpoint or --predictions")
+        raise typer.Exit(2)
+    if checkpoint is not None and path is None:
+        err_console.print("--checkpoint needs the experiment YAML (its data and model)")
+        raise typer.Exit(2)
+    experiment = _load(path, overrides) if path else parse_experiment(DEFAULT_EVAL, "defaults")
+    records = None
+    if predictions is not None:
+        try:
+            records = join_predictions(predictions, references)
+        except ValueError as err:
+            err_console.print(f"[red]{err}[/]", highlight=False)
+            raise typer.Exit(2) from None
+    tracker = Tracker(experiment)
+    run_id = tracker.client.create_run(tracker.experiment_id, tags={
+        "radlab.stage": "eval", "mlflow.runName": "eval", "radlab.source": checkpoint or str(predictions)}).info.run_id
+    try:
+        if checkpoint is not None:
+            folder = fetch_checkpoint(checkpoint, tracker.uri, Path("radlab_runs/downloads") / run_id)
+            evaluate_checkpoint(experiment, folder, tracker, run_id, console)
+        else:
+            metrics, skipped, judgments, client = score(experiment, records)
+            log_evaluation(tracker, run_id, experiment, records, metrics, skipped, judgments, client)
+            print_summary(console, {"predictions": metrics}, skipped)
+        tracker.finish(run_id)
+    except BaseException:
+        tracker.finish(run_id, ok=False)
+        raise
+    console.print(f"MLflow run {run_id} at {tracker.uri}")
+
+
+@judge_app.command("serve")
+def judge_serve(reference_judge: Annotated[str, typer.Option(help="which reference judge")] = "synthetic",
+                port: int = 8100) -> None:
+    """Serve the synthetic reference judge as an OpenAI-compatible API on 127.0.0.1."""
+    import uvicorn
+
+    from radlab.evaluation.reference_judge import create_app
+
+    if reference_judge != "synthetic":
+        err_console.print(f"--reference-judge {reference_judge}: only 'synthetic' exists")
+        raise typer.Exit(2)
+    console.print(f"reference judge at http://127.0.0.1:{port}/v1 (model radlab-synthetic-reference)")
+    uvicorn.run(create_app(), host="127.0.0.1", port=port, log_level="warning")
+
+
+@judge_app.command("agreement")
+def judge_agreement(first: Path, second: Path) -> None:
+    """Compare two judgments JSONL files (two judges, or a judge and human counts)."""
+    from rich.table import Table
+
+    from radlab.evaluation.agreement import agreement, read_judgments
+
+    try:
+        result = agreement(read_judgments(first), read_judgments(second))
+    except (ValueError, OSError) as err:
+        err_console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    table = Table("errors", "n", "Kendall tau", "mean |difference|", title=f"{first.name} vs {second.name}")
+    for name, row in result.items():
+        table.add_row(name, f"{row['n']:.0f}", f"{row['kendall_tau']:.3f}", f"{row['mean_abs_diff']:.3f}")
+    console.print(table)

@@ -43,7 +43,7 @@ def test_views_methods_and_mixture_weights(tmp_path):
     assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["PA"], ["rule-based"])] == ["1", "3"]
     experiment = parse_experiment({"name": "m", "data": {
         "mixture": [{"name": "x", "manifest": str(tmp_path / "m.jsonl"), "weight": 1.5, "text": ["llm"]}],
-        "eval_manifest": str(tmp_path / "m.jsonl")}}, "test")
+        "eval_manifest": str(tmp_path / "m.jsonl")}, "eval": {"metrics": ["rouge_l"]}}, "test")
     assert [e.id for e in split_examples(experiment.data, "train")] == ["2", "4", "2"]
 
 

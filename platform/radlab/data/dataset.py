@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from radlab.config import DataConfig, Experiment
 from radlab.data import synthetic
 from radlab.data.images import ImageError, load_image, to_tensor
-from radlab.data.prompts import IGNORE_INDEX, encode_example, encode_prompt, render_prompt
+from radlab.data.prompts import IGNORE_INDEX, encode_example
 
 log = logging.getLogger(__name__)
 METHODS = {"rule": "rule-based", "llm": "gpt4"}
@@ -113,9 +113,11 @@ def split_examples(config: DataConfig, split: str) -> list[Example]:
 
 
 def training_texts(config: DataConfig) -> list[str]:
-    """The texts a local tokenizer is trained on: every findings section and distinct prompt."""
+    """The texts a local tokenizer is trained on: every findings section, and the distinct prompts
+    repeated in proportion so that their words become single tokens too."""
     examples = split_examples(config, "train")
-    return [e.findings for e in examples] + sorted({e.human for e in examples})
+    prompts = sorted({e.human for e in examples})
+    return [e.findings for e in examples] + prompts * max(1, len(examples) // (20 * len(prompts)))
 
 
 class ReportDataset(Dataset):
@@ -125,14 +127,13 @@ class ReportDataset(Dataset):
     """
 
     def __init__(self, examples: list[Example], tokenizer, template: str, num_image_tokens: int,
-                 image_size: int, max_length: int, with_target: bool = True):
+                 image_size: int, max_length: int):
         self.examples = examples
         self.tokenizer = tokenizer
         self.template = template
         self.num_image_tokens = num_image_tokens
         self.image_size = image_size
         self.max_length = max_length
-        self.with_target = with_target
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -144,13 +145,10 @@ class ReportDataset(Dataset):
         except ImageError as err:
             log.warning("skipping example %s: %s", example.id, err)
             return None
-        if self.with_target:
-            encoded = encode_example(self.tokenizer, self.template, example.human, example.findings,
-                                     self.num_image_tokens, self.max_length)
-            return {"input_ids": encoded.input_ids, "labels": encoded.labels, "pixel_values": pixels,
-                    "truncated": encoded.truncated}
-        ids = encode_prompt(self.tokenizer, render_prompt(self.template, example.human), self.num_image_tokens)
-        return {"input_ids": ids, "pixel_values": pixels, "index": index}
+        encoded = encode_example(self.tokenizer, self.template, example.human, example.findings,
+                                 self.num_image_tokens, self.max_length)
+        return {"input_ids": encoded.input_ids, "labels": encoded.labels, "pixel_values": pixels,
+                "truncated": encoded.truncated}
 
 
 def collate(items: list[dict | None], pad_id: int, left_pad: bool = False) -> dict:
@@ -170,16 +168,13 @@ def collate(items: list[dict | None], pad_id: int, left_pad: bool = False) -> di
     batch["pixel_values"] = torch.stack([i["pixel_values"] for i in kept])
     if "labels" in kept[0]:
         batch["labels"] = torch.tensor([pad(i["labels"], IGNORE_INDEX) for i in kept])
-    if "index" in kept[0]:
-        batch["index"] = [i["index"] for i in kept]
     return batch
 
 
-def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str,
-                  with_target: bool = True) -> ReportDataset:
+def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str) -> ReportDataset:
     vision = experiment.model.vision
     return ReportDataset(split_examples(experiment.data, split), tokenizer, template,
-                         vision.num_image_tokens, vision.image_size, experiment.data.max_length, with_target)
+                         vision.num_image_tokens, vision.image_size, experiment.data.max_length)
 
 
 def manifest_digest(config: DataConfig) -> str:

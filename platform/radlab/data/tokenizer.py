@@ -25,7 +25,9 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> P
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(texts + [VICUNA_SYSTEM, "USER: ASSISTANT:"], trainer=trainer)
+    # The chat template's fixed text is repeated so that BPE merges it into few tokens.
+    template = [VICUNA_SYSTEM + " USER: ASSISTANT:"] * max(1, len(texts) // 20)
+    bpe.train_from_iterator(texts + template, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIALS,
                                         additional_special_tokens=[IMAGE_TOKEN])
     tmp = out_dir.with_name(out_dir.name + ".tmp")

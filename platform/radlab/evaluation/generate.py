@@ -3,56 +3,44 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-
 from radlab.config import Experiment
-from radlab.data.dataset import ReportDataset, collate, split_examples
+from radlab.data.dataset import split_examples
+from radlab.data.images import ImageError, load_image, to_tensor
+from radlab.model.generation import generate_texts
 
 
-@torch.inference_mode()
 def generate_findings(model, tokenizer, experiment: Experiment, split: str, limit: int | None = None,
-                      batch_size: int | None = None, max_new_tokens: int | None = None,
-                      progress=None) -> list[dict]:
+                      batch_size: int | None = None, max_new_tokens: int | None = None) -> list[dict]:
     """Predictions `{id, image, indication, reference, candidate}` for the split's examples.
 
     An image that does not decode yields a record with `error` set and no candidate, so it is
     counted rather than silently dropped.
     """
     examples = split_examples(experiment.data, split)[:limit]
-    vision = experiment.model.vision
     template = experiment.stage2.template if experiment.stage2.enabled else experiment.stage1.template
-    dataset = ReportDataset(examples, tokenizer, template, vision.num_image_tokens, vision.image_size,
-                            experiment.data.max_length, with_target=False)
-    loader = DataLoader(dataset, batch_size=batch_size or experiment.eval.batch_size,
-                        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id, left_pad=True))
+    size = batch_size or experiment.eval.batch_size
     model.eval()
-    device = next(model.parameters()).device
-    candidates: dict[int, str] = {}
-    for batch in loader:
-        if "input_ids" in batch:
-            out = model.generate(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                pixel_values=batch["pixel_values"].to(device, dtype=next(model.parameters()).dtype),
-                max_new_tokens=max_new_tokens or experiment.eval.max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )
-            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            candidates.update(zip(batch["index"], (t.strip() for t in texts)))
-        if progress is not None:
-            progress(len(batch.get("index", [])) + batch["skipped"])
     predictions = []
-    for index, example in enumerate(examples):
-        record = {"id": example.id, "image": str(example.image), "indication": example.indication,
-                  "reference": example.findings}
-        if index in candidates:
-            record["candidate"] = candidates[index]
-        else:
-            record["error"] = "image could not be decoded"
-        predictions.append(record)
+    for start in range(0, len(examples), size):
+        chunk, pixels, humans, errors = examples[start:start + size], [], [], {}
+        for example in chunk:
+            try:
+                pixels.append(to_tensor(load_image(example.image), experiment.model.vision.image_size))
+                humans.append(example.human)
+            except ImageError as err:
+                errors[example.id] = str(err)
+        texts = iter(generate_texts(model, tokenizer, pixels, humans, template,
+                                    max_new_tokens or experiment.eval.max_new_tokens) if pixels else [])
+        for example in chunk:
+            record = {"id": example.id, "image": str(example.image), "indication": example.indication,
+                      "reference": example.findings}
+            if example.id in errors:
+                record["error"] = errors[example.id]
+            else:
+                record["candidate"] = next(texts)
+            predictions.append(record)
     return predictions
 
 
@@ -64,3 +52,53 @@ def write_jsonl(records: list[dict], path: Path) -> Path:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def read_jsonl(path: Path, where: str = "") -> list[dict]:
+    """Records of a JSONL file; errors name the file and line (bad JSON, non-UTF-8 bytes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: file not found")
+    records = []
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    return records
+
+
+def join_predictions(predictions_path: Path, references_path: Path | None = None) -> list[dict]:
+    """Predictions `{id, candidate[, reference]}` joined by id with references `{id, reference}`.
+
+    Every prediction needs a reference and every reference a prediction; a missing candidate is
+    kept and later counted as a failed judgment.
+    """
+    predictions = read_jsonl(predictions_path)
+    for number, p in enumerate(predictions, 1):
+        if "id" not in p:
+            raise ValueError(f"{predictions_path}:{number}: a prediction needs an id")
+        p["id"] = str(p["id"])
+        if "candidate" in p and not isinstance(p["candidate"], str):
+            raise ValueError(f"{predictions_path}:{number}: candidate must be text")
+    if references_path is not None:
+        references = {str(r["id"]): r.get("reference", r.get("findings")) for r in read_jsonl(references_path)}
+        missing = [p["id"] for p in predictions if p["id"] not in references]
+        extra = sorted(references.keys() - {p["id"] for p in predictions})
+        if missing or extra:
+            raise ValueError(
+                f"ids differ between {predictions_path} and {references_path}: {len(missing)} prediction(s) "
+                f"without a reference (e.g. {missing[:3]}), {len(extra)} reference(s) without a prediction "
+                f"(e.g. {extra[:3]})")
+        for p in predictions:
+            p["reference"] = references[p["id"]]
+    lacking = [p["id"] for p in predictions if not isinstance(p.get("reference"), str)]
+    if lacking:
+        raise ValueError(f"{predictions_path}: {len(lacking)} prediction(s) without a reference text "
+                         f"(e.g. {lacking[:3]}); pass --references")
+    return predictions

@@ -59,6 +59,13 @@ def score(experiment: Experiment, predictions: list[dict]) -> tuple[dict[str, fl
     return metrics, skipped, judgments, client
 
 
+def judgment_records(predictions: list[dict], judgments: list[Judgment]) -> list[dict]:
+    """One line per report, the input of `radlab judge agreement`."""
+    return [{"id": p["id"], "status": "ok" if j.ok else "failed", "error": j.error, "raw": j.raw,
+             "significant": j.counts.significant if j.ok else None,
+             "insignificant": j.counts.insignificant if j.ok else None} for p, j in zip(predictions, judgments)]
+
+
 def report_table(predictions: list[dict], judgments: list[Judgment]) -> dict[str, list]:
     rows = []
     for p, j in zip(predictions, judgments or [None] * len(predictions)):
@@ -98,6 +105,9 @@ def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predic
     folder = f"eval/{prefix.strip('/') or 'trained'}"
     with tempfile.TemporaryDirectory() as tmp:
         client_ml.log_artifact(run_id, str(write_jsonl(predictions, Path(tmp) / "predictions.jsonl")), folder)
+        if judgments:
+            records = judgment_records(predictions, judgments)
+            client_ml.log_artifact(run_id, str(write_jsonl(records, Path(tmp) / "judgments.jsonl")), folder)
     table = report_table(predictions, judgments)
     if table:
         client_ml.log_table(run_id, table, f"{folder}/per_report.json")

@@ -40,6 +40,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def fetch_checkpoint(source: str, uri: str, dest: Path) -> Path:
+    """A local folder for a checkpoint given as a folder, `runs:/<id>/model` or `models:/name@alias`."""
+    if "://" not in source and ":/" not in source:
+        return Path(source)
+    from mlflow.artifacts import download_artifacts
+
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+
+
 class Tracker:
     """The MLflow runs of one experiment."""
 

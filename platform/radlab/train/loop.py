@@ -129,7 +129,7 @@ def train_stage(config: dict) -> None:
             if experiment.ray.deepspeed == "none":
                 train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
-                            {"stage": stage_name, "step": step, "final": final}, train_state)
+                            {"stage": stage_name, "step": step, "final": final, "template": stage.template}, train_state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
     trainable.train()

@@ -1,0 +1,58 @@
+"""The command line as a user types it (typer's runner, real judges and stores)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from radlab.cli import app
+from radlab.data.synthetic import Finding, write_findings
+
+runner = CliRunner()
+EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
+NORMAL = write_findings([])
+
+
+def write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+def test_eval_predictions_with_the_reference_judge(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "candidate": EFFUSION}, {"id": 2, "candidate": EFFUSION},
+                                               {"id": 3, "candidate": ""}])
+    refs = write_jsonl(tmp_path / "r.jsonl", [{"id": 1, "reference": EFFUSION}, {"id": 2, "reference": NORMAL},
+                                              {"id": 3, "reference": NORMAL}])
+    result = runner.invoke(app, ["eval", "--predictions", str(preds), "--references", str(refs)])
+    assert result.exit_code == 0, result.output
+    assert "chexprompt/significant_mean" in result.output and "chexprompt/n_failed" in result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/radlab_runs/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("eval").experiment_id])[0]
+    assert run.data.metrics["chexprompt/n_failed"] == 1          # the empty candidate, never a zero
+    assert run.data.metrics["chexprompt/significant_mean"] == 0.5  # 0 and 1 false effusion over 2 judged
+
+
+def test_eval_refuses_mismatched_ids_and_bad_text(tmp_path):
+    preds = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "candidate": "x"}, {"id": 9, "candidate": "y"}])
+    refs = write_jsonl(tmp_path / "r.jsonl", [{"id": 1, "reference": "x"}, {"id": 2, "reference": "y"}])
+    result = runner.invoke(app, ["eval", "--predictions", str(preds), "--references", str(refs)])
+    assert result.exit_code == 2 and "1 prediction(s) without a reference" in result.output
+    (tmp_path / "bad.jsonl").write_bytes(b'{"id": 1, "candidate": "\xff"}\n')
+    result = runner.invoke(app, ["eval", "--predictions", str(tmp_path / "bad.jsonl"), "--references", str(refs)])
+    assert result.exit_code == 2 and "bad.jsonl:1: not UTF-8" in result.output
+
+
+def test_judge_agreement(tmp_path):
+    def judgments(name, counts):
+        return write_jsonl(tmp_path / name, [
+            {"id": i, "significant": dict.fromkeys("ABCDEF", 0) | {"A": c}, "insignificant": dict.fromkeys("ABCDEF", 0)}
+            for i, c in enumerate(counts)])
+
+    a = judgments("a.jsonl", [0, 1, 2, 3])
+    b = judgments("b.jsonl", [0, 1, 2, 5])
+    result = runner.invoke(app, ["judge", "agreement", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    line = next(row for row in result.output.splitlines() if "significant/false_finding" in row and "insig" not in row)
+    assert "1.000" in line and "0.500" in line   # same ranking; mean |diff| = 2/4

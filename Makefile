@@ -17,6 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 quickstart: install
 	$(VENV)/bin/radlab run experiments/quickstart.yaml
+	$(VENV)/bin/radlab serve --model models:/radlab-quickstart/latest --once data/synthetic/images/test/000000.png
 
 test: install
 	$(PY) -m pytest -q tests

@@ -158,3 +158,62 @@ def judge_agreement(first: Path, second: Path) -> None:
     for name, row in result.items():
         table.add_row(name, f"{row['n']:.0f}", f"{row['kendall_tau']:.3f}", f"{row['mean_abs_diff']:.3f}")
     console.print(table)
+
+
+@app.command("serve")
+def serve_command(
+    model: Annotated[str, typer.Option(help="folder, runs:/<id>/model, models:/<name>/<version|latest> or @alias")] = None,
+    config: Annotated[Path, typer.Option(help="a Serve config whose first application's args to use")] = Path("serving/local.yaml"),
+    port: int = 8000,
+    once: Annotated[Path, typer.Option(help="deploy, send this image to /v1/reports, print, shut down")] = None,
+    indication: str = "",
+) -> None:
+    """Deploy a checkpoint with Ray Serve on 127.0.0.1 (CPU by default)."""
+    import httpx
+    import yaml
+    from ray import serve
+
+    from radlab.config import RayConfig, TrackingConfig
+    from radlab.runtime import init_ray
+    from radlab.serve.app import build_app, deploy_failure
+    from radlab.tracking.runs import tracking_uri
+
+    args = yaml.safe_load(config.read_text())["applications"][0].get("args", {}) if config.is_file() else {}
+    if model:
+        args["model"] = model
+    args.setdefault("tracking_uri", tracking_uri(TrackingConfig()))
+    if "model" not in args:
+        err_console.print("--model is required (or a config with args.model)")
+        raise typer.Exit(2)
+    init_ray(RayConfig())
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    with console.status(f"deploying {args['model']}"):
+        try:
+            serve.run(build_app(args), name="radlab", route_prefix="/", blocking=False)
+        except RuntimeError:
+            err_console.print(f"[red]deploy failed[/]\n{deploy_failure('radlab')}", highlight=False)
+            serve.shutdown()
+            raise typer.Exit(1) from None
+    url = f"http://127.0.0.1:{port}"
+    console.print(f"serving {args['model']} at {url}  (POST /v1/reports, /v1/chat/completions)")
+    if once is None:
+        import time
+
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+        return
+    key = os.environ.get(args["api_key_env"], "") if args.get("api_key_env") else ""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with open(once, "rb") as fh:
+        reply = httpx.post(f"{url}/v1/reports", files={"image": (once.name, fh)}, data={"indication": indication},
+                           headers=headers, timeout=120)
+    serve.shutdown()
+    if reply.status_code != 200:
+        err_console.print(f"[red]{reply.status_code}[/] {reply.text}")
+        raise typer.Exit(1)
+    answer = reply.json()
+    console.print(f"[bold]{once}[/] -> {answer['findings']}\n(model {answer['model']} {answer['version']}, "
+                  f"{answer['timings_ms']['generate']} ms)")

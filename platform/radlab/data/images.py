@@ -42,16 +42,21 @@ def _dicom_to_image(data: bytes, name: str) -> Image.Image:
     return Image.fromarray((pixels * 255).astype(np.uint8), mode="L")
 
 
-def decode_image(data: bytes, name: str) -> Image.Image:
-    """Decode bytes of a PNG, JPEG or DICOM into a grayscale PIL image."""
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode bytes of a PNG, JPEG or DICOM into a grayscale PIL image of at most `max_pixels`."""
     if _is_dicom(data):
-        return _dicom_to_image(data, name)
+        image = _dicom_to_image(data, name)
+        if image.width * image.height > max_pixels:
+            raise ImageError(f"{name}: {image.width}x{image.height} exceeds {max_pixels} pixels")
+        return image
     try:
         image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            raise ImageError(f"{name}: {image.width}x{image.height} exceeds {MAX_PIXELS} pixels")
+        if image.width * image.height > max_pixels:
+            raise ImageError(f"{name}: {image.width}x{image.height} exceeds {max_pixels} pixels")
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:
+        raise ImageError(f"{name}: too many pixels ({err})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ImageError(f"{name}: not a readable PNG, JPEG or DICOM image ({err})") from None
     return image.convert("L")
 

@@ -1,0 +1,267 @@
+"""The Ray Serve application: a checkpoint loaded once per replica, findings generated with
+dynamic batching, behind a report endpoint and an OpenAI-compatible chat endpoint.
+
+    POST /v1/reports             multipart (image file, indication) or JSON {image_base64, indication}
+    POST /v1/chat/completions    OpenAI chat format, the image as an image_url data URL; stream=true works
+    GET  /v1/models              the served model
+    GET  /healthz                liveness (no auth)
+
+Request content (images, text) is never logged: these are patient images.
+"""
+
+
+import base64
+import binascii
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import metrics
+
+from radlab.data.images import ImageError, decode_image, to_tensor
+from radlab.model.checkpoint import load_checkpoint
+from radlab.model.generation import generate_texts
+
+INSTRUCTION = "Provide a description of the findings in the radiology image"
+
+
+class ServeArgs(BaseModel):
+    """The application's arguments (the `args:` of a Serve config)."""
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="checkpoint folder, runs:/<id>/model or models:/<name>@<alias>")
+    model_name: str = "radlab"
+    tracking_uri: str | None = None
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
+    dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$")
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    max_new_tokens: int = Field(256, ge=1)
+    api_key_env: str | None = Field(None, description="env var holding the bearer token; None: no auth")
+    max_body_bytes: int = Field(20_000_000, ge=1024)
+    max_pixels: int = Field(50_000_000, ge=1024)
+
+
+class RequestError(ValueError):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """fp16 on GPUs without bf16 (V100, T4), bf16 where supported, fp32 on CPUs."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        if device == "cpu":
+            dtype = "fp32"
+        else:
+            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return torch.device(device), {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def resolve_model(source: str, tracking_uri: str | None) -> Path:
+    from radlab.tracking.runs import fetch_checkpoint
+
+    if "://" not in source and ":/" not in source:
+        return Path(source)
+    return fetch_checkpoint(source, tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""),
+                            Path(os.environ.get("TMPDIR", "/tmp")) / f"radlab-serve-{uuid.uuid4().hex[:8]}")
+
+
+def _error(err: RequestError) -> JSONResponse:
+    return JSONResponse({"error": {"message": str(err), "type": err.kind}}, status_code=err.status)
+
+
+api = FastAPI(title="radlab report server")
+
+
+@serve.deployment(max_ongoing_requests=32)
+@serve.ingress(api)
+class ReportServer:
+    def __init__(self, args: dict):
+        self.args = ServeArgs.model_validate(args)
+        folder = resolve_model(self.args.model, self.args.tracking_uri)
+        loaded = load_checkpoint(folder)  # an error here fails the deployment with its reason
+        self.device, self.dtype = pick_device_dtype(self.args.device, self.args.dtype)
+        self.model = loaded.model.to(self.device, self.dtype).eval()
+        self.tokenizer = loaded.tokenizer
+        self.template = loaded.meta.get("template", "vicuna_v1")
+        self.image_size = loaded.model_config.vision.image_size
+        self.version = f"{loaded.meta.get('stage', '?')}@{loaded.meta.get('step', '?')}"
+        self.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
+        if self.args.api_key_env and not self.api_key:
+            raise RuntimeError(f"api_key_env {self.args.api_key_env} is set in the config but empty in the environment")
+        self.generate.set_max_batch_size(self.args.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.requests = metrics.Counter("radlab_requests", "requests by route and status", tag_keys=("route", "status"))
+        self.latency = metrics.Histogram("radlab_latency_ms", "request latency", boundaries=[10, 50, 100, 250, 500, 1000, 2500, 5000, 10000], tag_keys=("route",))
+        self.batch_size = metrics.Histogram("radlab_batch_size", "generation batch size", boundaries=[1, 2, 4, 8, 16, 32, 64])
+
+    # -- the batched core ---------------------------------------------------------------------
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def generate(self, items: list[tuple[torch.Tensor, str]]) -> list[str]:
+        self.batch_size.observe(len(items))
+        return generate_texts(self.model, self.tokenizer, [p for p, _ in items], [h for _, h in items],
+                              self.template, self.args.max_new_tokens)
+
+    # -- request handling -----------------------------------------------------------------------
+    def _check(self, request: Request) -> None:
+        if self.api_key is not None:
+            if request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+                raise RequestError(401, "missing or wrong bearer token", "authentication_error")
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > self.args.max_body_bytes:
+            raise RequestError(413, f"request body of {length} bytes exceeds {self.args.max_body_bytes}")
+
+    def _pixels(self, data: bytes, name: str) -> torch.Tensor:
+        if len(data) > self.args.max_body_bytes:
+            raise RequestError(413, f"{name}: {len(data)} bytes exceeds {self.args.max_body_bytes}")
+        try:
+            return to_tensor(decode_image(data, name, self.args.max_pixels), self.image_size)
+        except ImageError as err:
+            raise RequestError(422, str(err)) from None
+
+    async def _run(self, route: str, handler) -> JSONResponse | StreamingResponse | dict:
+        start = time.perf_counter()
+        try:
+            response = await handler()
+            status = "200"
+        except RequestError as err:
+            response, status = _error(err), str(err.status)
+        self.requests.inc(tags={"route": route, "status": status})
+        self.latency.observe((time.perf_counter() - start) * 1000, tags={"route": route})
+        return response
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self, request: Request):
+        async def handle():
+            self._check(request)
+            return {"object": "list", "data": [{"id": self.args.model_name, "object": "model",
+                                                 "owned_by": "radlab", "version": self.version}]}
+        return await self._run("models", handle)
+
+    @api.post("/v1/reports")
+    async def reports(self, request: Request):
+        async def handle():
+            self._check(request)
+            kind = request.headers.get("content-type", "")
+            if kind.startswith("multipart/form-data"):
+                form = await request.form()
+                upload = form.get("image")
+                if upload is None or isinstance(upload, str):
+                    raise RequestError(400, "multipart field 'image' (a file) is missing")
+                data, name, indication = await upload.read(), upload.filename or "image", form.get("indication") or ""
+            else:
+                try:
+                    body = json.loads(await request.body())
+                    encoded, indication = body["image_base64"], body.get("indication") or ""
+                    data = base64.b64decode(encoded, validate=True)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    raise RequestError(400, "body is not valid JSON (or send multipart/form-data)") from None
+                except (KeyError, TypeError):
+                    raise RequestError(400, "JSON body needs the field image_base64") from None
+                except (binascii.Error, ValueError):
+                    raise RequestError(400, "image_base64 is not valid base64") from None
+                name = "image_base64"
+            if not isinstance(indication, str):
+                raise RequestError(400, "indication must be text")
+            pixels = self._pixels(data, name)
+            human = f"<image>\n{INSTRUCTION} given the following indication: {indication}" if indication \
+                else f"<image>\n{INSTRUCTION}."
+            started = time.perf_counter()
+            findings = await self.generate((pixels, human))
+            return {"findings": findings, "model": self.args.model_name, "version": self.version,
+                    "timings_ms": {"generate": round((time.perf_counter() - started) * 1000, 1)}}
+        return await self._run("reports", handle)
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request):
+        async def handle():
+            self._check(request)
+            try:
+                body = json.loads(await request.body())
+                messages = body["messages"]
+                user = [m for m in messages if m.get("role") == "user"][-1]
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise RequestError(400, "body is not valid JSON") from None
+            except (KeyError, IndexError, TypeError, AttributeError):
+                raise RequestError(400, "messages must hold at least one user message") from None
+            if body.get("model") not in (None, self.args.model_name):
+                raise RequestError(404, f"model {body.get('model')!r} is not served here; try {self.args.model_name!r}",
+                                   "model_not_found")
+            text, images = self._parse_content(user.get("content"))
+            if len(images) != 1:
+                raise RequestError(400, f"the user message needs exactly one image_url, got {len(images)}")
+            pixels = self._pixels(images[0], "image_url")
+            human = f"<image>\n{text}" if text else f"<image>\n{INSTRUCTION}."
+            findings = await self.generate((pixels, human))
+            completion_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
+            if body.get("stream"):
+                return StreamingResponse(self._stream(completion_id, findings), media_type="text/event-stream")
+            return {"id": completion_id, "object": "chat.completion", "created": int(time.time()),
+                    "model": self.args.model_name,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": findings}}],
+                    "usage": {"prompt_tokens": 0, "completion_tokens": len(self.tokenizer(findings)["input_ids"]),
+                              "total_tokens": len(self.tokenizer(findings)["input_ids"])}}
+        return await self._run("chat", handle)
+
+    @staticmethod
+    def _parse_content(content) -> tuple[str, list[bytes]]:
+        if isinstance(content, str):
+            return content, []
+        if not isinstance(content, list):
+            raise RequestError(400, "message content must be text or a list of parts")
+        texts, images = [], []
+        for part in content:
+            if not isinstance(part, dict):
+                raise RequestError(400, "each content part must be an object")
+            if part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            elif part.get("type") == "image_url":
+                url = (part.get("image_url") or {}).get("url", "")
+                if not url.startswith("data:") or ";base64," not in url:
+                    raise RequestError(400, "image_url must be a data URL (data:image/png;base64,...)")
+                try:
+                    images.append(base64.b64decode(url.split(";base64,", 1)[1], validate=True))
+                except (binascii.Error, ValueError):
+                    raise RequestError(400, "image_url holds invalid base64") from None
+        return " ".join(texts).strip(), images
+
+    def _stream(self, completion_id: str, text: str):
+        def chunk(delta: dict, finish: str | None = None) -> str:
+            return "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk",
+                                          "created": int(time.time()), "model": self.args.model_name,
+                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            yield chunk({"content": word if i == 0 else " " + word})
+        yield chunk({}, "stop")
+        yield "data: [DONE]\n\n"
+
+
+def deploy_failure(app_name: str) -> str:
+    """Why an application failed to deploy, from Serve's status (the replica's own error)."""
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return f"application {app_name} is not known to Serve"
+    return "\n".join([status.message] + [d.message for d in status.deployments.values() if d.message])
+
+
+def build_app(args: dict) -> serve.Application:
+    """Serve's application builder: `import_path: radlab.serve.app:build_app` with `args:`."""
+    parsed = ServeArgs.model_validate(args)
+    return ReportServer.options(max_ongoing_requests=max(32, parsed.max_batch_size * 2)).bind(parsed.model_dump())

@@ -1,0 +1,171 @@
+"""The Serve application on a real Serve instance on loopback, with the tiny model."""
+
+import base64
+import io
+import struct
+import zlib
+import httpx
+import numpy as np
+import openai
+import pydicom
+import pytest
+import yaml
+from PIL import Image
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from radlab.config import ModelConfig
+from radlab.model.build import build_model
+from radlab.model.checkpoint import save_checkpoint
+from radlab.serve.app import ReportServer, ServeArgs, build_app, deploy_failure, pick_device_dtype
+
+from ..conftest import ROOT, free_port
+
+KEY = "s3cret-test-token"
+
+
+def png(width=64, height=64) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def huge_png_header(side=20000) -> bytes:
+    """A valid PNG header announcing side x side pixels (the pixel data itself is never read)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+def dicom_bytes(pixels: np.ndarray | None = None) -> bytes:
+    """A small CR DICOM, with MONOCHROME1 pixel data or without any."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.PatientName = "Test^Anon"
+    ds.Modality = "CR"
+    if pixels is not None:
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve") / "ckpt"
+    config = ModelConfig.model_validate({"preset": "tiny"})
+    save_checkpoint(folder, build_model(config, tokenizer), tokenizer, config, None,
+                    {"stage": "stage2", "step": 7, "template": "vicuna_v1"})
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {"model": str(folder), "max_new_tokens": 8, "max_batch_size": 4, "max_body_bytes": 300_000}
+    serve.run(build_app(args), name="open", route_prefix="/", blocking=False)
+    secure = ReportServer.options(ray_actor_options={"runtime_env": {"env_vars": {"RADLAB_TEST_KEY": KEY}}})
+    serve.run(secure.bind({**args, "api_key_env": "RADLAB_TEST_KEY"}), name="secure", route_prefix="/secure",
+              blocking=False)
+    yield f"http://127.0.0.1:{port}", folder
+    serve.shutdown()
+
+
+def report(url, image=None, **kwargs):
+    files = {"image": ("x.png", image)} if image is not None else None
+    return httpx.post(f"{url}/v1/reports", files=files, timeout=60, **kwargs)
+
+
+def test_report_endpoint_multipart_json_and_dicom(served):
+    url, _ = served
+    reply = report(url, png(), data={"indication": "dyspnea"})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert isinstance(body["findings"], str) and body["model"] == "radlab" and body["version"] == "stage2@7"
+    assert body["timings_ms"]["generate"] > 0
+    as_json = httpx.post(f"{url}/v1/reports", json={"image_base64": base64.b64encode(png()).decode()}, timeout=60)
+    assert as_json.status_code == 200
+    dicom = report(url, dicom_bytes(np.arange(96 * 80).reshape(96, 80) % 4096))
+    assert dicom.status_code == 200, dicom.text
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+
+
+def test_openai_client_chat_plain_and_streaming(served):
+    url, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["radlab"]
+    image = f"data:image/png;base64,{base64.b64encode(png()).decode()}"
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Describe the findings."},
+                                             {"type": "image_url", "image_url": {"url": image}}]}]
+    reply = client.chat.completions.create(model="radlab", messages=messages)
+    text = reply.choices[0].message.content
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
+                       client.chat.completions.create(model="radlab", messages=messages, stream=True))
+    assert streamed == text
+    with pytest.raises(openai.NotFoundError, match="not served here"):
+        client.chat.completions.create(model="gpt-4", messages=messages)
+
+
+@pytest.mark.parametrize("name, send, status, message", [
+    ("not an image", lambda url: report(url, b"hello, not an image"), 422, "not a readable PNG"),
+    ("truncated png", lambda url: report(url, png()[:100]), 422, "not a readable"),
+    ("20,000 x 20,000", lambda url: report(url, huge_png_header()), 422, "too many pixels"),
+    ("dicom without pixels", lambda url: report(url, dicom_bytes()), 422, "DICOM without readable pixel data"),
+    ("wrong json", lambda url: httpx.post(f"{url}/v1/reports", content=b"{oops", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+    ("missing field", lambda url: httpx.post(f"{url}/v1/reports", json={"indication": "x"}), 400, "image_base64"),
+    ("no image part", lambda url: httpx.post(f"{url}/v1/reports", files={"other": ("x", b"1")}), 400, "'image'"),
+    ("chat without image", lambda url: httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}), 400, "exactly one image_url"),
+    ("oversized body", lambda url: report(url, b"\0" * 400_000), 413, "exceeds"),
+])
+def test_bad_input_gets_a_4xx_and_the_replica_stays_up(served, name, send, status, message):
+    url, _ = served
+    reply = send(url)
+    assert reply.status_code == status, reply.text
+    assert message in reply.json()["error"]["message"]
+    assert report(url, png()).status_code == 200
+
+
+def test_bearer_token_on_every_route_but_health(served):
+    url, _ = served
+    secure = f"{url}/secure"
+    assert report(secure, png()).status_code == 401
+    assert report(secure, png(), headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert report(secure, png(), headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert httpx.get(f"{secure}/v1/models").status_code == 401
+    assert httpx.get(f"{secure}/healthz").status_code == 200
+    client = openai.OpenAI(base_url=f"{secure}/v1", api_key=KEY)
+    assert client.models.list().data[0].id == "radlab"
+
+
+def test_a_checkpoint_that_fails_to_load_fails_the_deploy(served, tmp_path):
+    with pytest.raises(RuntimeError, match="Deploying application broken failed"):
+        serve.run(build_app({"model": str(tmp_path)}), name="broken", route_prefix="/broken", blocking=True)
+    assert "not a radlab checkpoint" in deploy_failure("broken")
+    serve.delete("broken")
+    assert report(served[0], png()).status_code == 200
+
+
+def test_shipped_serve_configs():
+    for name in ("local.yaml", "v100.yaml"):
+        raw = yaml.safe_load((ROOT / "serving" / name).read_text())
+        schema = ServeDeploySchema.model_validate(raw)
+        assert schema.http_options.host == "127.0.0.1"
+        app = raw["applications"][0]
+        assert app["import_path"] == "radlab.serve.app:build_app"
+        ServeArgs.model_validate(app["args"])
+    v100 = yaml.safe_load((ROOT / "serving/v100.yaml").read_text())["applications"][0]
+    options = v100["deployments"][0]["ray_actor_options"]
+    assert options["accelerator_type"] == "V100" and options["num_gpus"] == 1
+    assert v100["args"]["dtype"] == "fp16" and v100["args"]["api_key_env"]
+    assert v100["deployments"][0]["autoscaling_config"]["max_replicas"] >= 1
+
+
+def test_dtype_choice_per_device():
+    assert pick_device_dtype("cpu", "auto")[1].__str__() == "torch.float32"
+    assert pick_device_dtype("cpu", "bf16")[1].__str__() == "torch.bfloat16"

@@ -46,8 +46,25 @@ def fetch_checkpoint(source: str, uri: str, dest: Path) -> Path:
         return Path(source)
     from mlflow.artifacts import download_artifacts
 
+    if source.startswith("models:/"):
+        source = model_version(MlflowClient(uri, registry_uri=uri), source).source
     dest.mkdir(parents=True, exist_ok=True)
     return Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+
+
+def model_version(client: MlflowClient, reference: str):
+    """The ModelVersion of `models:/name@alias`, `models:/name/3` or `models:/name/latest`."""
+    spec = reference.removeprefix("models:/")
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = spec.partition("/")
+    if version in ("", "latest"):
+        versions = client.search_model_versions(f"name = '{name}'")
+        if not versions:
+            raise ValueError(f"{reference}: the registry has no versions of {name!r}")
+        return max(versions, key=lambda v: int(v.version))
+    return client.get_model_version(name, version)
 
 
 class Tracker:

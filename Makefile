@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: install quickstart test benchmark ui
+.PHONY: install browser quickstart test benchmark ui
 
 install: $(VENV)/.installed
 
@@ -19,7 +19,12 @@ quickstart: install
 	$(VENV)/bin/radlab run experiments/quickstart.yaml
 	$(VENV)/bin/radlab serve --model models:/radlab-quickstart/latest --once data/synthetic/images/test/000000.png
 
-test: install
+# The MLflow UI test drives a real headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(PY) -m pytest -q tests
 
 benchmark: install

@@ -1,7 +1,12 @@
-"""The whole experiment against a real `mlflow server` on loopback."""
+"""The whole experiment against a real `mlflow server` on loopback, and its run page in a real
+browser."""
 
 import json
+import re
+import shutil
+import subprocess
 
+import pytest
 from mlflow import MlflowClient
 
 from radlab.config import parse_experiment
@@ -10,13 +15,17 @@ from radlab.pipeline import run_experiment
 from .conftest import experiment_dict
 
 
-def test_run_logs_parent_and_stage_runs_and_registers(ray_session, mlflow_server, synthetic_root, tmp_path,
-                                                       monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": mlflow_server})
+@pytest.fixture(scope="module")
+def finished(ray_session, mlflow_server, synthetic_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    raw = experiment_dict(synthetic_root, workdir, tracking={"uri": mlflow_server},
+                          eval={"judge": {"cache": str(workdir / "judge.sqlite")}})
     experiment = parse_experiment(raw, "t")
-    summary = run_experiment(experiment, json.dumps(raw))
-    client = MlflowClient(mlflow_server)
+    return run_experiment(experiment, json.dumps(raw)), MlflowClient(mlflow_server)
+
+
+def test_run_logs_parent_and_stage_runs_and_registers(finished):
+    summary, client = finished
     parent = client.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["stage2.lora.r"] == "4" and parent.data.tags["radlab.data_digest"]
@@ -39,3 +48,20 @@ def test_run_logs_parent_and_stage_runs_and_registers(ray_session, mlflow_server
     evaluation = {a.path for a in client.list_artifacts(summary.parent_run_id, "eval/trained")}
     assert {"eval/trained/predictions.jsonl", "eval/trained/judgments.jsonl", "eval/trained/per_report.json",
             "eval/trained/chexprompt_error_types.png"} <= evaluation
+
+
+def test_run_page_shows_chexprompt_metrics_in_a_browser(finished, mlflow_server, tmp_path):
+    summary, client = finished
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "the test needs Debian's chromium (make test installs it where apt-get is available)"
+    experiment_id = client.get_run(summary.parent_run_id).info.experiment_id
+    url = f"{mlflow_server}/#/experiments/{experiment_id}/runs/{summary.parent_run_id}/model-metrics"
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--window-size=1400,1800"]
+    dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    subprocess.run(flags + [f"--screenshot={tmp_path / 'run.png'}", url], capture_output=True, timeout=120)
+    # The metrics page groups the charts by prefix, one section per group of CheXprompt scores.
+    sections = set(re.findall(r">([\w/]*chexprompt[\w/]*)<", dom))
+    assert {"chexprompt", "chexprompt/significant", "chexprompt/insignificant", "untrained/chexprompt"} <= sections
+    assert (tmp_path / "run.png").stat().st_size > 10_000

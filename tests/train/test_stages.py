@@ -75,3 +75,11 @@ def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, to
     assert vision_a.keys() == vision_b.keys()
     changed = [k for k in vision_a if not (vision_a[k] == vision_b[k]).all()]
     assert changed  # the tiny preset tunes its encoder (vision.frozen: false)
+
+
+def test_deepspeed_zero2_stage_on_cpu(ray_session, synthetic_root, tokenizer_dir, tmp_path):
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, ray={"deepspeed": "zero2"}), "t")
+    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
+    with checkpoint.as_directory() as folder:
+        assert load_train_state(Path(folder))["step"] == 4
+        assert load_checkpoint(Path(folder)).meta["final"]

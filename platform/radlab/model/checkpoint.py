@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from transformers import LlavaConfig
 
 from radlab.config import LoraConfig, ModelConfig
@@ -45,7 +45,10 @@ def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config:
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        # Own copies of every tensor: DeepSpeed's ZeRO keeps parameters as views of flat buffers,
+        # which safetensors refuses to save as they are.
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         llava_config(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         info = {"format": FORMAT, "model": model_config.model_dump(mode="json"),
@@ -96,7 +99,8 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     lora = LoraConfig.model_validate(meta["lora"]) if meta.get("lora") else None
     if lora is not None:
         model = apply_lora(model, lora)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    result = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not fit the model: {len(missing)} missing "
                          f"({missing[:2]}), {len(unexpected)} unexpected ({unexpected[:2]})")

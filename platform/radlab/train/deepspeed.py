@@ -24,7 +24,7 @@ def deepspeed_config(ray: RayConfig, stage: StageConfig, accumulation: int, worl
                                                   "betas": [0.9, 0.999], "eps": 1e-8,
                                                   "torch_adam": not ray.use_gpu}},
         "scheduler": {"type": "WarmupCosineLR", "params": {"total_num_steps": total_steps,
-                                                           "warmup_num_steps": warmup_steps,
+                                                           "warmup_num_steps": max(1, warmup_steps),
                                                            "warmup_type": "linear"}},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,

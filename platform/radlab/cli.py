@@ -217,3 +217,44 @@ def serve_command(
     answer = reply.json()
     console.print(f"[bold]{once}[/] -> {answer['findings']}\n(model {answer['model']} {answer['version']}, "
                   f"{answer['timings_ms']['generate']} ms)")
+
+
+@app.command()
+def sweep(path: Path, overrides: Overrides = None,
+          resume: Annotated[bool, typer.Option(help="continue an interrupted sweep")] = False,
+          dry_run: Annotated[bool, typer.Option(help="print the matrix and exit")] = False,
+          address: Annotated[str, typer.Option(help="join this Ray cluster")] = None) -> None:
+    """Run the ablation matrix of an experiment's sweep: block on Ray Tune."""
+    from rich.table import Table
+
+    from radlab.tune.sweep import describe, run_sweep
+
+    experiment = _load(path, (overrides or []) + ([f"ray.address={address}"] if address else []))
+    raw = experiment.model_dump(mode="json")
+    try:
+        matrix = describe(raw, str(path))
+    except ConfigError as err:
+        err_console.print(f"[red]invalid sweep[/]\n{err}", highlight=False)
+        raise typer.Exit(2) from None
+    table = Table("trial", "overrides", "samples", "searched", "resources", title=f"{len(matrix)} cells")
+    for row in matrix:
+        r = row["resources"]
+        gpu = f" + 1 {r['accelerator'] or 'GPU'}" if r["gpu_per_worker"] else ""
+        table.add_row(row["trial"], "\n".join(f"{k}={json.dumps(v)}" for k, v in row["overrides"].items()),
+                      str(row["optuna_samples"]), ", ".join(row["search"]) or "-",
+                      f"{r['workers']} x ({r['cpus_per_worker']:g} CPU{gpu})")
+    console.print(table)
+    if dry_run:
+        return
+    result = run_sweep(raw, str(path), resume=resume, console=console)
+    summary = Table("trial", "status", experiment.sweep.objective.metric, title="sweep")
+    for row in result["trials"]:
+        value = row.get(experiment.sweep.objective.metric)
+        summary.add_row(row["trial"], row["status"] + (f": {row['error']}" if row.get("error") else ""),
+                        "-" if value is None else f"{value:.3f}")
+    console.print(summary)
+    best = result["best"]
+    if best:
+        moved = "took" if best.get("alias_moved") else "did not take (the holder is better)"
+        console.print(f"best: {best['trial']}; registered version {best.get('version')} {moved} "
+                      f"alias '{experiment.sweep.alias}'")

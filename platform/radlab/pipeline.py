@@ -43,13 +43,15 @@ def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
     return folder
 
 
-def run_experiment(experiment: Experiment, yaml_text: str, console: Console | None = None) -> RunSummary:
+def run_experiment(experiment: Experiment, yaml_text: str, console: Console | None = None,
+                   parent_run_id: str | None = None, register: bool = True) -> RunSummary:
+    """Train, evaluate, log; register a new model version unless `register` is off (sweep trials)."""
     console = console or Console()
     tracker = Tracker(experiment)
     with console.status("preparing data and tokenizer"):
         data_digest = manifest_digest(experiment.data)
         tokenizer_dir = prepare_tokenizer(experiment, data_digest)
-    parent = tracker.open_parent(yaml_text, data_digest)
+    parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
     console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
     init_ray(experiment.ray)
     checkpoint = None
@@ -70,7 +72,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             console.rule("evaluation")
             metrics = evaluate_checkpoint(experiment, final, tracker, parent, console)
         source = tracker.log_checkpoint(parent, final)
-        version = tracker.register(parent, source)
+        version = tracker.register(parent, source) if register else None
         if version:
             console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version}")
         tracker.finish(parent)

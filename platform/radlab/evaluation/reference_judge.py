@@ -7,6 +7,7 @@ quickstart and the tests exercise the real `openai` client path offline.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -70,7 +71,8 @@ def _user_text(message: dict) -> str:
     return content if isinstance(content, str) else ""
 
 
-def create_app() -> FastAPI:
+def create_app(latency_s: float = 0.0) -> FastAPI:
+    """The judge's HTTP app; `latency_s` delays each answer (to stand in for a remote LLM in load tests)."""
     app = FastAPI(title="radlab synthetic reference judge")
 
     @app.get("/v1/models")
@@ -91,6 +93,8 @@ def create_app() -> FastAPI:
             return JSONResponse({"error": {"message": "the last user message needs <reference>...</reference> "
                                            "and <candidate>...</candidate>", "type": "invalid_request_error"}},
                                 status_code=400)
+        if latency_s:
+            await asyncio.sleep(latency_s)
         counts, explanation = judge_pair(*match.groups())
         answer = format_answer(counts, explanation)
         prompt_tokens = sum(len(_user_text(m).split()) for m in messages)

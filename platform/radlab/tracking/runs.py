@@ -92,16 +92,19 @@ class Tracker:
                 return run.info.run_id
         return None
 
-    def open_parent(self, yaml_text: str, data_digest: str) -> str:
-        digest = self.experiment.digest()
-        run_id = self._unfinished(f"tags.`{DIGEST_TAG}` = '{digest}' and tags.`{STAGE_TAG}` = 'experiment'")
+    def open_parent(self, yaml_text: str, data_digest: str, stage: str = "experiment", digest: str | None = None,
+                    parent_run_id: str | None = None) -> str:
+        """The run of an experiment (or of a sweep, or of a sweep's trial under `parent_run_id`)."""
+        digest = digest or self.experiment.digest()
+        run_id = self._unfinished(f"tags.`{DIGEST_TAG}` = '{digest}' and tags.`{STAGE_TAG}` = '{stage}'")
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
-        run = self.client.create_run(self.experiment_id, tags={
-            DIGEST_TAG: digest, STAGE_TAG: "experiment", MLFLOW_RUN_NAME: f"{self.experiment.name}-{digest[:6]}",
-            "radlab.git_commit": git_commit(), "radlab.data_digest": data_digest,
-        })
+        tags = {DIGEST_TAG: digest, STAGE_TAG: stage, MLFLOW_RUN_NAME: f"{self.experiment.name}-{stage}-{digest[:6]}",
+                "radlab.git_commit": git_commit(), "radlab.data_digest": data_digest}
+        if parent_run_id:
+            tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+        run = self.client.create_run(self.experiment_id, tags=tags)
         run_id = run.info.run_id
         params = flatten(self.experiment.model_dump(mode="json"))
         items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
@@ -140,7 +143,7 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), "model")
         return f"{self.client.get_run(run_id).info.artifact_uri}/model"
 
-    def register(self, run_id: str, source: str) -> str | None:
+    def register(self, run_id: str, source: str, tags: dict | None = None) -> str | None:
         """Register the logged checkpoint as a new version of `tracking.register_as`."""
         name = self.config.register_as
         if not name:
@@ -149,5 +152,6 @@ class Tracker:
             self.client.get_registered_model(name)
         except Exception:  # MlflowException(RESOURCE_DOES_NOT_EXIST) is the only way MLflow says "absent"
             self.client.create_registered_model(name)
-        version = self.client.create_model_version(name, source, run_id, tags={"radlab.experiment": self.experiment.name})
+        version = self.client.create_model_version(name, source, run_id,
+                                                   tags={"radlab.experiment": self.experiment.name, **(tags or {})})
         return version.version

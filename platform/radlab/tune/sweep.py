@@ -1,0 +1,233 @@
+"""The ablation matrix on Ray Tune. Each trial is one whole experiment (stage 1, stage 2 on Ray
+Train, evaluation with CheXprompt) with the grid cell's overrides applied; the grid is a Tune
+grid search, and a `search:` block runs Optuna inside each cell. MLflow holds one sweep run, a
+child run per trial (its stage runs below it), a comparison table and plots; the best trial's
+checkpoint is registered and takes the alias when it beats the holder."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from ray import tune  # noqa: E402
+
+from radlab.config import ConfigError, Experiment, apply_override, parse_experiment  # noqa: E402
+from radlab.tracking.runs import Tracker  # noqa: E402
+from radlab.train.stages import storage_path  # noqa: E402
+
+# Metrics every evaluation produces (the objective must be one of them, or a per-type score).
+KNOWN_OBJECTIVES = ("chexprompt/significant_mean", "chexprompt/insignificant_mean", "chexprompt/total_mean",
+                    "chexprompt/zero_significant_share", "text/rouge_l_f1", "text/sacrebleu_bleu4",
+                    "text/sacrebleu_bleu1", "clinical/label_f1_micro", "clinical/label_f1_macro")
+
+
+@dataclass
+class Trial:
+    name: str
+    overrides: dict[str, object]
+
+
+def _set(raw: dict, path: str, value) -> dict:
+    return apply_override(raw, f"{path}={json.dumps(value)}")
+
+
+def expand(raw: dict, where: str) -> list[Trial]:
+    """The grid cells (one trial each, or one Optuna study each), validated: a path that does not
+    exist in the schema, or a value it refuses, is an error naming the axis."""
+    sweep = parse_experiment(raw, where).sweep
+    if sweep is None:
+        raise ConfigError(f"{where}: no sweep: block (use radlab run for a single experiment)")
+    if sweep.objective.metric not in KNOWN_OBJECTIVES and not sweep.objective.metric.startswith("chexprompt/"):
+        raise ConfigError(f"{where}: sweep.objective.metric: evaluation does not produce "
+                          f"{sweep.objective.metric!r}; one of {', '.join(KNOWN_OBJECTIVES)}")
+    base = {k: v for k, v in raw.items() if k != "sweep"}
+    paths = list(sweep.axes)
+    trials = []
+    for values in itertools.product(*(sweep.axes[p] for p in paths)):
+        overrides = dict(zip(paths, values))
+        cell = copy.deepcopy(base)
+        for path, value in overrides.items():
+            _check_path(base, path, where)
+            cell = _set(cell, path, value)
+        parse_experiment(cell, f"{where} (sweep cell {overrides})")
+        name = "_".join(f"{p.split('.')[-1]}={v}" for p, v in overrides.items()) or "base"
+        trials.append(Trial(name.replace(" ", ""), overrides))
+    if sweep.search:
+        for path in sweep.search.params:
+            _check_path(base, path, where)
+    return trials
+
+
+def _check_path(raw: dict, path: str, where: str) -> None:
+    """A path must name a field of the schema: set it to its own resolved value and validate."""
+    resolved = Experiment.model_validate(raw).model_dump(mode="json")
+    node = resolved
+    for key in path.split("."):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            raise ConfigError(f"{where}: sweep.axes: {path} is not a field of the experiment")
+
+
+def trial_experiment(base: dict, overrides: dict) -> Experiment:
+    raw = {k: v for k, v in base.items() if k != "sweep"}
+    for path, value in overrides.items():
+        raw = _set(raw, path, value)
+    return parse_experiment(raw, "sweep trial")
+
+
+def run_trial(config: dict) -> dict:
+    """The Tune trainable: one whole experiment; reports the objective and every metric."""
+    from radlab.pipeline import run_experiment
+
+    experiment = trial_experiment(config["base"], {**config["cell"], **config.get("search", {})})
+    summary = run_experiment(experiment, json.dumps(experiment.model_dump(mode="json")),
+                             parent_run_id=config["sweep_run"], register=False)
+    return {**summary.metrics, "trial_run_id": summary.parent_run_id}
+
+
+def search_space(experiment: Experiment) -> dict:
+    space = {}
+    for path, rng in (experiment.sweep.search.params.items() if experiment.sweep.search else []):
+        if rng.loguniform:
+            space[path] = tune.loguniform(*rng.loguniform)
+        elif rng.uniform:
+            space[path] = tune.uniform(*rng.uniform)
+        else:
+            space[path] = tune.choice(rng.choice)
+    return space
+
+
+def sweep_key(raw: dict) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def run_sweep(raw: dict, where: str, resume: bool = False, console=None) -> dict:
+    """Run (or resume) the sweep; return {trials: [...], best: {...} | None}."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from radlab.data.dataset import manifest_digest
+    from radlab.runtime import init_ray
+
+    trials = expand(raw, where)
+    experiment = parse_experiment(raw, where)
+    sweep = experiment.sweep
+    tracker = Tracker(experiment)
+    key = sweep_key(raw)
+    sweep_run = tracker.open_parent(json.dumps(raw, indent=2, default=str), manifest_digest(experiment.data),
+                                    stage="sweep", digest=key)
+    init_ray(experiment.ray)
+    results = []
+    for index, trial in enumerate(trials):
+        name = f"{experiment.name}-sweep-{key}-{index}"
+        path = str(Path(storage_path(experiment)) / name)
+        trainable = tune.with_resources(run_trial, {"cpu": 0.01})
+        param_space = {"base": raw, "cell": trial.overrides, "sweep_run": sweep_run}
+        if resume and tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, trainable, resume_errored=True, param_space=param_space)
+        else:
+            space = search_space(experiment)
+            searcher = None
+            if space:
+                param_space["search"] = space
+                searcher = OptunaSearch(metric=sweep.objective.metric, mode=sweep.objective.mode,
+                                        seed=sweep.search.seed)
+            tuner = tune.Tuner(
+                trainable, param_space=param_space,
+                tune_config=tune.TuneConfig(num_samples=sweep.search.samples if space else 1, search_alg=searcher,
+                                            max_concurrent_trials=sweep.max_concurrent_trials),
+                run_config=tune.RunConfig(name=name, storage_path=storage_path(experiment),
+                                          failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
+            )
+        for result in tuner.fit():
+            row = {"trial": trial.name, **trial.overrides,
+                   **{f"search.{k}": v for k, v in (result.config or {}).get("search", {}).items()}}
+            if result.error is not None:
+                row.update(status="failed", error=str(result.error).splitlines()[0][:300])
+            else:
+                row.update(status="ok", **{k: v for k, v in result.metrics.items()
+                                           if isinstance(v, (int, float)) and "/" in k}, run_id=result.metrics["trial_run_id"])
+            results.append(row)
+    best = _finish(tracker, sweep_run, experiment, results)
+    tracker.finish(sweep_run)
+    return {"trials": results, "best": best, "sweep_run": sweep_run}
+
+
+def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: list[dict]) -> dict | None:
+    sweep = experiment.sweep
+    metric = sweep.objective.metric
+    client = tracker.client
+    columns = sorted({k for row in results for k in row})
+    client.log_table(sweep_run, {c: [row.get(c) for row in results] for c in columns}, "sweep/trials.json")
+    ok = [row for row in results if row["status"] == "ok" and metric in row]
+    tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
+    if ok:
+        figure = _objective_plot(ok, list(sweep.axes), metric)
+        client.log_figure(sweep_run, figure, "sweep/objective_by_axis.png")
+        plt.close(figure)
+    if not ok:
+        return None
+    pick = min if sweep.objective.mode == "min" else max
+    best = pick(ok, key=lambda row: row[metric])
+    tracker.log_metrics(sweep_run, {f"sweep/best/{metric}": best[metric]})
+    client.set_tag(sweep_run, "radlab.best_trial", best["trial"])
+    name = experiment.tracking.register_as
+    if name:
+        source = f"{client.get_run(best['run_id']).info.artifact_uri}/model"
+        version = tracker.register(best["run_id"], source, tags={"radlab.objective": f"{metric}={best[metric]}"})
+        best["version"] = version
+        best["alias_moved"] = _move_alias(tracker, name, sweep.alias, version, metric, sweep.objective.mode, best[metric])
+    return best
+
+
+def _move_alias(tracker: Tracker, name: str, alias: str, version: str, metric: str, mode: str, value: float) -> bool:
+    """Give `alias` to `version` unless its holder scored better on the same metric."""
+    client = tracker.client
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+        held = holder.tags.get("radlab.objective", "")
+        held_metric, _, held_value = held.partition("=")
+        if held_metric == metric and held_value:
+            better = value < float(held_value) if mode == "min" else value > float(held_value)
+            if not better:
+                return False
+    except Exception:  # MlflowException: the alias has no holder yet
+        pass
+    client.set_registered_model_alias(name, alias, version)
+    return True
+
+
+def _objective_plot(rows: list[dict], axes: list[str], metric: str):
+    count = max(1, len(axes))
+    fig, panels = plt.subplots(1, count, figsize=(4 * count, 3.2), squeeze=False)
+    for panel, axis in zip(panels[0], axes or ["trial"]):
+        labels = [str(row.get(axis, row["trial"])) for row in rows]
+        values = [row[metric] for row in rows]
+        low = [row[metric] - row.get(f"{metric}_ci_low", row[metric]) for row in rows]
+        high = [row.get(f"{metric}_ci_high", row[metric]) - row[metric] for row in rows]
+        panel.errorbar(labels, values, yerr=[low, high], fmt="o", capsize=4)
+        panel.set_title(axis, fontsize=9)
+        panel.set_ylabel(metric, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def describe(raw: dict, where: str) -> list[dict]:
+    """The matrix `--dry-run` prints: each trial, its overrides and resources."""
+    experiment = parse_experiment(raw, where)
+    trials = expand(raw, where)
+    samples = experiment.sweep.search.samples if experiment.sweep.search else 1
+    per_trial = {"workers": experiment.ray.workers, "cpus_per_worker": experiment.ray.cpus_per_worker,
+                 "gpu_per_worker": 1 if experiment.ray.use_gpu else 0, "accelerator": experiment.ray.accelerator}
+    return [{"trial": t.name, "overrides": t.overrides, "optuna_samples": samples,
+             "search": list(search_space(experiment)), "resources": per_trial} for t in trials]

@@ -1,0 +1,81 @@
+import copy
+
+import pytest
+from mlflow import MlflowClient
+
+from radlab.config import ConfigError, parse_experiment
+from radlab.tune.sweep import describe, expand, run_sweep
+
+from ..conftest import ROOT, experiment_dict
+
+
+def sweep_raw(synthetic_root, workdir, **sweep):
+    raw = experiment_dict(synthetic_root, workdir)
+    raw["sweep"] = {"axes": {"stage1.enabled": [True, False], "model.projector": ["mlp2x_gelu", "linear"]}, **sweep}
+    return parse_experiment(raw, "t").model_dump(mode="json")
+
+
+def test_matrix_expansion(synthetic_root, tmp_path):
+    trials = expand(sweep_raw(synthetic_root, tmp_path), "t")
+    assert [t.overrides for t in trials] == [
+        {"stage1.enabled": True, "model.projector": "mlp2x_gelu"}, {"stage1.enabled": True, "model.projector": "linear"},
+        {"stage1.enabled": False, "model.projector": "mlp2x_gelu"}, {"stage1.enabled": False, "model.projector": "linear"}]
+    rows = describe(sweep_raw(synthetic_root, tmp_path, search={"params": {"stage2.lr": {"loguniform": [1e-4, 1e-2]}},
+                                                                "samples": 3}), "t")
+    assert rows[0]["optuna_samples"] == 3 and rows[0]["search"] == ["stage2.lr"]
+    assert rows[0]["resources"]["workers"] == 2
+
+
+@pytest.mark.parametrize("sweep, message", [
+    ({"axes": {"stage2.lrr": [1e-3]}}, "stage2.lrr is not a field"),
+    ({"axes": {"model.projector": ["mlp2x_gelu", "conv"]}}, "model.projector"),
+    ({"axes": {"model.projector": []}}, "needs at least one value"),
+    ({"axes": {"model.projector": ["linear", "linear"]}}, "repeated values"),
+    ({"axes": {}}, "needs axes, a search, or both"),
+    ({"axes": {"stage2.lr": [1e-3]}, "search": {"params": {"stage2.lr": {"uniform": [1e-4, 1e-3]}}}}, "both a grid axis"),
+    ({"axes": {"stage2.lr": [1e-3]}, "objective": {"metric": "accuracy"}}, "does not produce 'accuracy'"),
+    ({"search": {"params": {"stage2.lr": {"loguniform": [1e-3, 1e-4]}}}}, "low < high"),
+])
+def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep, message):
+    raw = experiment_dict(synthetic_root, tmp_path)
+    raw["sweep"] = sweep
+    with pytest.raises(ConfigError, match=message):
+        expand(raw, "t")
+
+
+def test_shipped_sweeps_expand():
+    import yaml
+
+    for name, cells in (("ablation_quick.yaml", 4), ("ablation_llava_rad.yaml", 6)):
+        raw = yaml.safe_load((ROOT / "experiments" / name).read_text())
+        assert len(expand(raw, name)) == cells
+
+
+def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_server, synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": mlflow_server, "register_as": "radlab-sweep-test"},
+                          eval={"compare_untrained": False, "judge": {"cache": str(tmp_path / "judge.sqlite")}})
+    raw["name"] = "sweep-test"
+    raw["sweep"] = {"axes": {"stage1.enabled": [True, False]}}
+    raw = parse_experiment(raw, "t").model_dump(mode="json")
+    result = run_sweep(raw, "t")
+    assert [row["status"] for row in result["trials"]] == ["ok", "ok"]
+    client = MlflowClient(mlflow_server)
+    sweep_run = client.get_run(result["sweep_run"])
+    assert sweep_run.info.status == "FINISHED" and sweep_run.data.metrics["sweep/trials"] == 2
+    experiment_id = sweep_run.info.experiment_id
+    trials = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{result['sweep_run']}'")
+    assert len(trials) == 2
+    stage_runs = [client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{t.info.run_id}'") for t in trials]
+    assert sorted(len(runs) for runs in stage_runs) == [1, 2]   # stage 1 off: only stage 2
+    assert {a.path for a in client.list_artifacts(result["sweep_run"], "sweep")} >= {
+        "sweep/trials.json", "sweep/objective_by_axis.png"}
+    best = result["best"]
+    holder = client.get_model_version_by_alias("radlab-sweep-test", "champion")
+    assert holder.version == best["version"] and holder.run_id == best["run_id"]
+    # A second sweep takes the alias only if its best beats the holder.
+    again = run_sweep(copy.deepcopy(raw) | {"sweep": {**raw["sweep"], "axes": {"stage1.enabled": [False]}}}, "t")
+    better = again["best"]["chexprompt/significant_mean"] < best["chexprompt/significant_mean"]
+    assert again["best"]["alias_moved"] == better
+    holder = client.get_model_version_by_alias("radlab-sweep-test", "champion")
+    assert holder.version == (again["best"]["version"] if better else best["version"])

@@ -36,8 +36,9 @@ def make_batches(root: Path, count: int, micro_batch: int):
     return experiment, tokenizer, batches
 
 
-def train_steps(model, batches, report=None) -> float:
-    """Train one step per batch; return steps per second after a warm-up step."""
+def train_steps(model, batches, report=None, every: int = 50) -> float:
+    """Train one step per batch; return steps per second after a warm-up step. `report` is called
+    every `every` steps, as radlab's loop reports to Ray Train at each checkpoint."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     keys = ("input_ids", "attention_mask", "pixel_values", "labels")
     start = 0.0
@@ -48,7 +49,7 @@ def train_steps(model, batches, report=None) -> float:
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if report is not None and index % 10 == 0:
+        if report is not None and index % every == every - 1:
             report({"loss": loss.item()})
     return (len(batches) - 1) / (time.perf_counter() - start)
 
@@ -65,15 +66,19 @@ def ray_worker(config: dict) -> None:
     import ray.train.torch
 
     model = ray.train.torch.prepare_model(fresh_model(config["experiment"], config["tokenizer"]))
-    rate = train_steps(model, config["batches"], report=ray.train.report)
+    rate = train_steps(model, config["batches"], report=ray.train.report, every=config["report_every"])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    ray.train.report({"steps_per_s": rate, "peak_mb": peak})
+    # Ray Train V2 keeps the metrics that come with a checkpoint: report the result with one.
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "result.txt").write_text(f"{rate} {peak}")
+        ray.train.report({"steps_per_s": rate, "peak_mb": peak}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=101)
     parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--report-every", type=int, default=50, help="radlab's default checkpoint_every")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a Ray Train worker with 1 CPU runs one thread; match it
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +93,8 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False)
         trainer = TorchTrainer(
             ray_worker,
-            train_loop_config={"experiment": experiment, "tokenizer": tokenizer, "batches": batches},
+            train_loop_config={"experiment": experiment, "tokenizer": tokenizer, "batches": batches,
+                               "report_every": args.report_every},
             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
             torch_config=TorchConfig(backend="gloo"),
             run_config=RunConfig(name="overhead", storage_path=str(Path(tmp) / "ray")),

@@ -55,6 +55,9 @@ class AnswerCache:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, check_same_thread=False)
+        # WAL with normal sync: each answer is durable once written, without an fsync per answer.
+        self.db.execute("pragma journal_mode=wal")
+        self.db.execute("pragma synchronous=normal")
         self.db.execute("create table if not exists answers (key text primary key, answer text, usage text)")
 
     @staticmethod

@@ -29,6 +29,8 @@ test: install browser
 
 benchmark: install
 	$(PY) benchmarks/train_overhead.py
+	$(PY) benchmarks/judge_throughput.py
+	$(PY) benchmarks/serve_throughput.py
 
 ui: install
 	$(VENV)/bin/radlab ui

@@ -37,24 +37,37 @@ class Example:
     generate_method: str
 
 
-def read_manifest(path: Path) -> list[dict]:
-    """Records from a JSON array (as LLaVA-Rad releases them) or a JSONL file."""
+def read_jsonl(path: Path) -> list[dict]:
+    """Records of a JSONL file; errors name the file and line (bad JSON, non-UTF-8 bytes)."""
+    path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: manifest not found")
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON ({err})") from None
+        raise DataError(f"{path}: file not found")
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from None
         if line.strip():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
     return records
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Records from a JSON array (as LLaVA-Rad releases them) or a JSONL file."""
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    with open(path, "rb") as fh:
+        array = fh.read(4096).lstrip().startswith(b"[")
+    if array:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: not valid JSON ({err})") from None
+    return read_jsonl(path)
 
 
 def to_example(record: dict, image_root: Path, where: str) -> Example:

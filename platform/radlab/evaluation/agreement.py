@@ -4,28 +4,18 @@ difference of error counts, per error type and for the totals."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import kendalltau
 
+from radlab.data.dataset import read_jsonl
 from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS
 
 
 def read_judgments(path: Path) -> dict[str, dict]:
     """id -> {significant, insignificant} of the judged lines of a judgments JSONL."""
-    out = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if record.get("significant") is not None:
-            out[str(record["id"])] = record
-    return out
+    return {str(record["id"]): record for record in read_jsonl(path) if record.get("significant") is not None}
 
 
 def agreement(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict[str, float]]:

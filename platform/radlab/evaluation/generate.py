@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from radlab.config import Experiment
-from radlab.data.dataset import split_examples
+from radlab.data.dataset import read_jsonl, split_examples
 from radlab.data.images import ImageError, load_image, to_tensor
 from radlab.model.generation import generate_texts
 
@@ -52,25 +52,6 @@ def write_jsonl(records: list[dict], path: Path) -> Path:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
-
-
-def read_jsonl(path: Path, where: str = "") -> list[dict]:
-    """Records of a JSONL file; errors name the file and line (bad JSON, non-UTF-8 bytes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: file not found")
-    records = []
-    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-    return records
 
 
 def join_predictions(predictions_path: Path, references_path: Path | None = None) -> list[dict]:

@@ -79,3 +79,46 @@ def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_serve
     assert again["best"]["alias_moved"] == better
     holder = client.get_model_version_by_alias("radlab-sweep-test", "champion")
     assert holder.version == (again["best"]["version"] if better else best["version"])
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(synthetic_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False})
+    raw["name"] = "resume-test"
+    raw["sweep"] = {"axes": {"stage2.lr": [1e-3, 2e-3]}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "radlab.cli", "sweep", "sweep.yaml"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+
+    def finished_trials():
+        experiment = client.get_experiment_by_name("resume-test")
+        if experiment is None:
+            return []
+        return client.search_runs([experiment.experiment_id], "tags.`radlab.stage` = 'experiment' "
+                                  "and attributes.status = 'FINISHED'")
+
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not finished_trials() and time.time() < deadline and driver.poll() is None:
+        time.sleep(1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started
+    driver.wait()
+    first = finished_trials()
+    assert len(first) == 1, "the first trial should have finished before the kill"
+
+    resumed = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    trials = finished_trials()
+    assert len(trials) == 2                                       # no trial run twice
+    assert first[0].info.run_id in {t.info.run_id for t in trials}
+    assert "took alias 'champion'" in resumed.stdout.replace("\n", " ")

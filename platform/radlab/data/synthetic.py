@@ -218,8 +218,10 @@ def generate(root: Path, n_train: int, n_val: int, n_test: int, image_size: int,
         image_dir = root / "images" / split
         image_dir.mkdir(parents=True, exist_ok=True)
         records = [make_record(i, split, image_size, rng, image_dir) for i in range(count)]
-        with open(root / SPLIT_FILES[split], "w") as fh:
+        tmp = root / f".{SPLIT_FILES[split]}.tmp"
+        with open(tmp, "w") as fh:
             for record in records:
                 fh.write(json.dumps(record) + "\n")
+        tmp.replace(root / SPLIT_FILES[split])  # readers see a whole manifest or none
     meta_path.write_text(json.dumps(meta))
     return root

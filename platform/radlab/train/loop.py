@@ -84,7 +84,14 @@ def train_stage(config: dict) -> None:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
     dataset = stage_dataset(experiment, tokenizer, "train", stage.template)
-    plan = Plan.of(stage, len(dataset), world)
+    # Every rank must run the same number of steps (each report is a barrier): agree on the
+    # smallest view of the data, should one rank have read a different manifest snapshot.
+    size = torch.tensor([len(dataset)])
+    if world > 1:
+        torch.distributed.all_reduce(size, op=torch.distributed.ReduceOp.MIN)
+    plan = Plan.of(stage, int(size), world)
+    if int(size) < len(dataset):
+        dataset.examples = dataset.examples[: int(size)]
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=0, drop_last=True)
     loader = DataLoader(dataset, batch_size=stage.micro_batch, sampler=sampler,
                         collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))

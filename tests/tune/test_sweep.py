@@ -69,7 +69,7 @@ def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_serve
     stage_runs = [client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{t.info.run_id}'") for t in trials]
     assert sorted(len(runs) for runs in stage_runs) == [1, 2]   # stage 1 off: only stage 2
     assert {a.path for a in client.list_artifacts(result["sweep_run"], "sweep")} >= {
-        "sweep/trials.json", "sweep/objective_by_axis.png"}
+        "sweep/trials.json", "sweep/objective_by_axis.png", "sweep/error_types_by_trial.png"}
     best = result["best"]
     holder = client.get_model_version_by_alias("radlab-sweep-test", "champion")
     assert holder.version == best["version"] and holder.run_id == best["run_id"]

@@ -172,9 +172,10 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     ok = [row for row in results if row["status"] == "ok" and metric in row]
     tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
     if ok:
-        figure = _objective_plot(ok, list(sweep.axes), metric)
-        client.log_figure(sweep_run, figure, "sweep/objective_by_axis.png")
-        plt.close(figure)
+        for figure, artifact in ((_objective_plot(ok, list(sweep.axes), metric), "sweep/objective_by_axis.png"),
+                                 (_error_types_plot(ok), "sweep/error_types_by_trial.png")):
+            client.log_figure(sweep_run, figure, artifact)
+            plt.close(figure)
     if not ok:
         return None
     pick = min if sweep.objective.mode == "min" else max
@@ -218,6 +219,24 @@ def _objective_plot(rows: list[dict], axes: list[str], metric: str):
         panel.errorbar(labels, values, yerr=[low, high], fmt="o", capsize=4)
         panel.set_title(axis, fontsize=9)
         panel.set_ylabel(metric, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _error_types_plot(rows: list[dict]):
+    """Mean clinically significant CheXprompt errors of each type, one group of bars per trial."""
+    from radlab.evaluation.chexprompt import ERROR_TYPES
+
+    names = list(ERROR_TYPES.values())
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 3.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar([t + i * width for t in range(len(rows))],
+               [row.get(f"chexprompt/significant/{name}", 0.0) for row in rows], width, label=name)
+    ax.set_xticks([t + 0.4 - width / 2 for t in range(len(rows))], [row["trial"] for row in rows],
+                  rotation=15, fontsize=7)
+    ax.set_ylabel("significant errors per report")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -246,7 +246,7 @@ def sweep(path: Path, overrides: Overrides = None,
     console.print(table)
     if dry_run:
         return
-    result = run_sweep(raw, str(path), resume=resume, console=console)
+    result = run_sweep(raw, str(path), resume=resume)
     summary = Table("trial", "status", experiment.sweep.objective.metric, title="sweep")
     for row in result["trials"]:
         value = row.get(experiment.sweep.objective.metric)

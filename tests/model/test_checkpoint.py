@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from radlab.config import LoraConfig, ModelConfig
+from radlab.config import LoraConfig
 from radlab.model.build import ModelError, apply_lora, build_model
 from radlab.model.checkpoint import load_checkpoint, save_checkpoint
 

@@ -13,8 +13,7 @@ def num_image_tokens(model) -> int:
     from radlab.model.build import llava_config
 
     vision = llava_config(model).vision_config
-    tokens = (vision.image_size // vision.patch_size) ** 2
-    return tokens
+    return (vision.image_size // vision.patch_size) ** 2
 
 
 @torch.inference_mode()

@@ -27,7 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 from radlab.config import Experiment, StageConfig
 from radlab.data.dataset import collate, stage_dataset
 from radlab.data.tokenizer import load_tokenizer
-from radlab.model.build import apply_lora, build_model, set_trainable
+from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
 from radlab.model.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from radlab.train.deepspeed import deepspeed_config
 
@@ -80,6 +80,9 @@ def train_stage(config: dict) -> None:
 
     model, tokenizer, state = _initial_model(experiment, stage, config["init_from"], config["tokenizer"])
     set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
+    if rank == 0:
+        total, trainable_count = count_parameters(model)
+        print(f"[{stage_name}] training {trainable_count:,} of {total:,} parameters", flush=True)
     if stage.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()

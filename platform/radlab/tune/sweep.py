@@ -112,7 +112,7 @@ def sweep_key(raw: dict) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run_sweep(raw: dict, where: str, resume: bool = False, console=None) -> dict:
+def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
     """Run (or resume) the sweep; return {trials: [...], best: {...} | None}."""
     from ray.tune.search.optuna import OptunaSearch
 

@@ -120,7 +120,9 @@ def free_port() -> int:
 def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
     """Run an ASGI app with uvicorn on 127.0.0.1 in a background thread; yield its /v1 base URL."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    # log_config=None: no handlers bound to whatever sys.stderr is now (it may be a temporary
+    # capture stream); records go to the caller's logging setup.
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30

@@ -160,6 +160,42 @@ def _stage2_default() -> StageConfig:
     return StageConfig(lr=1e-4, epochs=3, global_batch=64, train=["projector", "lora"], lora=LoraConfig())
 
 
+class TextTowerConfig(Section):
+    """Stage 0's text tower: a transformer over the report, pooled at its last token."""
+    path: str | None = Field(None, description="a CLIP model folder whose text tower to start from")
+    hidden_size: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(512, ge=8)
+    max_length: int = Field(96, ge=8, description="the tower's context in tokens; longer reports are truncated")
+
+
+class Stage0Config(Section):
+    """Contrastive image-text training of the image tower (the BiomedCLIP-CXR step)."""
+    enabled: bool = False
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    lr: float = Field(5e-4, gt=0)
+    batch: int = Field(256, ge=2, description="the contrastive batch, spanning all workers")
+    loss: Literal["clip", "siglip"] = Field("clip", description="clip: InfoNCE both ways; siglip: pairwise sigmoid")
+    temperature: float = Field(0.07, gt=0, description="initial temperature (siglip: 0.1 is usual)")
+    learn_temperature: bool = True
+    projection_dim: int = Field(64, ge=4, description="the shared embedding size both towers project to")
+    train: list[Literal["vision", "text"]] = ["vision", "text"]
+    freeze_vision_layers: int = Field(0, ge=0, description="keep the patch embedding and the first N blocks frozen")
+    text: TextTowerConfig = Field(default_factory=TextTowerConfig)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0)
+    checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    log_every: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _trains_something(self) -> Stage0Config:
+        if not self.train:
+            raise ValueError("train is empty: name vision, text or both")
+        return self
+
+
 class JudgeConfig(Section):
     """The CheXprompt judge: any OpenAI-compatible endpoint."""
     endpoint: Literal["synthetic-reference", "openai", "azure", "compatible"] = Field(
@@ -296,6 +332,7 @@ class Experiment(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: DataConfig
     model: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({}))
+    stage0: Stage0Config = Field(default_factory=Stage0Config)
     stage1: StageConfig = Field(default_factory=_stage1_default)
     stage2: StageConfig = Field(default_factory=_stage2_default)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -305,8 +342,10 @@ class Experiment(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Experiment:
-        if not (self.stage1.enabled or self.stage2.enabled):
-            raise ValueError("both stage1 and stage2 are disabled: nothing to train")
+        if not (self.stage0.enabled or self.stage1.enabled or self.stage2.enabled):
+            raise ValueError("stage0, stage1 and stage2 are all disabled: nothing to train")
+        if self.stage0.enabled:
+            self._stage0_checks()
         if (self.data.mixture and "chexprompt" in self.eval.metrics
                 and self.eval.judge.endpoint == "synthetic-reference"):
             raise ValueError("eval.judge.endpoint: the synthetic-reference judge only knows the synthetic set; "
@@ -317,6 +356,22 @@ class Experiment(Section):
                 f"data.synthetic.image_size {self.data.synthetic.image_size}"
             )
         return self
+
+    def _stage0_checks(self) -> None:
+        s0, vision = self.stage0, self.model.vision
+        if s0.batch % self.ray.workers:
+            raise ValueError(f"stage0.batch {s0.batch} does not divide across ray.workers {self.ray.workers}")
+        if vision.kind != "clip":
+            raise ValueError(f"stage0 trains a clip image tower; model.vision.kind is {vision.kind}")
+        if s0.freeze_vision_layers > vision.layers:
+            raise ValueError(f"stage0.freeze_vision_layers {s0.freeze_vision_layers} exceeds "
+                             f"model.vision.layers {vision.layers}")
+        if "vision" not in s0.train and s0.freeze_vision_layers:
+            raise ValueError("stage0.freeze_vision_layers is set but vision is not in stage0.train")
+
+    @property
+    def trains_report_model(self) -> bool:
+        return self.stage1.enabled or self.stage2.enabled
 
     def digest(self) -> str:
         """A short hash of the resolved config: the key that ties reruns to their runs."""

@@ -1,5 +1,6 @@
-"""One experiment end to end: data and tokenizer, stage 1 and stage 2 on Ray Train, evaluation,
-the checkpoint logged and registered in MLflow."""
+"""One experiment end to end: data and tokenizer, stages 0, 1 and 2 on Ray Train, evaluation
+(retrieval for the stage 0 encoder, CheXprompt for the report model), the checkpoints logged and
+the report model registered in MLflow."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from rich.console import Console
 from radlab.config import Experiment
 from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.tokenizer import load_tokenizer, train_tokenizer
-from radlab.evaluation.run import evaluate_checkpoint
+from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.runtime import init_ray
 from radlab.tracking.runs import Tracker
-from radlab.train.stages import STAGES, run_stage, storage_path
+from radlab.train.stages import STAGES, run_stage, stage_key, storage_path
 
 
 @dataclass
@@ -43,6 +44,19 @@ def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
     return folder
 
 
+def encoder_folder(experiment: Experiment) -> Path:
+    """Where a run's trained stage 0 encoder is kept."""
+    return Path("radlab_runs/encoders") / f"{experiment.name}-{stage_key(experiment, 'stage0')}"
+
+
+def _materialise(checkpoint, folder: Path) -> Path:
+    """Copy a Ray Train checkpoint to a stable local folder (replacing an older copy)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    checkpoint.to_directory(str(folder))
+    return folder
+
+
 def run_experiment(experiment: Experiment, yaml_text: str, console: Console | None = None,
                    parent_run_id: str | None = None, register: bool = True) -> RunSummary:
     """Train, evaluate, log; register a new model version unless `register` is off (sweep trials)."""
@@ -54,27 +68,37 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
     console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
     init_ray(experiment.ray)
-    checkpoint = None
+    checkpoint = encoder = None
+    metrics: dict[str, float] = {}
+    version = None
     try:
         for stage in STAGES:
             if not getattr(experiment, stage).enabled:
                 continue
             console.rule(stage)
             child = tracker.open_child(parent, stage)
-            checkpoint = run_stage(experiment, stage, checkpoint, tokenizer_dir, tracker.uri, child)
+            if stage == "stage0":
+                encoder = run_stage(experiment, stage, None, tokenizer_dir, tracker.uri, child)
+            else:
+                checkpoint = run_stage(experiment, stage, checkpoint, tokenizer_dir, tracker.uri, child,
+                                       vision_from=encoder if checkpoint is None else None)
             tracker.finish(child)
-        final = Path("radlab_runs/checkpoints") / f"{experiment.name}-{experiment.digest()}"
-        if final.exists():
-            shutil.rmtree(final)
-        checkpoint.to_directory(str(final))
-        metrics: dict[str, float] = {}
-        if experiment.eval.enabled:
-            console.rule("evaluation")
-            metrics = evaluate_checkpoint(experiment, final, tracker, parent, console)
-        source = tracker.log_checkpoint(parent, final)
-        version = tracker.register(parent, source) if register else None
-        if version:
-            console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version}")
+        if encoder is not None:
+            final = _materialise(encoder, encoder_folder(experiment))
+            console.print(f"encoder [bold]{final}[/]: name it in model.vision.path to build on it")
+            if experiment.eval.enabled:
+                console.rule("retrieval evaluation")
+                metrics = evaluate_encoder(experiment, final, tracker, parent, console)
+            tracker.log_checkpoint(parent, final, "encoder")
+        if checkpoint is not None:
+            final = _materialise(checkpoint, Path("radlab_runs/checkpoints") / f"{experiment.name}-{experiment.digest()}")
+            if experiment.eval.enabled:
+                console.rule("evaluation")
+                metrics |= evaluate_checkpoint(experiment, final, tracker, parent, console)
+            source = tracker.log_checkpoint(parent, final)
+            version = tracker.register(parent, source) if register else None
+            if version:
+                console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version}")
         tracker.finish(parent)
     except BaseException:
         tracker.finish(parent, ok=False)

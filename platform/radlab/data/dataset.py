@@ -35,6 +35,7 @@ class Example:
     indication: str
     view: str
     generate_method: str
+    labels: frozenset[str] = frozenset()  # the CheXpert observations marked positive
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -83,6 +84,7 @@ def to_example(record: dict, image_root: Path, where: str) -> Example:
             indication=record.get("indication") or "",
             view=record.get("view") or "",
             generate_method=record.get("generate_method") or "rule-based",
+            labels=frozenset(name for name, value in (record.get("chexpert_labels") or {}).items() if value == 1.0),
         )
     except (KeyError, StopIteration, TypeError) as err:
         raise DataError(f"{where}: record lacks {err} (needs id, image, conversations human+gpt)") from None

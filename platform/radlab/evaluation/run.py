@@ -1,7 +1,10 @@
-"""The evaluation stage: generate findings for the eval split (with the trained model and, for
-contrast, the untrained one), judge them with CheXprompt, add text and clinical metrics, and log
-everything to the MLflow run: metrics with intervals, the per-report table, the judge's raw
-answers, an error-type chart and the judge's identity."""
+"""The evaluation stage.
+
+A report model: generate findings for the eval split (with the trained model and, for contrast,
+the untrained one), judge them with CheXprompt, add text and clinical metrics, and log everything
+to the MLflow run: metrics with intervals, the per-report table, the judge's raw answers, an
+error-type chart and the judge's identity. A stage 0 encoder: retrieval and zero-shot
+classification, trained beside untrained."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -17,13 +21,16 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from radlab.config import Experiment  # noqa: E402
+from radlab.data.dataset import split_examples  # noqa: E402
 from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS, aggregate  # noqa: E402
 from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E402
 from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
 from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
 from radlab.evaluation.reference_judge import MODEL_ID, create_app, serve_in_thread  # noqa: E402
+from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402
+from radlab.model.encoder import build_encoder, load_encoder  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 
 
@@ -161,4 +168,31 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
     for p in trained[: cfg.show]:
         console.print(f"[bold]{p['id']}[/]\n  reference: {p['reference']}\n  generated: {p.get('candidate', '-')}")
     print_summary(console, columns, skipped)
+    return metrics
+
+
+RETRIEVAL_SUMMARY = ["retrieval/i2t_R1", "retrieval/i2t_R5", "retrieval/t2i_R1", "retrieval/t2i_R5",
+                     "retrieval/label_i2t_R1", "retrieval/label_t2i_R1", "zero_shot/auroc_mean"]
+
+
+def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run_id: str,
+                     console: Console) -> dict[str, float]:
+    """Retrieval and zero-shot readouts of a stage 0 encoder (and the untrained one), logged."""
+    loaded = load_encoder(folder)
+    examples = split_examples(experiment.data, experiment.eval.split)
+    size, length = experiment.model.vision.image_size, loaded.stage0.text.max_length
+    with console.status(f"embedding the {experiment.eval.split} split"):
+        metrics = evaluate_retrieval(loaded.encoder, examples, loaded.tokenizer, size, length)
+    tracker.log_metrics(run_id, metrics)
+    columns = {"trained": metrics}
+    if experiment.eval.compare_untrained:
+        torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
+        untrained = build_encoder(experiment.model, loaded.stage0, loaded.tokenizer)
+        columns["untrained"] = evaluate_retrieval(untrained, examples, loaded.tokenizer, size, length)
+        tracker.log_metrics(run_id, {f"untrained/{k}": v for k, v in columns["untrained"].items()})
+    table = Table("metric", *columns, title=f"retrieval on {experiment.eval.split} ({int(metrics['retrieval/n_pairs'])} pairs)")
+    for key in RETRIEVAL_SUMMARY:
+        if key in metrics:
+            table.add_row(key, *(f"{m[key]:.3f}" for m in columns.values()))
+    console.print(table)
     return metrics

@@ -42,7 +42,7 @@ class LinearProjector(nn.Module):
         return self.linear_1(features)
 
 
-def _vision_config(mc: ModelConfig):
+def vision_config(mc: ModelConfig):
     v = mc.vision
     if v.kind == "open_clip":
         raise ModelError(
@@ -75,10 +75,9 @@ def _text_config(mc: ModelConfig, tokenizer, max_length: int):
 
 def build_model(mc: ModelConfig, tokenizer, max_length: int = 2048) -> LlavaForConditionalGeneration:
     """A fresh model for `mc`: random weights, or the tower's and LM's weights where paths are given."""
-    vision_config = _vision_config(mc)
     text_config = _text_config(mc, tokenizer, max_length)
     config = LlavaConfig(
-        vision_config=vision_config,
+        vision_config=vision_config(mc),
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=mc.vision.select_layer,
@@ -90,8 +89,8 @@ def build_model(mc: ModelConfig, tokenizer, max_length: int = 2048) -> LlavaForC
     model = assemble(config, mc.projector)
     if mc.vision.path:
         cls = CLIPVisionModel if mc.vision.kind == "clip" else SiglipVisionModel
-        model.model.vision_tower.load_state_dict(cls.from_pretrained(mc.vision.path).vision_model.state_dict(),
-                                                 strict=False)
+        # A CLIP/SigLIP folder, a vision tower's folder, or a radlab stage 0 encoder.
+        model.model.vision_tower.load_state_dict(cls.from_pretrained(mc.vision.path).state_dict())
     if mc.language.path:
         lm = AutoModelForCausalLM.from_pretrained(mc.language.path)
         lm.resize_token_embeddings(text_config.vocab_size)

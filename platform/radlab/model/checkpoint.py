@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +43,7 @@ class Loaded:
 
 def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config: ModelConfig,
                     lora: LoraConfig | None, meta: dict, train_state: dict | None = None) -> Path:
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(dest) as tmp:
         # Own copies of every tensor: DeepSpeed's ZeRO keeps parameters as views of flat buffers,
         # which safetensors refuses to save as they are.
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -56,6 +55,17 @@ def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config:
         (tmp / META).write_text(json.dumps(info, indent=2))
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
+    return Path(dest)
+
+
+@contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """A temporary folder beside `dest`, renamed onto it when the block succeeds, removed if not."""
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
         if dest.exists():
             old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
             dest.rename(old)
@@ -66,7 +76,6 @@ def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
 
 
 def read_meta(path: Path) -> dict:
@@ -84,6 +93,8 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     """Load a checkpoint folder; with `expect`, refuse one trained for a different model."""
     path = Path(path)
     meta = read_meta(path)
+    if meta.get("kind") == "encoder":
+        raise ModelError(f"{path}: a stage 0 encoder, not a report model: name it in model.vision.path")
     model_config = ModelConfig.model_validate(meta["model"])
     if expect is not None:
         ours, theirs = expect.model_dump(), model_config.model_dump()

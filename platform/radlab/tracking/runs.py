@@ -133,15 +133,15 @@ class Tracker:
         for key, value in metrics.items():
             self.client.log_metric(run_id, key, float(value), step=step)
 
-    def log_checkpoint(self, run_id: str, folder: Path) -> str:
-        """Log a checkpoint folder as the run's `model` artifact; return its artifact URI."""
+    def log_checkpoint(self, run_id: str, folder: Path, name: str = "model") -> str:
+        """Log a checkpoint folder as the run's `name` artifact; return its artifact URI."""
         files = [p for p in Path(folder).iterdir() if p.name != "train_state.pt"]
         for path in files:
             if path.is_dir():
-                self.client.log_artifacts(run_id, str(path), f"model/{path.name}")
+                self.client.log_artifacts(run_id, str(path), f"{name}/{path.name}")
             else:
-                self.client.log_artifact(run_id, str(path), "model")
-        return f"{self.client.get_run(run_id).info.artifact_uri}/model"
+                self.client.log_artifact(run_id, str(path), name)
+        return f"{self.client.get_run(run_id).info.artifact_uri}/{name}"
 
     def register(self, run_id: str, source: str, tags: dict | None = None) -> str | None:
         """Register the logged checkpoint as a new version of `tracking.register_as`."""

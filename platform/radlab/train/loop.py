@@ -50,7 +50,7 @@ class Plan:
         return cls(accumulation, steps_per_epoch, total)
 
 
-def _initial_model(experiment: Experiment, stage: StageConfig, init_from, tokenizer_dir: str):
+def _initial_model(experiment: Experiment, stage: StageConfig, init_from, vision_from, tokenizer_dir: str):
     """(model, tokenizer, resume state) for this stage's first step."""
     resume = ray.train.get_checkpoint()
     if resume is not None:
@@ -63,13 +63,19 @@ def _initial_model(experiment: Experiment, stage: StageConfig, init_from, tokeni
         model = apply_lora(loaded.model, stage.lora) if stage.lora and loaded.lora is None else loaded.model
         return model, loaded.tokenizer, None
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = build_model(experiment.model, tokenizer, experiment.data.max_length)
+    if vision_from is not None:  # the image tower stage 0 trained
+        with vision_from.as_directory() as folder:
+            model_config = experiment.model.model_copy(update={"vision": experiment.model.vision.model_copy(
+                update={"path": folder})})
+            model = build_model(model_config, tokenizer, experiment.data.max_length)
+    else:
+        model = build_model(experiment.model, tokenizer, experiment.data.max_length)
     return (apply_lora(model, stage.lora) if stage.lora else model), tokenizer, None
 
 
 def train_stage(config: dict) -> None:
-    """Ray Train entry point. `config`: experiment (dict), stage (name), init_from (Checkpoint or
-    None), tokenizer (folder), tracking_uri and run_id (the stage's MLflow child run)."""
+    """Ray Train entry point. `config`: experiment (dict), stage (name), init_from and vision_from
+    (Checkpoints or None), tokenizer (folder), tracking_uri and run_id (the stage's MLflow child run)."""
     experiment = Experiment.model_validate(config["experiment"])
     stage_name = config["stage"]
     stage: StageConfig = getattr(experiment, stage_name)
@@ -78,7 +84,8 @@ def train_stage(config: dict) -> None:
     torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
     device = ray.train.torch.get_device()
 
-    model, tokenizer, state = _initial_model(experiment, stage, config["init_from"], config["tokenizer"])
+    model, tokenizer, state = _initial_model(experiment, stage, config["init_from"], config.get("vision_from"),
+                                           config["tokenizer"])
     set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
     if rank == 0:
         total, trainable_count = count_parameters(model)

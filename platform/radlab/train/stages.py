@@ -15,15 +15,17 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from radlab.config import Experiment
+from radlab.train.contrastive import train_encoder
 from radlab.train.loop import train_stage
 
-STAGES = ("stage1", "stage2")
+STAGES = ("stage0", "stage1", "stage2")
 
 
 def stage_key(experiment: Experiment, stage: str) -> str:
     dump = experiment.model_dump(mode="json")
     upto = STAGES[: STAGES.index(stage) + 1]
-    parts = {"data": dump["data"], "model": dump["model"], **{s: dump[s] for s in upto},
+    model = {"vision": dump["model"]["vision"], "tokenizer": dump["model"]["tokenizer"]} if stage == "stage0" else dump["model"]
+    parts = {"data": dump["data"], "model": model, **{s: dump[s] for s in upto},
              "precision": dump["ray"]["precision"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
@@ -35,19 +37,21 @@ def storage_path(experiment: Experiment) -> str:
 
 
 def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, tokenizer_dir: Path,
-              tracking_uri: str, run_id: str | None) -> Checkpoint:
-    """Train one stage to completion (resuming a previous attempt) and return its final checkpoint."""
+              tracking_uri: str, run_id: str | None, vision_from: Checkpoint | None = None) -> Checkpoint:
+    """Train one stage to completion (resuming a previous attempt) and return its final checkpoint.
+    `init_from`: the previous stage's model; `vision_from`: a stage 0 encoder for a fresh model."""
     name = f"{experiment.name}-{stage}-{stage_key(experiment, stage)}"
     done = Path(storage_path(experiment)) / name / "radlab_done.json"
     if "://" not in experiment.ray.storage_path and done.is_file():
         return Checkpoint(json.loads(done.read_text())["checkpoint"])
     ray_config = experiment.ray
     trainer = TorchTrainer(
-        train_stage,
+        train_encoder if stage == "stage0" else train_stage,
         train_loop_config={
             "experiment": experiment.model_dump(mode="json"),
             "stage": stage,
             "init_from": init_from,
+            "vision_from": vision_from,
             "tokenizer": str(tokenizer_dir),
             "tracking_uri": tracking_uri,
             "run_id": run_id,

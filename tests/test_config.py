@@ -5,7 +5,7 @@ import yaml
 from typer.testing import CliRunner
 
 from radlab.cli import app
-from radlab.config import ConfigError, apply_override, load_experiment
+from radlab.config import ConfigError, apply_override, load_experiment, parse_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -103,3 +103,19 @@ def test_cli_validate_exit_codes(tmp_path):
     bad = runner.invoke(app, ["validate", str(write(tmp_path, {**BASE, "eval": {"limt": 3}}))])
     assert bad.exit_code == 2
     assert "eval.limt: unknown key" in bad.output
+
+
+def test_stage0_rules(tmp_path):
+    base = {"name": "x", "data": {"synthetic": {}}, "stage0": {"enabled": True, "batch": 30}, "ray": {"workers": 4}}
+    with pytest.raises(ConfigError, match="stage0.batch 30 does not divide across ray.workers 4"):
+        parse_experiment(base, "exp.yaml")
+    with pytest.raises(ConfigError, match="stage0 trains a clip image tower; model.vision.kind is siglip"):
+        parse_experiment({**base, "stage0": {"enabled": True, "batch": 32}, "model": {"vision": {"kind": "siglip"}}}, "e")
+    with pytest.raises(ConfigError, match="freeze_vision_layers 5 exceeds model.vision.layers 2"):
+        parse_experiment({**base, "stage0": {"enabled": True, "batch": 32, "freeze_vision_layers": 5}}, "e")
+    off = {"enabled": False}
+    with pytest.raises(ConfigError, match="stage0, stage1 and stage2 are all disabled"):
+        parse_experiment({"name": "x", "data": {"synthetic": {}}, "stage1": off, "stage2": off}, "e")
+    only = parse_experiment({"name": "x", "data": {"synthetic": {}}, "stage0": {"enabled": True},
+                             "stage1": off, "stage2": off}, "e")
+    assert not only.trains_report_model and only.stage0.loss == "clip"

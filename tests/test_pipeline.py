@@ -65,3 +65,50 @@ def test_run_page_shows_chexprompt_metrics_in_a_browser(finished, mlflow_server,
     sections = set(re.findall(r">([\w/]*chexprompt[\w/]*)<", dom))
     assert {"chexprompt", "chexprompt/significant", "chexprompt/insignificant", "untrained/chexprompt"} <= sections
     assert (tmp_path / "run.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def encoder_run(ray_session, mlflow_server, synthetic_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("encoder")
+    raw = experiment_dict(synthetic_root, workdir, tracking={"uri": mlflow_server, "register_as": None},
+                          stage0={"enabled": True, "max_steps": 6, "batch": 16, "log_every": 2, "checkpoint_every": 3},
+                          stage1={"enabled": False}, stage2={"enabled": False})
+    raw["name"] = "test-encoder"
+    (workdir / "encoder.yaml").write_text(json.dumps(raw))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        summary = run_experiment(parse_experiment(raw, "t"), json.dumps(raw))
+    return summary, workdir
+
+
+def test_an_encoder_only_run_logs_retrieval_and_its_encoder(encoder_run, mlflow_server):
+    summary, workdir = encoder_run
+    client = MlflowClient(mlflow_server)
+    parent = client.get_run(summary.parent_run_id)
+    assert summary.model_version is None and summary.checkpoint.parent.name == "encoders"
+    metrics = parent.data.metrics
+    assert metrics["retrieval/n_pairs"] == 16 and "untrained/retrieval/i2t_R1" in metrics
+    assert "zero_shot/auroc_mean" in metrics and "chexprompt/n_reports" not in metrics
+    artifacts = {a.path for a in client.list_artifacts(summary.parent_run_id, "encoder")}
+    assert {"encoder/radlab.json", "encoder/model.safetensors", "encoder/config.json"} <= artifacts
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
+    assert child.data.tags["radlab.stage"] == "stage0"
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "loss")] == [2, 3, 4, 6]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "val/retrieval/t2i_R5")] == [6]
+    assert client.get_metric_history(child.info.run_id, "contrastive_batch")[-1].value == 16
+
+
+def test_eval_task_retrieval_reads_the_experiments_encoder(encoder_run, finished, monkeypatch):
+    from typer.testing import CliRunner
+
+    from radlab.cli import app
+
+    summary, workdir = encoder_run
+    report_model = str(finished[0].checkpoint.resolve())
+    monkeypatch.chdir(workdir)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", "encoder.yaml", "--task", "retrieval"])
+    assert result.exit_code == 0, result.output
+    assert "retrieval on test (16 pairs)" in result.output and "retrieval/i2t_R1" in result.output
+    result = runner.invoke(app, ["eval", "encoder.yaml", "--task", "retrieval", "--checkpoint", report_model])
+    assert result.exit_code == 2 and "not a stage 0 encoder" in result.output

@@ -48,7 +48,7 @@ def schema() -> None:
 @app.command()
 def run(path: Path, overrides: Overrides = None,
         address: Annotated[str, typer.Option(help="join this Ray cluster instead of starting one")] = None) -> None:
-    """Run an experiment: stage 1, stage 2, evaluation, registration. Rerun to resume."""
+    """Run an experiment: stages 0-2, evaluation, registration. Rerun to resume."""
     experiment = _load(path, (overrides or []) + ([f"ray.address={address}"] if address else []))
     from radlab.pipeline import run_experiment
 
@@ -87,14 +87,27 @@ def eval_command(
     checkpoint: Annotated[str, typer.Option(help="folder, runs:/<id>/model or models:/<name>@<alias>")] = None,
     predictions: Annotated[Path, typer.Option(help="JSONL of {id, candidate[, reference]}")] = None,
     references: Annotated[Path, typer.Option(help="JSONL of {id, reference}, joined by id")] = None,
+    task: Annotated[str, typer.Option(help="reports: CheXprompt and text metrics; retrieval: a stage 0 "
+                                           "encoder's retrieval and zero-shot readouts")] = "reports",
     overrides: Overrides = None,
 ) -> None:
     """Evaluate a checkpoint on the experiment's eval split, or judge a predictions file."""
     from radlab.config import parse_experiment
     from radlab.evaluation.generate import join_predictions
-    from radlab.evaluation.run import evaluate_checkpoint, log_evaluation, print_summary, score
+    from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder, log_evaluation, print_summary, score
+    from radlab.model.build import ModelError
+    from radlab.pipeline import encoder_folder
     from radlab.tracking.runs import Tracker, fetch_checkpoint
 
+    if task not in ("reports", "retrieval"):
+        err_console.print(f"--task {task}: expected reports or retrieval")
+        raise typer.Exit(2)
+    if task == "retrieval" and checkpoint is None and path is not None:
+        own = encoder_folder(_load(path, overrides))
+        if not own.is_dir():
+            err_console.print(f"{path}: no trained encoder at {own}; run `radlab run {path}` or pass --checkpoint")
+            raise typer.Exit(2)
+        checkpoint = str(own)
     if (checkpoint is None) == (predictions is None):
         err_console.print("give exactly one of --checkpoint or --predictions")
         raise typer.Exit(2)
@@ -115,7 +128,12 @@ def eval_command(
     try:
         if checkpoint is not None:
             folder = fetch_checkpoint(checkpoint, tracker.uri, Path("radlab_runs/downloads") / run_id)
-            evaluate_checkpoint(experiment, folder, tracker, run_id, console)
+            evaluate = evaluate_encoder if task == "retrieval" else evaluate_checkpoint
+            try:
+                evaluate(experiment, folder, tracker, run_id, console)
+            except ModelError as err:
+                err_console.print(f"[red]{err}[/]", highlight=False)
+                raise typer.Exit(2) from None
         else:
             metrics, skipped, judgments, client = score(experiment, records)
             log_evaluation(tracker, run_id, experiment, records, metrics, skipped, judgments, client)

@@ -119,7 +119,7 @@ def save_encoder(dest: Path, encoder: DualEncoder, tokenizer, model_config: Mode
         encoder.clip.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         info = {"format": FORMAT, "kind": "encoder", "model": model_config.model_dump(mode="json"),
-                "stage0": s0.model_dump(mode="json"), "logit_bias": float(encoder.logit_bias), **meta}
+                "stage0": s0.model_dump(mode="json"), "logit_bias": float(encoder.logit_bias.detach()), **meta}
         (tmp / META).write_text(json.dumps(info, indent=2))
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")

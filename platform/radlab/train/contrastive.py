@@ -40,9 +40,10 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every worker's rows, with gradients flowing back to their owners; and where ours start."""
     if not _distributed():
         return x, 0
-    import torch.distributed.nn.functional as dist_fn
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
 
-    return torch.cat(dist_fn.all_gather(x)), dist.get_rank() * len(x)
+    gathered = wait_tensor(all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD))
+    return gathered, dist.get_rank() * len(x)
 
 
 def clip_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

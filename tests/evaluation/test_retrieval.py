@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from radlab.evaluation.retrieval import recall_at, retrieval_metrics, zero_shot_auroc
+
+
+def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
+    similarity = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.1, 0.7, 0.6]])
+    relevant = torch.eye(3, dtype=torch.bool)
+    # Row 0 ranks 0 first; row 1 ranks 2, 1, 0 (its match second); row 2 ranks 1, 2, 0 (second).
+    assert recall_at(similarity, relevant, ks=(1, 2, 3)) == pytest.approx({1: 1 / 3, 2: 1.0, 3: 1.0})
+
+
+def test_verbatim_copies_and_equal_labels_count_as_hits():
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    texts = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
+    reports = ["normal", "normal", "effusion"]
+    labels = [frozenset(), frozenset(), frozenset({"Pleural Effusion"})]
+    metrics = retrieval_metrics(images, texts, reports, labels)
+    # Image 0 retrieves report 1, a verbatim copy of its own: a hit. Image 2 retrieves report 0: a miss.
+    assert metrics["retrieval/i2t_R1"] == pytest.approx(2 / 3)
+    assert metrics["retrieval/label_i2t_R1"] == pytest.approx(2 / 3)
+    assert "retrieval/i2t_R5" not in metrics      # K above the number of reports is left out
+
+
+class _Oracle(torch.nn.Module):
+    """Embeds the effusion prompts along the first axis, everything else along the second."""
+
+    def encode_texts(self, input_ids, attention_mask):
+        effusion = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+        return torch.stack([effusion[0] if i == 0 else effusion[1] for i in range(len(input_ids))])
+
+
+def test_zero_shot_auroc_skips_findings_with_one_class(tokenizer):
+    images = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.8, 0.3]])
+    labels = [frozenset({"Pleural Effusion"}), frozenset(), frozenset({"Pleural Effusion"})]
+    out = zero_shot_auroc(_Oracle(), images, labels, tokenizer, 32)
+    assert out["zero_shot/auroc/Pleural Effusion"] == 1.0
+    assert "zero_shot/auroc/Pneumothorax" not in out          # no positive case in the split
+    assert "zero_shot/auroc/No Finding" not in out             # "No Finding" is not a positive label here

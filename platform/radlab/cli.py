@@ -145,6 +145,34 @@ def eval_command(
     console.print(f"MLflow run {run_id} at {tracker.uri}")
 
 
+@app.command()
+def export(
+    model: Annotated[str, typer.Argument(help="folder, runs:/<id>/model or models:/<name>@<alias>")],
+    out: Annotated[Path, typer.Option(help="the folder to write")],
+    format: Annotated[str, typer.Option(help="hf: a transformers LlavaForConditionalGeneration folder")] = "hf",
+    merge_lora: Annotated[bool, typer.Option(help="fold LoRA adapters into the language model")] = True,
+) -> None:
+    """Export a report model for use without radlab (transformers' LLaVA classes)."""
+    import tempfile
+
+    from radlab.config import TrackingConfig
+    from radlab.model.build import ModelError
+    from radlab.model.export import export_hf
+    from radlab.tracking.runs import fetch_checkpoint, tracking_uri
+
+    if format != "hf":
+        err_console.print(f"--format {format}: radlab exports hf (transformers) folders")
+        raise typer.Exit(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = fetch_checkpoint(model, tracking_uri(TrackingConfig()), Path(tmp))
+            export_hf(folder, out, merge_lora)
+        except (ModelError, OSError) as err:
+            err_console.print(f"[red]{model}: {err}[/]", highlight=False)
+            raise typer.Exit(2) from None
+    console.print(f"[green]exported[/] {model} to {out}: LlavaForConditionalGeneration.from_pretrained('{out}')")
+
+
 @judge_app.command("serve")
 def judge_serve(reference_judge: Annotated[str, typer.Option(help="which reference judge")] = "synthetic",
                 port: int = 8100) -> None:

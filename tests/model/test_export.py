@@ -1,0 +1,71 @@
+import pytest
+import torch
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+from radlab.config import LoraConfig, ModelConfig
+from radlab.data.images import load_image, to_tensor
+from radlab.data.prompts import encode_prompt, render_prompt
+from radlab.model.build import ModelError, apply_lora, build_model
+from radlab.model.checkpoint import save_checkpoint
+from radlab.model.export import export_hf
+from radlab.model.generation import generate_texts
+
+TINY = ModelConfig.model_validate({"preset": "tiny"})
+HUMAN = "Provide a description of the findings in the radiology image."
+
+
+@pytest.fixture()
+def lora_checkpoint(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0)
+    model = apply_lora(build_model(TINY, tokenizer, 256), lora)
+    with torch.no_grad():   # LoRA B starts at zero; give the adapters weight so merging matters
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    folder = save_checkpoint(tmp_path / "ckpt", model, tokenizer, TINY, lora, {"template": "vicuna_v1"})
+    return model.eval(), folder
+
+
+def test_export_loads_in_transformers_and_generates_the_same_tokens(lora_checkpoint, tokenizer, synthetic_root, tmp_path):
+    model, folder = lora_checkpoint
+    out = export_hf(folder, tmp_path / "hf")
+    exported = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    image = load_image(synthetic_root / "images/test/000000.png")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": HUMAN}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
+    # The processor reproduces radlab's inputs: the same ids (image tokens expanded) and pixels.
+    ours = encode_prompt(tokenizer, render_prompt("vicuna_v1", HUMAN), 16)
+    assert inputs["input_ids"][0].tolist() == ours
+    pixels = to_tensor(image, 64)
+    assert torch.allclose(inputs["pixel_values"][0], pixels, atol=1e-5)
+    with torch.no_grad():
+        theirs = exported.generate(**inputs, max_new_tokens=12, do_sample=False)
+    expected = generate_texts(model, tokenizer, [pixels], [HUMAN], "vicuna_v1", 12)
+    assert processor.decode(theirs[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == expected[0]
+    assert expected[0]
+
+
+def test_merged_lora_equals_the_adapters(lora_checkpoint, tmp_path):
+    model, folder = lora_checkpoint
+    exported = LlavaForConditionalGeneration.from_pretrained(export_hf(folder, tmp_path / "hf")).eval()
+    ids = torch.tensor([[1] + [4] * 16 + [40, 41, 42, 43]])
+    pixels = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        merged = exported(input_ids=ids, pixel_values=pixels).logits
+        adapters = model(input_ids=ids, pixel_values=pixels).logits
+        base = model.get_base_model()
+        with model.disable_adapter():
+            without = base(input_ids=ids, pixel_values=pixels).logits
+    assert torch.allclose(merged, adapters, atol=1e-4)
+    assert not torch.allclose(merged, without, atol=1e-2)     # the adapters did change the model
+
+
+def test_projectors_without_a_transformers_equivalent_are_refused(tokenizer, tmp_path):
+    linear = ModelConfig.model_validate({"preset": "tiny", "projector": "linear"})
+    folder = save_checkpoint(tmp_path / "ckpt", build_model(linear, tokenizer, 256), tokenizer, linear, None, {})
+    with pytest.raises(ModelError, match="projector linear has no transformers LLaVA equivalent"):
+        export_hf(folder, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

@@ -9,6 +9,7 @@ import numpy as np
 import openai
 import pydicom
 import pytest
+import torch
 import yaml
 from PIL import Image
 from pydicom.dataset import FileMetaDataset
@@ -19,7 +20,8 @@ from ray.serve.schema import ServeDeploySchema
 from radlab.config import ModelConfig
 from radlab.model.build import build_model
 from radlab.model.checkpoint import save_checkpoint
-from radlab.serve.app import ReportServer, ServeArgs, build_app, deploy_failure, pick_device_dtype
+from radlab.model.generation import pick_device_dtype
+from radlab.serve.app import ReportServer, ServeArgs, build_app, deploy_failure
 
 from ..conftest import ROOT, free_port
 
@@ -167,5 +169,12 @@ def test_shipped_serve_configs():
 
 
 def test_dtype_choice_per_device():
-    assert pick_device_dtype("cpu", "auto")[1].__str__() == "torch.float32"
-    assert pick_device_dtype("cpu", "bf16")[1].__str__() == "torch.bfloat16"
+    assert pick_device_dtype("cpu", "auto")[1] == torch.float32
+    assert pick_device_dtype("cpu", "bf16")[1] == torch.bfloat16
+    # GPUs simulated by their compute capability: V100 7.0 and T4 7.5 take fp16, A100 8.0 bf16.
+    assert pick_device_dtype("cuda", "auto", capability=(7, 0)) == (torch.device("cuda"), torch.float16)
+    assert pick_device_dtype("cuda", "auto", capability=(7, 5))[1] == torch.float16
+    assert pick_device_dtype("cuda", "auto", capability=(8, 0))[1] == torch.bfloat16
+    assert pick_device_dtype("cuda", "fp16", capability=(9, 0))[1] == torch.float16
+    with pytest.raises(ValueError, match=r"dtype bf16: this GPU \(compute capability 7.0"):
+        pick_device_dtype("cuda", "bf16", capability=(7, 0))

@@ -31,6 +31,7 @@ from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402
 from radlab.model.encoder import build_encoder, load_encoder  # noqa: E402
+from radlab.model.generation import inference_model, pick_device_dtype  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 
 
@@ -153,13 +154,15 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
     loaded = load_checkpoint(folder, expect=experiment.model)
     cfg = experiment.eval
     with console.status(f"generating findings for the {cfg.split} split"):
-        trained = generate_findings(loaded.model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
+        model = inference_model(loaded.model, *pick_device_dtype("auto", "auto"))
+        trained = generate_findings(model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
     with console.status("judging"):
         metrics, skipped, judgments, client = score(experiment, trained)
     log_evaluation(tracker, run_id, experiment, trained, metrics, skipped, judgments, client)
     columns = {"trained": metrics}
     if cfg.compare_untrained:
-        untrained_model = build_model(experiment.model, loaded.tokenizer, experiment.data.max_length)
+        untrained_model = inference_model(build_model(experiment.model, loaded.tokenizer, experiment.data.max_length),
+                                          *pick_device_dtype("auto", "auto"))
         with console.status("generating and judging with the untrained model"):
             untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
             base, _, base_judgments, base_client = score(experiment, untrained)

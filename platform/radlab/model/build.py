@@ -75,9 +75,10 @@ def _text_config(mc: ModelConfig, tokenizer, max_length: int):
 
 def build_model(mc: ModelConfig, tokenizer, max_length: int = 2048) -> LlavaForConditionalGeneration:
     """A fresh model for `mc`: random weights, or the tower's and LM's weights where paths are given."""
+    vision = vision_config(mc)
     text_config = _text_config(mc, tokenizer, max_length)
     config = LlavaConfig(
-        vision_config=vision_config(mc),
+        vision_config=vision,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=mc.vision.select_layer,

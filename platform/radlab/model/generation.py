@@ -9,6 +9,32 @@ from radlab.data.dataset import collate
 from radlab.data.prompts import encode_prompt, render_prompt
 
 
+def pick_device_dtype(device: str, dtype: str,
+                      capability: tuple[int, int] | None = None) -> tuple[torch.device, torch.dtype]:
+    """fp32 on CPUs; on GPUs bf16 from compute capability 8.0 (A100, H100, L4), fp16 below
+    (V100 is 7.0, T4 7.5). `capability` defaults to the current GPU's."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and capability is None:
+        capability = torch.cuda.get_device_capability()
+    has_bf16 = capability is not None and capability >= (8, 0)
+    if dtype == "auto":
+        dtype = "fp32" if device == "cpu" else "bf16" if has_bf16 else "fp16"
+    elif dtype == "bf16" and device == "cuda" and not has_bf16:
+        raise ValueError(f"dtype bf16: this GPU (compute capability {capability[0]}.{capability[1]}, e.g. V100 or "
+                         "T4) has no bf16; use fp16 or auto")
+    return torch.device(device), {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def inference_model(model, device: torch.device, dtype: torch.dtype):
+    """The model as generation wants it: LoRA folded in (no adapter work per token), PyTorch's
+    SDPA attention (V100s have no FlashAttention-2), on `device` in `dtype`, in eval mode."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.set_attn_implementation("sdpa")
+    return model.to(device, dtype).eval()
+
+
 def num_image_tokens(model) -> int:
     from radlab.model.build import llava_config
 

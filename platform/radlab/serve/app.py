@@ -27,7 +27,7 @@ from ray.serve import metrics
 
 from radlab.data.images import ImageError, decode_image, to_tensor
 from radlab.model.checkpoint import load_checkpoint
-from radlab.model.generation import generate_texts
+from radlab.model.generation import generate_texts, inference_model, pick_device_dtype
 
 INSTRUCTION = "Provide a description of the findings in the radiology image"
 
@@ -54,18 +54,6 @@ class RequestError(ValueError):
         self.status, self.kind = status, kind
 
 
-def pick_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """fp16 on GPUs without bf16 (V100, T4), bf16 where supported, fp32 on CPUs."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        if device == "cpu":
-            dtype = "fp32"
-        else:
-            dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return torch.device(device), {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-
-
 def resolve_model(source: str, tracking_uri: str | None) -> Path:
     from radlab.tracking.runs import fetch_checkpoint
 
@@ -90,7 +78,7 @@ class ReportServer:
         folder = resolve_model(self.args.model, self.args.tracking_uri)
         loaded = load_checkpoint(folder)  # an error here fails the deployment with its reason
         self.device, self.dtype = pick_device_dtype(self.args.device, self.args.dtype)
-        self.model = loaded.model.to(self.device, self.dtype).eval()
+        self.model = inference_model(loaded.model, self.device, self.dtype)
         self.tokenizer = loaded.tokenizer
         self.template = loaded.meta.get("template", "vicuna_v1")
         self.image_size = loaded.model_config.vision.image_size

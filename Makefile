@@ -31,6 +31,8 @@ benchmark: install
 	$(PY) benchmarks/train_overhead.py
 	$(PY) benchmarks/judge_throughput.py
 	$(PY) benchmarks/serve_throughput.py
+	$(PY) benchmarks/contrastive.py
+	$(PY) benchmarks/gpu_generate.py
 
 ui: install
 	$(VENV)/bin/radlab ui

@@ -173,6 +173,29 @@ def export(
     console.print(f"[green]exported[/] {model} to {out}: LlavaForConditionalGeneration.from_pretrained('{out}')")
 
 
+import_app = typer.Typer(no_args_is_help=True, help="Bring published checkpoints into radlab's format.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("llava-rad")
+def import_llava_rad_command(
+    adapter: Annotated[Path, typer.Option(help="the release's folder: adapter_config.json, adapter_model.*, non_lora_trainables.bin")],
+    base: Annotated[Path, typer.Option(help="the Vicuna-7B v1.5 folder (LlamaForCausalLM and tokenizer)")],
+    vision: Annotated[Path, typer.Option(help="the open_clip folder: open_clip_config.json, open_clip_pytorch_model.bin")],
+    out: Annotated[Path, typer.Option(help="the radlab checkpoint folder to write")],
+) -> None:
+    """Import the released LLaVA-Rad model: evaluate, serve, fine-tune or sweep from it."""
+    from radlab.model.build import ModelError
+    from radlab.model.llava_rad import import_llava_rad
+
+    try:
+        folder = import_llava_rad(adapter, base, vision, out)
+    except (ModelError, OSError) as err:
+        err_console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"[green]imported[/] LLaVA-Rad to {folder}: radlab serve --model {folder}")
+
+
 @judge_app.command("serve")
 def judge_serve(reference_judge: Annotated[str, typer.Option(help="which reference judge")] = "synthetic",
                 port: int = 8100) -> None:

@@ -60,7 +60,8 @@ class DataConfig(Section):
 
 
 class VisionConfig(Section):
-    kind: Literal["clip", "siglip", "open_clip"] = "clip"
+    kind: Literal["clip", "siglip", "vit", "open_clip"] = Field(
+        "clip", description="vit: a transformers ViT, the form open_clip's timm towers (BiomedCLIP) are imported to")
     name: str | None = None
     path: str | None = None
     image_size: int = Field(64, ge=16)

@@ -21,6 +21,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     SiglipVisionConfig,
     SiglipVisionModel,
+    ViTConfig,
+    ViTModel,
 )
 
 from radlab.config import LoraConfig, ModelConfig
@@ -42,6 +44,10 @@ class LinearProjector(nn.Module):
         return self.linear_1(features)
 
 
+VISION_CLASSES = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel),
+                  "vit": (ViTConfig, ViTModel)}
+
+
 def vision_config(mc: ModelConfig):
     v = mc.vision
     if v.kind == "open_clip":
@@ -49,12 +55,12 @@ def vision_config(mc: ModelConfig):
             "model.vision.kind open_clip: open_clip towers (BiomedCLIP) need the open_clip_torch "
             "package, which this install does not carry; use kind clip or siglip with a local path"
         )
+    cls = VISION_CLASSES[v.kind][0]
     if v.path:
-        cls = CLIPVisionConfig if v.kind == "clip" else SiglipVisionConfig
         return cls.from_pretrained(v.path)
-    cls = CLIPVisionConfig if v.kind == "clip" else SiglipVisionConfig
+    extra = {"qkv_bias": True, "layer_norm_eps": 1e-6} if v.kind == "vit" else {}
     return cls(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.layers,
-               num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size, num_channels=3)
+               num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size, num_channels=3, **extra)
 
 
 def _text_config(mc: ModelConfig, tokenizer, max_length: int):
@@ -82,16 +88,16 @@ def build_model(mc: ModelConfig, tokenizer, max_length: int = 2048) -> LlavaForC
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=mc.vision.select_layer,
-        # CLIP towers carry a CLS token that LLaVA drops; SigLIP towers have none.
-        vision_feature_select_strategy="default" if mc.vision.kind == "clip" else "full",
+        # CLIP and ViT towers carry a CLS token that LLaVA drops; SigLIP towers have none.
+        vision_feature_select_strategy="full" if mc.vision.kind == "siglip" else "default",
         projector_hidden_act="gelu",
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
     model = assemble(config, mc.projector)
     if mc.vision.path:
-        cls = CLIPVisionModel if mc.vision.kind == "clip" else SiglipVisionModel
-        # A CLIP/SigLIP folder, a vision tower's folder, or a radlab stage 0 encoder.
-        model.model.vision_tower.load_state_dict(cls.from_pretrained(mc.vision.path).state_dict())
+        # A CLIP/SigLIP/ViT folder, a vision tower's folder, or a radlab stage 0 encoder.
+        tower = VISION_CLASSES[mc.vision.kind][1].from_pretrained(mc.vision.path)
+        model.model.vision_tower.load_state_dict(tower.state_dict())
     if mc.language.path:
         lm = AutoModelForCausalLM.from_pretrained(mc.language.path)
         lm.resize_token_embeddings(text_config.vocab_size)
@@ -140,8 +146,8 @@ def _unused_vision_keys(model: nn.Module) -> list[str]:
     config = llava_config(model)
     layers = config.vision_config.num_hidden_layers
     used = config.vision_feature_layer % (layers + 1)
-    return ["vision_tower.post_layernorm", "vision_tower.head"] + [
-        f"vision_tower.encoder.layers.{i}." for i in range(used, layers)]
+    return ["vision_tower.post_layernorm", "vision_tower.head", "vision_tower.layernorm", "vision_tower.pooler"] + [
+        f"vision_tower.{block}.{i}." for i in range(used, layers) for block in ("encoder.layers", "layers")]
 
 
 def set_trainable(model: nn.Module, train: list[str]) -> int:

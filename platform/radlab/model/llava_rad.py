@@ -1,0 +1,125 @@
+"""Importing the released LLaVA-Rad checkpoint into a radlab checkpoint.
+
+The release is three folders:
+
+    adapter/   adapter_config.json, adapter_model.safetensors (or .bin): PEFT LoRA over the Vicuna
+               base, keys `base_model.model.model.layers.N....lora_A.weight`; non_lora_trainables.bin:
+               the projector, keys `base_model.model.model.mm_projector.{0,2}.{weight,bias}`
+    base/      the Vicuna-7B v1.5 folder (LlamaForCausalLM and its tokenizer)
+    vision/    open_clip_config.json and open_clip_pytorch_model.bin: BiomedCLIP-CXR, an open_clip
+               model whose image tower is a timm ViT (`visual.trunk.*`)
+
+The timm ViT is remapped onto transformers' ViTModel (the same computation: CLS token, biased
+patch embedding, pre-norm blocks with fused qkv split into q, k, v), so no open_clip package is
+needed. The result loads, evaluates, serves and fine-tunes like any radlab checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig
+
+from radlab.config import LanguageConfig, LoraConfig, ModelConfig, VisionConfig
+from radlab.data.tokenizer import load_tokenizer
+from radlab.model.build import ModelError, apply_lora, build_model
+from radlab.model.checkpoint import save_checkpoint
+
+# timm's ViT widths and their head counts (for heads, which the weights do not show).
+TIMM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
+          "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelError(f"{path}: not found (the LLaVA-Rad release layout is described in radlab.model.llava_rad)")
+    return load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+
+
+def vit_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """transformers ViTModel weights and shapes from an open_clip model's `visual.trunk.*` (timm) weights."""
+    trunk = {k.removeprefix("visual.trunk."): v for k, v in state.items() if k.startswith("visual.trunk.")}
+    if "cls_token" not in trunk or "patch_embed.proj.weight" not in trunk:
+        raise ModelError(f"{where}: no timm ViT image tower (visual.trunk.cls_token, ...) in this open_clip checkpoint")
+    out = {"embeddings.cls_token": trunk["cls_token"], "embeddings.position_embeddings": trunk["pos_embed"],
+           "embeddings.patch_embeddings.projection.weight": trunk["patch_embed.proj.weight"],
+           "embeddings.patch_embeddings.projection.bias": trunk["patch_embed.proj.bias"],
+           "layernorm.weight": trunk["norm.weight"], "layernorm.bias": trunk["norm.bias"]}
+    layers = 1 + max(int(m[1]) for k in trunk if (m := re.match(r"blocks\.(\d+)\.", k)))
+    for i in range(layers):
+        block = f"blocks.{i}."
+        for part in ("weight", "bias"):
+            q, k, v = trunk[f"{block}attn.qkv.{part}"].chunk(3)
+            out |= {f"layers.{i}.attention.q_proj.{part}": q, f"layers.{i}.attention.k_proj.{part}": k,
+                    f"layers.{i}.attention.v_proj.{part}": v}
+            for theirs, ours in _BLOCK.items():
+                out[f"layers.{i}.{ours}.{part}"] = trunk[f"{block}{theirs}.{part}"]
+    width = trunk["cls_token"].shape[-1]
+    shapes = {"hidden_size": width, "layers": layers, "heads": TIMM_HEADS.get(width, max(1, width // 64)),
+              "intermediate_size": trunk["blocks.0.mlp.fc1.weight"].shape[0],
+              "patch_size": trunk["patch_embed.proj.weight"].shape[-1]}
+    return out, shapes
+
+
+def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_length: int = 2048) -> Path:
+    adapter, base, vision = Path(adapter), Path(base), Path(vision)
+    clip_config = json.loads(_read(vision / "open_clip_config.json"))
+    image_size = clip_config.get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
+    if not isinstance(image_size, int):
+        raise ModelError(f"{vision / 'open_clip_config.json'}: model_cfg.vision_cfg.image_size is missing")
+    tower, shapes = vit_from_open_clip(_torch_load(vision / "open_clip_pytorch_model.bin"), str(vision))
+    lm = AutoConfig.from_pretrained(base)
+    model_config = ModelConfig(
+        preset="llava-rad-7b", projector="mlp2x_gelu", tokenizer=str(base),
+        vision=VisionConfig(kind="vit", name=clip_config.get("model_cfg", {}).get("vision_cfg", {}).get("timm_model_name"),
+                            image_size=image_size, select_layer=-2, frozen=True, **shapes),
+        language=LanguageConfig(path=str(base), hidden_size=lm.hidden_size, layers=lm.num_hidden_layers,
+                                heads=lm.num_attention_heads, intermediate_size=lm.intermediate_size,
+                                tie_embeddings=bool(lm.tie_word_embeddings)))
+    tokenizer = load_tokenizer(base)
+    model = build_model(model_config, tokenizer, max_length)
+    result = model.model.vision_tower.load_state_dict(tower, strict=False)
+    if result.unexpected_keys or [k for k in result.missing_keys if not k.startswith("pooler.")]:
+        raise ModelError(f"{vision}: the image tower does not fit a ViT of {shapes}: "
+                         f"missing {result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]}")
+    projector = _torch_load(adapter / "non_lora_trainables.bin")
+    mapped = {}
+    for key, value in projector.items():
+        match = re.search(r"mm_projector\.([02])\.(weight|bias)$", key)
+        if match:
+            mapped[f"linear_{1 if match[1] == '0' else 2}.{match[2]}"] = value
+    if len(mapped) != 4:
+        raise ModelError(f"{adapter / 'non_lora_trainables.bin'}: expected mm_projector.0 and .2 weights and biases "
+                         f"of an mlp2x_gelu projector, found {sorted(projector)[:4]}")
+    model.model.multi_modal_projector.load_state_dict(mapped)
+    peft_config = json.loads(_read(adapter / "adapter_config.json"))
+    targets = peft_config.get("target_modules") or []
+    targets = targets if isinstance(targets, list) else [targets]
+    lora = LoraConfig(r=peft_config["r"], alpha=peft_config["lora_alpha"], dropout=peft_config.get("lora_dropout", 0.0),
+                      target_modules=rf".*language_model.*\.({'|'.join(sorted(targets))})")
+    model = apply_lora(model, lora)
+    weights = adapter / "adapter_model.safetensors"
+    adapters = _torch_load(weights if weights.is_file() else adapter / "adapter_model.bin")
+    ours = {}
+    for key, value in adapters.items():
+        rest = key.removeprefix("base_model.model.model.")
+        rest = re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", rest)
+        ours[f"base_model.model.model.language_model.{rest}"] = value
+    result = model.load_state_dict(ours, strict=False)
+    untouched = sorted({k for k in model.state_dict() if "lora_" in k} - set(ours))
+    if result.unexpected_keys or untouched:
+        raise ModelError(f"{adapter}: the adapter does not fit the base: weights for no layer "
+                         f"{result.unexpected_keys[:2]}, layers without weights {untouched[:2]}")
+    return save_checkpoint(out, model, tokenizer, model_config, lora,
+                           {"stage": "imported", "step": 0, "template": "vicuna_v1", "source": "llava-rad"})
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise ModelError(f"{path}: not found (the LLaVA-Rad release layout is described in radlab.model.llava_rad)")
+    return path.read_text()

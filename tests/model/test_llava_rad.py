@@ -1,0 +1,100 @@
+"""Import of the released LLaVA-Rad layout, on a tiny checkpoint written in exactly that layout."""
+
+import json
+
+import pytest
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+from safetensors.torch import save_file
+from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
+
+from radlab.model.build import ModelError
+from radlab.model.checkpoint import load_checkpoint
+from radlab.model.llava_rad import import_llava_rad
+
+WIDTH, LAYERS, PATCH, SIZE = 64, 2, 14, 28
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _timm_keys(vit: ViTModel) -> dict:
+    """The weights of a ViT under open_clip's timm names: visual.trunk.*, fused qkv."""
+    s = vit.state_dict()
+    out = {"cls_token": s["embeddings.cls_token"], "pos_embed": s["embeddings.position_embeddings"],
+           "patch_embed.proj.weight": s["embeddings.patch_embeddings.projection.weight"],
+           "patch_embed.proj.bias": s["embeddings.patch_embeddings.projection.bias"],
+           "norm.weight": s["layernorm.weight"], "norm.bias": s["layernorm.bias"]}
+    for i in range(LAYERS):
+        a = f"layers.{i}."
+        for part in ("weight", "bias"):
+            out[f"blocks.{i}.attn.qkv.{part}"] = torch.cat([s[f"{a}attention.{p}_proj.{part}"] for p in "qkv"])
+            out[f"blocks.{i}.attn.proj.{part}"] = s[f"{a}attention.o_proj.{part}"]
+            out[f"blocks.{i}.norm1.{part}"] = s[f"{a}layernorm_before.{part}"]
+            out[f"blocks.{i}.norm2.{part}"] = s[f"{a}layernorm_after.{part}"]
+            out[f"blocks.{i}.mlp.fc1.{part}"] = s[f"{a}mlp.fc1.{part}"]
+            out[f"blocks.{i}.mlp.fc2.{part}"] = s[f"{a}mlp.fc2.{part}"]
+    return {f"visual.trunk.{k}": v for k, v in out.items()} | {"visual.head.proj.weight": torch.randn(32, WIDTH),
+                                                               "text.transformer.dummy": torch.zeros(1)}
+
+
+@pytest.fixture()
+def release(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    base = tmp_path / "vicuna"
+    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=192,
+                                      num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=False))
+    lm.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    vit = ViTModel(ViTConfig(hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=1, intermediate_size=128,
+                             image_size=SIZE, patch_size=PATCH, qkv_bias=True, layer_norm_eps=1e-6))
+    vision = tmp_path / "biomedclipcxr_518"
+    vision.mkdir()
+    torch.save(_timm_keys(vit), vision / "open_clip_pytorch_model.bin")
+    (vision / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 32, "vision_cfg": {
+        "timm_model_name": "vit_tiny_test", "image_size": SIZE}}}))
+    adapter = tmp_path / "llava-rad"
+    peft_model = get_peft_model(lm, PeftLoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.3)
+    peft_model.save_pretrained(adapter)
+    projector = {"base_model.model.model.mm_projector.0.weight": torch.randn(96, WIDTH),
+                 "base_model.model.model.mm_projector.0.bias": torch.randn(96),
+                 "base_model.model.model.mm_projector.2.weight": torch.randn(96, 96),
+                 "base_model.model.model.mm_projector.2.bias": torch.randn(96)}
+    torch.save(projector, adapter / "non_lora_trainables.bin")
+    return {"adapter": adapter, "base": base, "vision": vision, "vit": vit, "lm": peft_model, "projector": projector}
+
+
+def test_import_reproduces_the_released_parts(release, tmp_path):
+    out = import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
+    loaded = load_checkpoint(out)
+    assert loaded.model_config.vision.kind == "vit" and loaded.model_config.vision.image_size == SIZE
+    assert loaded.lora.r == 4 and loaded.meta["source"] == "llava-rad"
+    model = loaded.model.eval()
+    pixels = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ours = model.get_base_model().model.vision_tower(pixel_values=pixels, output_hidden_states=True)
+        theirs = release["vit"].eval()(pixel_values=pixels, output_hidden_states=True)
+        assert torch.allclose(ours.hidden_states[-2], theirs.hidden_states[-2], atol=1e-5)
+        features = torch.randn(1, 3, WIDTH)
+        p = release["projector"]
+        hidden = torch.nn.functional.gelu(features @ p["base_model.model.model.mm_projector.0.weight"].T
+                                          + p["base_model.model.model.mm_projector.0.bias"])
+        expected = hidden @ p["base_model.model.model.mm_projector.2.weight"].T + p["base_model.model.model.mm_projector.2.bias"]
+        assert torch.allclose(model.get_base_model().model.multi_modal_projector(features), expected, atol=1e-5)
+        ids = torch.tensor([[1, 30, 31, 32, 33, 34]])
+        text_logits = model(input_ids=ids).logits
+        released = release["lm"].eval()(input_ids=ids).logits
+        assert torch.allclose(text_logits, released, atol=1e-4)     # base + LoRA, as released
+
+
+def test_import_names_what_is_missing_or_wrong(release, tmp_path):
+    (release["adapter"] / "non_lora_trainables.bin").unlink()
+    with pytest.raises(ModelError, match="non_lora_trainables.bin: not found"):
+        import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
+    torch.save({"visual.proj": torch.zeros(2)}, release["vision"] / "open_clip_pytorch_model.bin")
+    with pytest.raises(ModelError, match="no timm ViT image tower"):
+        import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()

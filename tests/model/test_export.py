@@ -69,3 +69,19 @@ def test_projectors_without_a_transformers_equivalent_are_refused(tokenizer, tmp
     with pytest.raises(ModelError, match="projector linear has no transformers LLaVA equivalent"):
         export_hf(folder, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_cli_export_and_its_errors(lora_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from radlab.cli import app
+
+    _, folder = lora_checkpoint
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(folder), "--format", "hf", "--merge-lora", "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    assert LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").config.model_type == "llava"
+    result = runner.invoke(app, ["export", str(folder), "--no-merge-lora", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "only merged (--merge-lora)" in result.output
+    result = runner.invoke(app, ["export", str(tmp_path / "absent"), "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "not a radlab checkpoint" in result.output

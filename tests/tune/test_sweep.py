@@ -60,6 +60,8 @@ def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_serve
     raw = parse_experiment(raw, "t").model_dump(mode="json")
     result = run_sweep(raw, "t")
     assert [row["status"] for row in result["trials"]] == ["ok", "ok"]
+    # Trials ran in the driver's folder: their relative paths (here the checkpoints) land there.
+    assert len(list((tmp_path / "radlab_runs" / "checkpoints").iterdir())) == 2
     client = MlflowClient(mlflow_server)
     sweep_run = client.get_run(result["sweep_run"])
     assert sweep_run.info.status == "FINISHED" and sweep_run.data.metrics["sweep/trials"] == 2

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import itertools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,9 @@ def run_trial(config: dict) -> dict:
     """The Tune trainable: one whole experiment; reports the objective and every metric."""
     from radlab.pipeline import run_experiment
 
+    # Run in the sweep driver's folder, so relative paths in the YAML (data, tracking store,
+    # storage) mean what they mean for `radlab run`, not something inside Tune's trial folder.
+    os.chdir(config["folder"])
     experiment = trial_experiment(config["base"], {**config["cell"], **config.get("search", {})})
     summary = run_experiment(experiment, json.dumps(experiment.model_dump(mode="json")),
                              parent_run_id=config["sweep_run"], register=False)
@@ -132,7 +136,7 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
         name = f"{experiment.name}-sweep-{key}-{index}"
         path = str(Path(storage_path(experiment)) / name)
         trainable = tune.with_resources(run_trial, {"cpu": 0.01})
-        param_space = {"base": raw, "cell": trial.overrides, "sweep_run": sweep_run}
+        param_space = {"base": raw, "cell": trial.overrides, "sweep_run": sweep_run, "folder": os.getcwd()}
         if resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True, param_space=param_space)
         else:

@@ -196,6 +196,23 @@ def import_llava_rad_command(
     console.print(f"[green]imported[/] LLaVA-Rad to {folder}: radlab serve --model {folder}")
 
 
+@import_app.command("open-clip-vision")
+def import_open_clip_vision_command(
+    vision: Annotated[Path, typer.Option(help="the open_clip folder: open_clip_config.json, open_clip_pytorch_model.bin")],
+    out: Annotated[Path, typer.Option(help="the transformers ViT folder to write")],
+) -> None:
+    """Convert an open_clip image tower (BiomedCLIP-CXR) for model.vision: {kind: vit, path: ...}."""
+    from radlab.model.build import ModelError
+    from radlab.model.llava_rad import import_open_clip_vision
+
+    try:
+        folder = import_open_clip_vision(vision, out)
+    except (ModelError, OSError) as err:
+        err_console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"[green]converted[/] {vision} to {folder}: model.vision: {{kind: vit, path: {folder}}}")
+
+
 @judge_app.command("serve")
 def judge_serve(reference_judge: Annotated[str, typer.Option(help="which reference judge")] = "synthetic",
                 port: int = 8100) -> None:

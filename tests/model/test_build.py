@@ -74,9 +74,10 @@ def test_linear_projector(tokenizer):
 
 
 def test_open_clip_tower_is_a_clear_error(tokenizer):
-    assert ModelConfig.model_validate({"preset": "llava-rad-7b"}).vision.num_image_tokens == 1369
-    with pytest.raises(ModelError, match="open_clip"):
-        build_model(ModelConfig.model_validate({"preset": "llava-rad-7b"}), tokenizer)
+    paper = ModelConfig.model_validate({"preset": "llava-rad-7b"})
+    assert paper.vision.num_image_tokens == 1369 and paper.vision.kind == "vit"
+    with pytest.raises(ModelError, match="radlab import open-clip-vision"):
+        build_model(ModelConfig.model_validate({"preset": "tiny", "vision": {"kind": "open_clip"}}), tokenizer)
 
 
 def test_tuned_encoder_trains_only_the_layers_llava_reads(tokenizer):

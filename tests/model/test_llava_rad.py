@@ -9,9 +9,10 @@ from peft import get_peft_model
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
-from radlab.model.build import ModelError
+from radlab.config import ModelConfig
+from radlab.model.build import ModelError, build_model
 from radlab.model.checkpoint import load_checkpoint
-from radlab.model.llava_rad import import_llava_rad
+from radlab.model.llava_rad import import_llava_rad, import_open_clip_vision
 
 WIDTH, LAYERS, PATCH, SIZE = 64, 2, 14, 28
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -88,6 +89,20 @@ def test_import_reproduces_the_released_parts(release, tmp_path):
         text_logits = model(input_ids=ids).logits
         released = release["lm"].eval()(input_ids=ids).logits
         assert torch.allclose(text_logits, released, atol=1e-4)     # base + LoRA, as released
+
+
+def test_an_open_clip_tower_converts_to_a_vit_folder_the_report_model_loads(release, tmp_path, tokenizer):
+    out = import_open_clip_vision(release["vision"], tmp_path / "vit")
+    pixels = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        converted = ViTModel.from_pretrained(out).eval()(pixel_values=pixels, output_hidden_states=True)
+        original = release["vit"].eval()(pixel_values=pixels, output_hidden_states=True)
+        assert torch.allclose(converted.hidden_states[-2], original.hidden_states[-2], atol=1e-5)
+    config = ModelConfig.model_validate({"preset": "tiny", "vision": {
+        "kind": "vit", "path": str(out), "image_size": SIZE, "patch_size": PATCH, "select_layer": -2}})
+    model = build_model(config, tokenizer, 256)
+    assert torch.equal(model.model.vision_tower.state_dict()["layers.1.mlp.fc1.weight"],
+                       release["vit"].state_dict()["layers.1.mlp.fc1.weight"])
 
 
 def test_import_names_what_is_missing_or_wrong(release, tmp_path):

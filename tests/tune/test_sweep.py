@@ -46,7 +46,7 @@ def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep,
 def test_shipped_sweeps_expand():
     import yaml
 
-    for name, cells in (("ablation_quick.yaml", 4), ("ablation_llava_rad.yaml", 6)):
+    for name, cells in (("ablation_quick.yaml", 4), ("ablation_llava_rad.yaml", 4), ("ablation_encoder.yaml", 2)):
         raw = yaml.safe_load((ROOT / "experiments" / name).read_text())
         assert len(expand(raw, name)) == cells
 

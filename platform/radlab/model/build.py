@@ -52,8 +52,9 @@ def vision_config(mc: ModelConfig):
     v = mc.vision
     if v.kind == "open_clip":
         raise ModelError(
-            "model.vision.kind open_clip: open_clip towers (BiomedCLIP) need the open_clip_torch "
-            "package, which this install does not carry; use kind clip or siglip with a local path"
+            "model.vision.kind open_clip: convert the open_clip tower (BiomedCLIP, BiomedCLIP-CXR) once with "
+            "`radlab import open-clip-vision --vision <folder> --out <vit folder>`, then use "
+            "vision: {kind: vit, path: <vit folder>}"
         )
     cls = VISION_CLASSES[v.kind][0]
     if v.path:

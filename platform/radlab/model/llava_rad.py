@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig
+from transformers import AutoConfig, ViTConfig, ViTModel
 
 from radlab.config import LanguageConfig, LoraConfig, ModelConfig, VisionConfig
 from radlab.data.tokenizer import load_tokenizer
 from radlab.model.build import ModelError, apply_lora, build_model
-from radlab.model.checkpoint import save_checkpoint
+from radlab.model.checkpoint import atomic_folder, save_checkpoint
 
 # timm's ViT widths and their head counts (for heads, which the weights do not show).
 TIMM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -66,18 +66,37 @@ def vit_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[dict
     return out, shapes
 
 
-def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_length: int = 2048) -> Path:
-    adapter, base, vision = Path(adapter), Path(base), Path(vision)
-    clip_config = json.loads(_read(vision / "open_clip_config.json"))
-    image_size = clip_config.get("model_cfg", {}).get("vision_cfg", {}).get("image_size")
+def _open_clip_vit(vision: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict]:
+    """The ViT config, ViTModel weights and shape fields of an open_clip folder's image tower."""
+    vision_cfg = json.loads(_read(vision / "open_clip_config.json")).get("model_cfg", {}).get("vision_cfg", {})
+    image_size = vision_cfg.get("image_size")
     if not isinstance(image_size, int):
         raise ModelError(f"{vision / 'open_clip_config.json'}: model_cfg.vision_cfg.image_size is missing")
     tower, shapes = vit_from_open_clip(_torch_load(vision / "open_clip_pytorch_model.bin"), str(vision))
+    config = ViTConfig(hidden_size=shapes["hidden_size"], num_hidden_layers=shapes["layers"],
+                       num_attention_heads=shapes["heads"], intermediate_size=shapes["intermediate_size"],
+                       image_size=image_size, patch_size=shapes["patch_size"], qkv_bias=True, layer_norm_eps=1e-6)
+    return config, tower, {**shapes, "image_size": image_size, "name": vision_cfg.get("timm_model_name")}
+
+
+def import_open_clip_vision(vision: Path, out: Path) -> Path:
+    """Write an open_clip image tower (BiomedCLIP, BiomedCLIP-CXR) as a transformers ViT folder,
+    for `model.vision: {kind: vit, path: <out>}`."""
+    config, tower, _ = _open_clip_vit(Path(vision))
+    model = ViTModel(config, add_pooling_layer=False)
+    model.load_state_dict(tower)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp)
+    return Path(out)
+
+
+def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_length: int = 2048) -> Path:
+    adapter, base, vision = Path(adapter), Path(base), Path(vision)
+    _, tower, shapes = _open_clip_vit(vision)
     lm = AutoConfig.from_pretrained(base)
     model_config = ModelConfig(
         preset="llava-rad-7b", projector="mlp2x_gelu", tokenizer=str(base),
-        vision=VisionConfig(kind="vit", name=clip_config.get("model_cfg", {}).get("vision_cfg", {}).get("timm_model_name"),
-                            image_size=image_size, select_layer=-2, frozen=True, **shapes),
+        vision=VisionConfig(kind="vit", select_layer=-2, frozen=True, **shapes),
         language=LanguageConfig(path=str(base), hidden_size=lm.hidden_size, layers=lm.num_hidden_layers,
                                 heads=lm.num_attention_heads, intermediate_size=lm.intermediate_size,
                                 tie_embeddings=bool(lm.tie_word_embeddings)))

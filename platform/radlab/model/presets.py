@@ -11,9 +11,10 @@ PRESETS: dict[str, dict] = {
                      "tie_embeddings": True},
     },
     # The LLaVA-Rad shapes: BiomedCLIP-CXR (ViT-B/14, 518 px, 37x37 patch tokens of width 768,
-    # second-to-last block), mlp2x_gelu into Vicuna-7B v1.5 (4096 wide, 32 layers).
+    # second-to-last block; its open_clip release converts to this ViT with `radlab import
+    # open-clip-vision`), mlp2x_gelu into Vicuna-7B v1.5 (4096 wide, 32 layers).
     "llava-rad-7b": {
-        "vision": {"kind": "open_clip", "name": "biomedclip_cxr_518", "image_size": 518, "patch_size": 14,
+        "vision": {"kind": "vit", "name": "biomedclip_cxr_518", "image_size": 518, "patch_size": 14,
                    "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
                    "select_layer": -2, "frozen": True},
         "projector": "mlp2x_gelu",

@@ -107,8 +107,12 @@ def test_cli_validate_exit_codes(tmp_path):
 
 def test_stage0_rules(tmp_path):
     base = {"name": "x", "data": {"synthetic": {}}, "stage0": {"enabled": True, "batch": 30}, "ray": {"workers": 4}}
-    with pytest.raises(ConfigError, match="stage0.batch 30 does not divide across ray.workers 4"):
+    with pytest.raises(ConfigError, match=r"stage0.batch 30 does not divide across 4 workers \(ray.workers 4"):
         parse_experiment(base, "exp.yaml")
+    with pytest.raises(ConfigError, match="stage0.batch 32 does not divide across 3 workers"):
+        parse_experiment({**base, "stage0": {"enabled": True, "batch": 32}, "ray": {"workers": 4, "min_workers": 2}}, "e")
+    with pytest.raises(ConfigError, match="min_workers 5 exceeds workers 4"):
+        parse_experiment({**base, "ray": {"workers": 4, "min_workers": 5}}, "e")
     with pytest.raises(ConfigError, match="stage0 trains a clip image tower; model.vision.kind is siglip"):
         parse_experiment({**base, "stage0": {"enabled": True, "batch": 32}, "model": {"vision": {"kind": "siglip"}}}, "e")
     with pytest.raises(ConfigError, match="freeze_vision_layers 5 exceeds model.vision.layers 2"):

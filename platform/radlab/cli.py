@@ -213,6 +213,82 @@ def import_open_clip_vision_command(
     console.print(f"[green]converted[/] {vision} to {folder}: model.vision: {{kind: vit, path: {folder}}}")
 
 
+jobs_app = typer.Typer(no_args_is_help=True, help="Experiments running on a Ray cluster (Ray Jobs API).")
+app.add_typer(jobs_app, name="jobs")
+Address = Annotated[str, typer.Option(help="the cluster's Ray Jobs API", envvar="RAY_API_SERVER_ADDRESS")]
+
+
+def _jobs_call(fn, *args):
+    from radlab.jobs import JobsError
+
+    try:
+        return fn(*args)
+    except (JobsError, RuntimeError, ConnectionError) as err:
+        err_console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _stream_log(address: str, job_id: str) -> None:
+    from radlab import jobs
+
+    for chunk in jobs.follow(address, job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+
+@app.command()
+def submit(path: Path, overrides: Overrides = None, address: Address = "http://127.0.0.1:8265",
+           project: Annotated[Path, typer.Option(help="the folder shipped as the job's working directory")] = Path("."),
+           follow: Annotated[bool, typer.Option(help="stream the job's log until it ends")] = True) -> None:
+    """Run an experiment on a Ray cluster as a Ray job; print its id (and follow its log)."""
+    from radlab import jobs
+
+    experiment = _load(path, overrides)
+    job_id = _jobs_call(jobs.submit, address, experiment, path, overrides or [], project)
+    console.print(f"submitted [bold]{job_id}[/] to {address}")
+    if not follow:
+        return
+    _jobs_call(_stream_log, address, job_id)
+    final = _jobs_call(jobs.status, address, job_id)
+    console.print(f"job {job_id}: {final}")
+    if final != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("list")
+def jobs_list(address: Address = "http://127.0.0.1:8265") -> None:
+    """The cluster's jobs, oldest first."""
+    from rich.table import Table
+
+    from radlab import jobs
+
+    table = Table("id", "status", "experiment", "entrypoint")
+    for job in _jobs_call(jobs.list_jobs, address):
+        table.add_row(job["id"], job["status"], job["experiment"], job["entrypoint"])
+    console.print(table)
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, address: Address = "http://127.0.0.1:8265",
+              follow: Annotated[bool, typer.Option(help="keep streaming until the job ends")] = False) -> None:
+    """Print a job's log."""
+    from radlab import jobs
+
+    if follow:
+        _jobs_call(_stream_log, address, job_id)
+    else:
+        sys.stdout.write(_jobs_call(jobs.logs, address, job_id))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, address: Address = "http://127.0.0.1:8265") -> None:
+    """Stop a running job."""
+    from radlab import jobs
+
+    stopped = _jobs_call(jobs.stop, address, job_id)
+    console.print(f"job {job_id}: {'stop requested' if stopped else 'already finished'}")
+
+
 @judge_app.command("serve")
 def judge_serve(reference_judge: Annotated[str, typer.Option(help="which reference judge")] = "synthetic",
                 port: int = 8100) -> None:

@@ -256,6 +256,10 @@ class RayConfig(Section):
     address: str | None = Field(None, description="None starts an embedded local Ray; 'auto' or ray://host:10001 joins one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray")
     workers: int = Field(2, ge=1)
+    min_workers: int | None = Field(None, ge=1, description="elastic training: when nodes are lost, go on with as "
+                                    "few as this many workers (None: always `workers`, waiting for replacements)")
+    node_wait_s: float = Field(600, gt=0, description="how long a restart waits for its workers' resources "
+                               "(a replacement node) before it counts as a failure")
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
     accelerator: Literal["V100", "A100", "H100", "L4", "T4"] | None = None
@@ -266,6 +270,8 @@ class RayConfig(Section):
 
     @model_validator(mode="after")
     def _hardware(self) -> RayConfig:
+        if self.min_workers is not None and self.min_workers > self.workers:
+            raise ValueError(f"min_workers {self.min_workers} exceeds workers {self.workers}")
         if self.precision == "bf16" and self.accelerator in ("V100", "T4"):
             raise ValueError(f"precision bf16: {self.accelerator} has no bf16; use fp16")
         if self.precision == "fp16" and not self.use_gpu:
@@ -360,8 +366,10 @@ class Experiment(Section):
 
     def _stage0_checks(self) -> None:
         s0, vision = self.stage0, self.model.vision
-        if s0.batch % self.ray.workers:
-            raise ValueError(f"stage0.batch {s0.batch} does not divide across ray.workers {self.ray.workers}")
+        for world in range(self.ray.min_workers or self.ray.workers, self.ray.workers + 1):
+            if s0.batch % world:
+                raise ValueError(f"stage0.batch {s0.batch} does not divide across {world} workers "
+                                 f"(ray.workers {self.ray.workers}, min_workers {self.ray.min_workers})")
         if vision.kind != "clip":
             raise ValueError(f"stage0 trains a clip image tower; model.vision.kind is {vision.kind}")
         if s0.freeze_vision_layers > vision.layers:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,17 +45,25 @@ def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
     return folder
 
 
+def outputs_root(experiment: Experiment) -> Path:
+    """Where finished checkpoints are kept: beside the Ray Train runs when their storage is a
+    folder (shared storage on a cluster), else a local scratch folder (they are logged to MLflow)."""
+    path = experiment.ray.storage_path
+    return Path(path) if "://" not in path else Path(tempfile.gettempdir()) / "radlab"
+
+
 def encoder_folder(experiment: Experiment) -> Path:
     """Where a run's trained stage 0 encoder is kept."""
-    return Path("radlab_runs/encoders") / f"{experiment.name}-{stage_key(experiment, 'stage0')}"
+    return outputs_root(experiment) / "encoders" / f"{experiment.name}-{stage_key(experiment, 'stage0')}"
 
 
 def _materialise(checkpoint, folder: Path) -> Path:
     """Copy a Ray Train checkpoint to a stable local folder (replacing an older copy)."""
     if folder.exists():
         shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.to_directory(str(folder))
-    return folder
+    return folder.resolve()
 
 
 def run_experiment(experiment: Experiment, yaml_text: str, console: Console | None = None,
@@ -91,7 +100,8 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
                 metrics = evaluate_encoder(experiment, final, tracker, parent, console)
             tracker.log_checkpoint(parent, final, "encoder")
         if checkpoint is not None:
-            final = _materialise(checkpoint, Path("radlab_runs/checkpoints") / f"{experiment.name}-{experiment.digest()}")
+            final = _materialise(checkpoint, outputs_root(experiment) / "checkpoints" /
+                                 f"{experiment.name}-{experiment.digest()}")
             if experiment.eval.enabled:
                 console.rule("evaluation")
                 metrics |= evaluate_checkpoint(experiment, final, tracker, parent, console)

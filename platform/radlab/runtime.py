@@ -17,8 +17,9 @@ def init_ray(config: RayConfig) -> None:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return
-    if config.address:
-        ray.init(address=config.address, log_to_driver=True)
+    address = config.address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver gets RAY_ADDRESS
+    if address:
+        ray.init(address=address, log_to_driver=True)
         return
     cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -45,6 +46,8 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
     if "://" not in experiment.ray.storage_path and done.is_file():
         return Checkpoint(json.loads(done.read_text())["checkpoint"])
     ray_config = experiment.ray
+    # Ray Train hands this to its controller: how long a (re)start waits for the workers' resources.
+    os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ray_config.node_wait_s)
     trainer = TorchTrainer(
         train_encoder if stage == "stage0" else train_stage,
         train_loop_config={
@@ -57,7 +60,7 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             "run_id": run_id,
         },
         scaling_config=ScalingConfig(
-            num_workers=ray_config.workers,
+            num_workers=(ray_config.min_workers, ray_config.workers) if ray_config.min_workers else ray_config.workers,
             use_gpu=ray_config.use_gpu,
             resources_per_worker={"CPU": ray_config.cpus_per_worker},
             accelerator_type=ray_config.accelerator,

@@ -1,0 +1,100 @@
+"""Running experiments on a Ray cluster through the Ray Jobs API.
+
+`submit` packages the project folder (the code and the experiment YAML, not data, runs or the
+virtualenv) as the job's working directory, and runs `radlab run <yaml> --set ray.address=auto`
+there, so the experiment joins the cluster it was submitted to. The cluster's nodes must have
+radlab's dependencies installed (the cluster configs under cluster/ do that).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from radlab.config import Experiment
+from radlab.runtime import LOOPBACK_ENV
+
+# Never uploaded with a job: environments, outputs, data and VCS metadata.
+EXCLUDES = [".venv", "venv", ".git", "radlab_runs", "data", "exports", "mlruns", "**/__pycache__", "*.egg-info",
+            ".pytest_cache", "benchmarks/results"]
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+class JobsError(RuntimeError):
+    """A cluster that cannot be reached or a job that does not exist; the message says which."""
+
+
+def client(address: str):
+    """A JobSubmissionClient for `address` (http://<head>:8265). A cluster started with token
+    authentication (`ray start`'s default) needs RAY_AUTH_MODE=token here, and the token in
+    RAY_AUTH_TOKEN or ~/.ray/auth_token: Ray's client sends it."""
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise JobsError(f"{address}: no Ray Jobs API there ({err})") from None
+
+
+def submission_id(experiment: Experiment) -> str:
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", experiment.name)
+    return f"radlab-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def submit(address: str, experiment: Experiment, yaml_path: Path, overrides: list[str], project: Path,
+           entrypoint_num_cpus: float = 0.0) -> str:
+    """Submit `radlab run` of the experiment as a job; return its submission id."""
+    yaml_path = Path(yaml_path).resolve()
+    project = Path(project).resolve()
+    if not yaml_path.is_relative_to(project):
+        raise JobsError(f"{yaml_path}: the experiment must be inside the project folder {project} to travel with it")
+    sets = " ".join(f"--set {shlex.quote(s)}" for s in [*overrides, "ray.address=auto"])
+    entrypoint = f"radlab run {shlex.quote(str(yaml_path.relative_to(project)))} {sets}"
+    jobs = client(address)
+    job_id = jobs.submit_job(
+        entrypoint=entrypoint,
+        submission_id=submission_id(experiment),
+        runtime_env={"working_dir": str(project), "excludes": EXCLUDES, "env_vars": dict(LOOPBACK_ENV)},
+        entrypoint_num_cpus=entrypoint_num_cpus,
+        metadata={"radlab.experiment": experiment.name, "radlab.digest": experiment.digest()},
+    )
+    return job_id
+
+
+def follow(address: str, job_id: str, poll_s: float = 1.0) -> Iterator[str]:
+    """Yield the job's log as it grows, until the job ends."""
+    jobs = client(address)
+    shown = 0
+    while True:
+        status = str(jobs.get_job_status(job_id).value)
+        logs = jobs.get_job_logs(job_id)
+        if len(logs) > shown:
+            yield logs[shown:]
+            shown = len(logs)
+        if status in TERMINAL:
+            return
+        time.sleep(poll_s)
+
+
+def status(address: str, job_id: str) -> str:
+    return str(client(address).get_job_status(job_id).value)
+
+
+def list_jobs(address: str) -> list[dict]:
+    out = []
+    for job in client(address).list_jobs():
+        out.append({"id": job.submission_id or job.job_id, "status": str(job.status.value),
+                    "experiment": (job.metadata or {}).get("radlab.experiment", ""), "entrypoint": job.entrypoint,
+                    "start_time": job.start_time})
+    return sorted(out, key=lambda j: j["start_time"] or 0)
+
+
+def logs(address: str, job_id: str) -> str:
+    return client(address).get_job_logs(job_id)
+
+
+def stop(address: str, job_id: str) -> bool:
+    return client(address).stop_job(job_id)

@@ -1,0 +1,125 @@
+"""A real two-node Ray cluster on this machine (every listener on loopback): experiments submitted
+through the Ray Jobs API, followed to the end, and a training run that loses a node."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from radlab import jobs
+from radlab.cli import app
+from radlab.config import parse_experiment
+
+from .conftest import experiment_dict, free_port
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    port = free_port()
+    nodes = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HF_HUB_OFFLINE": "1"},
+        # A lost node is noticed within seconds (production clusters use Ray's slower defaults).
+        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                           "health_check_failure_threshold": 4}})
+    # The second node carries the V100 label Ray gives nodes with V100s, so V100-targeted work lands there.
+    worker = nodes.add_node(num_cpus=2, resources={"accelerator_type:V100": 1})
+    nodes.wait_for_nodes()
+    address = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:  # the Jobs API answers once the head's dashboard agent is up
+        try:
+            jobs.list_jobs(address)
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(1)
+    yield {"nodes": nodes, "worker": worker, "address": address}
+    nodes.shutdown()
+
+
+def _wait(address: str, job_id: str, timeout: float) -> str:
+    deadline = time.time() + timeout
+    while (state := jobs.status(address, job_id)) not in jobs.TERMINAL and time.time() < deadline:
+        time.sleep(1)
+    return state
+
+
+def _project(tmp_path: Path, raw: dict) -> Path:
+    project = tmp_path / "project"
+    (project / "experiments").mkdir(parents=True)
+    (project / "experiments" / "exp.yaml").write_text(yaml.safe_dump(raw))
+    return project
+
+
+def test_submit_runs_an_experiment_on_the_cluster(cluster, mlflow_server, synthetic_root, tmp_path, monkeypatch):
+    address = cluster["address"]
+    raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": mlflow_server, "register_as": "radlab-jobs-test"},
+                          eval={"compare_untrained": False, "judge": {"cache": str(tmp_path / "judge.sqlite")}})
+    raw["name"] = "jobs-test"
+    project = _project(tmp_path, raw)
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(app, ["submit", "experiments/exp.yaml", "--address", address, "--set", "stage2.lr=1e-3"])
+    assert result.exit_code == 0, result.output
+    assert "submitted radlab-jobs-test-" in result.output and "[stage2] step 4/4" in result.output
+    assert "registered radlab-jobs-test version" in result.output and "SUCCEEDED" in result.output
+    listed = CliRunner().invoke(app, ["jobs", "list", "--address", address])
+    assert "jobs-test" in listed.output and "SUCCEEDED" in listed.output
+    version = MlflowClient(mlflow_server).get_model_version("radlab-jobs-test", "1")
+    assert version.run_id
+
+
+def test_jobs_verbs_name_what_is_wrong(cluster):
+    address = cluster["address"]
+    result = CliRunner().invoke(app, ["jobs", "logs", "radlab-no-such-job", "--address", address])
+    assert result.exit_code == 2 and "radlab-no-such-job" in result.output
+    result = CliRunner().invoke(app, ["jobs", "list", "--address", f"http://127.0.0.1:{free_port()}"])
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("mode", ["replacement", "elastic"])
+def test_training_survives_a_lost_node(cluster, synthetic_root, tmp_path, mode):
+    """replacement: the run waits for a new node; elastic (min_workers 1): it goes on with what remains."""
+    nodes, address = cluster["nodes"], cluster["address"]
+    shared = tmp_path / "shared"     # the storage every node sees: checkpoints survive the node
+    raw = experiment_dict(synthetic_root, tmp_path, stage1={"max_steps": 30, "checkpoint_every": 5, "log_every": 5},
+                          stage2={"enabled": False}, eval={"enabled": False},
+                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
+                          ray={"storage_path": str(shared), "max_failures": 3, "node_wait_s": 120,
+                               "min_workers": 1 if mode == "elastic" else None})
+    raw["name"] = f"node-loss-{mode}"
+    project = _project(tmp_path, raw)
+    job_id = jobs.submit(address, parse_experiment(raw, "t"), project / "experiments/exp.yaml", [], project)
+    run_dir = None
+    deadline = time.time() + 240
+    while time.time() < deadline:    # the first checkpoint is on shared storage: lose the node
+        snapshots = list(shared.glob(f"node-loss-{mode}-stage1-*/checkpoint_manager_snapshot.json"))
+        if snapshots:
+            run_dir = snapshots[0].parent
+            break
+        assert jobs.status(address, job_id) not in jobs.TERMINAL, jobs.logs(address, job_id)[-3000:]
+        time.sleep(0.2)
+    assert run_dir is not None, jobs.logs(address, job_id)[-3000:]
+    nodes.remove_node(cluster["worker"], allow_graceful=False)
+    if mode == "replacement":
+        time.sleep(3)
+        cluster["worker"] = nodes.add_node(num_cpus=2)
+    state = _wait(address, job_id, 300)
+    log = jobs.logs(address, job_id)
+    assert state == "SUCCEEDED", log[-3000:]
+    assert "resuming at step" in log
+    done = json.loads((run_dir / "radlab_done.json").read_text())
+    train_state = torch.load(Path(done["checkpoint"]) / "train_state.pt", weights_only=False)
+    assert train_state["step"] == 30 and train_state["resumed_from"]
+    assert train_state["samples"] == 30 * 8      # every step counted once: 30 steps of the global batch
+    if mode == "elastic":
+        assert "world_size=1" in log                # it went on with the worker that was left
+        cluster["worker"] = nodes.add_node(num_cpus=2)

@@ -22,5 +22,6 @@ def init_ray(config: RayConfig) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True,
+    # address="local": a Ray of its own, even where another Ray runs on this machine.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True,
              runtime_env={"env_vars": LOOPBACK_ENV})

@@ -32,6 +32,7 @@ benchmark: install
 	$(PY) benchmarks/judge_throughput.py
 	$(PY) benchmarks/serve_throughput.py
 	$(PY) benchmarks/contrastive.py
+	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/gpu_generate.py
 
 ui: install

@@ -31,6 +31,15 @@ def _load(path: Path, overrides: list[str] | None) -> Experiment:
         raise typer.Exit(2) from None
 
 
+def _or_exit(fn, *args):
+    """Call fn; a bad model, folder or cluster is a red message and exit code 2, not a traceback."""
+    try:
+        return fn(*args)
+    except (ValueError, OSError, RuntimeError) as err:  # ModelError, JobsError, ConnectionError among them
+        err_console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def validate(path: Path, overrides: Overrides = None) -> None:
     """Check an experiment YAML (and overrides); print the resolved config or what is wrong."""
@@ -95,7 +104,6 @@ def eval_command(
     from radlab.config import parse_experiment
     from radlab.evaluation.generate import join_predictions
     from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder, log_evaluation, print_summary, score
-    from radlab.model.build import ModelError
     from radlab.pipeline import encoder_folder
     from radlab.tracking.runs import Tracker, fetch_checkpoint
 
@@ -129,11 +137,7 @@ def eval_command(
         if checkpoint is not None:
             folder = fetch_checkpoint(checkpoint, tracker.uri, Path("radlab_runs/downloads") / run_id)
             evaluate = evaluate_encoder if task == "retrieval" else evaluate_checkpoint
-            try:
-                evaluate(experiment, folder, tracker, run_id, console)
-            except ModelError as err:
-                err_console.print(f"[red]{err}[/]", highlight=False)
-                raise typer.Exit(2) from None
+            _or_exit(evaluate, experiment, folder, tracker, run_id, console)
         else:
             metrics, skipped, judgments, client = score(experiment, records)
             log_evaluation(tracker, run_id, experiment, records, metrics, skipped, judgments, client)
@@ -156,7 +160,6 @@ def export(
     import tempfile
 
     from radlab.config import TrackingConfig
-    from radlab.model.build import ModelError
     from radlab.model.export import export_hf
     from radlab.tracking.runs import fetch_checkpoint, tracking_uri
 
@@ -164,12 +167,8 @@ def export(
         err_console.print(f"--format {format}: radlab exports hf (transformers) folders")
         raise typer.Exit(2)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            folder = fetch_checkpoint(model, tracking_uri(TrackingConfig()), Path(tmp))
-            export_hf(folder, out, merge_lora)
-        except (ModelError, OSError) as err:
-            err_console.print(f"[red]{model}: {err}[/]", highlight=False)
-            raise typer.Exit(2) from None
+        folder = _or_exit(fetch_checkpoint, model, tracking_uri(TrackingConfig()), Path(tmp))
+        _or_exit(export_hf, folder, out, merge_lora)
     console.print(f"[green]exported[/] {model} to {out}: LlavaForConditionalGeneration.from_pretrained('{out}')")
 
 
@@ -185,14 +184,9 @@ def import_llava_rad_command(
     out: Annotated[Path, typer.Option(help="the radlab checkpoint folder to write")],
 ) -> None:
     """Import the released LLaVA-Rad model: evaluate, serve, fine-tune or sweep from it."""
-    from radlab.model.build import ModelError
     from radlab.model.llava_rad import import_llava_rad
 
-    try:
-        folder = import_llava_rad(adapter, base, vision, out)
-    except (ModelError, OSError) as err:
-        err_console.print(f"[red]{err}[/]", highlight=False)
-        raise typer.Exit(2) from None
+    folder = _or_exit(import_llava_rad, adapter, base, vision, out)
     console.print(f"[green]imported[/] LLaVA-Rad to {folder}: radlab serve --model {folder}")
 
 
@@ -202,30 +196,15 @@ def import_open_clip_vision_command(
     out: Annotated[Path, typer.Option(help="the transformers ViT folder to write")],
 ) -> None:
     """Convert an open_clip image tower (BiomedCLIP-CXR) for model.vision: {kind: vit, path: ...}."""
-    from radlab.model.build import ModelError
     from radlab.model.llava_rad import import_open_clip_vision
 
-    try:
-        folder = import_open_clip_vision(vision, out)
-    except (ModelError, OSError) as err:
-        err_console.print(f"[red]{err}[/]", highlight=False)
-        raise typer.Exit(2) from None
+    folder = _or_exit(import_open_clip_vision, vision, out)
     console.print(f"[green]converted[/] {vision} to {folder}: model.vision: {{kind: vit, path: {folder}}}")
 
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Experiments running on a Ray cluster (Ray Jobs API).")
 app.add_typer(jobs_app, name="jobs")
 Address = Annotated[str, typer.Option(help="the cluster's Ray Jobs API", envvar="RAY_API_SERVER_ADDRESS")]
-
-
-def _jobs_call(fn, *args):
-    from radlab.jobs import JobsError
-
-    try:
-        return fn(*args)
-    except (JobsError, RuntimeError, ConnectionError) as err:
-        err_console.print(f"[red]{err}[/]", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _stream_log(address: str, job_id: str) -> None:
@@ -244,12 +223,12 @@ def submit(path: Path, overrides: Overrides = None, address: Address = "http://1
     from radlab import jobs
 
     experiment = _load(path, overrides)
-    job_id = _jobs_call(jobs.submit, address, experiment, path, overrides or [], project)
+    job_id = _or_exit(jobs.submit, address, experiment, path, overrides or [], project)
     console.print(f"submitted [bold]{job_id}[/] to {address}")
     if not follow:
         return
-    _jobs_call(_stream_log, address, job_id)
-    final = _jobs_call(jobs.status, address, job_id)
+    _or_exit(_stream_log, address, job_id)
+    final = _or_exit(jobs.status, address, job_id)
     console.print(f"job {job_id}: {final}")
     if final != "SUCCEEDED":
         raise typer.Exit(1)
@@ -263,7 +242,7 @@ def jobs_list(address: Address = "http://127.0.0.1:8265") -> None:
     from radlab import jobs
 
     table = Table("id", "status", "experiment", "entrypoint")
-    for job in _jobs_call(jobs.list_jobs, address):
+    for job in _or_exit(jobs.list_jobs, address):
         table.add_row(job["id"], job["status"], job["experiment"], job["entrypoint"])
     console.print(table)
 
@@ -275,9 +254,9 @@ def jobs_logs(job_id: str, address: Address = "http://127.0.0.1:8265",
     from radlab import jobs
 
     if follow:
-        _jobs_call(_stream_log, address, job_id)
+        _or_exit(_stream_log, address, job_id)
     else:
-        sys.stdout.write(_jobs_call(jobs.logs, address, job_id))
+        sys.stdout.write(_or_exit(jobs.logs, address, job_id))
 
 
 @jobs_app.command("stop")
@@ -285,7 +264,7 @@ def jobs_stop(job_id: str, address: Address = "http://127.0.0.1:8265") -> None:
     """Stop a running job."""
     from radlab import jobs
 
-    stopped = _jobs_call(jobs.stop, address, job_id)
+    stopped = _or_exit(jobs.stop, address, job_id)
     console.print(f"job {job_id}: {'stop requested' if stopped else 'already finished'}")
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
-from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
 from radlab.config import ModelConfig

@@ -135,31 +135,42 @@ def training_texts(config: DataConfig) -> list[str]:
     return [e.findings for e in examples] + prompts * max(1, len(examples) // (20 * len(prompts)))
 
 
-class ReportDataset(Dataset):
-    """(image, prompt, findings) examples encoded for one stage's template.
+class ImageDataset(Dataset):
+    """Examples with their images; an image that will not decode yields None, which the collate
+    functions drop and count."""
 
-    An image that will not decode yields None; `collate` drops it and counts it in the batch.
-    """
-
-    def __init__(self, examples: list[Example], tokenizer, template: str, num_image_tokens: int,
-                 image_size: int, max_length: int):
+    def __init__(self, examples: list[Example], image_size: int):
         self.examples = examples
-        self.tokenizer = tokenizer
-        self.template = template
-        self.num_image_tokens = num_image_tokens
         self.image_size = image_size
-        self.max_length = max_length
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def pixels(self, index: int) -> torch.Tensor | None:
         example = self.examples[index]
         try:
-            pixels = to_tensor(load_image(example.image), self.image_size)
+            return to_tensor(load_image(example.image), self.image_size)
         except ImageError as err:
             log.warning("skipping example %s: %s", example.id, err)
             return None
+
+
+class ReportDataset(ImageDataset):
+    """(image, prompt, findings) examples encoded for one stage's template."""
+
+    def __init__(self, examples: list[Example], tokenizer, template: str, num_image_tokens: int,
+                 image_size: int, max_length: int):
+        super().__init__(examples, image_size)
+        self.tokenizer = tokenizer
+        self.template = template
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+
+    def __getitem__(self, index: int) -> dict | None:
+        pixels = self.pixels(index)
+        if pixels is None:
+            return None
+        example = self.examples[index]
         encoded = encode_example(self.tokenizer, self.template, example.human, example.findings,
                                  self.num_image_tokens, self.max_length)
         return {"input_ids": encoded.input_ids, "labels": encoded.labels, "pixel_values": pixels,

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
-from torch.utils.data import Dataset
 
-from radlab.data.dataset import Example
-from radlab.data.images import ImageError, load_image, to_tensor
-
-log = logging.getLogger(__name__)
+from radlab.data.dataset import Example, ImageDataset
 
 
 def encode_report(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
@@ -20,26 +14,19 @@ def encode_report(tokenizer, text: str, max_length: int) -> tuple[list[int], boo
     return ids[: max_length - 1] + [tokenizer.eos_token_id], truncated
 
 
-class PairDataset(Dataset):
-    """(image, findings) pairs; an image that will not decode yields None, dropped by `collate_pairs`."""
+class PairDataset(ImageDataset):
+    """(image, findings) pairs for the contrastive stage and retrieval."""
 
     def __init__(self, examples: list[Example], tokenizer, image_size: int, max_length: int):
-        self.examples = examples
+        super().__init__(examples, image_size)
         self.tokenizer = tokenizer
-        self.image_size = image_size
         self.max_length = max_length
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
     def __getitem__(self, index: int) -> dict | None:
-        example = self.examples[index]
-        try:
-            pixels = to_tensor(load_image(example.image), self.image_size)
-        except ImageError as err:
-            log.warning("skipping example %s: %s", example.id, err)
+        pixels = self.pixels(index)
+        if pixels is None:
             return None
-        ids, truncated = encode_report(self.tokenizer, example.findings, self.max_length)
+        ids, truncated = encode_report(self.tokenizer, self.examples[index].findings, self.max_length)
         return {"pixel_values": pixels, "input_ids": ids, "truncated": truncated, "index": index}
 
 

@@ -8,7 +8,6 @@ batch. With DDP averaging the gradients, the result equals one big batch on one 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -19,7 +18,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from mlflow import MlflowClient
-from mlflow.entities import Metric
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_cosine_schedule_with_warmup
 
@@ -30,6 +28,7 @@ from radlab.data.tokenizer import load_tokenizer
 from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.model.checkpoint import load_train_state
 from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
+from radlab.train.loop import log_step_metrics, report_with_checkpoint
 
 
 def _distributed() -> bool:
@@ -133,23 +132,12 @@ def train_encoder(config: dict) -> None:
     client = MlflowClient(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
     val = split_examples(experiment.data, "val") if rank == 0 else []
 
-    def log(metrics: dict[str, float]) -> None:
-        if client is not None:
-            now = int(time.time() * 1000)
-            client.log_batch(config["run_id"], metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    def checkpoint_and_report(metrics: dict, final: bool) -> None:
-        if rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "checkpoint"
-            train_state = {"step": step, "skipped": skipped, "truncated": truncated, "pairs": pairs,
-                           "resumed_from": resumed_from, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict()}
-            save_encoder(folder, encoder, tokenizer, experiment.model, s0,
-                         {"stage": "stage0", "step": step, "final": final}, train_state)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    def save(folder: Path, final: bool) -> None:
+        train_state = {"step": step, "skipped": skipped, "truncated": truncated, "pairs": pairs,
+                       "resumed_from": resumed_from, "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict()}
+        save_encoder(folder, encoder, tokenizer, experiment.model, s0, {"stage": "stage0", "step": step, "final": final},
+                     train_state)
 
     window_loss, window_batches, window_pairs, window_start = 0.0, 0, 0, time.perf_counter()
     while step < total_steps:
@@ -199,14 +187,14 @@ def train_encoder(config: dict) -> None:
                     metrics |= {f"val/{k}": v for k, v in evaluate_retrieval(
                         encoder, val, tokenizer, vision.image_size, s0.text.max_length).items()}
                     encoder.train()
-                log({k: v for k, v in metrics.items() if k != "step"})
+                log_step_metrics(client, config.get("run_id"), metrics, step)
                 if rank == 0:
                     recall = metrics.get("val/retrieval/i2t_R1")
                     print(f"[stage0] step {step}/{total_steps} loss {metrics['loss']:.4f} temperature "
                           f"{metrics['temperature']:.4f} {metrics['pairs_per_s']:.0f} pairs/s"
                           + (f" val i2t R1 {recall:.3f}" if recall is not None else ""), flush=True)
                 if final or step % s0.checkpoint_every == 0:
-                    checkpoint_and_report(metrics, final)
+                    report_with_checkpoint(rank, metrics, partial(save, final=final))
                 window_loss, window_batches, window_pairs, window_start = 0.0, 0, 0, time.perf_counter()
             if final:
                 break

@@ -12,6 +12,7 @@ import math
 import tempfile
 import time
 from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -48,6 +49,24 @@ class Plan:
         steps_per_epoch = max(1, batches // accumulation)
         total = stage.max_steps or max(1, math.ceil(stage.epochs * steps_per_epoch))
         return cls(accumulation, steps_per_epoch, total)
+
+
+def report_with_checkpoint(rank: int, metrics: dict, save: Callable[[Path], None]) -> None:
+    """Report to Ray Train: rank 0 with the checkpoint `save(folder)` writes, the other ranks without."""
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "checkpoint"
+        save(folder)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def log_step_metrics(client: MlflowClient | None, run_id: str | None, metrics: dict, step: int) -> None:
+    """Step metrics straight to the stage's MLflow run (rank 0 holds the client)."""
+    if client is not None:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
 
 
 def _initial_model(experiment: Experiment, stage: StageConfig, init_from, vision_from, tokenizer_dir: str):
@@ -135,19 +154,13 @@ def train_stage(config: dict) -> None:
     client = MlflowClient(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
     unwrapped = model
 
-    def checkpoint_and_report(metrics: dict, final: bool) -> None:
-        if rank != 0:
-            ray.train.report(metrics, checkpoint=None)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "checkpoint"
-            train_state = {"step": step, "skipped": skipped, "truncated": truncated, "samples": samples,
-                           "resumed_from": resumed_from}
-            if experiment.ray.deepspeed == "none":
-                train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
-                            {"stage": stage_name, "step": step, "final": final, "template": stage.template}, train_state)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    def save(folder: Path, final: bool) -> None:
+        train_state = {"step": step, "skipped": skipped, "truncated": truncated, "samples": samples,
+                       "resumed_from": resumed_from}
+        if experiment.ray.deepspeed == "none":
+            train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
+                        {"stage": stage_name, "step": step, "final": final, "template": stage.template}, train_state)
 
     trainable.train()
     window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0
@@ -204,17 +217,14 @@ def train_stage(config: dict) -> None:
                     "step": step,
                     "epoch": step / plan.steps_per_epoch,
                 }
-                if client is not None:
-                    now = int(time.time() * 1000)
-                    client.log_batch(config["run_id"], metrics=[
-                        Metric(key, float(value), now, step) for key, value in metrics.items() if key != "step"])
+                log_step_metrics(client, config.get("run_id"), metrics, step)
                 if rank == 0:
                     print(f"[{stage_name}] step {step}/{plan.total_steps} loss {metrics['loss']:.4f} "
                           f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.0f} samples/s", flush=True)
                 # Ray Train V2's report is a round trip to the controller (about a second here),
                 # so it comes with checkpoints only; step metrics go straight to MLflow.
                 if final or step % stage.checkpoint_every == 0:
-                    checkpoint_and_report(metrics, final)
+                    report_with_checkpoint(rank, metrics, partial(save, final=final))
                 window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0
                 window_start = time.perf_counter()
             if final:

@@ -5,6 +5,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 import yaml
@@ -15,7 +16,7 @@ from radlab import jobs
 from radlab.cli import app
 from radlab.config import parse_experiment
 
-from .conftest import experiment_dict, free_port
+from .conftest import ROOT, experiment_dict, free_port
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def cluster():
         "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                            "health_check_failure_threshold": 4}})
     # The second node carries the V100 label Ray gives nodes with V100s, so V100-targeted work lands there.
-    worker = nodes.add_node(num_cpus=2, resources={"accelerator_type:V100": 1})
+    # It declares one GPU too (there is none): Ray schedules by declared resources.
+    worker = nodes.add_node(num_cpus=2, num_gpus=1, resources={"accelerator_type:V100": 1})
     nodes.wait_for_nodes()
     address = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -83,6 +85,42 @@ def test_jobs_verbs_name_what_is_wrong(cluster):
     assert result.exit_code == 2 and "radlab-no-such-job" in result.output
     result = CliRunner().invoke(app, ["jobs", "list", "--address", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 2
+
+
+def test_the_v100_serve_config_schedules_on_the_v100_node(cluster, tokenizer, tmp_path):
+    from radlab.config import ModelConfig
+    from radlab.model.build import build_model
+    from radlab.model.checkpoint import save_checkpoint
+
+    tiny = ModelConfig.model_validate({"preset": "tiny"})
+    folder = save_checkpoint(tmp_path / "ckpt", build_model(tiny, tokenizer, 256), tokenizer, tiny, None, {})
+    config = yaml.safe_load((ROOT / "serving/v100.yaml").read_text())
+    port = free_port()
+    # serving/v100.yaml as it is, but for what this machine lacks: a CUDA device, 4 CPUs per
+    # replica, a registry model; one proxy, as both nodes share one loopback.
+    config["proxy_location"], config["http_options"] = "HeadOnly", {"host": "127.0.0.1", "port": port}
+    app = config["applications"][0]
+    app["args"].update(model=str(folder), tracking_uri=None, device="cpu", dtype="fp32", api_key_env=None)
+    deployment = app["deployments"][0]
+    deployment["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
+    deployment["ray_actor_options"]["num_cpus"] = 1
+    assert deployment["ray_actor_options"]["accelerator_type"] == "V100"
+    api = f"{cluster['address']}/api/serve/applications/"
+    assert httpx.put(api, json=config, timeout=30).status_code == 200
+    try:
+        deadline, status = time.time() + 180, None
+        while time.time() < deadline:
+            details = httpx.get(api, timeout=30).json()
+            status = details.get("applications", {}).get("radlab", {}).get("status")
+            if status in ("RUNNING", "DEPLOY_FAILED"):
+                break
+            time.sleep(1)
+        assert status == "RUNNING", details
+        replicas = details["applications"]["radlab"]["deployments"]["ReportServer"]["replicas"]
+        assert [r["node_id"] for r in replicas] == [cluster["worker"].node_id]
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
+    finally:
+        httpx.delete(api, timeout=30)
 
 
 @pytest.mark.parametrize("mode", ["replacement", "elastic"])

@@ -26,13 +26,15 @@ def cluster():
     port = free_port()
     nodes = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
+        "dashboard_agent_listen_port": free_port(),   # not Ray's fixed default: another Ray may hold it
         "env_vars": {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HF_HUB_OFFLINE": "1"},
         # A lost node is noticed within seconds (production clusters use Ray's slower defaults).
         "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                            "health_check_failure_threshold": 4}})
     # The second node carries the V100 label Ray gives nodes with V100s, so V100-targeted work lands there.
     # It declares one GPU too (there is none): Ray schedules by declared resources.
-    worker = nodes.add_node(num_cpus=2, num_gpus=1, resources={"accelerator_type:V100": 1})
+    worker = nodes.add_node(num_cpus=2, num_gpus=1, resources={"accelerator_type:V100": 1},
+                            dashboard_agent_listen_port=free_port())
     nodes.wait_for_nodes()
     address = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
@@ -133,6 +135,8 @@ def test_training_survives_a_lost_node(cluster, synthetic_root, tmp_path, mode):
                           tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
                           ray={"storage_path": str(shared), "max_failures": 3, "node_wait_s": 120,
                                "min_workers": 1 if mode == "elastic" else None})
+    if mode == "elastic":  # no replacement is coming: after a short wait, go on with fewer workers
+        raw["ray"]["node_wait_s"] = 15
     raw["name"] = f"node-loss-{mode}"
     project = _project(tmp_path, raw)
     job_id = jobs.submit(address, parse_experiment(raw, "t"), project / "experiments/exp.yaml", [], project)
@@ -149,7 +153,7 @@ def test_training_survives_a_lost_node(cluster, synthetic_root, tmp_path, mode):
     nodes.remove_node(cluster["worker"], allow_graceful=False)
     if mode == "replacement":
         time.sleep(3)
-        cluster["worker"] = nodes.add_node(num_cpus=2)
+        cluster["worker"] = nodes.add_node(num_cpus=2, dashboard_agent_listen_port=free_port())
     state = _wait(address, job_id, 300)
     log = jobs.logs(address, job_id)
     assert state == "SUCCEEDED", log[-3000:]
@@ -160,4 +164,4 @@ def test_training_survives_a_lost_node(cluster, synthetic_root, tmp_path, mode):
     assert train_state["samples"] == 30 * 8      # every step counted once: 30 steps of the global batch
     if mode == "elastic":
         assert "world_size=1" in log                # it went on with the worker that was left
-        cluster["worker"] = nodes.add_node(num_cpus=2)
+        cluster["worker"] = nodes.add_node(num_cpus=2, dashboard_agent_listen_port=free_port())

@@ -21,6 +21,7 @@ from radlab.runtime import LOOPBACK_ENV
 EXCLUDES = [".venv", "venv", ".git", "radlab_runs", "data", "exports", "mlruns", "**/__pycache__", "*.egg-info",
             ".pytest_cache", "benchmarks/results"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+AGENT_WAIT_S = 60
 
 
 class JobsError(RuntimeError):
@@ -54,14 +55,20 @@ def submit(address: str, experiment: Experiment, yaml_path: Path, overrides: lis
     sets = " ".join(f"--set {shlex.quote(s)}" for s in [*overrides, "ray.address=auto"])
     entrypoint = f"radlab run {shlex.quote(str(yaml_path.relative_to(project)))} {sets}"
     jobs = client(address)
-    job_id = jobs.submit_job(
-        entrypoint=entrypoint,
-        submission_id=submission_id(experiment),
-        runtime_env={"working_dir": str(project), "excludes": EXCLUDES, "env_vars": dict(LOOPBACK_ENV)},
-        entrypoint_num_cpus=entrypoint_num_cpus,
-        metadata={"radlab.experiment": experiment.name, "radlab.digest": experiment.digest()},
-    )
-    return job_id
+    deadline = time.time() + AGENT_WAIT_S
+    while True:
+        try:
+            return jobs.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id(experiment),
+                runtime_env={"working_dir": str(project), "excludes": EXCLUDES, "env_vars": dict(LOOPBACK_ENV)},
+                entrypoint_num_cpus=entrypoint_num_cpus,
+                metadata={"radlab.experiment": experiment.name, "radlab.digest": experiment.digest()},
+            )
+        except RuntimeError as err:  # a head that just started has no job agent for a few seconds
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(1)
 
 
 def follow(address: str, job_id: str, poll_s: float = 1.0) -> Iterator[str]:

@@ -2,6 +2,7 @@
 through the Ray Jobs API, followed to the end, and a training run that loses a node."""
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -77,6 +78,11 @@ def test_submit_runs_an_experiment_on_the_cluster(cluster, mlflow_server, synthe
     assert "registered radlab-jobs-test version" in result.output and "SUCCEEDED" in result.output
     listed = CliRunner().invoke(app, ["jobs", "list", "--address", address])
     assert "jobs-test" in listed.output and "SUCCEEDED" in listed.output
+    job_id = re.search(r"submitted (radlab-jobs-test-\S+)", result.output)[1]
+    logs = CliRunner().invoke(app, ["jobs", "logs", job_id, "--address", address])
+    assert logs.exit_code == 0 and "[stage2] step 4/4" in logs.output
+    stopped = CliRunner().invoke(app, ["jobs", "stop", job_id, "--address", address])
+    assert stopped.exit_code == 0 and "already finished" in stopped.output
     version = MlflowClient(mlflow_server).get_model_version("radlab-jobs-test", "1")
     assert version.run_id
 

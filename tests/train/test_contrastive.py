@@ -1,4 +1,6 @@
 import math
+from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -53,8 +55,9 @@ def _loss(kind, images, texts, scale, bias):
     return clip_loss(images, texts, scale) if kind == "clip" else siglip_loss(images, texts, scale, bias)
 
 
-def _worker(rank, port, kind, out):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _worker(rank, port, kind, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
     weights = _weights()
     images, texts, scale, bias = _features(weights, seed=0)
     half = slice(4 * rank, 4 * rank + 4)   # this worker's share of the batch of 8
@@ -67,19 +70,22 @@ def _worker(rank, port, kind, out):
         grads.append(grad / 2)
     total = loss.detach().clone()
     dist.all_reduce(total)
-    out[rank] = (float(total) / 2, grads)
+    torch.save((float(total) / 2, grads), Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_gathered_batches_across_workers_equal_one_big_batch():
+def test_gathered_batches_across_workers_equal_one_big_batch(tmp_path):
     for kind in ("clip", "siglip"):
         weights = _weights()
         loss = _loss(kind, *_features(weights, seed=0))
         loss.backward()
-        out = mp.Manager().dict()
-        mp.spawn(_worker, args=(free_port(), kind, out), nprocs=2)
+        # Results come back as files: no multiprocessing Manager, which would fork this
+        # many-threaded (Ray) process.
+        out_dir = tmp_path / kind
+        out_dir.mkdir()
+        mp.spawn(_worker, args=(free_port(), kind, str(out_dir)), nprocs=2)
         for rank in (0, 1):
-            distributed_loss, grads = out[rank]
+            distributed_loss, grads = torch.load(out_dir / f"rank{rank}.pt")
             assert abs(distributed_loss - float(loss)) < 1e-5, kind
             for grad, w in zip(grads, weights):
                 expected = w.grad if w.grad is not None else torch.zeros_like(w)

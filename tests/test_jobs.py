@@ -2,7 +2,9 @@
 through the Ray Jobs API, followed to the end, and a training run that loses a node."""
 
 import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +26,9 @@ from .conftest import ROOT, experiment_dict, free_port
 def cluster():
     from ray.cluster_utils import Cluster
 
+    # The nodes inherit this process's environment: put this install's `radlab` on their PATH, as a
+    # cluster's setup commands do on its nodes.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     port = free_port()
     nodes = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 
 from radlab.config import JudgeConfig
 from radlab.evaluation.chexprompt import Counts, format_answer
-from radlab.evaluation.judge_client import JudgeClient, JudgeError
+from radlab.evaluation.judge_client import JudgeClient
+from radlab.llm import OffsiteError
 from radlab.evaluation.reference_judge import serve_in_thread
 
 GOOD = format_answer(Counts(dict.fromkeys("ABCDEF", 0) | {"B": 2}, dict.fromkeys("ABCDEF", 0)), "fine")
@@ -89,7 +90,7 @@ def test_rate_limit_spaces_requests(tmp_path):
 
 
 def test_offsite_endpoints_need_consent(tmp_path):
-    with pytest.raises(JudgeError, match="allow_offsite"):
+    with pytest.raises(OffsiteError, match="allow_offsite"):
         JudgeClient(config(tmp_path).model_copy(update={"base_url": "https://judge.example.org/v1"}))
     with pytest.raises(ValueError, match="allow_offsite"):
         JudgeConfig(endpoint="openai")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from radlab.llm import AnswerUnusable
+
 ERROR_TYPES = {
     "A": "false_finding",          # a finding the reference does not have
     "B": "omitted_finding",        # a finding of the reference left out
@@ -91,7 +93,7 @@ class Prompt:
         ]
 
 
-class ParseError(ValueError):
+class ParseError(AnswerUnusable):
     """A judge answer that does not hold the two lists of six (letter, count) pairs."""
 
 

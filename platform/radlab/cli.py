@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from radlab.cli_data import data_app
 from radlab.config import ConfigError, Experiment, load_experiment
+from radlab.terminal import console, err_console, or_exit
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train, judge and serve radiology report models.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: the synthetic chest X-ray set.")
 app.add_typer(data_app, name="data")
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
 
 Overrides = Annotated[list[str], typer.Option("--set", help="override a field: --set stage2.lr=5e-5")]
 
@@ -28,15 +26,6 @@ def _load(path: Path, overrides: list[str] | None) -> Experiment:
         return load_experiment(path, overrides or [])
     except ConfigError as err:
         err_console.print(f"[red]invalid experiment[/]\n{err}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def _or_exit(fn, *args):
-    """Call fn; a bad model, folder or cluster is a red message and exit code 2, not a traceback."""
-    try:
-        return fn(*args)
-    except (ValueError, OSError, RuntimeError) as err:  # ModelError, JobsError, ConnectionError among them
-        err_console.print(f"[red]{err}[/]", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -63,17 +52,6 @@ def run(path: Path, overrides: Overrides = None,
 
     summary = run_experiment(experiment, path.read_text(), console)
     console.print(f"[green]done[/] checkpoint {summary.checkpoint}  MLflow run {summary.parent_run_id}")
-
-
-@data_app.command("synth")
-def data_synth(out: Path = Path("data/synthetic"), n_train: int = 3000, n_val: int = 100, n_test: int = 200,
-               image_size: int = 64, seed: int = 0) -> None:
-    """Write the synthetic chest X-ray set (images, JSONL manifests per split)."""
-    from radlab.data.synthetic import generate
-
-    with console.status("generating"):
-        root = generate(out, n_train, n_val, n_test, image_size, seed)
-    console.print(f"[green]ok[/] {root}: train {n_train}, val {n_val}, test {n_test} at {image_size}px")
 
 
 @app.command()
@@ -137,7 +115,7 @@ def eval_command(
         if checkpoint is not None:
             folder = fetch_checkpoint(checkpoint, tracker.uri, Path("radlab_runs/downloads") / run_id)
             evaluate = evaluate_encoder if task == "retrieval" else evaluate_checkpoint
-            _or_exit(evaluate, experiment, folder, tracker, run_id, console)
+            or_exit(evaluate, experiment, folder, tracker, run_id, console)
         else:
             metrics, skipped, judgments, client = score(experiment, records)
             log_evaluation(tracker, run_id, experiment, records, metrics, skipped, judgments, client)
@@ -167,8 +145,8 @@ def export(
         err_console.print(f"--format {format}: radlab exports hf (transformers) folders")
         raise typer.Exit(2)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _or_exit(fetch_checkpoint, model, tracking_uri(TrackingConfig()), Path(tmp))
-        _or_exit(export_hf, folder, out, merge_lora)
+        folder = or_exit(fetch_checkpoint, model, tracking_uri(TrackingConfig()), Path(tmp))
+        or_exit(export_hf, folder, out, merge_lora)
     console.print(f"[green]exported[/] {model} to {out}: LlavaForConditionalGeneration.from_pretrained('{out}')")
 
 
@@ -186,7 +164,7 @@ def import_llava_rad_command(
     """Import the released LLaVA-Rad model: evaluate, serve, fine-tune or sweep from it."""
     from radlab.model.llava_rad import import_llava_rad
 
-    folder = _or_exit(import_llava_rad, adapter, base, vision, out)
+    folder = or_exit(import_llava_rad, adapter, base, vision, out)
     console.print(f"[green]imported[/] LLaVA-Rad to {folder}: radlab serve --model {folder}")
 
 
@@ -198,7 +176,7 @@ def import_open_clip_vision_command(
     """Convert an open_clip image tower (BiomedCLIP-CXR) for model.vision: {kind: vit, path: ...}."""
     from radlab.model.llava_rad import import_open_clip_vision
 
-    folder = _or_exit(import_open_clip_vision, vision, out)
+    folder = or_exit(import_open_clip_vision, vision, out)
     console.print(f"[green]converted[/] {vision} to {folder}: model.vision: {{kind: vit, path: {folder}}}")
 
 
@@ -223,12 +201,12 @@ def submit(path: Path, overrides: Overrides = None, address: Address = "http://1
     from radlab import jobs
 
     experiment = _load(path, overrides)
-    job_id = _or_exit(jobs.submit, address, experiment, path, overrides or [], project)
+    job_id = or_exit(jobs.submit, address, experiment, path, overrides or [], project)
     console.print(f"submitted [bold]{job_id}[/] to {address}")
     if not follow:
         return
-    _or_exit(_stream_log, address, job_id)
-    final = _or_exit(jobs.status, address, job_id)
+    or_exit(_stream_log, address, job_id)
+    final = or_exit(jobs.status, address, job_id)
     console.print(f"job {job_id}: {final}")
     if final != "SUCCEEDED":
         raise typer.Exit(1)
@@ -242,7 +220,7 @@ def jobs_list(address: Address = "http://127.0.0.1:8265") -> None:
     from radlab import jobs
 
     table = Table("id", "status", "experiment", "entrypoint")
-    for job in _or_exit(jobs.list_jobs, address):
+    for job in or_exit(jobs.list_jobs, address):
         table.add_row(job["id"], job["status"], job["experiment"], job["entrypoint"])
     console.print(table)
 
@@ -254,9 +232,9 @@ def jobs_logs(job_id: str, address: Address = "http://127.0.0.1:8265",
     from radlab import jobs
 
     if follow:
-        _or_exit(_stream_log, address, job_id)
+        or_exit(_stream_log, address, job_id)
     else:
-        sys.stdout.write(_or_exit(jobs.logs, address, job_id))
+        sys.stdout.write(or_exit(jobs.logs, address, job_id))
 
 
 @jobs_app.command("stop")
@@ -264,7 +242,7 @@ def jobs_stop(job_id: str, address: Address = "http://127.0.0.1:8265") -> None:
     """Stop a running job."""
     from radlab import jobs
 
-    stopped = _or_exit(jobs.stop, address, job_id)
+    stopped = or_exit(jobs.stop, address, job_id)
     console.print(f"job {job_id}: {'stop requested' if stopped else 'already finished'}")
 
 

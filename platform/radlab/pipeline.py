@@ -14,6 +14,7 @@ from rich.console import Console
 
 from radlab.config import Experiment
 from radlab.data.dataset import manifest_digest, training_texts
+from radlab.data.stats import experiment_cards
 from radlab.data.tokenizer import load_tokenizer, train_tokenizer
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.runtime import init_ray
@@ -75,6 +76,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
         data_digest = manifest_digest(experiment.data)
         tokenizer_dir = prepare_tokenizer(experiment, data_digest)
     parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
+    tracker.log_datasets(parent, experiment_cards(experiment.data))
     console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
     init_ray(experiment.ray)
     checkpoint = encoder = None

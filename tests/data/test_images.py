@@ -44,3 +44,36 @@ def test_undecodable_inputs_name_the_file(tmp_path):
     header = b"\0" * 128 + b"DICM" + b"\0" * 64
     with pytest.raises(ImageError, match="scan.dcm: DICOM without readable pixel data"):
         decode_image(header, "scan.dcm")
+
+
+def _dicom_bytes(pixels: np.ndarray, **elements) -> bytes:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # digital X-ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in elements.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_dicom_16_bit_is_shown_through_its_window():
+    gradient = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (8, 1))
+    plain = np.asarray(decode_image(_dicom_bytes(gradient), "plain.dcm"), dtype=float)
+    windowed = np.asarray(decode_image(_dicom_bytes(gradient, WindowCenter=2048, WindowWidth=1024),
+                                       "windowed.dcm"), dtype=float)
+    # Without a window the whole 12-bit range spreads over 0-255; with one, everything below
+    # 1536 is black, above 2560 white, and the window's range gets all the contrast.
+    assert plain[0, 0] == 0 and plain[0, -1] == 255 and 100 < plain[0, 32] < 160
+    assert (windowed[0, :20] == 0).all() and (windowed[0, -20:] == 255).all()
+    inside = windowed[0, 26:38]
+    assert inside.max() - inside.min() > 2 * (plain[0, 26:38].max() - plain[0, 26:38].min())

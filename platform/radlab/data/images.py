@@ -26,19 +26,24 @@ def _is_dicom(data: bytes) -> bool:
 
 
 def _dicom_to_image(data: bytes, name: str) -> Image.Image:
+    """8-bit grayscale from a DICOM of any bit depth: the modality LUT (rescale slope/intercept),
+    then the VOI LUT or window the file carries (the display the radiologist saw), scaled to the
+    window's range; MONOCHROME1 (air bright) inverted to the usual display."""
     import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-        pixels = ds.pixel_array.astype(np.float32)
+        pixels = ds.pixel_array
+        if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:  # multi-frame: the first frame
+            pixels = pixels[0]
+        pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float32)
     except Exception as err:  # pydicom raises many types for broken files
         raise ImageError(f"{name}: DICOM without readable pixel data ({type(err).__name__}: {err})") from None
-    if pixels.ndim == 3:  # multi-frame: the first frame
-        pixels = pixels[0]
     lo, hi = float(pixels.min()), float(pixels.max())
     pixels = (pixels - lo) / (hi - lo) if hi > lo else np.zeros_like(pixels)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        pixels = 1.0 - pixels  # MONOCHROME1 stores air bright: invert to the usual display
+        pixels = 1.0 - pixels
     return Image.fromarray((pixels * 255).astype(np.uint8), mode="L")
 
 

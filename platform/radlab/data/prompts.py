@@ -59,3 +59,19 @@ def encode_example(tokenizer, template: str, human: str, findings: str, num_imag
     truncated = len(target_ids) > room
     target_ids = target_ids[:room]
     return Encoded(prompt_ids + target_ids, [IGNORE_INDEX] * len(prompt_ids) + target_ids, truncated)
+
+
+# The 14 CheXpert observations, the label set of CheXpert, MIMIC-CXR and the released annotations.
+CHEXPERT = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+)
+
+
+def findings_prompt(indication: str) -> str:
+    """The human turn of a record: LLaVA-Rad's instruction, with the indication when there is one."""
+    if indication:
+        return ("<image>\nProvide a description of the findings in the radiology image given the "
+                f"following indication: {indication}")
+    return "<image>\nProvide a description of the findings in the radiology image."

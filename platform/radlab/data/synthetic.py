@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from radlab.data.prompts import CHEXPERT, findings_prompt
+
 KINDS = ("consolidation", "effusion", "pneumothorax", "nodule")
 SIDES = ("left", "right")
 ZONES = ("upper", "lower")
@@ -22,11 +24,6 @@ SEVERITIES = ("small", "moderate", "large")
 INDICATIONS = ("", "dyspnea", "cough and fever", "chest pain", "evaluate for pneumonia", "shortness of breath")
 VIEWS = ("PA", "AP")
 # The 14 CheXpert observations, for the label block of each record.
-CHEXPERT = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
-)
 _CHEXPERT_OF = {"consolidation": ("Consolidation", "Lung Opacity"), "effusion": ("Pleural Effusion",),
                 "pneumothorax": ("Pneumothorax",), "nodule": ("Lung Lesion",)}
 
@@ -168,13 +165,6 @@ def chexpert_labels(findings: list[Finding]) -> dict[str, float | None]:
     return labels
 
 
-def prompt_for(indication: str) -> str:
-    if indication:
-        return ("<image>\nProvide a description of the findings in the radiology image given the "
-                f"following indication: {indication}")
-    return "<image>\nProvide a description of the findings in the radiology image."
-
-
 def make_record(index: int, split: str, size: int, rng: np.random.Generator, image_dir: Path) -> dict:
     findings = draw_findings(rng)
     view = VIEWS[rng.integers(2)]
@@ -194,7 +184,7 @@ def make_record(index: int, split: str, size: int, rng: np.random.Generator, ima
         "orientation": "frontal",
         "chexpert_labels": chexpert_labels(findings),
         "findings_struct": [asdict(f) for f in findings],
-        "conversations": [{"from": "human", "value": prompt_for(indication)}, {"from": "gpt", "value": text}],
+        "conversations": [{"from": "human", "value": findings_prompt(indication)}, {"from": "gpt", "value": text}],
     }
 
 

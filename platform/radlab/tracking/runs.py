@@ -7,12 +7,13 @@ config digest), so an interrupted run and its resumption land in one place.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Param, RunStatus
+from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from radlab.config import Experiment, TrackingConfig, flatten
@@ -112,6 +113,16 @@ class Tracker:
             self.client.log_batch(run_id, params=items[start:start + 100])
         self.client.log_text(run_id, yaml_text, "experiment.yaml")
         return run_id
+
+    def log_datasets(self, run_id: str, cards: list) -> None:
+        """The run's data as MLflow dataset inputs (name, digest, path, a profile of counts per split,
+        view, label and text source), once per run: a resumed run does not log them twice."""
+        logged = {(d.dataset.name, d.dataset.digest) for d in self.client.get_run(run_id).inputs.dataset_inputs}
+        inputs = [DatasetInput(Dataset(c.name, c.digest, "local", str(Path(c.path).resolve()), None, json.dumps(c.profile)),
+                               [InputTag("mlflow.data.context", c.context)])
+                  for c in cards if (c.name, c.digest) not in logged]
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def open_child(self, parent_id: str, stage: str) -> str:
         run_id = self._unfinished(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and tags.`{STAGE_TAG}` = '{stage}'")

@@ -50,7 +50,11 @@ def run(path: Path, overrides: Overrides = None,
     experiment = _load(path, (overrides or []) + ([f"ray.address={address}"] if address else []))
     from radlab.pipeline import run_experiment
 
-    summary = run_experiment(experiment, path.read_text(), console)
+    try:
+        summary = run_experiment(experiment, path.read_text(), console)
+    except ConfigError as err:
+        err_console.print(f"[red]{path}: {err}[/]", highlight=False)
+        raise typer.Exit(2) from None
     console.print(f"[green]done[/] checkpoint {summary.checkpoint}  MLflow run {summary.parent_run_id}")
 
 

@@ -176,3 +176,24 @@ def structure(folder: Annotated[Path, typer.Argument(help="an ingested dataset f
         console.print("LLM vs rule findings: " + ", ".join(f"{k} {v:.2f}" for k, v in quality.items()
                                                         if not k.endswith(("_ci_low", "_ci_high"))))
     console.print(f"[green]ok[/] {folder}: choose text with data.mixture[].text: [rule], [llm] or [rule, llm]")
+
+
+@data_app.command("preprocess")
+def preprocess(folder: Annotated[Path, typer.Argument(help="an ingested dataset folder")],
+               image_root: Annotated[Path, typer.Option(help="the folder the manifests' image paths start from")],
+               size: Annotated[int, typer.Option(help="the encoder's input size (518 for BiomedCLIP-CXR)")] = 518,
+               out: Annotated[Path, typer.Option(help="folder for the Parquet shards")] = None,
+               address: Annotated[str, typer.Option(help="a Ray cluster to run on (default: a local one)")] = None) -> None:
+    """Decode and resize every image once, in parallel on Ray Data, into Parquet shards."""
+    from radlab.config import RayConfig
+    from radlab.data.image_pipeline import preprocess_folder
+    from radlab.runtime import init_ray
+
+    init_ray(RayConfig(address=address))
+    out = out or folder.with_name(f"{folder.name}_{size}px")
+    summary = or_exit(preprocess_folder, folder, image_root, size, out)
+    for split, counts in summary["splits"].items():
+        console.print(f"{split}: {counts['images']} images, {counts['unreadable']} unreadable")
+    for example in summary["unreadable_examples"]:
+        console.print(f"  [yellow]unreadable[/] {example}", highlight=False)
+    console.print(f"[green]ok[/] shards in {out}")

@@ -40,6 +40,7 @@ class DataSource(Section):
     manifest: Path
     weight: float = Field(1.0, gt=0)
     text: list[Literal["rule", "llm"]] = ["rule", "llm"]
+    image_root: Path | None = Field(None, description="where this source's image paths start (default: data.image_root)")
 
 
 class DataConfig(Section):
@@ -49,6 +50,8 @@ class DataConfig(Section):
     image_root: Path | None = None
     views: list[Literal["AP", "PA", "LATERAL", "LL"]] = ["AP", "PA"]
     max_length: int = Field(2048, ge=16)
+    stream: bool = Field(False, description="stages 1-2 decode images in a Ray Data pipeline streamed into the "
+                         "workers (parallel, bounded memory) instead of a DataLoader inside each worker")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -139,6 +142,8 @@ class StageConfig(Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    val_examples: int = Field(64, ge=0, description="validation loss on this many val examples at each checkpoint "
+                              "(the metric a sweep's ASHA scheduler reads); 0: none; not computed under ZeRO-3")
     gradient_checkpointing: bool = False
     log_every: int = Field(10, ge=1)
 
@@ -188,6 +193,8 @@ class Stage0Config(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.1, ge=0)
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    val_examples: int = Field(64, ge=0, description="validation loss on this many val examples at each checkpoint "
+                              "(the metric a sweep's ASHA scheduler reads); 0: none; not computed under ZeRO-3")
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")
@@ -311,10 +318,22 @@ class Objective(Section):
     mode: Literal["min", "max"] = "min"
 
 
+class SchedulerConfig(Section):
+    """ASHA: trials report the validation loss at each checkpoint; the worse ones stop early."""
+    kind: Literal["asha"] = "asha"
+    metric: str = Field("val_loss", description="a metric every checkpoint reports")
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(1, ge=1, description="checkpoints a trial runs before it can be stopped")
+    reduction_factor: int = Field(2, ge=2)
+    max_t: int = Field(100, ge=1, description="checkpoints after which no trial is compared any more")
+
+
 class SweepConfig(Section):
     axes: dict[str, list[Any]] = Field(default_factory=dict, description="config path -> values; the grid")
     search: SearchConfig | None = None
     objective: Objective = Field(default_factory=Objective)
+    scheduler: SchedulerConfig | None = Field(None, description="early stopping; with it, searched parameters "
+                                              "are sampled at random (Optuna reads only the final objective)")
     max_concurrent_trials: int = Field(1, ge=1)
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
     alias: str = Field("champion", description="registry alias moved to the best trial when it beats the holder")

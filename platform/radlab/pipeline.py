@@ -17,7 +17,7 @@ from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.stats import experiment_cards
 from radlab.data.tokenizer import load_tokenizer, train_tokenizer
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
-from radlab.runtime import init_ray
+from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
 from radlab.train.stages import STAGES, run_stage, stage_key, storage_path
 
@@ -68,17 +68,19 @@ def _materialise(checkpoint, folder: Path) -> Path:
 
 
 def run_experiment(experiment: Experiment, yaml_text: str, console: Console | None = None,
-                   parent_run_id: str | None = None, register: bool = True) -> RunSummary:
-    """Train, evaluate, log; register a new model version unless `register` is off (sweep trials)."""
+                   parent_run_id: str | None = None, register: bool = True, report_to_tune: bool = False) -> RunSummary:
+    """Train, evaluate, log; register a new model version unless `register` is off (sweep trials).
+    The metrics hold each stage's last validation loss (`stage2/val_loss`) besides the evaluation's."""
     console = console or Console()
     tracker = Tracker(experiment)
     with console.status("preparing data and tokenizer"):
         data_digest = manifest_digest(experiment.data)
         tokenizer_dir = prepare_tokenizer(experiment, data_digest)
+    init_ray(experiment.ray)
+    check_resources(experiment.ray)
     parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
     tracker.log_datasets(parent, experiment_cards(experiment.data))
     console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
-    init_ray(experiment.ray)
     checkpoint = encoder = None
     metrics: dict[str, float] = {}
     version = None
@@ -92,14 +94,18 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
                 encoder = run_stage(experiment, stage, None, tokenizer_dir, tracker.uri, child)
             else:
                 checkpoint = run_stage(experiment, stage, checkpoint, tokenizer_dir, tracker.uri, child,
-                                       vision_from=encoder if checkpoint is None else None)
+                                       vision_from=encoder if checkpoint is None else None,
+                                       report_to_tune=report_to_tune)
+                stage_metrics = tracker.client.get_run(child).data.metrics
+                if "val_loss" in stage_metrics:
+                    metrics |= {f"{stage}/val_loss": stage_metrics["val_loss"], "val_loss": stage_metrics["val_loss"]}
             tracker.finish(child)
         if encoder is not None:
             final = _materialise(encoder, encoder_folder(experiment))
             console.print(f"encoder [bold]{final}[/]: name it in model.vision.path to build on it")
             if experiment.eval.enabled:
                 console.rule("retrieval evaluation")
-                metrics = evaluate_encoder(experiment, final, tracker, parent, console)
+                metrics |= evaluate_encoder(experiment, final, tracker, parent, console)
             tracker.log_checkpoint(parent, final, "encoder")
         if checkpoint is not None:
             final = _materialise(checkpoint, outputs_root(experiment) / "checkpoints" /

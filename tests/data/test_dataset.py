@@ -45,6 +45,12 @@ def test_views_methods_and_mixture_weights(tmp_path):
         "mixture": [{"name": "x", "manifest": str(tmp_path / "m.jsonl"), "weight": 1.5, "text": ["llm"]}],
         "eval_manifest": str(tmp_path / "m.jsonl")}, "eval": {"metrics": ["rouge_l"]}}, "test")
     assert [e.id for e in split_examples(experiment.data, "train")] == ["2", "4", "2"]
+    # Two sources with images under different roots.
+    experiment = parse_experiment({"name": "m", "data": {
+        "mixture": [{"name": "a", "manifest": str(tmp_path / "m.jsonl"), "text": ["llm"]},
+                    {"name": "b", "manifest": str(tmp_path / "m.jsonl"), "text": ["llm"], "image_root": "/b"}],
+        "image_root": "/a", "eval_manifest": str(tmp_path / "m.jsonl")}, "eval": {"metrics": ["rouge_l"]}}, "test")
+    assert [str(e.image.parent) for e in split_examples(experiment.data, "train")] == ["/a", "/a", "/b", "/b"]
 
 
 def test_corrupt_image_is_skipped_and_counted(synthetic_root, tokenizer, tmp_path):

@@ -35,9 +35,13 @@ def test_matrix_expansion(synthetic_root, tmp_path):
     ({"axes": {"stage2.lr": [1e-3]}, "search": {"params": {"stage2.lr": {"uniform": [1e-4, 1e-3]}}}}, "both a grid axis"),
     ({"axes": {"stage2.lr": [1e-3]}, "objective": {"metric": "accuracy"}}, "does not produce 'accuracy'"),
     ({"search": {"params": {"stage2.lr": {"loguniform": [1e-3, 1e-4]}}}}, "low < high"),
+    ({"axes": {"stage2.lr": [1e-3]}, "scheduler": {"metric": "val_loss"}, "_stages": {"val_examples": 0}},
+     "scheduler reads val_loss, which no stage reports"),
 ])
 def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep, message):
-    raw = experiment_dict(synthetic_root, tmp_path)
+    sweep = dict(sweep)
+    stages = sweep.pop("_stages", {})
+    raw = experiment_dict(synthetic_root, tmp_path, stage1=stages, stage2=stages)
     raw["sweep"] = sweep
     with pytest.raises(ConfigError, match=message):
         expand(raw, "t")
@@ -124,3 +128,34 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(synthetic_root, 
     assert len(trials) == 2                                       # no trial run twice
     assert first[0].info.run_id in {t.info.run_id for t in trials}
     assert "took alias 'champion'" in resumed.stdout.replace("\n", " ")
+
+
+def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False},
+                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
+                          stage1={"max_steps": 6, "checkpoint_every": 3, "val_examples": 8})
+    raw["name"] = "asha-test"
+    # Trial 2 barely trains (lr 1e-7): its first validation loss is worse than trial 1's, so ASHA
+    # stops it at the first rung.
+    raw["sweep"] = {"axes": {"stage1.lr": [2e-3, 1e-7]},
+                    "scheduler": {"metric": "val_loss", "grace_period": 1, "reduction_factor": 2}}
+    result = run_sweep(parse_experiment(raw, "t").model_dump(mode="json"), "t")
+    assert [row["status"] for row in result["trials"]] == ["ok", "stopped early"]
+    assert result["trials"][1]["val_loss"] > result["trials"][0]["stage1/val_loss"]
+    assert result["best"]["trial"] == "lr=0.002"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("asha-test").experiment_id],
+                              "tags.`radlab.stage` = 'experiment'")
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]  # nothing left RUNNING
+
+
+def test_resources_no_node_can_give_fail_before_anything_starts(ray_session, synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = experiment_dict(synthetic_root, tmp_path, ray={"use_gpu": True, "accelerator": "V100"},
+                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    raw["sweep"] = {"axes": {"stage2.lr": [1e-3]}}
+    with pytest.raises(ConfigError, match=r"t: ray.workers=2 x \{CPU: 1, GPU: 1, accelerator_type:V100: 0.001\}: "
+                                          r"this machine's Ray can hold 0 such workers"):
+        run_sweep(raw, "t")
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None

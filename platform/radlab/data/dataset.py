@@ -120,7 +120,7 @@ def split_examples(config: DataConfig, split: str) -> list[Example]:
         return load_examples(config.eval_manifest, config.image_root, config.views)
     out: list[Example] = []
     for source in config.mixture:
-        examples = load_examples(source.manifest, config.image_root, config.views,
+        examples = load_examples(source.manifest, source.image_root or config.image_root, config.views,
                                  [METHODS[t] for t in source.text])
         whole, part = divmod(source.weight, 1.0)
         out += examples * int(whole) + examples[: round(part * len(examples))]
@@ -168,8 +168,10 @@ class ReportDataset(ImageDataset):
 
     def __getitem__(self, index: int) -> dict | None:
         pixels = self.pixels(index)
-        if pixels is None:
-            return None
+        return None if pixels is None else self.item(index, pixels)
+
+    def item(self, index: int, pixels: torch.Tensor) -> dict:
+        """Example `index` with its already decoded image."""
         example = self.examples[index]
         encoded = encode_example(self.tokenizer, self.template, example.human, example.findings,
                                  self.num_image_tokens, self.max_length)

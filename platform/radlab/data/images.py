@@ -75,13 +75,20 @@ def load_image(path: str | Path) -> Image.Image:
     return decode_image(data, str(path))
 
 
-def to_tensor(image: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """Pad to a square (keeping the aspect ratio, as LLaVA-Rad does), resize, normalise: (3, size, size)."""
+def square_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """Pad to a square (keeping the aspect ratio, as LLaVA-Rad does) and resize: (size, size) uint8."""
     w, h = image.size
     side = max(w, h)
     square = Image.new("L", (side, side), 0)
     square.paste(image, ((side - w) // 2, (side - h) // 2))
-    square = square.resize((size, size), Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.asarray(square, dtype=np.float32) / 255.0)
-    pixels = pixels.unsqueeze(0).expand(3, -1, -1)
-    return (pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def normalise(pixels: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """(size, size) uint8 -> the encoder's normalised (3, size, size) input."""
+    tensor = torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(0).expand(3, -1, -1)
+    return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def to_tensor(image: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    return normalise(square_pixels(image, size), mean, std)

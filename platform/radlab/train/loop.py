@@ -27,6 +27,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from radlab.config import Experiment, StageConfig
 from radlab.data.dataset import collate, stage_dataset
+from radlab.data.image_pipeline import streamed_batches
 from radlab.data.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
 from radlab.model.checkpoint import load_checkpoint, load_train_state, save_checkpoint
@@ -67,6 +68,20 @@ def log_step_metrics(client: MlflowClient | None, run_id: str | None, metrics: d
     if client is not None:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
+
+
+@torch.no_grad()
+def validation_loss(model, loader: DataLoader, device, autocast) -> float:
+    """Mean loss over the validation batches (rank 0 alone, on the unwrapped model)."""
+    model.eval()
+    total, batches = 0.0, 0
+    for batch in loader:
+        if "input_ids" in batch:
+            with autocast():
+                total += model(**{k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values",
+                                                                  "labels")}).loss.item()
+            batches += 1
+    return total / max(1, batches)
 
 
 def _initial_model(experiment: Experiment, stage: StageConfig, init_from, vision_from, tokenizer_dir: str):
@@ -121,9 +136,25 @@ def train_stage(config: dict) -> None:
     plan = Plan.of(stage, int(size), world)
     if int(size) < len(dataset):
         dataset.examples = dataset.examples[: int(size)]
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=0, drop_last=True)
-    loader = DataLoader(dataset, batch_size=stage.micro_batch, sampler=sampler,
-                        collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
+    if experiment.data.stream:  # images decoded by the Ray Data pipeline the trainer was given
+        shard = ray.train.get_dataset_shard("train")
+
+        def epoch_batches(epoch: int):
+            return streamed_batches(shard, dataset, stage.micro_batch, tokenizer.pad_token_id, epoch)
+    else:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=0, drop_last=True)
+        loader = DataLoader(dataset, batch_size=stage.micro_batch, sampler=sampler,
+                            collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
+
+        def epoch_batches(epoch: int):
+            sampler.set_epoch(epoch)
+            return loader
+
+    val_loader = None
+    if rank == 0 and stage.val_examples and experiment.ray.deepspeed != "zero3":
+        val = stage_dataset(experiment, tokenizer, "val", stage.template)
+        val.examples = val.examples[: stage.val_examples]
+        val_loader = DataLoader(val, batch_size=stage.micro_batch, collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))
 
     params = [p for p in model.parameters() if p.requires_grad]
     warmup = int(stage.warmup_ratio * plan.total_steps)
@@ -167,9 +198,8 @@ def train_stage(config: dict) -> None:
     window_start = time.perf_counter()
     while step < plan.total_steps:
         epoch, done_in_epoch = divmod(step, plan.steps_per_epoch)
-        sampler.set_epoch(epoch)
         micro = 0
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(epoch_batches(epoch)):
             if index < done_in_epoch * plan.accumulation:
                 continue  # trained on before the restart
             if index >= plan.steps_per_epoch * plan.accumulation:
@@ -224,6 +254,10 @@ def train_stage(config: dict) -> None:
                 # Ray Train V2's report is a round trip to the controller (about a second here),
                 # so it comes with checkpoints only; step metrics go straight to MLflow.
                 if final or step % stage.checkpoint_every == 0:
+                    if val_loader is not None:
+                        metrics["val_loss"] = validation_loss(unwrapped, val_loader, device, autocast)
+                        log_step_metrics(client, config.get("run_id"), {"val_loss": metrics["val_loss"]}, step)
+                        trainable.train()
                     report_with_checkpoint(rank, metrics, partial(save, final=final))
                 window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0
                 window_start = time.perf_counter()

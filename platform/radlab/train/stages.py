@@ -12,8 +12,10 @@ import json
 import os
 from pathlib import Path
 
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from radlab.config import Experiment
 from radlab.train.contrastive import train_encoder
@@ -37,10 +39,23 @@ def storage_path(experiment: Experiment) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def _streamed_images(experiment: Experiment) -> dict:
+    """The training images as a Ray Data pipeline; workers look up each row's text by its index in
+    the same example list."""
+    from radlab.data.dataset import split_examples
+    from radlab.data.image_pipeline import image_dataset
+
+    examples = split_examples(experiment.data, "train")
+    return {"train": image_dataset([str(e.image) for e in examples], experiment.model.vision.image_size)}
+
+
 def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, tokenizer_dir: Path,
-              tracking_uri: str, run_id: str | None, vision_from: Checkpoint | None = None) -> Checkpoint:
+              tracking_uri: str, run_id: str | None, vision_from: Checkpoint | None = None,
+              report_to_tune: bool = False) -> Checkpoint:
     """Train one stage to completion (resuming a previous attempt) and return its final checkpoint.
-    `init_from`: the previous stage's model; `vision_from`: a stage 0 encoder for a fresh model."""
+    `init_from`: the previous stage's model; `vision_from`: a stage 0 encoder for a fresh model;
+    `report_to_tune`: inside a sweep trial, pass each checkpoint's metrics (val_loss) on to Tune,
+    whose scheduler may stop the trial early."""
     name = f"{experiment.name}-{stage}-{stage_key(experiment, stage)}"
     done = Path(storage_path(experiment)) / name / "radlab_done.json"
     if "://" not in experiment.ray.storage_path and done.is_file():
@@ -66,11 +81,15 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             accelerator_type=ray_config.accelerator,
         ),
         torch_config=TorchConfig(backend="nccl" if ray_config.use_gpu else "gloo"),
+        datasets=_streamed_images(experiment) if stage != "stage0" and experiment.data.stream else None,
+        # Ordered, so a resumed epoch skips the rows it trained on rather than others.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path(experiment),
             failure_config=FailureConfig(max_failures=ray_config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()] if report_to_tune else None,
         ),
     )
     result = trainer.fit()

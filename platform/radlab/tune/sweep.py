@@ -49,6 +49,12 @@ def expand(raw: dict, where: str) -> list[Trial]:
     if sweep.objective.metric not in KNOWN_OBJECTIVES and not sweep.objective.metric.startswith("chexprompt/"):
         raise ConfigError(f"{where}: sweep.objective.metric: evaluation does not produce "
                           f"{sweep.objective.metric!r}; one of {', '.join(KNOWN_OBJECTIVES)}")
+    if sweep.scheduler and sweep.scheduler.metric == "val_loss":
+        experiment = parse_experiment(raw, where)
+        stages = [getattr(experiment, s) for s in ("stage1", "stage2") if getattr(experiment, s).enabled]
+        if experiment.ray.deepspeed == "zero3" or not any(s.val_examples for s in stages):
+            raise ConfigError(f"{where}: sweep.scheduler reads val_loss, which no stage reports "
+                              "(stage1/stage2.val_examples are 0, or ray.deepspeed is zero3)")
     base = {k: v for k, v in raw.items() if k != "sweep"}
     paths = list(sweep.axes)
     trials = []
@@ -88,7 +94,8 @@ def trial_experiment(base: dict, overrides: dict) -> Experiment:
 
 
 def run_trial(config: dict) -> dict:
-    """The Tune trainable: one whole experiment; reports the objective and every metric."""
+    """The Tune trainable: one whole experiment; reports the objective and every metric (and, with a
+    scheduler, each checkpoint's validation loss on the way)."""
     from radlab.pipeline import run_experiment
 
     # Run in the sweep driver's folder, so relative paths in the YAML (data, tracking store,
@@ -96,7 +103,8 @@ def run_trial(config: dict) -> dict:
     os.chdir(config["folder"])
     experiment = trial_experiment(config["base"], {**config["cell"], **config.get("search", {})})
     summary = run_experiment(experiment, json.dumps(experiment.model_dump(mode="json")),
-                             parent_run_id=config["sweep_run"], register=False)
+                             parent_run_id=config["sweep_run"], register=False,
+                             report_to_tune=config.get("report_to_tune", False))
     return {**summary.metrics, "trial_run_id": summary.parent_run_id}
 
 
@@ -116,51 +124,79 @@ def sweep_key(raw: dict) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _tuners(experiment: Experiment, trials: list[Trial], key: str) -> list[tuple[str, list[Trial]]]:
+    """How the matrix maps onto Tune runs: the whole grid in one (its cells run concurrently, up to
+    max_concurrent_trials), or, with an Optuna search, one per cell (a study per cell)."""
+    sweep = experiment.sweep
+    if sweep.search and not sweep.scheduler:
+        return [(f"{experiment.name}-sweep-{key}-{i}", [trial]) for i, trial in enumerate(trials)]
+    return [(f"{experiment.name}-sweep-{key}", trials)]
+
+
 def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
     """Run (or resume) the sweep; return {trials: [...], best: {...} | None}."""
+    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from radlab.data.dataset import manifest_digest
-    from radlab.runtime import init_ray
+    from radlab.runtime import check_resources, init_ray
 
     trials = expand(raw, where)
     experiment = parse_experiment(raw, where)
     sweep = experiment.sweep
+    init_ray(experiment.ray)
+    try:
+        check_resources(experiment.ray)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     tracker = Tracker(experiment)
     key = sweep_key(raw)
     sweep_run = tracker.open_parent(json.dumps(raw, indent=2, default=str), manifest_digest(experiment.data),
                                     stage="sweep", digest=key)
-    init_ray(experiment.ray)
+    space = search_space(experiment)
+    samples = sweep.search.samples if space else 1
     results = []
-    for index, trial in enumerate(trials):
-        name = f"{experiment.name}-sweep-{key}-{index}"
+    for name, group in _tuners(experiment, trials, key):
         path = str(Path(storage_path(experiment)) / name)
         trainable = tune.with_resources(run_trial, {"cpu": 0.01})
-        param_space = {"base": raw, "cell": trial.overrides, "sweep_run": sweep_run, "folder": os.getcwd()}
+        cells = [trial.overrides for trial in group]
+        param_space = {"base": raw, "cell": cells[0] if len(cells) == 1 else tune.grid_search(cells),
+                       "sweep_run": sweep_run, "folder": os.getcwd(), "report_to_tune": sweep.scheduler is not None}
         if resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True, param_space=param_space)
         else:
-            space = search_space(experiment)
-            searcher = None
+            searcher = scheduler = None
             if space:
                 param_space["search"] = space
+            if sweep.scheduler:
+                s = sweep.scheduler
+                scheduler = ASHAScheduler(metric=s.metric, mode=s.mode, grace_period=s.grace_period,
+                                          reduction_factor=s.reduction_factor, max_t=s.max_t)
+            elif space:
                 searcher = OptunaSearch(metric=sweep.objective.metric, mode=sweep.objective.mode,
                                         seed=sweep.search.seed)
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
-                tune_config=tune.TuneConfig(num_samples=sweep.search.samples if space else 1, search_alg=searcher,
+                tune_config=tune.TuneConfig(num_samples=samples, search_alg=searcher, scheduler=scheduler,
                                             max_concurrent_trials=sweep.max_concurrent_trials),
                 run_config=tune.RunConfig(name=name, storage_path=storage_path(experiment),
                                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
             )
+        names = {json.dumps(t.overrides, sort_keys=True): t.name for t in group}
         for result in tuner.fit():
-            row = {"trial": trial.name, **trial.overrides,
-                   **{f"search.{k}": v for k, v in (result.config or {}).get("search", {}).items()}}
+            config = result.config or {}
+            cell = config.get("cell", {})
+            row = {"trial": names.get(json.dumps(cell, sort_keys=True), "?"), **cell,
+                   **{f"search.{k}": v for k, v in config.get("search", {}).items()}}
+            metrics = result.metrics or {}
             if result.error is not None:
                 row.update(status="failed", error=str(result.error).splitlines()[0][:300])
+            elif "trial_run_id" not in metrics:
+                row.update(status="stopped early", **{k: v for k, v in metrics.items() if k == "val_loss"})
             else:
-                row.update(status="ok", **{k: v for k, v in result.metrics.items()
-                                           if isinstance(v, (int, float)) and "/" in k}, run_id=result.metrics["trial_run_id"])
+                row.update(status="ok", **{k: v for k, v in metrics.items()
+                                           if isinstance(v, (int, float)) and ("/" in k or k == "val_loss")},
+                           run_id=metrics["trial_run_id"])
             results.append(row)
     best = _finish(tracker, sweep_run, experiment, results)
     tracker.finish(sweep_run)
@@ -173,6 +209,11 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     client = tracker.client
     columns = sorted({k for row in results for k in row})
     client.log_table(sweep_run, {c: [row.get(c) for row in results] for c in columns}, "sweep/trials.json")
+    # Trials stopped early by the scheduler (or killed with their actor) left their runs open.
+    for run in client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{sweep_run}' "
+                                  "and attributes.status = 'RUNNING'"):
+        client.set_tag(run.info.run_id, "radlab.trial_status", "stopped early or killed")
+        client.set_terminated(run.info.run_id, "KILLED")
     ok = [row for row in results if row["status"] == "ok" and metric in row]
     tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
     if ok:

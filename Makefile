@@ -37,6 +37,8 @@ benchmark: install
 	$(PY) benchmarks/contrastive.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/gpu_generate.py
+	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/sweep_overhead.py
 
 ui: install
 	$(VENV)/bin/radlab ui

@@ -20,7 +20,7 @@ def test_ingest_stats_structure_preprocess(ray_session, tmp_path, monkeypatch):
                                  "--out", "ds"])
     assert result.exit_code == 0, result.output
     assert "missing image" in result.output and "no findings section" in result.output
-    assert "manifest: ds/train.jsonl" in result.output.replace("\n", "")
+    assert "ds/train.jsonl" in result.output and "ds/test.jsonl" in result.output
 
     cards = runner.invoke(app, ["data", "stats", "ds", "--json"])
     assert cards.exit_code == 0, cards.output

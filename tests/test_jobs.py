@@ -136,6 +136,32 @@ def test_the_v100_serve_config_schedules_on_the_v100_node(cluster, tokenizer, tm
         httpx.delete(api, timeout=30)
 
 
+def test_a_v100_training_config_schedules_on_the_v100_node(cluster, synthetic_root, tmp_path):
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_actors
+
+    address = cluster["address"]
+    paper = yaml.safe_load((ROOT / "experiments/llava_rad.yaml").read_text())["ray"]
+    assert paper["accelerator"] == "V100" and paper["use_gpu"] and paper["precision"] == "fp16"
+    # The paper recipe's placement (one GPU per worker, on V100 nodes, fp16) on the tiny model;
+    # one worker, as the test node declares one GPU.
+    placement = {k: paper[k] for k in ("use_gpu", "accelerator", "precision")}
+    raw = experiment_dict(synthetic_root, tmp_path, stage2={"enabled": False}, eval={"enabled": False},
+                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
+                          ray={**placement, "workers": 1, "max_failures": 0, "node_wait_s": 60})
+    raw["name"] = "v100-training"
+    project = _project(tmp_path, raw)
+    job_id = jobs.submit(address, parse_experiment(raw, "t"), project / "experiments/exp.yaml", [], project)
+    state = _wait(address, job_id, 300)
+    ray_job = JobSubmissionClient(address).get_job_info(job_id).job_id
+    workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("job_id", "=", ray_job)],
+                          detail=True, raise_on_missing_output=False)
+    assert workers and {w.node_id for w in workers} == {cluster["worker"].node_id}
+    # The node declares a GPU it does not have: the worker that landed there stops at CUDA.
+    log = jobs.logs(address, job_id)
+    assert state == "FAILED" and re.search(r"CUDA|NCCL|GPU", log), log[-3000:]
+
+
 @pytest.mark.parametrize("mode", ["replacement", "elastic"])
 def test_training_survives_a_lost_node(cluster, synthetic_root, tmp_path, mode):
     """replacement: the run waits for a new node; elastic (min_workers 1): it goes on with what remains."""

@@ -359,7 +359,8 @@ def sweep(path: Path, overrides: Overrides = None,
     except ConfigError as err:
         err_console.print(f"[red]invalid sweep[/]\n{err}", highlight=False)
         raise typer.Exit(2) from None
-    table = Table("trial", "overrides", "samples", "searched", "resources", title=f"{len(matrix)} cells")
+    table = Table("trial", "overrides", "samples", "searched", "resources", title=f"{len(matrix)} cells" + (
+        f", ASHA on {experiment.sweep.scheduler.metric}" if experiment.sweep.scheduler else ""))
     for row in matrix:
         r = row["resources"]
         gpu = f" + 1 {r['accelerator'] or 'GPU'}" if r["gpu_per_worker"] else ""
@@ -369,12 +370,19 @@ def sweep(path: Path, overrides: Overrides = None,
     console.print(table)
     if dry_run:
         return
-    result = run_sweep(raw, str(path), resume=resume)
-    summary = Table("trial", "status", experiment.sweep.objective.metric, title="sweep")
+    try:
+        result = run_sweep(raw, str(path), resume=resume)
+    except ConfigError as err:
+        err_console.print(f"[red]{err}[/]", highlight=False)
+        raise typer.Exit(2) from None
+    metric = experiment.sweep.objective.metric
+    summary = Table("trial", "status", f"{metric} [95% CI]", "val_loss", title="sweep")
     for row in result["trials"]:
-        value = row.get(experiment.sweep.objective.metric)
-        summary.add_row(row["trial"], row["status"] + (f": {row['error']}" if row.get("error") else ""),
-                        "-" if value is None else f"{value:.3f}")
+        value, low, high = (row.get(f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
+        shown = "-" if value is None else f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+        loss = row.get("val_loss")
+        summary.add_row(row["trial"], row["status"] + (f": {row['error']}" if row.get("error") else ""), shown,
+                        "-" if loss is None else f"{loss:.3f}")
     console.print(summary)
     best = result["best"]
     if best:

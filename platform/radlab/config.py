@@ -235,7 +235,7 @@ class JudgeConfig(Section):
         return self
 
 
-Metric = Literal["chexprompt", "rouge_l", "bleu", "label_f1", "chexbert_f1", "radgraph_f1"]
+Metric = Literal["chexprompt", "rouge_l", "bleu", "bertscore", "label_f1", "chexbert_f1", "radgraph_f1"]
 
 
 class EvalConfig(Section):
@@ -251,6 +251,9 @@ class EvalConfig(Section):
     bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
     chexbert_weights: Path | None = None
     radgraph_weights: Path | None = None
+    bertscore_model: Path | None = Field(None, description="a local transformers encoder folder for BERTScore "
+                                         "(e.g. a downloaded distilroberta-base); BERTScore is skipped without it")
+    bertscore_layers: int | None = Field(None, ge=1, description="the layer BERTScore reads (default: the last)")
 
 
 class TrackingConfig(Section):

@@ -98,7 +98,9 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
                                        report_to_tune=report_to_tune)
                 stage_metrics = tracker.client.get_run(child).data.metrics
                 if "val_loss" in stage_metrics:
-                    metrics |= {f"{stage}/val_loss": stage_metrics["val_loss"], "val_loss": stage_metrics["val_loss"]}
+                    losses = {f"{stage}/val_loss": stage_metrics["val_loss"], "val_loss": stage_metrics["val_loss"]}
+                    tracker.log_metrics(parent, losses)
+                    metrics |= losses
             tracker.finish(child)
         if encoder is not None:
             final = _materialise(encoder, encoder_folder(experiment))

@@ -36,3 +36,31 @@ def test_clinical_metrics_without_weights_are_skipped_with_a_reason():
                                         {"chexbert_f1": None})
     assert "text/rouge_l_f1" in values
     assert "chexbert_weights" in skipped["chexbert_f1"] and "synthetic" in skipped["label_f1"]
+
+
+def tiny_bert(folder):
+    """A BERT built from a config with a local WordPiece vocabulary (no hub download)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir()
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "phi", *"the heart size is normal lungs are clear "
+             "small left right pleural effusion no pneumothorax".split()]
+    (folder / "vocab.txt").write_text("\n".join(words))
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=512).save_pretrained(folder)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+def test_bertscore_with_a_local_encoder_and_skipped_without(tmp_path):
+    model = tiny_bert(tmp_path / "bert")
+    same = [("the heart size is normal .", "the heart size is normal .")] * 2
+    values, skipped = text_and_clinical(same, ["bertscore"], False, 10, {"bertscore": model})
+    assert not skipped and values["text/bertscore_f1"] == pytest.approx(100, abs=1e-3)
+    different = [("the heart size is normal .", "small left pleural effusion .")]
+    values, _ = text_and_clinical(different, ["bertscore"], False, 10, {"bertscore": model, "bertscore_layers": 1})
+    assert values["text/bertscore_f1"] < 99
+    values, skipped = text_and_clinical(same, ["bertscore"], False, 10, {"bertscore": None})
+    assert not values and "eval.bertscore_model" in skipped["bertscore"]
+    _, skipped = text_and_clinical(same, ["bertscore"], False, 10, {"bertscore": tmp_path / "absent"})
+    assert "no encoder at eval.bertscore_model" in skipped["bertscore"]

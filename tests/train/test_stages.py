@@ -27,6 +27,11 @@ def test_stage_keys_change_only_downstream(synthetic_root, tmp_path):
     tuned = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage2={"lr": 1e-4}), "t")
     assert stage_key(base, "stage1") == stage_key(tuned, "stage1")
     assert stage_key(base, "stage2") != stage_key(tuned, "stage2")
+    streamed = parse_experiment(experiment_dict(synthetic_root, tmp_path, data={"stream": True}), "t")
+    assert stage_key(base, "stage2") == stage_key(streamed, "stage2")
+    frozen = parse_experiment(experiment_dict(synthetic_root, tmp_path, model={"vision": {"frozen": True}}), "t")
+    assert stage_key(base, "stage0") == stage_key(frozen, "stage0")
+    assert stage_key(base, "stage1") != stage_key(frozen, "stage1")
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:

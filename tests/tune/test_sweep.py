@@ -159,3 +159,19 @@ def test_resources_no_node_can_give_fail_before_anything_starts(ray_session, syn
                                           r"this machine's Ray can hold 0 such workers"):
         run_sweep(raw, "t")
     assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None
+
+
+def test_a_dataset_mixture_is_an_axis(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    raw = {"name": "mix", "data": {"mixture": [{"name": "mimic", "manifest": str(manifest)},
+                                               {"name": "chexpert", "manifest": str(manifest), "weight": 0.5}],
+                                   "eval_manifest": str(manifest)},
+           "eval": {"metrics": ["rouge_l"]},
+           "sweep": {"axes": {"data.mixture.0.text": [["rule"], ["rule", "llm"]], "data.mixture.1.weight": [0.5, 1.0]},
+                     "objective": {"metric": "text/rouge_l_f1", "mode": "max"}}}
+    trials = expand(raw, "t")
+    assert len(trials) == 4 and trials[0].overrides == {"data.mixture.0.text": ["rule"], "data.mixture.1.weight": 0.5}
+    raw["sweep"]["axes"] = {"data.mixture.2.weight": [1.0]}
+    with pytest.raises(ConfigError, match="data.mixture.2.weight is not a field"):
+        expand(raw, "t")

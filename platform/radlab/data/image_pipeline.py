@@ -34,7 +34,8 @@ def image_dataset(images: list[str], size: int):
     """The lazy Ray Dataset of `images` (paths), decoded to `size`; rows keep their list index."""
     import ray.data
 
-    items = [{"index": i, "image": str(path)} for i, path in enumerate(images)]
+    # Absolute: Ray Data's tasks do not run in the driver's working directory.
+    items = [{"index": i, "image": str(Path(path).absolute())} for i, path in enumerate(images)]
     return ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // BATCH, 200))).map_batches(
         decode_batch, fn_kwargs={"size": size}, batch_size=BATCH, batch_format="numpy")
 
@@ -72,7 +73,7 @@ def preprocess_folder(folder: Path, image_root: Path, size: int, out: Path) -> d
         def named(batch: dict[str, np.ndarray], images=images) -> dict[str, np.ndarray]:
             return {"image": images[batch["index"]], "pixels": batch["pixels"], "error": batch["error"]}
 
-        target = out / split
+        target = (out / split).absolute()
         image_dataset([image_root / image for image in images], size).map_batches(
             named, batch_format="numpy").write_parquet(str(target))
         errors = [e for e in pads.dataset(str(target), format="parquet").to_table(columns=["error"])

@@ -1,7 +1,8 @@
 """Text and clinical metrics of generated findings against references.
 
 Variants, as reported in their names: ROUGE-L F1 (rouge-score, stemming, x100), BLEU-1 and BLEU-4
-(sacrebleu corpus BLEU, 0-100), and on the synthetic set label F1 over its four findings (micro and
+(sacrebleu corpus BLEU, 0-100), BERTScore P/R/F1 (bert-score, x100, no baseline rescaling) with a
+local encoder, and on the synthetic set label F1 over its four findings (micro and
 macro), computed from the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to
 one token on both sides for the lexical metrics only.
 """
@@ -9,6 +10,7 @@ one token on both sides for the lexical metrics only.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -39,6 +41,21 @@ def bleu(pairs: list[tuple[str, str]]) -> dict[str, float]:
             "text/sacrebleu_bleu4": BLEU(max_ngram_order=4).corpus_score(cands, refs).score}
 
 
+def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None, resamples: int) -> dict[str, float]:
+    """BERTScore with a local encoder folder (nothing is downloaded): mean P, R, F1 x100, F1 with its
+    interval."""
+    import bert_score
+    from transformers import AutoConfig
+
+    layers = layers or AutoConfig.from_pretrained(model).num_hidden_layers
+    precision, recall, f1 = bert_score.score([normalise(c) for _, c in pairs], [normalise(r) for r, _ in pairs],
+                                             model_type=str(model), num_layers=layers, batch_size=32)
+    interval = bootstrap(f1.numpy() * 100, resamples=resamples)
+    return {"text/bertscore_precision": float(precision.mean()) * 100, "text/bertscore_recall": float(recall.mean()) * 100,
+            "text/bertscore_f1": interval.mean, "text/bertscore_f1_ci_low": interval.low,
+            "text/bertscore_f1_ci_high": interval.high}
+
+
 def label_f1(pairs: list[tuple[str, str]]) -> dict[str, float]:
     """Presence F1 of each synthetic finding kind (side, zone and severity ignored)."""
     truth = np.array([[any(f.kind == k for f in parse_findings(r).findings) for k in KINDS] for r, _ in pairs])
@@ -64,6 +81,13 @@ def text_and_clinical(pairs: list[tuple[str, str]], metrics: list[str], syntheti
         values.update(rouge_l(pairs, resamples))
     if "bleu" in metrics:
         values.update(bleu(pairs))
+    if "bertscore" in metrics:
+        model = weights.get("bertscore")
+        if model is None or not Path(model).is_dir():
+            skipped["bertscore"] = (f"no encoder at eval.bertscore_model ({model})" if model else
+                                    "set eval.bertscore_model to a local encoder folder (nothing is downloaded)")
+        else:
+            values.update(bertscore(pairs, Path(model), weights.get("bertscore_layers"), resamples))
     if "label_f1" in metrics:
         if synthetic:
             values.update(label_f1(pairs))

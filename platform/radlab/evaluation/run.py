@@ -62,7 +62,8 @@ def score(experiment: Experiment, predictions: list[dict]) -> tuple[dict[str, fl
         metrics["judge/cost"] = client.cost
     pairs = [(p["reference"], p["candidate"]) for p in predictions if "candidate" in p]
     values, skipped = text_and_clinical(pairs, cfg.metrics, experiment.data.synthetic is not None, cfg.bootstrap,
-                                        {"chexbert_f1": cfg.chexbert_weights, "radgraph_f1": cfg.radgraph_weights})
+                                        {"chexbert_f1": cfg.chexbert_weights, "radgraph_f1": cfg.radgraph_weights,
+                                         "bertscore": cfg.bertscore_model, "bertscore_layers": cfg.bertscore_layers})
     metrics.update(values)
     return metrics, skipped, judgments, client
 

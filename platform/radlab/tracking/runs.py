@@ -93,6 +93,14 @@ class Tracker:
                 return run.info.run_id
         return None
 
+    def finished_trial(self, sweep_run_id: str):
+        """This experiment's finished run under a sweep run, if a previous attempt completed it."""
+        runs = self.client.search_runs(
+            [self.experiment_id], max_results=1,
+            filter_string=f"tags.`{DIGEST_TAG}` = '{self.experiment.digest()}' and tags.`{STAGE_TAG}` = 'experiment' "
+                          f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{sweep_run_id}' and attributes.status = 'FINISHED'")
+        return runs[0] if runs else None
+
     def open_parent(self, yaml_text: str, data_digest: str, stage: str = "experiment", digest: str | None = None,
                     parent_run_id: str | None = None) -> str:
         """The run of an experiment (or of a sweep, or of a sweep's trial under `parent_run_id`)."""

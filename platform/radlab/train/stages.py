@@ -25,10 +25,18 @@ STAGES = ("stage0", "stage1", "stage2")
 
 
 def stage_key(experiment: Experiment, stage: str) -> str:
+    """What a stage's result depends on: a rerun with the same key reuses the finished stage.
+    Settings that only change how data is read (data.stream) or what later stages do with the
+    tower (model.vision.frozen, for stage 0) are left out."""
     dump = experiment.model_dump(mode="json")
     upto = STAGES[: STAGES.index(stage) + 1]
-    model = {"vision": dump["model"]["vision"], "tokenizer": dump["model"]["tokenizer"]} if stage == "stage0" else dump["model"]
-    parts = {"data": dump["data"], "model": model, **{s: dump[s] for s in upto},
+    data = {k: v for k, v in dump["data"].items() if k != "stream"}
+    if stage == "stage0":
+        vision = {k: v for k, v in dump["model"]["vision"].items() if k != "frozen"}
+        model = {"vision": vision, "tokenizer": dump["model"]["tokenizer"]}
+    else:
+        model = dump["model"]
+    parts = {"data": data, "model": model, **{s: dump[s] for s in upto},
              "precision": dump["ray"]["precision"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]

@@ -102,6 +102,11 @@ def run_trial(config: dict) -> dict:
     # storage) mean what they mean for `radlab run`, not something inside Tune's trial folder.
     os.chdir(config["folder"])
     experiment = trial_experiment(config["base"], {**config["cell"], **config.get("search", {})})
+    # A trial the killed driver's last snapshot still showed running may have finished: its run
+    # says so, and it is not run twice.
+    done = Tracker(experiment).finished_trial(config["sweep_run"])
+    if done is not None:
+        return {**done.data.metrics, "trial_run_id": done.info.run_id}
     summary = run_experiment(experiment, json.dumps(experiment.model_dump(mode="json")),
                              parent_run_id=config["sweep_run"], register=False,
                              report_to_tune=config.get("report_to_tune", False))

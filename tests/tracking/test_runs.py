@@ -1,0 +1,38 @@
+import json
+
+from radlab.config import parse_experiment
+from radlab.data.stats import experiment_cards
+from radlab.tracking.runs import Tracker
+
+from ..conftest import experiment_dict
+
+
+def test_a_run_logs_its_manifests_as_dataset_inputs_once(synthetic_root, tmp_path):
+    raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    experiment = parse_experiment(raw, "t")
+    tracker = Tracker(experiment)
+    run_id = tracker.open_parent("name: t", "digest")
+    cards = experiment_cards(experiment.data)
+    tracker.log_datasets(run_id, cards)
+    tracker.log_datasets(run_id, cards)  # a resumed run
+    inputs = tracker.client.get_run(run_id).inputs.dataset_inputs
+    assert sorted((i.dataset.name, i.tags[0].value) for i in inputs) == [
+        ("synthetic-test", "eval"), ("synthetic-train", "train"), ("synthetic-val", "validation")]
+    train = next(i.dataset for i in inputs if i.dataset.name == "synthetic-train")
+    profile = json.loads(train.profile)
+    assert profile["records"] == 96 and set(profile["views"]) <= {"AP", "PA"}
+    assert profile["text"] == {"rule-based": 96} and train.digest == cards[0].digest
+
+
+def test_a_finished_sweep_trial_is_found_by_its_digest(synthetic_root, tmp_path):
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")
+    tracker = Tracker(experiment)
+    sweep = tracker.open_parent("sweep", "d", stage="sweep", digest="sweepkey")
+    trial = tracker.open_parent("trial", "d", parent_run_id=sweep)
+    assert tracker.finished_trial(sweep) is None  # still running: not done
+    tracker.finish(trial)
+    assert tracker.finished_trial(sweep).info.run_id == trial
+    other = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage2={"lr": 1e-4},
+                                             tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")
+    assert Tracker(other).finished_trial(sweep) is None  # another cell of the grid

@@ -182,8 +182,11 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
                                         seed=sweep.search.seed)
             tuner = tune.Tuner(
                 trainable, param_space=param_space,
+                # Reused trial actors: a trial does not pay the torch/transformers/Ray Train imports
+                # again. Not with a scheduler, whose early stop must end the trial's process.
                 tune_config=tune.TuneConfig(num_samples=samples, search_alg=searcher, scheduler=scheduler,
-                                            max_concurrent_trials=sweep.max_concurrent_trials),
+                                            max_concurrent_trials=sweep.max_concurrent_trials,
+                                            reuse_actors=scheduler is None),
                 run_config=tune.RunConfig(name=name, storage_path=storage_path(experiment),
                                           failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
             )

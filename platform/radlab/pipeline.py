@@ -81,7 +81,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
     tracker.log_datasets(parent, experiment_cards(experiment.data))
     console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
-    checkpoint = encoder = None
+    checkpoint = encoder = child = None
     metrics: dict[str, float] = {}
     version = None
     try:
@@ -102,6 +102,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
                     tracker.log_metrics(parent, losses)
                     metrics |= losses
             tracker.finish(child)
+            child = None
         if encoder is not None:
             final = _materialise(encoder, encoder_folder(experiment))
             console.print(f"encoder [bold]{final}[/]: name it in model.vision.path to build on it")
@@ -120,7 +121,9 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             if version:
                 console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version}")
         tracker.finish(parent)
-    except BaseException:
-        tracker.finish(parent, ok=False)
+    except BaseException as err:
+        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+        for run_id in (child, parent) if child else (parent,):
+            tracker.finish(run_id, ok=False, interrupted=interrupted)
         raise
     return RunSummary(parent, final, version, metrics)

@@ -101,6 +101,18 @@ class Tracker:
                           f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{sweep_run_id}' and attributes.status = 'FINISHED'")
         return runs[0] if runs else None
 
+    def mark_stopped(self, sweep_run_id: str, digest: str) -> None:
+        """A sweep trial its scheduler stopped: its run and stage runs, however their process
+        ended, are KILLED and say why."""
+        runs = self.client.search_runs([self.experiment_id], f"tags.`{DIGEST_TAG}` = '{digest}' and "
+                                       f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{sweep_run_id}'")
+        for run in runs:
+            stages = self.client.search_runs([self.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{run.info.run_id}'")
+            for stopped in [run, *stages]:
+                if stopped.info.status != RunStatus.to_string(RunStatus.FINISHED):
+                    self.client.set_tag(stopped.info.run_id, "radlab.trial_status", "stopped early by the scheduler")
+                    self.client.set_terminated(stopped.info.run_id, "KILLED")
+
     def open_parent(self, yaml_text: str, data_digest: str, stage: str = "experiment", digest: str | None = None,
                     parent_run_id: str | None = None) -> str:
         """The run of an experiment (or of a sweep, or of a sweep's trial under `parent_run_id`)."""
@@ -145,8 +157,10 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sorted(params.items())])
         return run.info.run_id
 
-    def finish(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def finish(self, run_id: str, ok: bool = True, interrupted: bool = False) -> None:
+        """Close a run: FINISHED, FAILED, or KILLED when it was interrupted (Ctrl-C, a sweep's
+        scheduler stopping the trial) rather than broken."""
+        self.client.set_terminated(run_id, "KILLED" if interrupted else "FINISHED" if ok else "FAILED")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         for key, value in metrics.items():

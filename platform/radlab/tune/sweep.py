@@ -201,6 +201,8 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
                 row.update(status="failed", error=str(result.error).splitlines()[0][:300])
             elif "trial_run_id" not in metrics:
                 row.update(status="stopped early", **{k: v for k, v in metrics.items() if k == "val_loss"})
+                stopped = trial_experiment(raw, {**cell, **config.get("search", {})})
+                tracker.mark_stopped(sweep_run, stopped.digest())
             else:
                 row.update(status="ok", **{k: v for k, v in metrics.items()
                                            if isinstance(v, (int, float)) and ("/" in k or k == "val_loss")},
@@ -217,11 +219,6 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     client = tracker.client
     columns = sorted({k for row in results for k in row})
     client.log_table(sweep_run, {c: [row.get(c) for row in results] for c in columns}, "sweep/trials.json")
-    # Trials stopped early by the scheduler (or killed with their actor) left their runs open.
-    for run in client.search_runs([tracker.experiment_id], f"tags.mlflow.parentRunId = '{sweep_run}' "
-                                  "and attributes.status = 'RUNNING'"):
-        client.set_tag(run.info.run_id, "radlab.trial_status", "stopped early or killed")
-        client.set_terminated(run.info.run_id, "KILLED")
     ok = [row for row in results if row["status"] == "ok" and metric in row]
     tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
     if ok:

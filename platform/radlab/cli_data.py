@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from radlab.terminal import console, or_exit
+from radlab.terminal import console, err_console, or_exit
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic, ingest, stats, structure, preprocess.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Turn a downloaded dataset into radlab manifests.")
@@ -111,7 +111,8 @@ def stats(path: Annotated[Path, typer.Argument(help="an ingested dataset folder 
     if path.is_dir():
         cards, summary = or_exit(folder_cards, path)
         if not cards:
-            or_exit(_fail, f"{path}: no train/val/test.jsonl manifests (run radlab data ingest first)")
+            err_console.print(f"[red]{path}: no train/val/test.jsonl manifests (run radlab data ingest first)[/]")
+            raise typer.Exit(2)
     else:
         cards, summary = [or_exit(card, path, "manifest")], None
     if as_json:
@@ -132,9 +133,6 @@ def stats(path: Annotated[Path, typer.Argument(help="an ingested dataset folder 
 def _counts(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
-
-def _fail(message: str) -> None:
-    raise ValueError(message)
 
 
 @data_app.command("structure")

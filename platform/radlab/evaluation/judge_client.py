@@ -4,25 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 
 from radlab.config import JudgeConfig
 from radlab.evaluation.chexprompt import Counts, Prompt, parse_answer
-from radlab.llm import LLMClient, Request
+from radlab.llm import Answer, LLMClient, Request
 
 
-@dataclass
-class Judgment:
+class Judgment(Answer):
     """One report's judgment: counts when the answer parsed, else the error; never both."""
-    counts: Counts | None
-    raw: str | None
-    error: str | None = None
-    cached: bool = False
-    attempts: int = 0
 
     @property
-    def ok(self) -> bool:
-        return self.counts is not None
+    def counts(self) -> Counts | None:
+        return self.value
 
 
 class JudgeClient(LLMClient):

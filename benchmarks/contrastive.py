@@ -60,7 +60,7 @@ def main() -> None:
         experiment = parse_experiment({"name": "bench", "data": {"synthetic": {
             "root": str(root / "synthetic"), "n_train": 2 * args.per_worker * 10, "n_val": 50, "n_test": 1}}}, "b")
         train_tokenizer(training_texts(experiment.data), root / "tokenizer")
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
         rows = {w: measure(root, root / "tokenizer", w, args.per_worker, args.steps) for w in (1, 2)}
         ray.shutdown()
     one, two = rows[1], rows[2]

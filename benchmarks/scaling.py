@@ -78,7 +78,7 @@ def main() -> None:
         experiment = parse_experiment({"name": "b", "data": {"synthetic": {
             "root": str(root / "synthetic"), "n_train": 2048, "n_val": 1, "n_test": 1}}}, "b")
         train_tokenizer(training_texts(experiment.data), root / "tokenizer")
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
         rates = {w: tiny_rate(root, w, args.steps) for w in (1, 2)}
         ray.shutdown()
     print(f"tiny model, stage 1: 1 worker {rates[1]:.1f} samples/s, 2 workers {rates[2]:.1f} samples/s, "

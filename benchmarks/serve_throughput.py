@@ -75,7 +75,7 @@ def main() -> None:
         config = ModelConfig.model_validate({"preset": "tiny"})
         folder = save_checkpoint(Path(tmp) / "ckpt", build_model(config, tokenizer), tokenizer, config, None,
                                  {"stage": "bench", "step": 0})
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
         serve.start(http_options={"host": "127.0.0.1", "port": 8799})
         common = {"model": str(folder), "max_new_tokens": args.max_new_tokens, "batch_wait_timeout_s": 0.01}
         serve.run(build_app({**common, "max_batch_size": 32}), name="batched", route_prefix="/batched")

@@ -90,7 +90,7 @@ def main() -> None:
         from ray.train import RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
         trainer = TorchTrainer(
             ray_worker,
             train_loop_config={"experiment": experiment, "tokenizer": tokenizer, "batches": batches,

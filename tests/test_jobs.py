@@ -28,7 +28,8 @@ def cluster():
 
     # The nodes inherit this process's environment: put this install's `radlab` on their PATH, as a
     # cluster's setup commands do on its nodes.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
     port = free_port()
     nodes = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port,
@@ -54,6 +55,7 @@ def cluster():
             time.sleep(1)
     yield {"nodes": nodes, "worker": worker, "address": address}
     nodes.shutdown()
+    os.environ["PATH"] = path
 
 
 def _wait(address: str, job_id: str, timeout: float) -> str:

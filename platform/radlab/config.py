@@ -249,8 +249,10 @@ class EvalConfig(Section):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     compare_untrained: bool = Field(True, description="also score the untrained model, side by side")
     bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
-    chexbert_weights: Path | None = None
-    radgraph_weights: Path | None = None
+    chexbert_weights: Path | None = Field(None, description="the CheXbert labeler's chexbert.pth (StanfordAIMI "
+                                          "RRG_scorers) for F1-CheXbert")
+    chexbert_bert: Path | None = Field(None, description="a local bert-base-uncased folder: the labeler's "
+                                       "tokenizer and BERT config")
     bertscore_model: Path | None = Field(None, description="a local transformers encoder folder for BERTScore "
                                          "(e.g. a downloaded distilroberta-base); BERTScore is skipped without it")
     bertscore_layers: int | None = Field(None, ge=1, description="the layer BERTScore reads (default: the last)")

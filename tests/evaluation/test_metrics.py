@@ -1,5 +1,6 @@
 import pytest
 
+from radlab.config import EvalConfig
 from radlab.data.synthetic import Finding, write_findings
 from radlab.evaluation.metrics import bleu, label_f1, normalise, rouge_l, text_and_clinical
 
@@ -32,10 +33,10 @@ def test_label_f1_hand_checked():
 
 
 def test_clinical_metrics_without_weights_are_skipped_with_a_reason():
-    values, skipped = text_and_clinical([("a", "a")], ["rouge_l", "chexbert_f1", "label_f1"], False, 10,
-                                        {"chexbert_f1": None})
-    assert "text/rouge_l_f1" in values
-    assert "chexbert_weights" in skipped["chexbert_f1"] and "synthetic" in skipped["label_f1"]
+    cfg = EvalConfig(metrics=["rouge_l", "chexbert_f1", "radgraph_f1", "label_f1"], bootstrap=10)
+    values, skipped = text_and_clinical([("a", "a")], cfg, False)
+    assert "text/rouge_l_f1" in values and "synthetic" in skipped["label_f1"]
+    assert "chexbert_weights" in skipped["chexbert_f1"] and "RadGraph" in skipped["radgraph_f1"]
 
 
 def tiny_bert(folder):
@@ -46,7 +47,7 @@ def tiny_bert(folder):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "phi", *"the heart size is normal lungs are clear "
              "small left right pleural effusion no pneumothorax".split()]
     (folder / "vocab.txt").write_text("\n".join(words))
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), model_max_length=512).save_pretrained(folder)
+    BertTokenizerFast(vocab=str(folder / "vocab.txt"), model_max_length=512).save_pretrained(folder)
     BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64)).save_pretrained(folder)
     return folder
@@ -55,12 +56,13 @@ def tiny_bert(folder):
 def test_bertscore_with_a_local_encoder_and_skipped_without(tmp_path):
     model = tiny_bert(tmp_path / "bert")
     same = [("the heart size is normal .", "the heart size is normal .")] * 2
-    values, skipped = text_and_clinical(same, ["bertscore"], False, 10, {"bertscore": model})
+    cfg = EvalConfig(metrics=["bertscore"], bootstrap=10, bertscore_model=model)
+    values, skipped = text_and_clinical(same, cfg, False)
     assert not skipped and values["text/bertscore_f1"] == pytest.approx(100, abs=1e-3)
     different = [("the heart size is normal .", "small left pleural effusion .")]
-    values, _ = text_and_clinical(different, ["bertscore"], False, 10, {"bertscore": model, "bertscore_layers": 1})
+    values, _ = text_and_clinical(different, cfg.model_copy(update={"bertscore_layers": 1}), False)
     assert values["text/bertscore_f1"] < 99
-    values, skipped = text_and_clinical(same, ["bertscore"], False, 10, {"bertscore": None})
+    values, skipped = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": None}), False)
     assert not values and "eval.bertscore_model" in skipped["bertscore"]
-    _, skipped = text_and_clinical(same, ["bertscore"], False, 10, {"bertscore": tmp_path / "absent"})
+    _, skipped = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": tmp_path / "absent"}), False)
     assert "no encoder at eval.bertscore_model" in skipped["bertscore"]

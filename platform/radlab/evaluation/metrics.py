@@ -2,8 +2,8 @@
 
 Variants, as reported in their names: ROUGE-L F1 (rouge-score, stemming, x100), BLEU-1 and BLEU-4
 (sacrebleu corpus BLEU, 0-100), BERTScore P/R/F1 (bert-score, x100, no baseline rescaling) with a
-local encoder, and on the synthetic set label F1 over its four findings (micro and
-macro), computed from the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to
+local encoder, F1-CheXbert (chexbert.py) with the user's labeler weights, and on the synthetic set label F1 over its four findings (micro and macro), computed from
+the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to
 one token on both sides for the lexical metrics only.
 """
 
@@ -16,7 +16,9 @@ import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
+from radlab.config import EvalConfig
 from radlab.data.synthetic import KINDS, parse_findings
+from radlab.evaluation.chexbert import ScorerError, chexbert_f1
 from radlab.evaluation.chexprompt import bootstrap
 
 _PHI = re.compile(r"_{2,}|X{3,}")
@@ -70,33 +72,38 @@ def label_f1(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return out
 
 
-def text_and_clinical(pairs: list[tuple[str, str]], metrics: list[str], synthetic: bool, resamples: int,
-                      weights: dict[str, object]) -> tuple[dict[str, float], dict[str, str]]:
+def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig,
+                      synthetic: bool) -> tuple[dict[str, float], dict[str, str]]:
     """(values, skipped): every requested metric lands in one of the two, never silently dropped."""
     values: dict[str, float] = {}
     skipped: dict[str, str] = {}
     if not pairs:
-        return values, {m: "no judged pairs" for m in metrics if m != "chexprompt"}
-    if "rouge_l" in metrics:
-        values.update(rouge_l(pairs, resamples))
-    if "bleu" in metrics:
+        return values, {m: "no judged pairs" for m in cfg.metrics if m != "chexprompt"}
+    if "rouge_l" in cfg.metrics:
+        values.update(rouge_l(pairs, cfg.bootstrap))
+    if "bleu" in cfg.metrics:
         values.update(bleu(pairs))
-    if "bertscore" in metrics:
-        model = weights.get("bertscore")
-        if model is None or not Path(model).is_dir():
+    if "bertscore" in cfg.metrics:
+        model = cfg.bertscore_model
+        if model is None or not model.is_dir():
             skipped["bertscore"] = (f"no encoder at eval.bertscore_model ({model})" if model else
                                     "set eval.bertscore_model to a local encoder folder (nothing is downloaded)")
         else:
-            values.update(bertscore(pairs, Path(model), weights.get("bertscore_layers"), resamples))
-    if "label_f1" in metrics:
+            values.update(bertscore(pairs, model, cfg.bertscore_layers, cfg.bootstrap))
+    if "label_f1" in cfg.metrics:
         if synthetic:
             values.update(label_f1(pairs))
         else:
             skipped["label_f1"] = "exact labels exist for the synthetic set only"
-    for name in ("chexbert_f1", "radgraph_f1"):
-        if name in metrics:
-            if weights.get(name) is None:
-                skipped[name] = f"no scorer weights: set eval.{name.split('_')[0]}_weights to the RRG_scorers file"
-            else:
-                skipped[name] = "the CheXbert/RadGraph scorers need the radeval package, not installed here"
+    if "chexbert_f1" in cfg.metrics:
+        if cfg.chexbert_weights is None or cfg.chexbert_bert is None:
+            skipped["chexbert_f1"] = ("set eval.chexbert_weights to the RRG_scorers chexbert.pth and "
+                                      "eval.chexbert_bert to a local bert-base-uncased folder")
+        else:
+            try:
+                values.update(chexbert_f1(pairs, cfg.chexbert_weights, cfg.chexbert_bert))
+            except ScorerError as err:  # the other metrics of this evaluation are kept
+                skipped["chexbert_f1"] = str(err)
+    if "radgraph_f1" in cfg.metrics:
+        skipped["radgraph_f1"] = "no RadGraph scorer in this version of radlab"
     return values, skipped

@@ -61,9 +61,7 @@ def score(experiment: Experiment, predictions: list[dict]) -> tuple[dict[str, fl
         metrics.update({f"judge/{k}": float(v) for k, v in client.usage.items()})
         metrics["judge/cost"] = client.cost
     pairs = [(p["reference"], p["candidate"]) for p in predictions if "candidate" in p]
-    values, skipped = text_and_clinical(pairs, cfg.metrics, experiment.data.synthetic is not None, cfg.bootstrap,
-                                        {"chexbert_f1": cfg.chexbert_weights, "radgraph_f1": cfg.radgraph_weights,
-                                         "bertscore": cfg.bertscore_model, "bertscore_layers": cfg.bertscore_layers})
+    values, skipped = text_and_clinical(pairs, cfg, experiment.data.synthetic is not None)
     metrics.update(values)
     return metrics, skipped, judgments, client
 

@@ -1,0 +1,105 @@
+"""F1-CheXbert: the CheXbert labeler (Smit et al. 2020) reads the 14 CheXpert observations off the
+reference and the generated report; F1 compares the two label sets.
+
+The labeler is BERT with one linear head per observation on the [CLS] state: 13 heads with the
+classes blank, positive, negative, uncertain (0-3) and a two-class head for No Finding. Its weights
+are the `chexbert.pth` of the StanfordAIMI RRG_scorers release (`model_state_dict`, keys under
+`module.`), read into transformers' BertModel; the tokenizer and BERT config come from a local
+bert-base-uncased folder, since nothing is downloaded. Variants, as named in the metrics: micro and
+macro F1 (scikit-learn, zero_division=0) over all 14 observations and over the 5 of the CheXpert
+competition, with uncertain counted as negative (LLaVA-Rad's main columns) and, under `_plus`, as
+positive.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from radlab.data.prompts import CHEXPERT
+
+OBSERVATIONS = (*CHEXPERT[1:], "No Finding")  # the labeler's head order
+FIVE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+BLANK, POSITIVE, NEGATIVE, UNCERTAIN = range(4)
+
+
+class ScorerError(ValueError):
+    """A scorer's files are missing or do not hold what they should; the message names the file."""
+
+
+class CheXbert(nn.Module):
+    def __init__(self, config):
+        from transformers import BertModel
+
+        super().__init__()
+        self.bert = BertModel(config)
+        hidden = config.hidden_size
+        self.linear_heads = nn.ModuleList([nn.Linear(hidden, 4) for _ in OBSERVATIONS[:-1]] + [nn.Linear(hidden, 2)])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        cls = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        return [head(cls) for head in self.linear_heads]
+
+
+def load_labeler(weights: Path, bert_folder: Path) -> tuple[CheXbert, object]:
+    """(labeler, tokenizer) from an RRG_scorers-format checkpoint and a local BERT folder."""
+    from transformers import AutoTokenizer, BertConfig
+
+    if not Path(weights).is_file():
+        raise ScorerError(f"eval.chexbert_weights: no file at {weights}")
+    if not (Path(bert_folder) / "config.json").is_file():
+        raise ScorerError(f"eval.chexbert_bert: {bert_folder} is not a BERT folder (no config.json)")
+    model = CheXbert(BertConfig.from_pretrained(bert_folder))
+    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    state = saved.get("model_state_dict", saved)
+    state = {key.removeprefix("module."): value for key, value in state.items()
+             if not key.endswith("embeddings.position_ids")}  # a buffer older transformers saved
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ScorerError(f"eval.chexbert_weights: {weights} is not a CheXbert checkpoint for the BERT in "
+                          f"{bert_folder}: {str(err)[:400]}") from None
+    return model.eval(), AutoTokenizer.from_pretrained(bert_folder)
+
+
+@torch.no_grad()
+def label_reports(model: CheXbert, tokenizer, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """(n, 14) class ids in OBSERVATIONS order; reports longer than BERT's context are truncated."""
+    limit = model.bert.config.max_position_embeddings
+    out = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer([t.strip() for t in texts[start:start + batch_size]], padding=True, truncation=True,
+                          max_length=limit, return_tensors="pt")
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        out.append(torch.stack([head.argmax(-1) for head in logits], dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(OBSERVATIONS)), int)
+
+
+def positive(labels: np.ndarray, uncertain_positive: bool) -> np.ndarray:
+    """Binary presence: positive, and uncertain when `uncertain_positive` (No Finding: class 1)."""
+    present = (labels == POSITIVE) | (uncertain_positive & (labels == UNCERTAIN))
+    present[:, -1] = labels[:, -1] == 1
+    return present
+
+
+def f1_from_labels(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    five = [OBSERVATIONS.index(name) for name in FIVE]
+    out = {}
+    for suffix, uncertain_positive in (("", False), ("_plus", True)):
+        truth, guess = positive(reference, uncertain_positive), positive(candidate, uncertain_positive)
+        for n, columns in (("14", slice(None)), ("5", five)):
+            for average in ("micro", "macro"):
+                score = f1_score(truth[:, columns], guess[:, columns], average=average, zero_division=0)
+                out[f"clinical/chexbert{suffix}_f1_{average}_{n}"] = float(score) * 100
+    return out
+
+
+def chexbert_f1(pairs: list[tuple[str, str]], weights: Path, bert_folder: Path) -> dict[str, float]:
+    model, tokenizer = load_labeler(weights, bert_folder)
+    labels = label_reports(model, tokenizer, [r for r, _ in pairs] + [c for _, c in pairs])
+    return f1_from_labels(labels[: len(pairs)], labels[len(pairs):])

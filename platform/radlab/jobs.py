@@ -8,6 +8,7 @@ radlab's dependencies installed (the cluster configs under cluster/ do that).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shlex
 import time
@@ -71,19 +72,19 @@ def submit(address: str, experiment: Experiment, yaml_path: Path, overrides: lis
             time.sleep(1)
 
 
-def follow(address: str, job_id: str, poll_s: float = 1.0) -> Iterator[str]:
-    """Yield the job's log as it grows, until the job ends."""
-    jobs = client(address)
-    shown = 0
-    while True:
-        status = str(jobs.get_job_status(job_id).value)
-        logs = jobs.get_job_logs(job_id)
-        if len(logs) > shown:
-            yield logs[shown:]
-            shown = len(logs)
-        if status in TERMINAL:
-            return
-        time.sleep(poll_s)
+def follow(address: str, job_id: str) -> Iterator[str]:
+    """Yield the job's log as Ray streams it (new lines only), until the job ends."""
+    stream = client(address).tail_job_logs(job_id)
+    loop = asyncio.new_event_loop()
+    try:
+        while True:
+            try:
+                yield loop.run_until_complete(anext(stream))
+            except StopAsyncIteration:
+                return
+    finally:
+        loop.run_until_complete(stream.aclose())
+        loop.close()
 
 
 def status(address: str, job_id: str) -> str:

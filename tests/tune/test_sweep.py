@@ -58,7 +58,7 @@ def test_shipped_sweeps_expand():
 def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_server, synthetic_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": mlflow_server, "register_as": "radlab-sweep-test"},
-                          eval={"compare_untrained": False, "judge": {"cache": "judge.sqlite"}})
+                          eval={"compare_untrained": False, "judge": {"cache": "judge.sqlite"}}, ray={"workers": 1})
     raw["name"] = "sweep-test"
     raw["sweep"] = {"axes": {"stage1.enabled": [True, False]}}
     raw = parse_experiment(raw, "t").model_dump(mode="json")
@@ -96,7 +96,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(synthetic_root, 
 
     import yaml
 
-    raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False})
+    raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False}, ray={"workers": 1})
     raw["name"] = "resume-test"
     raw["sweep"] = {"axes": {"stage2.lr": [1e-3, 2e-3]}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
@@ -134,7 +134,7 @@ def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthet
     monkeypatch.chdir(tmp_path)
     raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False},
                           tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
-                          stage1={"max_steps": 6, "checkpoint_every": 3, "val_examples": 8})
+                          stage1={"max_steps": 6, "checkpoint_every": 3, "val_examples": 8}, ray={"workers": 1})
     raw["name"] = "asha-test"
     # Trial 2 barely trains (lr 1e-7): its first validation loss is worse than trial 1's, so ASHA
     # stops it at the first rung.

@@ -15,8 +15,8 @@ import numpy as np
 from radlab.data.images import ImageError, load_image, square_pixels
 
 # Images per Ray Data task: each task costs ~20 ms of scheduling and block bookkeeping, as much as
-# decoding a couple of radiographs, so tasks are large (128 x 518 px is a 34 MB block).
-BATCH = 128
+# decoding a couple of radiographs, so tasks are large (256 x 518 px is a 69 MB block).
+BATCH = 256
 DECODE_THREADS = 2
 
 

@@ -159,9 +159,10 @@ def test_a_v100_training_config_schedules_on_the_v100_node(cluster, synthetic_ro
     workers = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("job_id", "=", ray_job)],
                           detail=True, raise_on_missing_output=False)
     assert workers and {w.node_id for w in workers} == {cluster["worker"].node_id}
-    # The node declares a GPU it does not have: the worker that landed there stops at CUDA.
+    # The node declares a GPU it does not have: the worker that landed there sets up the GPU
+    # process group (NCCL), which this CPU build of torch does not have.
     log = jobs.logs(address, job_id)
-    assert state == "FAILED" and re.search(r"CUDA|NCCL|GPU", log), log[-3000:]
+    assert state == "FAILED" and "Distributed package doesn't have NCCL built in" in log, log[-3000:]
 
 
 @pytest.mark.parametrize("mode", ["replacement", "elastic"])

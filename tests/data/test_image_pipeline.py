@@ -47,6 +47,35 @@ def test_streamed_batches_equal_the_dataloader_batches(ray_session, synthetic_ro
                           direct["pixel_values"][index])
 
 
+def test_a_streamed_epoch_repeats_batch_for_batch(ray_session, synthetic_root, tokenizer):
+    """A resumed streamed stage skips the batches it already trained on: right only when each
+    worker's shard (split as Ray Train splits it, order preserved) yields the same batches in the
+    same order every time the epoch is read again, however its decode tasks finish."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.data import DataContext
+
+    examples = load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:40]
+    dataset = ReportDataset(examples, tokenizer, "vicuna_v1", 16, 64, 512)
+    options = DataContext.get_current().execution_options
+    kept, options.preserve_order = options.preserve_order, True
+
+    def read(epoch: int) -> list[list[torch.Tensor]]:
+        images = [str(e.image) for e in examples]
+        shards = image_dataset(images, 32, batch=4).streaming_split(2, equal=True)  # 10 tasks
+        with ThreadPoolExecutor(2) as pool:  # a split streams only while every worker reads
+            return list(pool.map(lambda shard: [b["input_ids"] for b in streamed_batches(
+                shard, dataset, 4, tokenizer.pad_token_id, epoch)], shards))
+
+    try:
+        first, again, next_epoch = read(0), read(0), read(1)
+    finally:
+        options.preserve_order = kept
+    assert [len(worker) for worker in first] == [5, 5]
+    assert all(torch.equal(a, b) for w1, w2 in zip(first, again) for a, b in zip(w1, w2))
+    assert not all(torch.equal(a, b) for w1, w2 in zip(first, next_epoch) for a, b in zip(w1, w2))
+
+
 def test_preprocess_writes_shards_and_counts_unreadable_images(ray_session, tmp_path):
     jpg, reports = mimic_layout(tmp_path / "mimic")
     ingest(mimic.read(jpg, reports, ["AP", "PA"]), tmp_path / "ds", "mimic-cxr")

@@ -41,14 +41,15 @@ def decode_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarra
     return {"index": batch["index"], "pixels": pixels, "error": np.array([e for _, e in decoded], dtype=object)}
 
 
-def image_dataset(images: list[str], size: int):
-    """The lazy Ray Dataset of `images` (paths), decoded to `size`; rows keep their list index."""
+def image_dataset(images: list[str], size: int, batch: int = BATCH):
+    """The lazy Ray Dataset of `images` (paths), decoded to `size` by tasks of `batch` images; rows
+    keep their list index."""
     import ray.data
 
     # Absolute: Ray Data's tasks do not run in the driver's working directory.
     items = [{"index": i, "image": str(Path(path).absolute())} for i, path in enumerate(images)]
-    return ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // BATCH, 200))).map_batches(
-        decode_batch, fn_kwargs={"size": size}, batch_size=BATCH, batch_format="numpy")
+    return ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch, 200))).map_batches(
+        decode_batch, fn_kwargs={"size": size}, batch_size=batch, batch_format="numpy")
 
 
 def streamed_batches(shard, dataset, micro_batch: int, pad_id: int, epoch: int):

@@ -21,6 +21,8 @@ from radlab.config import parse_experiment
 
 from .conftest import ROOT, experiment_dict, free_port
 
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
 
 @pytest.fixture(scope="module")
 def cluster():
@@ -60,7 +62,7 @@ def cluster():
 
 def _wait(address: str, job_id: str, timeout: float) -> str:
     deadline = time.time() + timeout
-    while (state := jobs.status(address, job_id)) not in jobs.TERMINAL and time.time() < deadline:
+    while (state := jobs.status(address, job_id)) not in TERMINAL and time.time() < deadline:
         time.sleep(1)
     return state
 
@@ -97,6 +99,8 @@ def test_submit_runs_an_experiment_on_the_cluster(cluster, mlflow_server, synthe
 def test_jobs_verbs_name_what_is_wrong(cluster):
     address = cluster["address"]
     result = CliRunner().invoke(app, ["jobs", "logs", "radlab-no-such-job", "--address", address])
+    assert result.exit_code == 2 and "radlab-no-such-job" in result.output
+    result = CliRunner().invoke(app, ["jobs", "logs", "radlab-no-such-job", "--follow", "--address", address])
     assert result.exit_code == 2 and "radlab-no-such-job" in result.output
     result = CliRunner().invoke(app, ["jobs", "list", "--address", f"http://127.0.0.1:{free_port()}"])
     assert result.exit_code == 2
@@ -187,7 +191,7 @@ def test_training_survives_a_lost_node(cluster, synthetic_root, tmp_path, mode):
         if snapshots:
             run_dir = snapshots[0].parent
             break
-        assert jobs.status(address, job_id) not in jobs.TERMINAL, jobs.logs(address, job_id)[-3000:]
+        assert jobs.status(address, job_id) not in TERMINAL, jobs.logs(address, job_id)[-3000:]
         time.sleep(0.2)
     assert run_dir is not None, jobs.logs(address, job_id)[-3000:]
     nodes.remove_node(cluster["worker"], allow_graceful=False)

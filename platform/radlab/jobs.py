@@ -21,7 +21,6 @@ from radlab.runtime import LOOPBACK_ENV
 # Never uploaded with a job: environments, outputs, data and VCS metadata.
 EXCLUDES = [".venv", "venv", ".git", "radlab_runs", "data", "exports", "mlruns", "**/__pycache__", "*.egg-info",
             ".pytest_cache", "benchmarks/results"]
-TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 AGENT_WAIT_S = 60
 
 
@@ -74,7 +73,9 @@ def submit(address: str, experiment: Experiment, yaml_path: Path, overrides: lis
 
 def follow(address: str, job_id: str) -> Iterator[str]:
     """Yield the job's log as Ray streams it (new lines only), until the job ends."""
-    stream = client(address).tail_job_logs(job_id)
+    jobs = client(address)
+    jobs.get_job_status(job_id)  # an unknown id is a plain error here, not a failed log stream
+    stream = jobs.tail_job_logs(job_id)
     loop = asyncio.new_event_loop()
     try:
         while True:

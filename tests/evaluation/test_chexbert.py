@@ -95,5 +95,10 @@ def test_missing_or_wrong_scorer_files_skip_the_metric_and_keep_the_rest(tmp_pat
                      chexbert_bert=labeler[1])
     values, skipped = text_and_clinical(pairs, cfg, False)
     assert "text/rouge_l_f1" in values and str(tmp_path / "other.pth") in skipped["chexbert_f1"]
+    (tmp_path / "garbage.pth").write_text("not a checkpoint")
+    _, skipped = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_weights": tmp_path / "garbage.pth"}), False)
+    assert str(tmp_path / "garbage.pth") in skipped["chexbert_f1"]
+    _, skipped = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_bert": tmp_path}), False)
+    assert f"eval.chexbert_bert: {tmp_path}" in skipped["chexbert_f1"]
     values, _ = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_weights": labeler[0]}), False)
     assert values["clinical/chexbert_f1_micro_14"] == pytest.approx(100)

@@ -13,6 +13,8 @@ positive.
 
 from __future__ import annotations
 
+import functools
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -44,25 +46,30 @@ class CheXbert(nn.Module):
         return [head(cls) for head in self.linear_heads]
 
 
+@functools.lru_cache(maxsize=1)  # a run scores the trained and the untrained model with one labeler
 def load_labeler(weights: Path, bert_folder: Path) -> tuple[CheXbert, object]:
     """(labeler, tokenizer) from an RRG_scorers-format checkpoint and a local BERT folder."""
     from transformers import AutoTokenizer, BertConfig
 
     if not Path(weights).is_file():
         raise ScorerError(f"eval.chexbert_weights: no file at {weights}")
-    if not (Path(bert_folder) / "config.json").is_file():
-        raise ScorerError(f"eval.chexbert_bert: {bert_folder} is not a BERT folder (no config.json)")
-    model = CheXbert(BertConfig.from_pretrained(bert_folder))
-    saved = torch.load(weights, map_location="cpu", weights_only=True)
-    state = saved.get("model_state_dict", saved)
-    state = {key.removeprefix("module."): value for key, value in state.items()
-             if not key.endswith("embeddings.position_ids")}  # a buffer older transformers saved
     try:
+        config = BertConfig.from_pretrained(bert_folder)
+        tokenizer = AutoTokenizer.from_pretrained(bert_folder)
+    except (OSError, ValueError) as err:
+        raise ScorerError(f"eval.chexbert_bert: {bert_folder} is not a BERT folder with its tokenizer: "
+                          f"{str(err)[:300]}") from None
+    model = CheXbert(config)
+    try:
+        saved = torch.load(weights, map_location="cpu", weights_only=True)
+        state = saved.get("model_state_dict", saved)
+        state = {key.removeprefix("module."): value for key, value in state.items()
+                 if not key.endswith("embeddings.position_ids")}  # a buffer older transformers saved
         model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, pickle.UnpicklingError, AttributeError, EOFError) as err:
         raise ScorerError(f"eval.chexbert_weights: {weights} is not a CheXbert checkpoint for the BERT in "
                           f"{bert_folder}: {str(err)[:400]}") from None
-    return model.eval(), AutoTokenizer.from_pretrained(bert_folder)
+    return model.eval(), tokenizer
 
 
 @torch.no_grad()

@@ -2,9 +2,9 @@
 
 Variants, as reported in their names: ROUGE-L F1 (rouge-score, stemming, x100), BLEU-1 and BLEU-4
 (sacrebleu corpus BLEU, 0-100), BERTScore P/R/F1 (bert-score, x100, no baseline rescaling) with a
-local encoder, F1-CheXbert (chexbert.py) with the user's labeler weights, and on the synthetic set label F1 over its four findings (micro and macro), computed from
-the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to
-one token on both sides for the lexical metrics only.
+local encoder, F1-CheXbert (chexbert.py) with the user's labeler weights, and on the synthetic set
+label F1 over its four findings (micro and macro), computed from the grammar's exact labels. PHI
+placeholders (`___`, `XXXX`) are normalised to one token on both sides for the lexical metrics only.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: install browser quickstart test benchmark ui
+RADGRAPH_VENV ?= .venv-radgraph
+
+.PHONY: install radgraph-env browser quickstart test benchmark ui
 
 install: $(VENV)/.installed
 
@@ -13,6 +15,16 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+# F1-RadGraph's scorer (the radgraph package) needs transformers 4: it runs in an interpreter of its
+# own, named in eval.radgraph_python. The tests use this one.
+radgraph-env: $(RADGRAPH_VENV)/.installed
+
+$(RADGRAPH_VENV)/.installed:
+	python3 -m venv $(RADGRAPH_VENV)
+	$(RADGRAPH_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(RADGRAPH_VENV)/bin/python -m pip install -q radgraph==0.1.18 transformers==4.57.6
 	touch $@
 
 quickstart: install
@@ -26,8 +38,8 @@ browser:
 
 # The multi-node cluster tests run in a pytest process of their own: ray.cluster_utils resets
 # process-wide Ray state that the session's embedded Ray relies on.
-test: install browser
-	$(PY) -m pytest -q tests --ignore=tests/test_jobs.py
+test: install browser radgraph-env
+	RADLAB_TEST_RADGRAPH_PYTHON=$(abspath $(RADGRAPH_VENV))/bin/python $(PY) -m pytest -q tests --ignore=tests/test_jobs.py
 	$(PY) -m pytest -q tests/test_jobs.py
 
 benchmark: install

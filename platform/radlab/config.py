@@ -253,6 +253,15 @@ class EvalConfig(Section):
                                           "RRG_scorers) for F1-CheXbert")
     chexbert_bert: Path | None = Field(None, description="a local bert-base-uncased folder: the labeler's "
                                        "tokenizer and BERT config")
+    radgraph_python: Path | None = Field(None, description="an interpreter with the radgraph package (pip install "
+                                         "radgraph==0.1.18 'transformers<5'), which cannot run beside radlab's "
+                                         "transformers; F1-RadGraph runs there")
+    radgraph_weights: Path | None = Field(None, description="an extracted RRG_scorers RadGraph archive: config.json, "
+                                          "vocabulary/, weights.th")
+    radgraph_model: Literal["radgraph", "radgraph-xl", "modern-radgraph-xl", "echograph"] = Field(
+        "radgraph", description="the RadGraph release in radgraph_weights (each tokenizes reports its own way)")
+    radgraph_bert: Path | None = Field(None, description="a local folder of the BERT the RadGraph config names "
+                                       "(nothing is downloaded); None keeps the config's own model_name")
     bertscore_model: Path | None = Field(None, description="a local transformers encoder folder for BERTScore "
                                          "(e.g. a downloaded distilroberta-base); BERTScore is skipped without it")
     bertscore_layers: int | None = Field(None, ge=1, description="the layer BERTScore reads (default: the last)")

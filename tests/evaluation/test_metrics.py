@@ -36,7 +36,7 @@ def test_clinical_metrics_without_weights_are_skipped_with_a_reason():
     cfg = EvalConfig(metrics=["rouge_l", "chexbert_f1", "radgraph_f1", "label_f1"], bootstrap=10)
     values, skipped = text_and_clinical([("a", "a")], cfg, False)
     assert "text/rouge_l_f1" in values and "synthetic" in skipped["label_f1"]
-    assert "chexbert_weights" in skipped["chexbert_f1"] and "RadGraph" in skipped["radgraph_f1"]
+    assert "chexbert_weights" in skipped["chexbert_f1"] and "radgraph_python" in skipped["radgraph_f1"]
 
 
 def tiny_bert(folder):

@@ -22,14 +22,11 @@ import torch
 from torch import nn
 
 from radlab.data.prompts import CHEXPERT
+from radlab.evaluation import ScorerError
 
 OBSERVATIONS = (*CHEXPERT[1:], "No Finding")  # the labeler's head order
 FIVE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 BLANK, POSITIVE, NEGATIVE, UNCERTAIN = range(4)
-
-
-class ScorerError(ValueError):
-    """A scorer's files are missing or do not hold what they should; the message names the file."""
 
 
 class CheXbert(nn.Module):

@@ -2,9 +2,9 @@
 
 Variants, as reported in their names: ROUGE-L F1 (rouge-score, stemming, x100), BLEU-1 and BLEU-4
 (sacrebleu corpus BLEU, 0-100), BERTScore P/R/F1 (bert-score, x100, no baseline rescaling) with a
-local encoder, F1-CheXbert (chexbert.py) with the user's labeler weights, and on the synthetic set
-label F1 over its four findings (micro and macro), computed from the grammar's exact labels. PHI
-placeholders (`___`, `XXXX`) are normalised to one token on both sides for the lexical metrics only.
+local encoder, F1-CheXbert (chexbert.py) and F1-RadGraph (f1_radgraph.py) with the user's scorer
+weights, and on the synthetic set label F1 over its four findings (micro and macro), computed from
+the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to one token on both sides for the lexical metrics only.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from sacrebleu.metrics import BLEU
 
 from radlab.config import EvalConfig
 from radlab.data.synthetic import KINDS, parse_findings
-from radlab.evaluation.chexbert import ScorerError, chexbert_f1
+from radlab.evaluation import ScorerError
+from radlab.evaluation.chexbert import chexbert_f1
 from radlab.evaluation.chexprompt import bootstrap
+from radlab.evaluation.f1_radgraph import radgraph_f1
 
 _PHI = re.compile(r"_{2,}|X{3,}")
 
@@ -105,5 +107,13 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig,
             except ScorerError as err:  # the other metrics of this evaluation are kept
                 skipped["chexbert_f1"] = str(err)
     if "radgraph_f1" in cfg.metrics:
-        skipped["radgraph_f1"] = "no RadGraph scorer in this version of radlab"
+        if cfg.radgraph_python is None or cfg.radgraph_weights is None:
+            skipped["radgraph_f1"] = ("set eval.radgraph_python to an interpreter with the radgraph package and "
+                                      "eval.radgraph_weights to an extracted RRG_scorers RadGraph model")
+        else:
+            try:
+                values.update(radgraph_f1(pairs, cfg.radgraph_python, cfg.radgraph_weights, cfg.radgraph_model,
+                                          cfg.radgraph_bert, cfg.bootstrap))
+            except ScorerError as err:
+                skipped["radgraph_f1"] = str(err)
     return values, skipped

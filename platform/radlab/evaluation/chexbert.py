@@ -45,7 +45,8 @@ class CheXbert(nn.Module):
 
 @functools.lru_cache(maxsize=1)  # a run scores the trained and the untrained model with one labeler
 def load_labeler(weights: Path, bert_folder: Path) -> tuple[CheXbert, object]:
-    """(labeler, tokenizer) from an RRG_scorers-format checkpoint and a local BERT folder."""
+    """(labeler, tokenizer) from an RRG_scorers-format checkpoint and a local BERT folder; the labeler
+    sits on the GPU where there is one."""
     from transformers import AutoTokenizer, BertConfig
 
     if not Path(weights).is_file():
@@ -66,19 +67,20 @@ def load_labeler(weights: Path, bert_folder: Path) -> tuple[CheXbert, object]:
     except (RuntimeError, pickle.UnpicklingError, AttributeError, EOFError) as err:
         raise ScorerError(f"eval.chexbert_weights: {weights} is not a CheXbert checkpoint for the BERT in "
                           f"{bert_folder}: {str(err)[:400]}") from None
-    return model.eval(), tokenizer
+    return model.eval().to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
 
 
 @torch.no_grad()
 def label_reports(model: CheXbert, tokenizer, texts: list[str], batch_size: int = 32) -> np.ndarray:
     """(n, 14) class ids in OBSERVATIONS order; reports longer than BERT's context are truncated."""
     limit = model.bert.config.max_position_embeddings
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(texts), batch_size):
         batch = tokenizer([t.strip() for t in texts[start:start + batch_size]], padding=True, truncation=True,
                           max_length=limit, return_tensors="pt")
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        out.append(torch.stack([head.argmax(-1) for head in logits], dim=1).numpy())
+        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        out.append(torch.stack([head.argmax(-1) for head in logits], dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(OBSERVATIONS)), int)
 
 

@@ -129,7 +129,9 @@ def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predic
 
 
 SUMMARY = ["chexprompt/significant_mean", "chexprompt/insignificant_mean", "chexprompt/zero_significant_share",
-           "chexprompt/n_failed", "text/rouge_l_f1", "text/sacrebleu_bleu4", "clinical/label_f1_micro"]
+           "chexprompt/n_failed", "text/rouge_l_f1", "text/sacrebleu_bleu4", "text/bertscore_f1",
+           "clinical/chexbert_f1_micro_14", "clinical/chexbert_f1_micro_5", "clinical/radgraph_f1",
+           "clinical/label_f1_micro"]
 
 
 def print_summary(console: Console, columns: dict[str, dict[str, float]], skipped: dict[str, str]) -> None:

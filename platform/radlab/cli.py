@@ -121,9 +121,9 @@ def eval_command(
             evaluate = evaluate_encoder if task == "retrieval" else evaluate_checkpoint
             or_exit(evaluate, experiment, folder, tracker, run_id, console)
         else:
-            metrics, skipped, judgments, client = score(experiment, records)
-            log_evaluation(tracker, run_id, experiment, records, metrics, skipped, judgments, client)
-            print_summary(console, {"predictions": metrics}, skipped)
+            scored = score(experiment, records)
+            log_evaluation(tracker, run_id, experiment, records, scored)
+            print_summary(console, {"predictions": scored.metrics}, scored.skipped)
         tracker.finish(run_id)
     except BaseException:
         tracker.finish(run_id, ok=False)

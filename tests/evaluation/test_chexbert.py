@@ -4,8 +4,8 @@ import torch
 
 from radlab.config import EvalConfig
 from radlab.data.synthetic import chexpert_labels, draw_findings, write_findings
-from radlab.evaluation.chexbert import (BLANK, NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, CheXbert, chexbert_f1,
-                                        f1_from_labels, label_reports, load_labeler, positive)
+from radlab.evaluation.chexbert import (BLANK, NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, CheXbert, chexbert_labels,
+                                        disagreements, f1_from_labels, label_reports, load_labeler, positive)
 from radlab.evaluation.metrics import text_and_clinical
 
 
@@ -65,10 +65,12 @@ def test_f1_chexbert_agrees_with_the_exact_labels(labeler):
 
     texts, present = reports(2, 64)
     pairs = list(zip(texts, texts[1:] + texts[:1]))
-    scores = chexbert_f1(pairs, *labeler)
+    scores = f1_from_labels(*chexbert_labels(pairs, *labeler))
     exact = f1_score(present, np.roll(present, -1, axis=0), average="micro", zero_division=0) * 100
     assert scores["clinical/chexbert_f1_micro_14"] == pytest.approx(exact, abs=5)
-    assert chexbert_f1([(t, t) for t in texts], *labeler)["clinical/chexbert_f1_micro_14"] == pytest.approx(100)
+    same = chexbert_labels([(t, t) for t in texts], *labeler)
+    assert f1_from_labels(*same)["clinical/chexbert_f1_micro_14"] == pytest.approx(100)
+    assert (disagreements(*same) == 0).all()
 
 
 def test_uncertain_counts_as_negative_and_as_positive_under_plus():
@@ -84,21 +86,23 @@ def test_uncertain_counts_as_negative_and_as_positive_under_plus():
     assert scores["clinical/chexbert_plus_f1_micro_14"] == pytest.approx(100)
     assert scores["clinical/chexbert_f1_micro_5"] == 0  # fracture is not one of the five
     assert scores["clinical/chexbert_plus_f1_macro_5"] == pytest.approx(100 / 5)  # 1 of 5 observations seen
+    assert disagreements(reference, candidate).tolist() == [1, 0]  # uncertain cardiomegaly counts as absent
 
 
 def test_missing_or_wrong_scorer_files_skip_the_metric_and_keep_the_rest(tmp_path, labeler):
     pairs = [("No pneumothorax.", "No pneumothorax.")]
-    values, skipped = text_and_clinical(pairs, EvalConfig(metrics=["rouge_l", "chexbert_f1"], bootstrap=10), False)
+    values, skipped, _ = text_and_clinical(pairs, EvalConfig(metrics=["rouge_l", "chexbert_f1"], bootstrap=10), False)
     assert "text/rouge_l_f1" in values and "eval.chexbert_weights" in skipped["chexbert_f1"]
     torch.save({"model_state_dict": {"module.head.weight": torch.zeros(2)}}, tmp_path / "other.pth")
     cfg = EvalConfig(metrics=["rouge_l", "chexbert_f1"], bootstrap=10, chexbert_weights=tmp_path / "other.pth",
                      chexbert_bert=labeler[1])
-    values, skipped = text_and_clinical(pairs, cfg, False)
+    values, skipped, _ = text_and_clinical(pairs, cfg, False)
     assert "text/rouge_l_f1" in values and str(tmp_path / "other.pth") in skipped["chexbert_f1"]
     (tmp_path / "garbage.pth").write_text("not a checkpoint")
-    _, skipped = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_weights": tmp_path / "garbage.pth"}), False)
+    _, skipped, _ = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_weights": tmp_path / "garbage.pth"}), False)
     assert str(tmp_path / "garbage.pth") in skipped["chexbert_f1"]
-    _, skipped = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_bert": tmp_path}), False)
+    _, skipped, _ = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_bert": tmp_path}), False)
     assert f"eval.chexbert_bert: {tmp_path}" in skipped["chexbert_f1"]
-    values, _ = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_weights": labeler[0]}), False)
+    values, _, per_report = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_weights": labeler[0]}), False)
     assert values["clinical/chexbert_f1_micro_14"] == pytest.approx(100)
+    assert per_report == {"rouge_l_f1": [100.0], "chexbert_disagreements": [0]}

@@ -16,7 +16,7 @@ from radlab.config import EvalConfig
 from radlab.data.synthetic import draw_findings, write_findings
 from radlab.evaluation import ScorerError
 from radlab.evaluation.metrics import text_and_clinical
-from radlab.evaluation.f1_radgraph import radgraph_f1, radgraph_rewards
+from radlab.evaluation.f1_radgraph import radgraph_metrics, radgraph_rewards
 
 REPORTS = [write_findings(draw_findings(np.random.default_rng(seed))) for seed in range(40)]
 
@@ -60,7 +60,7 @@ def test_rewards_per_pair_from_the_package(radgraph_python, tiny_radgraph):
         assert rewards[level][0] == rewards[level][3] == 1.0  # a report against itself: the same graph
         assert 0 < rewards[level][1] < 1  # two different reports share some entities, not all
         assert rewards[level][2] == 0.0  # an empty candidate scores zero, it is not dropped
-    metrics = radgraph_f1(pairs, radgraph_python, tiny_radgraph, "radgraph", None, resamples=50)
+    metrics = radgraph_metrics(rewards, resamples=50)
     assert metrics["clinical/radgraph_f1"] == pytest.approx(rewards["partial"].mean() * 100)
     assert metrics["clinical/radgraph_f1_ci_low"] <= metrics["clinical/radgraph_f1"] <= metrics["clinical/radgraph_f1_ci_high"]
     assert metrics["clinical/radgraph_f1_complete"] == pytest.approx(rewards["complete"].mean() * 100)
@@ -70,9 +70,10 @@ def test_the_evaluation_reports_radgraph_beside_the_other_metrics(radgraph_pytho
     hub_named = hub_named_copy(tiny_radgraph, tmp_path / "release")
     cfg = EvalConfig(metrics=["rouge_l", "radgraph_f1"], bootstrap=20, radgraph_python=radgraph_python,
                      radgraph_weights=hub_named, radgraph_bert=tiny_radgraph.parent / "bert")
-    values, skipped = text_and_clinical([(REPORTS[5], REPORTS[5]), (REPORTS[6], REPORTS[7])], cfg, True)
+    values, skipped, per_report = text_and_clinical([(REPORTS[5], REPORTS[5]), (REPORTS[6], REPORTS[7])], cfg, True)
     assert not skipped and "text/rouge_l_f1" in values
     assert 50 < values["clinical/radgraph_f1"] < 100
+    assert per_report["radgraph_f1"][0] == 100 and per_report["radgraph_f1"][1] < 100
 
 
 def test_nothing_is_downloaded_for_a_config_naming_a_hub_model(radgraph_python, tiny_radgraph, tmp_path):
@@ -108,6 +109,6 @@ def test_bad_scorer_setups_skip_the_metric_naming_the_field(radgraph_python, tin
         bert = tmp_path
     cfg = EvalConfig(metrics=["rouge_l", "radgraph_f1"], bootstrap=20, radgraph_python=python,
                      radgraph_weights=weights, radgraph_model=model, radgraph_bert=bert)
-    values, skipped = text_and_clinical([(REPORTS[0], REPORTS[1])], cfg, True)
+    values, skipped, _ = text_and_clinical([(REPORTS[0], REPORTS[1])], cfg, True)
     assert "text/rouge_l_f1" in values and "clinical/radgraph_f1" not in values
     assert re.search(field, skipped["radgraph_f1"], flags=re.DOTALL), skipped["radgraph_f1"]

@@ -1,6 +1,11 @@
+from pathlib import Path
+
 from rich.console import Console
 
-from radlab.evaluation.run import print_summary
+from radlab.config import load_experiment
+from radlab.evaluation.run import Scored, print_summary, report_table, score
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_summary_shows_clinical_scores_side_by_side_with_intervals_and_skips():
@@ -18,3 +23,22 @@ def test_the_summary_shows_clinical_scores_side_by_side_with_intervals_and_skips
     assert "57.400" in chexbert and "-" in chexbert.split("57.400")[1]
     assert not any("bertscore_f1" in line for line in lines)
     assert "skipped bertscore: no encoder" in text
+
+
+def test_the_per_report_table_lines_up_metrics_with_their_reports_and_blanks_missing_candidates():
+    predictions = [{"id": "a", "reference": "x", "candidate": "x"}, {"id": "b", "reference": "y", "error": "timeout"},
+                   {"id": "c", "reference": "z", "candidate": "w"}]
+    per_report = {"rouge_l_f1": [100.0, None, 0.0], "radgraph_f1": [100.0, None, 12.5]}
+    table = report_table(predictions, Scored({}, {}, per_report))
+    assert table["id"] == ["a", "b", "c"] and table["judge_status"] == ["not judged"] * 3
+    assert table["rouge_l_f1"] == [100.0, None, 0.0] and table["radgraph_f1"] == [100.0, None, 12.5]
+
+
+def test_scores_line_up_with_the_predictions_they_belong_to():
+    experiment = load_experiment(ROOT / "experiments/quickstart.yaml", ["eval.metrics=[rouge_l]"])
+    predictions = [{"id": "a", "reference": "No effusion.", "candidate": "No effusion."},
+                   {"id": "b", "reference": "Small left effusion.", "error": "generation failed"},
+                   {"id": "c", "reference": "Heart size normal.", "candidate": "Large right effusion."}]
+    scored = score(experiment, predictions)
+    assert scored.per_report["rouge_l_f1"][:2] == [100.0, None] and scored.per_report["rouge_l_f1"][2] < 50
+    assert scored.metrics["eval/n_without_candidate"] == 1 and not scored.judgments

@@ -105,7 +105,13 @@ def f1_from_labels(reference: np.ndarray, candidate: np.ndarray) -> dict[str, fl
     return out
 
 
-def chexbert_f1(pairs: list[tuple[str, str]], weights: Path, bert_folder: Path) -> dict[str, float]:
+def chexbert_labels(pairs: list[tuple[str, str]], weights: Path, bert_folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(reference labels, candidate labels), each (n, 14), read by the labeler."""
     model, tokenizer = load_labeler(weights, bert_folder)
     labels = label_reports(model, tokenizer, [r for r, _ in pairs] + [c for _, c in pairs])
-    return f1_from_labels(labels[: len(pairs)], labels[len(pairs):])
+    return labels[: len(pairs)], labels[len(pairs):]
+
+
+def disagreements(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Per report: how many of the 14 observations one text has and the other not (uncertain as negative)."""
+    return (positive(reference, False) != positive(candidate, False)).sum(axis=1)

@@ -164,6 +164,9 @@ class Interval:
     low: float
     high: float
 
+    def metrics(self, name: str) -> dict[str, float]:
+        return {name: self.mean, f"{name}_ci_low": self.low, f"{name}_ci_high": self.high}
+
 
 def bootstrap(values: np.ndarray, statistic=np.mean, resamples: int = 1000, seed: int = 0) -> Interval:
     """Point estimate and 95% percentile interval, resampling reports with replacement."""
@@ -189,9 +192,7 @@ class Scores:
         out = {f"{prefix}n_reports": float(self.n_reports), f"{prefix}n_judged": float(self.n_judged),
                f"{prefix}n_failed": float(self.n_failed)}
         for name, interval in self.intervals.items():
-            out[f"{prefix}{name}"] = interval.mean
-            out[f"{prefix}{name}_ci_low"] = interval.low
-            out[f"{prefix}{name}_ci_high"] = interval.high
+            out.update(interval.metrics(f"{prefix}{name}"))
         return out
 
 

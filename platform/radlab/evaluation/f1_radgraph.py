@@ -94,11 +94,8 @@ def radgraph_rewards(pairs: list[tuple[str, str]], python: Path, weights: Path, 
     return rewards
 
 
-def radgraph_f1(pairs: list[tuple[str, str]], python: Path, weights: Path, model_type: str,
-                bert: Path | None, resamples: int) -> dict[str, float]:
-    rewards = radgraph_rewards(pairs, python, weights, model_type, bert)
-    interval = bootstrap(rewards["partial"] * 100, resamples=resamples)
-    return {"clinical/radgraph_f1": interval.mean, "clinical/radgraph_f1_ci_low": interval.low,
-            "clinical/radgraph_f1_ci_high": interval.high,
+def radgraph_metrics(rewards: dict[str, np.ndarray], resamples: int) -> dict[str, float]:
+    """The partial reward x100 with its interval, and the simple and complete rewards x100."""
+    return {**bootstrap(rewards["partial"] * 100, resamples=resamples).metrics("clinical/radgraph_f1"),
             "clinical/radgraph_f1_simple": float(rewards["simple"].mean()) * 100,
             "clinical/radgraph_f1_complete": float(rewards["complete"].mean()) * 100}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -19,9 +20,9 @@ from sacrebleu.metrics import BLEU
 from radlab.config import EvalConfig
 from radlab.data.synthetic import KINDS, parse_findings
 from radlab.evaluation import ScorerError
-from radlab.evaluation.chexbert import chexbert_f1
+from radlab.evaluation.chexbert import chexbert_labels, disagreements, f1_from_labels
 from radlab.evaluation.chexprompt import bootstrap
-from radlab.evaluation.f1_radgraph import radgraph_f1
+from radlab.evaluation.f1_radgraph import radgraph_metrics, radgraph_rewards
 
 _PHI = re.compile(r"_{2,}|X{3,}")
 
@@ -30,12 +31,22 @@ def normalise(text: str) -> str:
     return _PHI.sub("PHI", text)
 
 
-def rouge_l(pairs: list[tuple[str, str]], resamples: int) -> dict[str, float]:
+class MetricResults(NamedTuple):
+    """Every requested metric lands in `values` or `skipped` (with the reason), never silently
+    dropped; `per_report` holds each pair's scores by column, in the order of the pairs."""
+    values: dict[str, float]
+    skipped: dict[str, str]
+    per_report: dict[str, list[float]]
+
+
+def rouge_l_scores(pairs: list[tuple[str, str]]) -> np.ndarray:
+    """ROUGE-L F1 x100 of each pair."""
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    values = np.array([scorer.score(normalise(r), normalise(c))["rougeL"].fmeasure * 100 for r, c in pairs])
-    interval = bootstrap(values, resamples=resamples)
-    return {"text/rouge_l_f1": interval.mean, "text/rouge_l_f1_ci_low": interval.low,
-            "text/rouge_l_f1_ci_high": interval.high}
+    return np.array([scorer.score(normalise(r), normalise(c))["rougeL"].fmeasure * 100 for r, c in pairs])
+
+
+def rouge_l(pairs: list[tuple[str, str]], resamples: int) -> dict[str, float]:
+    return bootstrap(rouge_l_scores(pairs), resamples=resamples).metrics("text/rouge_l_f1")
 
 
 def bleu(pairs: list[tuple[str, str]]) -> dict[str, float]:
@@ -45,19 +56,19 @@ def bleu(pairs: list[tuple[str, str]]) -> dict[str, float]:
             "text/sacrebleu_bleu4": BLEU(max_ngram_order=4).corpus_score(cands, refs).score}
 
 
-def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None, resamples: int) -> dict[str, float]:
-    """BERTScore with a local encoder folder (nothing is downloaded): mean P, R, F1 x100, F1 with its
-    interval."""
+def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None,
+              resamples: int) -> tuple[dict[str, float], np.ndarray]:
+    """BERTScore with a local encoder folder (nothing is downloaded): (mean P, R, F1 x100 with F1's
+    interval, each pair's F1 x100)."""
     import bert_score
     from transformers import AutoConfig
 
     layers = layers or AutoConfig.from_pretrained(model).num_hidden_layers
     precision, recall, f1 = bert_score.score([normalise(c) for _, c in pairs], [normalise(r) for r, _ in pairs],
                                              model_type=str(model), num_layers=layers, batch_size=32)
-    interval = bootstrap(f1.numpy() * 100, resamples=resamples)
-    return {"text/bertscore_precision": float(precision.mean()) * 100, "text/bertscore_recall": float(recall.mean()) * 100,
-            "text/bertscore_f1": interval.mean, "text/bertscore_f1_ci_low": interval.low,
-            "text/bertscore_f1_ci_high": interval.high}
+    per_pair = f1.numpy() * 100
+    return ({"text/bertscore_precision": float(precision.mean()) * 100, "text/bertscore_recall": float(recall.mean()) * 100,
+             **bootstrap(per_pair, resamples=resamples).metrics("text/bertscore_f1")}, per_pair)
 
 
 def label_f1(pairs: list[tuple[str, str]]) -> dict[str, float]:
@@ -74,15 +85,15 @@ def label_f1(pairs: list[tuple[str, str]]) -> dict[str, float]:
     return out
 
 
-def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig,
-                      synthetic: bool) -> tuple[dict[str, float], dict[str, str]]:
-    """(values, skipped): every requested metric lands in one of the two, never silently dropped."""
-    values: dict[str, float] = {}
-    skipped: dict[str, str] = {}
+def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig, synthetic: bool) -> MetricResults:
+    results = MetricResults({}, {}, {})
+    values, skipped, per_report = results
     if not pairs:
-        return values, {m: "no judged pairs" for m in cfg.metrics if m != "chexprompt"}
+        skipped.update({m: "no judged pairs" for m in cfg.metrics if m != "chexprompt"})
+        return results
     if "rouge_l" in cfg.metrics:
-        values.update(rouge_l(pairs, cfg.bootstrap))
+        per_report["rouge_l_f1"] = rouge_l_scores(pairs).tolist()
+        values.update(bootstrap(per_report["rouge_l_f1"], resamples=cfg.bootstrap).metrics("text/rouge_l_f1"))
     if "bleu" in cfg.metrics:
         values.update(bleu(pairs))
     if "bertscore" in cfg.metrics:
@@ -91,7 +102,9 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig,
             skipped["bertscore"] = (f"no encoder at eval.bertscore_model ({model})" if model else
                                     "set eval.bertscore_model to a local encoder folder (nothing is downloaded)")
         else:
-            values.update(bertscore(pairs, model, cfg.bertscore_layers, cfg.bootstrap))
+            scores, per_pair = bertscore(pairs, model, cfg.bertscore_layers, cfg.bootstrap)
+            values.update(scores)
+            per_report["bertscore_f1"] = per_pair.tolist()
     if "label_f1" in cfg.metrics:
         if synthetic:
             values.update(label_f1(pairs))
@@ -102,9 +115,11 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig,
             skipped["chexbert_f1"] = ("set eval.chexbert_weights to the RRG_scorers chexbert.pth and "
                                       "eval.chexbert_bert to a local bert-base-uncased folder")
         else:
-            try:
-                values.update(chexbert_f1(pairs, cfg.chexbert_weights, cfg.chexbert_bert))
-            except ScorerError as err:  # the other metrics of this evaluation are kept
+            try:  # the other metrics of this evaluation are kept
+                reference, candidate = chexbert_labels(pairs, cfg.chexbert_weights, cfg.chexbert_bert)
+                values.update(f1_from_labels(reference, candidate))
+                per_report["chexbert_disagreements"] = disagreements(reference, candidate).tolist()
+            except ScorerError as err:
                 skipped["chexbert_f1"] = str(err)
     if "radgraph_f1" in cfg.metrics:
         if cfg.radgraph_python is None or cfg.radgraph_weights is None:
@@ -112,8 +127,10 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig,
                                       "eval.radgraph_weights to an extracted RRG_scorers RadGraph model")
         else:
             try:
-                values.update(radgraph_f1(pairs, cfg.radgraph_python, cfg.radgraph_weights, cfg.radgraph_model,
-                                          cfg.radgraph_bert, cfg.bootstrap))
+                rewards = radgraph_rewards(pairs, cfg.radgraph_python, cfg.radgraph_weights, cfg.radgraph_model,
+                                           cfg.radgraph_bert)
+                values.update(radgraph_metrics(rewards, cfg.bootstrap))
+                per_report["radgraph_f1"] = (rewards["partial"] * 100).tolist()
             except ScorerError as err:
                 skipped["radgraph_f1"] = str(err)
-    return values, skipped
+    return results

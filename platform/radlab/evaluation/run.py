@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -48,8 +49,19 @@ def judge_predictions(experiment: Experiment, predictions: list[dict]) -> tuple[
     return judgments, client
 
 
-def score(experiment: Experiment, predictions: list[dict]) -> tuple[dict[str, float], dict[str, str], list[Judgment], JudgeClient | None]:
-    """(metrics, skipped metrics with reasons, judgments, judge client) of one set of predictions."""
+@dataclass
+class Scored:
+    """One set of predictions scored: metrics, skipped metrics with reasons, per-report scores by
+    column in the order of the predictions (None where a prediction has no candidate), the
+    CheXprompt judgments and the judge client."""
+    metrics: dict[str, float]
+    skipped: dict[str, str]
+    per_report: dict[str, list[float | None]]
+    judgments: list[Judgment] = field(default_factory=list)
+    client: JudgeClient | None = None
+
+
+def score(experiment: Experiment, predictions: list[dict]) -> Scored:
     cfg = experiment.eval
     metrics: dict[str, float] = {"eval/n_reports": float(len(predictions)),
                                  "eval/n_without_candidate": float(sum("candidate" not in p for p in predictions))}
@@ -60,10 +72,16 @@ def score(experiment: Experiment, predictions: list[dict]) -> tuple[dict[str, fl
         metrics.update(aggregate([j.counts for j in judgments], resamples=cfg.bootstrap).metrics())
         metrics.update({f"judge/{k}": float(v) for k, v in client.usage.items()})
         metrics["judge/cost"] = client.cost
-    pairs = [(p["reference"], p["candidate"]) for p in predictions if "candidate" in p]
-    values, skipped = text_and_clinical(pairs, cfg, experiment.data.synthetic is not None)
+    scored = [i for i, p in enumerate(predictions) if "candidate" in p]
+    pairs = [(predictions[i]["reference"], predictions[i]["candidate"]) for i in scored]
+    values, skipped, per_pair = text_and_clinical(pairs, cfg, experiment.data.synthetic is not None)
     metrics.update(values)
-    return metrics, skipped, judgments, client
+    per_report = {}
+    for name, column in per_pair.items():
+        per_report[name] = [None] * len(predictions)
+        for i, value in zip(scored, column):
+            per_report[name][i] = value
+    return Scored(metrics, skipped, per_report, judgments, client)
 
 
 def judgment_records(predictions: list[dict], judgments: list[Judgment]) -> list[dict]:
@@ -73,15 +91,18 @@ def judgment_records(predictions: list[dict], judgments: list[Judgment]) -> list
              "insignificant": j.counts.insignificant if j.ok else None} for p, j in zip(predictions, judgments)]
 
 
-def report_table(predictions: list[dict], judgments: list[Judgment]) -> dict[str, list]:
+def report_table(predictions: list[dict], scored: Scored) -> dict[str, list]:
+    """The per-report table: texts, the judge's verdict and counts, and the per-report metrics."""
     rows = []
-    for p, j in zip(predictions, judgments or [None] * len(predictions)):
+    judgments = scored.judgments or [None] * len(predictions)
+    for k, (p, j) in enumerate(zip(predictions, judgments)):
         row = {"id": p["id"], "reference": p["reference"], "candidate": p.get("candidate", ""),
                "judge_status": "ok" if j and j.ok else "failed" if j else "not judged",
                "judge_error": (j.error or "") if j else "", "judge_answer": (j.raw or "") if j else ""}
         for letter in LETTERS:
             row[f"significant_{letter}"] = j.counts.significant[letter] if j and j.ok else None
             row[f"insignificant_{letter}"] = j.counts.insignificant[letter] if j and j.ok else None
+        row.update({name: column[k] for name, column in scored.per_report.items()})
         rows.append(row)
     return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
@@ -103,29 +124,28 @@ def error_chart(metrics: dict[str, float]):
 
 
 def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predictions: list[dict],
-                   metrics: dict[str, float], skipped: dict[str, str], judgments: list[Judgment],
-                   client: JudgeClient | None, prefix: str = "") -> None:
-    tracker.log_metrics(run_id, {f"{prefix}{k}" if prefix else k: v for k, v in metrics.items()})
+                   scored: Scored, prefix: str = "") -> None:
+    tracker.log_metrics(run_id, {f"{prefix}{k}" if prefix else k: v for k, v in scored.metrics.items()})
     client_ml = tracker.client
-    for name, reason in skipped.items():
+    for name, reason in scored.skipped.items():
         client_ml.set_tag(run_id, f"radlab.skipped.{prefix}{name}", reason)
     folder = f"eval/{prefix.strip('/') or 'trained'}"
     with tempfile.TemporaryDirectory() as tmp:
         client_ml.log_artifact(run_id, str(write_jsonl(predictions, Path(tmp) / "predictions.jsonl")), folder)
-        if judgments:
-            records = judgment_records(predictions, judgments)
+        if scored.judgments:
+            records = judgment_records(predictions, scored.judgments)
             client_ml.log_artifact(run_id, str(write_jsonl(records, Path(tmp) / "judgments.jsonl")), folder)
-    table = report_table(predictions, judgments)
+    table = report_table(predictions, scored)
     if table:
         client_ml.log_table(run_id, table, f"{folder}/per_report.json")
-    if judgments:
-        figure = error_chart(metrics)
+    if scored.judgments:
+        figure = error_chart(scored.metrics)
         client_ml.log_figure(run_id, figure, f"{folder}/chexprompt_error_types.png")
         plt.close(figure)
-    if client is not None and not prefix:
+    if scored.client is not None and not prefix:
         client_ml.set_tag(run_id, "radlab.judge.endpoint", experiment.eval.judge.endpoint)
-        client_ml.set_tag(run_id, "radlab.judge.model", client.config.model)
-        client_ml.set_tag(run_id, "radlab.judge.prompt_version", client.prompt.version)
+        client_ml.set_tag(run_id, "radlab.judge.model", scored.client.config.model)
+        client_ml.set_tag(run_id, "radlab.judge.prompt_version", scored.client.prompt.version)
 
 
 SUMMARY = ["chexprompt/significant_mean", "chexprompt/insignificant_mean", "chexprompt/zero_significant_share",
@@ -158,21 +178,21 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
         model = inference_model(loaded.model, *pick_device_dtype("auto", "auto"))
         trained = generate_findings(model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
     with console.status("judging"):
-        metrics, skipped, judgments, client = score(experiment, trained)
-    log_evaluation(tracker, run_id, experiment, trained, metrics, skipped, judgments, client)
-    columns = {"trained": metrics}
+        scored = score(experiment, trained)
+    log_evaluation(tracker, run_id, experiment, trained, scored)
+    columns = {"trained": scored.metrics}
     if cfg.compare_untrained:
         untrained_model = inference_model(build_model(experiment.model, loaded.tokenizer, experiment.data.max_length),
                                           *pick_device_dtype("auto", "auto"))
         with console.status("generating and judging with the untrained model"):
             untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
-            base, _, base_judgments, base_client = score(experiment, untrained)
-        log_evaluation(tracker, run_id, experiment, untrained, base, {}, base_judgments, base_client, "untrained/")
-        columns["untrained"] = base
+            base = score(experiment, untrained)
+        log_evaluation(tracker, run_id, experiment, untrained, base, "untrained/")
+        columns["untrained"] = base.metrics
     for p in trained[: cfg.show]:
         console.print(f"[bold]{p['id']}[/]\n  reference: {p['reference']}\n  generated: {p.get('candidate', '-')}")
-    print_summary(console, columns, skipped)
-    return metrics
+    print_summary(console, columns, scored.skipped)
+    return scored.metrics
 
 
 RETRIEVAL_SUMMARY = ["retrieval/i2t_R1", "retrieval/i2t_R5", "retrieval/t2i_R1", "retrieval/t2i_R5",

@@ -254,8 +254,8 @@ class EvalConfig(Section):
     chexbert_bert: Path | None = Field(None, description="a local bert-base-uncased folder: the labeler's "
                                        "tokenizer and BERT config")
     radgraph_python: Path | None = Field(None, description="an interpreter with the radgraph package (pip install "
-                                         "radgraph==0.1.18 'transformers<5'), which cannot run beside radlab's "
-                                         "transformers; F1-RadGraph runs there")
+                                         "radgraph==0.1.18 transformers==4.57.6), which cannot run beside "
+                                         "radlab's transformers; F1-RadGraph runs there")
     radgraph_weights: Path | None = Field(None, description="an extracted RRG_scorers RadGraph archive: config.json, "
                                           "vocabulary/, weights.th")
     radgraph_model: Literal["radgraph", "radgraph-xl", "modern-radgraph-xl", "echograph"] = Field(

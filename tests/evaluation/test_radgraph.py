@@ -88,6 +88,7 @@ def test_nothing_is_downloaded_for_a_config_naming_a_hub_model(radgraph_python, 
     ("interpreter without radgraph", "No module named 'radgraph'"),
     ("no weights", "eval.radgraph_weights: .* has no weights.th"),
     ("garbage config", "eval.radgraph_weights: .*config.json is not a RadGraph"),
+    ("config is a folder", "eval.radgraph_weights: .*config.json is not a RadGraph"),
     ("other release", "eval.radgraph_model: radgraph-xl does not match .* labels are for: radgraph"),
     ("bert folder", "eval.radgraph_bert: .* is not a transformers model folder"),
 ])
@@ -97,12 +98,15 @@ def test_bad_scorer_setups_skip_the_metric_naming_the_field(radgraph_python, tin
         python = tmp_path / "bin" / "python"
     elif fault == "interpreter without radgraph":
         python = Path(sys.executable)
-    elif fault in ("no weights", "garbage config"):
+    elif fault in ("no weights", "garbage config", "config is a folder"):
         weights = hub_named_copy(tiny_radgraph, tmp_path / "release")
         if fault == "no weights":
             (weights / "weights.th").unlink()
-        else:
+        elif fault == "garbage config":
             (weights / "config.json").write_text('{"model": []}')
+        else:
+            (weights / "config.json").unlink()
+            (weights / "config.json").mkdir()
     elif fault == "other release":
         model = "radgraph-xl"
     else:

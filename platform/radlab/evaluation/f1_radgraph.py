@@ -3,7 +3,7 @@ the generated report, compared per report with the `radgraph` package's rewards 
 
 That package (StanfordAIMI, 0.1.x) vendors an AllenNLP that calls tokenizer methods transformers 5
 removed, so it cannot be imported beside radlab. It runs instead in an interpreter of its own that
-the user names in `eval.radgraph_python` (a venv with `pip install radgraph==0.1.18 "transformers<5"`):
+the user names in `eval.radgraph_python` (a venv with radgraph==0.1.18 and transformers==4.57.6):
 radlab sends the pairs to radgraph_worker.py there as JSON and reads one reward per pair back. The
 model folder, `eval.radgraph_weights`, is an extracted RRG_scorers archive (radgraph.tar.gz,
 radgraph-xl.tar.gz, ...: config.json, vocabulary/, weights.th); `eval.radgraph_model` says which
@@ -46,20 +46,22 @@ def stage_model(weights: Path, model_type: str, bert: Path | None, cache: Path) 
                           f"(its labels are for: {', '.join(found) or 'no release'})")
     try:
         config = json.loads((weights / "config.json").read_text())
-        transformers = [config["dataset_reader"]["token_indexers"]["bert"], config["model"]["embedder"]["token_embedders"]["bert"]]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
-        raise ScorerError(f"eval.radgraph_weights: {weights / 'config.json'} is not a RadGraph (DyGIE) config: {err!r}") from err
+        bert_entries = [config["dataset_reader"]["token_indexers"]["bert"],
+                        config["model"]["embedder"]["token_embedders"]["bert"]]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise ScorerError(f"eval.radgraph_weights: {weights / 'config.json'} is not a RadGraph (DyGIE) config: "
+                          f"{err!r}") from err
     if bert is not None:
         if not (bert / "config.json").is_file():
             raise ScorerError(f"eval.radgraph_bert: {bert} is not a transformers model folder (no config.json)")
-        for transformer in transformers:
-            transformer["model_name"] = str(bert.resolve())
+        for entry in bert_entries:
+            entry["model_name"] = str(bert.resolve())
     folder = cache / model_type
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(config))
     for name in MODEL_FILES[1:]:
         (folder / name).symlink_to((weights / name).resolve())
-    return transformers[0]["model_name"]
+    return bert_entries[0]["model_name"]
 
 
 def radgraph_rewards(pairs: list[tuple[str, str]], python: Path, weights: Path, model_type: str,

@@ -4,7 +4,8 @@ Variants, as reported in their names: ROUGE-L F1 (rouge-score, stemming, x100), 
 (sacrebleu corpus BLEU, 0-100), BERTScore P/R/F1 (bert-score, x100, no baseline rescaling) with a
 local encoder, F1-CheXbert (chexbert.py) and F1-RadGraph (f1_radgraph.py) with the user's scorer
 weights, and on the synthetic set label F1 over its four findings (micro and macro), computed from
-the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to one token on both sides for the lexical metrics only.
+the grammar's exact labels. PHI placeholders (`___`, `XXXX`) are normalised to one token on both
+sides for the lexical metrics only.
 """
 
 from __future__ import annotations

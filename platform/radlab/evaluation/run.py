@@ -72,14 +72,14 @@ def score(experiment: Experiment, predictions: list[dict]) -> Scored:
         metrics.update(aggregate([j.counts for j in judgments], resamples=cfg.bootstrap).metrics())
         metrics.update({f"judge/{k}": float(v) for k, v in client.usage.items()})
         metrics["judge/cost"] = client.cost
-    scored = [i for i, p in enumerate(predictions) if "candidate" in p]
-    pairs = [(predictions[i]["reference"], predictions[i]["candidate"]) for i in scored]
+    with_candidate = [i for i, p in enumerate(predictions) if "candidate" in p]
+    pairs = [(predictions[i]["reference"], predictions[i]["candidate"]) for i in with_candidate]
     values, skipped, per_pair = text_and_clinical(pairs, cfg, experiment.data.synthetic is not None)
     metrics.update(values)
     per_report = {}
     for name, column in per_pair.items():
         per_report[name] = [None] * len(predictions)
-        for i, value in zip(scored, column):
+        for i, value in zip(with_candidate, column):
             per_report[name][i] = value
     return Scored(metrics, skipped, per_report, judgments, client)
 

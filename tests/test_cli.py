@@ -22,7 +22,7 @@ def test_eval_predictions_with_the_reference_judge(tmp_path, monkeypatch):
     preds = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "candidate": EFFUSION}, {"id": 2, "candidate": EFFUSION},
                                                {"id": 3, "candidate": ""}])
     refs = write_jsonl(tmp_path / "r.jsonl", [{"id": 1, "reference": EFFUSION}, {"id": 2, "reference": NORMAL},
-                                              {"id": 3, "reference": NORMAL}])
+                                              {"id": 3, "reference": EFFUSION}])
     result = runner.invoke(app, ["eval", "--predictions", str(preds), "--references", str(refs)])
     assert result.exit_code == 0, result.output
     assert "chexprompt/significant_mean" in result.output and "chexprompt/n_failed" in result.output
@@ -30,8 +30,10 @@ def test_eval_predictions_with_the_reference_judge(tmp_path, monkeypatch):
 
     client = MlflowClient(f"sqlite:///{tmp_path}/radlab_runs/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("eval").experiment_id])[0]
-    assert run.data.metrics["chexprompt/n_failed"] == 1          # the empty candidate, never a zero
-    assert run.data.metrics["chexprompt/significant_mean"] == 0.5  # 0 and 1 false effusion over 2 judged
+    # The empty candidate is judged like any other: it omits the effusion (never left out, never a zero).
+    assert run.data.metrics["chexprompt/n_failed"] == 0
+    assert run.data.metrics["chexprompt/significant/omitted_finding"] == 1 / 3
+    assert run.data.metrics["chexprompt/significant_mean"] == 2 / 3  # 0, a false effusion, an omission
 
 
 def test_eval_refuses_mismatched_ids_and_bad_text(tmp_path):
@@ -56,3 +58,26 @@ def test_judge_agreement(tmp_path):
     assert result.exit_code == 0, result.output
     line = next(row for row in result.output.splitlines() if "significant/false_finding" in row and "insig" not in row)
     assert "1.000" in line and "0.500" in line   # same ranking; mean |diff| = 2/4
+
+
+def test_version_and_errors_that_are_bugs_keep_their_traceback():
+    import pytest
+    import typer
+
+    from radlab.errors import RadlabError
+    from radlab.terminal import or_exit
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("radlab ")
+
+    def mistake():
+        raise RadlabError("stage2.lr: too high")
+
+    def bug():
+        raise ValueError("a bug")
+
+    with pytest.raises(typer.Exit) as exited:
+        or_exit(mistake)
+    assert exited.value.exit_code == 2
+    with pytest.raises(ValueError, match="a bug"):
+        or_exit(bug)

@@ -123,3 +123,46 @@ def test_stage0_rules(tmp_path):
     only = parse_experiment({"name": "x", "data": {"synthetic": {}}, "stage0": {"enabled": True},
                              "stage1": off, "stage2": off}, "e")
     assert not only.trains_report_model and only.stage0.loss == "clip"
+
+
+@pytest.mark.parametrize("url, on_site", [
+    ("http://127.0.0.1:8000/v1", True), ("http://127.9.9.9/v1", True), ("http://[::1]:8000/v1", True),
+    ("http://localhost:8000/v1", True), ("http://judge.localhost/v1", True), ("http://llm.site.internal/v1", True),
+    ("http://127.attacker.example/v1", False), ("http://127.0.0.1.attacker.example/v1", False),
+    ("http://localhost.attacker.example/v1", False), ("http://10.0.0.5/v1", False), ("https://api.openai.com/v1", False),
+    ("http://0177.0.0.1/v1", False), ("", False),
+])
+def test_the_offsite_rule(url, on_site):
+    from radlab.config import is_on_site
+
+    assert is_on_site(url, ["llm.site.internal"]) is on_site
+
+
+def test_an_offsite_compatible_judge_is_refused_by_validate(tmp_path):
+    judge = {"endpoint": "compatible", "base_url": "http://127.attacker.example/v1"}
+    path = write(tmp_path, {**BASE, "eval": {"judge": judge}})
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "eval.judge" in result.output and "allow_offsite: true" in result.output
+    assert load_experiment(write(tmp_path, {**BASE, "eval": {"judge": {**judge, "allow_offsite": True}}}))
+    assert load_experiment(write(tmp_path, {**BASE, "eval": {"judge": {**judge, "site_hosts": ["127.attacker.example"]}}}))
+
+
+def test_a_sweep_evaluated_on_the_test_set_is_refused(tmp_path):
+    raw = {**BASE, "sweep": {"axes": {"stage2.lr": [1e-4, 2e-4]}}}
+    with pytest.raises(ConfigError, match="eval.split: a sweep picks its champion.*set eval.split: val"):
+        parse_experiment(raw, "t")
+    assert parse_experiment({**raw, "eval": {"split": "val"}}, "t").sweep
+
+
+def test_paths_are_resolved_once_on_the_driver(tmp_path):
+    from radlab.config import with_absolute_paths
+
+    (tmp_path / "weights" / "vicuna").mkdir(parents=True)
+    raw = {**BASE, "model": {"preset": "tiny", "language": {"path": "weights/vicuna"}, "tokenizer": "lmsys/vicuna-7b-v1.5"},
+           "eval": {"judge": {"prompt_file": "prompts/chexprompt.txt"}}}
+    resolved = with_absolute_paths(parse_experiment(raw, "t"), tmp_path)
+    assert resolved.data.synthetic.root == tmp_path / "data/synthetic"
+    assert resolved.model.language.path == str(tmp_path / "weights/vicuna")
+    assert resolved.model.tokenizer == "lmsys/vicuna-7b-v1.5"  # a hub id, not a folder here
+    assert resolved.eval.judge.prompt_file == tmp_path / "prompts/chexprompt.txt"
+    assert resolved.ray.storage_path == str(tmp_path / "radlab_runs/ray")

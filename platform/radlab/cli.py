@@ -13,10 +13,27 @@ import typer
 
 from radlab.cli_data import data_app
 from radlab.config import ConfigError, Experiment, load_experiment
+from radlab.errors import RadlabError
 from radlab.terminal import console, err_console, or_exit
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train, judge and serve radiology report models.")
 app.add_typer(data_app, name="data")
+
+
+
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        console.print(f"radlab {version('radlab')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="print radlab's version and exit")] = False) -> None:
+    """Train, judge and serve radiology report models."""
+
 
 Overrides = Annotated[list[str], typer.Option("--set", help="override a field: --set stage2.lr=5e-5")]
 
@@ -52,7 +69,7 @@ def run(path: Path, overrides: Overrides = None,
 
     try:
         summary = run_experiment(experiment, path.read_text(), console)
-    except ConfigError as err:
+    except RadlabError as err:
         err_console.print(f"[red]{path}: {err}[/]", highlight=False)
         raise typer.Exit(2) from None
     console.print(f"[green]done[/] checkpoint {summary.checkpoint}  MLflow run {summary.parent_run_id}")

@@ -149,13 +149,14 @@ def structure(folder: Annotated[Path, typer.Argument(help="an ingested dataset f
               cache: Path = Path("radlab_runs/structure_cache.sqlite"),
               cost_per_1k_input: float = 0.0, cost_per_1k_output: float = 0.0) -> None:
     """Restructure reports with an LLM (the paper's GPT-4 step); adds `gpt4` records next to the rule ones."""
-    from radlab.config import JudgeConfig
+    from radlab.config import JudgeConfig, parse_section
     from radlab.data.structure import structure_folder
     from radlab.evaluation.text_quality import compare_texts
 
-    config = or_exit(JudgeConfig, endpoint=endpoint, base_url=base_url, model=model, allow_offsite=opt_in_offsite,
-                     concurrency=concurrency, requests_per_minute=requests_per_minute, cache=cache,
-                     max_tokens=1024, cost_per_1k_input=cost_per_1k_input, cost_per_1k_output=cost_per_1k_output)
+    values = {"endpoint": endpoint, "base_url": base_url, "model": model, "allow_offsite": opt_in_offsite,
+              "concurrency": concurrency, "requests_per_minute": requests_per_minute, "cache": cache,
+              "max_tokens": 1024, "cost_per_1k_input": cost_per_1k_input, "cost_per_1k_output": cost_per_1k_output}
+    config = or_exit(parse_section, JudgeConfig, values, "radlab data structure", {"consent": "--opt-in-offsite"})
     with progress_bar() as bar:
         task = bar.add_task("structure", total=None)
         summary = or_exit(structure_folder, folder, config, tuple(splits), synthesize_from_labels, limit,

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
+from radlab.errors import RadlabError
 from radlab.model.presets import PRESETS
 
 
-class ConfigError(ValueError):
+class ConfigError(RadlabError, ValueError):
     """A YAML or override that does not describe a valid experiment."""
 
 
@@ -46,7 +50,12 @@ class DataSource(Section):
 class DataConfig(Section):
     synthetic: SyntheticData | None = None
     mixture: list[DataSource] = []
-    eval_manifest: Path | None = None
+    eval_manifest: Path | None = Field(None, description="the test set: read only by evaluation on eval.split test")
+    val_manifest: Path | None = Field(None, description="the validation set (checkpoint losses, sweep selection); "
+                                      "None: a seeded patient-level carve-out of the training manifests")
+    val_fraction: float = Field(0.02, gt=0, lt=0.5, description="the share of training patients carved out for "
+                                "validation when there is no val_manifest")
+    val_seed: int = Field(0, description="the seed of that carve-out")
     image_root: Path | None = None
     views: list[Literal["AP", "PA", "LATERAL", "LL"]] = ["AP", "PA"]
     max_length: int = Field(2048, ge=16)
@@ -59,6 +68,13 @@ class DataConfig(Section):
             raise ValueError("give exactly one of data.synthetic or data.mixture")
         if self.mixture and self.eval_manifest is None:
             raise ValueError("data.eval_manifest is required with data.mixture")
+        if self.val_manifest is not None and self.eval_manifest is not None and (
+                self.val_manifest.resolve() == self.eval_manifest.resolve()):
+            raise ValueError(f"data.val_manifest is the test set {self.eval_manifest}: selecting on the test set "
+                             "flatters every result; name a validation manifest or leave it empty for a carve-out")
+        if self.mixture and self.eval_manifest is not None and any(
+                s.manifest.resolve() == self.eval_manifest.resolve() for s in self.mixture):
+            raise ValueError(f"data.mixture trains on the test set {self.eval_manifest}")
         return self
 
 
@@ -193,8 +209,6 @@ class Stage0Config(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.1, ge=0)
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
-    val_examples: int = Field(64, ge=0, description="validation loss on this many val examples at each checkpoint "
-                              "(the metric a sweep's ASHA scheduler reads); 0: none; not computed under ZeRO-3")
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")
@@ -202,6 +216,21 @@ class Stage0Config(Section):
         if not self.train:
             raise ValueError("train is empty: name vision, text or both")
         return self
+
+
+def is_on_site(url: str | None, site_hosts: Iterable[str] = ()) -> bool:
+    """The off-site rule, in one place: a URL whose host is a loopback IP literal, `localhost` (or a
+    name under `.localhost`) or one of `site_hosts` stays on site; every other host is off site,
+    including names that merely start with "127." or "localhost"."""
+    host = (urlparse(url or "").hostname or "").lower()
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost") or host in {h.lower() for h in site_hosts}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class JudgeConfig(Section):
@@ -214,6 +243,8 @@ class JudgeConfig(Section):
     api_version: str = "2024-06-01"
     api_key_env: str = "OPENAI_API_KEY"
     allow_offsite: bool = Field(False, description="consent to send reports to an endpoint off this machine")
+    site_hosts: list[str] = Field([], description="host names on this site's own network, treated like this "
+                                  "machine (reports may go there without allow_offsite)")
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(512, ge=16)
     requests_per_minute: float = Field(600, gt=0)
@@ -227,12 +258,26 @@ class JudgeConfig(Section):
     cost_per_1k_output: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
-    def _endpoint(self) -> JudgeConfig:
+    def _endpoint(self, info: ValidationInfo) -> JudgeConfig:
         if self.endpoint in ("compatible", "azure") and not self.base_url:
             raise ValueError(f"endpoint {self.endpoint} needs base_url")
-        if self.endpoint in ("openai", "azure") and not self.allow_offsite:
-            raise ValueError(f"endpoint {self.endpoint} sends reports off this machine: set allow_offsite: true")
+        if self.offsite() and not self.allow_offsite:
+            raise ValueError(self.offsite_refusal((info.context or {}).get("consent", "allow_offsite: true")))
         return self
+
+    def offsite(self, base_url: str | None = None) -> bool:
+        """Whether requests to this endpoint (at `base_url`, default the configured one) leave the site."""
+        if self.endpoint == "synthetic-reference":
+            return False
+        if self.endpoint in ("openai", "azure"):
+            return True
+        return not is_on_site(base_url or self.base_url, self.site_hosts)
+
+    def offsite_refusal(self, consent: str, base_url: str | None = None) -> str:
+        where = base_url or self.base_url or "api.openai.com"
+        return (f"endpoint {self.endpoint} at {where} is off this machine, so reports (protected health "
+                f"information) would leave the site: set {consent} to consent, or list the host in site_hosts "
+                f"if it is on your site's network")
 
 
 Metric = Literal["chexprompt", "rouge_l", "bleu", "bertscore", "label_f1", "chexbert_f1", "radgraph_f1"]
@@ -386,6 +431,9 @@ class Experiment(Section):
             raise ValueError("stage0, stage1 and stage2 are all disabled: nothing to train")
         if self.stage0.enabled:
             self._stage0_checks()
+        if self.sweep is not None and self.eval.enabled and self.eval.split == "test":
+            raise ValueError("eval.split: a sweep picks its champion on its trials' evaluations, so they must not "
+                             "see the test set: set eval.split: val (then `radlab eval` the champion on test)")
         if (self.data.mixture and "chexprompt" in self.eval.metrics
                 and self.eval.judge.endpoint == "synthetic-reference"):
             raise ValueError("eval.judge.endpoint: the synthetic-reference judge only knows the synthetic set; "
@@ -419,6 +467,45 @@ class Experiment(Section):
         """A short hash of the resolved config: the key that ties reruns to their runs."""
         text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _absolute(section: Section, base: Path) -> None:
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, Path) and not value.is_absolute():
+            setattr(section, name, (base / value).resolve())
+        elif isinstance(value, Section):
+            _absolute(value, base)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, Section):
+                    _absolute(item, base)
+
+
+def _local_path(value: str | None, base: Path) -> str | None:
+    """A folder name that exists relative to `base`, made absolute; hub ids and URLs stay as they are."""
+    if value is None or "://" in value or Path(value).is_absolute() or not (base / value).exists():
+        return value
+    return str((base / value).resolve())
+
+
+def with_absolute_paths(experiment: Experiment, base: Path | None = None) -> Experiment:
+    """A copy whose relative paths are resolved against `base` (the driver's working directory):
+    Ray Train workers and Tune trials run in folders of their own, so every path is resolved once,
+    on the driver, before any of them starts."""
+    base = (base or Path.cwd()).resolve()
+    out = experiment.model_copy(deep=True)
+    _absolute(out, base)
+    model = out.model
+    model.tokenizer = _local_path(model.tokenizer, base)
+    model.vision.path = _local_path(model.vision.path, base)
+    model.language.path = _local_path(model.language.path, base)
+    out.stage0.text.path = _local_path(out.stage0.text.path, base)
+    if "://" not in out.ray.storage_path:
+        out.ray.storage_path = str((base / out.ray.storage_path).resolve())
+    if "://" not in out.tracking.artifact_root:
+        out.tracking.artifact_root = str((base / out.tracking.artifact_root).resolve())
+    return out
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -470,6 +557,14 @@ def _describe(err: ValidationError, where: str) -> str:
             msg = "required field is missing"
         lines.append(f"{where}: {loc}: {msg}")
     return "\n".join(lines)
+
+
+def parse_section(cls: type[Section], values: dict, where: str, context: dict | None = None):
+    """One section built from values given elsewhere (command-line options); errors as ConfigError."""
+    try:
+        return cls.model_validate(values, context=context)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, where)) from None
 
 
 def parse_experiment(raw: dict, where: str) -> Experiment:

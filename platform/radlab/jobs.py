@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from radlab.config import Experiment
+from radlab.errors import RadlabError
 from radlab.runtime import LOOPBACK_ENV
 
 # Never uploaded with a job: environments, outputs, data and VCS metadata.
@@ -24,7 +25,7 @@ EXCLUDES = [".venv", "venv", ".git", "radlab_runs", "data", "exports", "mlruns",
 AGENT_WAIT_S = 60
 
 
-class JobsError(RuntimeError):
+class JobsError(RadlabError, RuntimeError):
     """A cluster that cannot be reached or a job that does not exist; the message says which."""
 
 

@@ -17,17 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import openai
 
 from radlab.config import JudgeConfig
+from radlab.errors import RadlabError
 
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 RETRYABLE = (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError, openai.InternalServerError)
 
 
-class OffsiteError(RuntimeError):
+class OffsiteError(RadlabError, RuntimeError):
     """An endpoint off this machine without the user's consent to send reports there."""
 
 
@@ -53,13 +52,6 @@ class Answer:
 class Request:
     key: list[str]  # what identifies the answer in the cache, besides the model
     messages: list[dict]
-
-
-def is_offsite(config: JudgeConfig) -> bool:
-    if config.endpoint in ("openai", "azure"):
-        return True
-    host = urlparse(config.base_url or "").hostname or ""
-    return not (host in LOOPBACK_HOSTS or host.startswith("127.") or host.endswith(".localhost"))
 
 
 class AnswerCache:
@@ -111,10 +103,8 @@ class LLMClient:
     def __init__(self, config: JudgeConfig, base_url: str | None = None, consent_field: str = "allow_offsite"):
         self.config = config
         self.base_url = base_url or config.base_url
-        if config.endpoint != "synthetic-reference" and is_offsite(config) and not config.allow_offsite:
-            raise OffsiteError(
-                f"endpoint {config.endpoint} {self.base_url or ''} is off this machine; sending reports there "
-                f"sends protected health information off-site: set {consent_field} to consent")
+        if config.offsite(self.base_url) and not config.allow_offsite:
+            raise OffsiteError(config.offsite_refusal(consent_field, self.base_url))
         self.cache = AnswerCache(Path(config.cache))
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0, "cache_hits": 0}
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from radlab.config import Experiment
+from radlab.config import Experiment, ModelConfig, with_absolute_paths
 from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.stats import experiment_cards
 from radlab.data.tokenizer import load_tokenizer, train_tokenizer
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
+from radlab.model.build import check_tokenizer_fits, embedding_rows
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
 from radlab.train.stages import STAGES, run_stage, stage_key, storage_path
@@ -30,19 +31,27 @@ class RunSummary:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def tokenizer_source(model: ModelConfig) -> str | None:
+    """Where the tokenizer comes from: the configured one, else a pretrained language model's own;
+    None when the language model is built from a config (a BPE is then trained on the reports)."""
+    return model.tokenizer or model.language.path
+
+
 def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
-    """A tokenizer folder the workers can read: the configured one (with <image> added) or one
-    trained on the training reports, cached by the data's digest."""
-    source = experiment.model.tokenizer or "local-bpe"
-    key = hashlib.sha256(f"{source}:{data_digest}".encode()).hexdigest()[:12]
+    """A tokenizer folder the workers can read, checked against the language model's embeddings:
+    the configured or pretrained one (with <image> added), or one trained on the training reports,
+    cached by the data's digest."""
+    source = tokenizer_source(experiment.model)
+    key = hashlib.sha256(f"{source or 'local-bpe'}:{data_digest}".encode()).hexdigest()[:12]
     folder = Path(storage_path(experiment)) / "tokenizers" / key
-    if (folder / "tokenizer_config.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    if experiment.model.tokenizer:
-        load_tokenizer(experiment.model.tokenizer).save_pretrained(folder)
-    else:
-        train_tokenizer(training_texts(experiment.data), folder)
+    if not (folder / "tokenizer_config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if source:
+            load_tokenizer(source).save_pretrained(folder)
+        else:
+            train_tokenizer(training_texts(experiment.data), folder)
+    if experiment.model.language.path:
+        check_tokenizer_fits(experiment.model, load_tokenizer(folder), embedding_rows(experiment.model.language.path))
     return folder
 
 
@@ -72,6 +81,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     """Train, evaluate, log; register a new model version unless `register` is off (sweep trials).
     The metrics hold each stage's last validation loss (`stage2/val_loss`) besides the evaluation's."""
     console = console or Console()
+    experiment = with_absolute_paths(experiment)
     tracker = Tracker(experiment)
     with console.status("preparing data and tokenizer"):
         data_digest = manifest_digest(experiment.data)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from radlab.config import parse_experiment
+from radlab.config import ConfigError, parse_experiment
 from radlab.data.dataset import DataError, ReportDataset, collate, load_examples, read_manifest, split_examples
 from radlab.data.prompts import IGNORE_INDEX, encode_example
 
@@ -41,15 +41,16 @@ def test_views_methods_and_mixture_weights(tmp_path):
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["AP", "PA"])] == ["1", "2", "3", "4"]
     assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["PA"], ["rule-based"])] == ["1", "3"]
+    held_out = {"eval_manifest": str(tmp_path / "test.jsonl"), "val_manifest": str(tmp_path / "val.jsonl")}
     experiment = parse_experiment({"name": "m", "data": {
         "mixture": [{"name": "x", "manifest": str(tmp_path / "m.jsonl"), "weight": 1.5, "text": ["llm"]}],
-        "eval_manifest": str(tmp_path / "m.jsonl")}, "eval": {"metrics": ["rouge_l"]}}, "test")
+        **held_out}, "eval": {"metrics": ["rouge_l"]}}, "test")
     assert [e.id for e in split_examples(experiment.data, "train")] == ["2", "4", "2"]
     # Two sources with images under different roots.
     experiment = parse_experiment({"name": "m", "data": {
         "mixture": [{"name": "a", "manifest": str(tmp_path / "m.jsonl"), "text": ["llm"]},
                     {"name": "b", "manifest": str(tmp_path / "m.jsonl"), "text": ["llm"], "image_root": "/b"}],
-        "image_root": "/a", "eval_manifest": str(tmp_path / "m.jsonl")}, "eval": {"metrics": ["rouge_l"]}}, "test")
+        "image_root": "/a", **held_out}, "eval": {"metrics": ["rouge_l"]}}, "test")
     assert [str(e.image.parent) for e in split_examples(experiment.data, "train")] == ["/a", "/a", "/b", "/b"]
 
 
@@ -65,3 +66,42 @@ def test_corrupt_image_is_skipped_and_counted(synthetic_root, tokenizer, tmp_pat
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
     left = collate([dataset[0], dataset[2]], tokenizer.pad_token_id, left_pad=True)
     assert (left["attention_mask"][:, -1] == 1).all()
+
+
+def _mimic_records(patients: int, studies: int = 2) -> list[dict]:
+    return [dict(RECORD, id=f"{p}-{s}", generate_method="rule-based",
+                 image=f"mimic/files/p10/p100{p:05d}/s5{p:04d}{s:03d}/img{s}.jpg")
+            for p in range(patients) for s in range(studies)]
+
+
+def test_validation_is_a_patient_level_carve_out_and_never_the_test_set(tmp_path):
+    train, test = tmp_path / "train.jsonl", tmp_path / "test.jsonl"
+    train.write_text("\n".join(json.dumps(r) for r in _mimic_records(200)))
+    raw = {"name": "m", "data": {"mixture": [{"name": "mimic", "manifest": str(train)}],
+                                 "eval_manifest": str(test), "val_fraction": 0.1},
+           "eval": {"metrics": ["rouge_l"]}}
+    data = parse_experiment(raw, "t").data
+    # The test manifest does not even exist: training and validation never open it.
+    val, training = split_examples(data, "val"), split_examples(data, "train")
+    assert 20 <= len(val) <= 60 and len(val) + len(training) == 400
+    assert {e.patient for e in val}.isdisjoint({e.patient for e in training})
+    assert all(e.patient.startswith("p100") for e in val)
+    assert [e.id for e in split_examples(data, "val")] == [e.id for e in val]  # seeded: the same every time
+    reseeded = parse_experiment(raw | {"data": {**raw["data"], "val_seed": 1}}, "t").data
+    assert {e.id for e in split_examples(reseeded, "val")} != {e.id for e in val}
+    with pytest.raises(DataError, match="test.jsonl"):
+        split_examples(data, "test")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"val_manifest": "TEST"}, "data.val_manifest is the test set"),
+    ({"mixture": [{"name": "x", "manifest": "TEST"}]}, "data.mixture trains on the test set"),
+])
+def test_selecting_or_training_on_the_test_set_is_refused(tmp_path, data, message):
+    test = str(tmp_path / "test.jsonl")
+    data = {k: (test if v == "TEST" else [dict(s, manifest=test) for s in v] if isinstance(v, list) else v)
+            for k, v in data.items()}
+    raw = {"name": "m", "data": {"mixture": [{"name": "x", "manifest": str(tmp_path / "m.jsonl")}],
+                                 "eval_manifest": test, **data}, "eval": {"metrics": ["rouge_l"]}}
+    with pytest.raises(ConfigError, match=message):
+        parse_experiment(raw, "t")

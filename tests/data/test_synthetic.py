@@ -45,3 +45,17 @@ def test_generate_writes_splits_once(tmp_path):
     assert (root / "train.jsonl").stat().st_mtime_ns == stamp  # cached
     generate(tmp_path / "s", 12, 2, 3, 64, 0)
     assert len((root / "train.jsonl").read_text().splitlines()) == 12  # a different set is regenerated
+
+
+def test_many_processes_may_generate_the_same_set_at_once(tmp_path):
+    import multiprocessing
+
+    from radlab.data.synthetic import generate
+
+    root = tmp_path / "set"
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        roots = pool.starmap(generate, [(root, 40, 4, 4, 32, 0)] * 4)
+    assert roots == [root.resolve()] * 4
+    assert not list(root.rglob("*.tmp"))
+    lines = (root / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 40 and len(list((root / "images" / "train").glob("*.png"))) == 40

@@ -89,3 +89,42 @@ def test_tuned_encoder_trains_only_the_layers_llava_reads(tokenizer):
     batch = inputs(tokenizer)
     model(**batch, labels=batch["input_ids"]).loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def _llama_folder(path, vocab_size: int, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_pretrained_language_model_brings_its_own_tokenizer(tokenizer, tmp_path, synthetic_root):
+    from radlab.config import parse_experiment
+    from radlab.data.tokenizer import load_tokenizer
+    from radlab.pipeline import prepare_tokenizer
+
+    from ..conftest import experiment_dict
+
+    own = _llama_folder(tmp_path / "lm", tokenizer.vocab_size, tokenizer)
+    raw = experiment_dict(synthetic_root, tmp_path, model={"language": {"path": str(own)}})
+    folder = prepare_tokenizer(parse_experiment(raw, "t"), "digest")
+    assert load_tokenizer(folder).get_vocab() == load_tokenizer(own).get_vocab()  # not a BPE trained on the reports
+    model = build_model(parse_experiment(raw, "t").model, load_tokenizer(folder))
+    assert model.get_input_embeddings().weight.shape[0] >= len(load_tokenizer(folder))
+
+
+def test_a_tokenizer_that_does_not_match_the_embeddings_is_refused(tokenizer, tmp_path, synthetic_root):
+    from radlab.config import parse_experiment
+    from radlab.pipeline import prepare_tokenizer
+
+    from ..conftest import experiment_dict
+
+    vicuna_sized = _llama_folder(tmp_path / "vicuna", 32000, tokenizer)
+    with pytest.raises(ModelError, match=rf"has {tokenizer.vocab_size} tokens but model.language.path .*vicuna has "
+                                         r"32000 embedding rows: leave model.tokenizer empty"):
+        build_model(tiny(language={"path": str(vicuna_sized)}), tokenizer)
+    raw = experiment_dict(synthetic_root, tmp_path, model={"language": {"path": str(vicuna_sized)}})
+    with pytest.raises(ModelError, match="32000 embedding rows"):
+        prepare_tokenizer(parse_experiment(raw, "t"), "digest")

@@ -36,3 +36,25 @@ def test_a_finished_sweep_trial_is_found_by_its_digest(synthetic_root, tmp_path)
     other = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage2={"lr": 1e-4},
                                              tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")
     assert Tracker(other).finished_trial(sweep) is None  # another cell of the grid
+
+
+def test_a_model_reference_that_names_nothing_says_what_exists(synthetic_root, tmp_path):
+    import pytest
+
+    from radlab.tracking.runs import RegistryError, model_version
+
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")
+    tracker = Tracker(experiment)
+    run_id = tracker.open_parent("name: t", "digest")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "radlab.json").write_text("{}")
+    version = tracker.register(run_id, tracker.log_checkpoint(run_id, tmp_path / "ckpt"))
+    tracker.client.set_registered_model_alias("radlab-test", "candidate", version)
+    assert model_version(tracker.client, "models:/radlab-test@candidate").version == version
+    with pytest.raises(RegistryError, match=r"no alias 'champion' \(aliases: candidate"):
+        model_version(tracker.client, "models:/radlab-test@champion")
+    with pytest.raises(RegistryError, match=r"no version 7 \(versions: 1\)"):
+        model_version(tracker.client, "models:/radlab-test/7")
+    with pytest.raises(RegistryError, match="no versions of 'nope'"):
+        model_version(tracker.client, "models:/nope/latest")

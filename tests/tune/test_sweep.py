@@ -9,8 +9,14 @@ from radlab.tune.sweep import describe, expand, run_sweep
 from ..conftest import ROOT, experiment_dict
 
 
+def sweep_experiment(synthetic_root, workdir, **sections):
+    """The tiny experiment with its trials evaluated on validation, as every sweep must be."""
+    sections["eval"] = {"split": "val", **sections.get("eval", {})}
+    return experiment_dict(synthetic_root, workdir, **sections)
+
+
 def sweep_raw(synthetic_root, workdir, **sweep):
-    raw = experiment_dict(synthetic_root, workdir)
+    raw = sweep_experiment(synthetic_root, workdir)
     raw["sweep"] = {"axes": {"stage1.enabled": [True, False], "model.projector": ["mlp2x_gelu", "linear"]}, **sweep}
     return parse_experiment(raw, "t").model_dump(mode="json")
 
@@ -41,7 +47,7 @@ def test_matrix_expansion(synthetic_root, tmp_path):
 def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep, message):
     sweep = dict(sweep)
     stages = sweep.pop("_stages", {})
-    raw = experiment_dict(synthetic_root, tmp_path, stage1=stages, stage2=stages)
+    raw = sweep_experiment(synthetic_root, tmp_path, stage1=stages, stage2=stages)
     raw["sweep"] = sweep
     with pytest.raises(ConfigError, match=message):
         expand(raw, "t")
@@ -57,7 +63,7 @@ def test_shipped_sweeps_expand():
 
 def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_server, synthetic_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": mlflow_server, "register_as": "radlab-sweep-test"},
+    raw = sweep_experiment(synthetic_root, tmp_path, tracking={"uri": mlflow_server, "register_as": "radlab-sweep-test"},
                           eval={"compare_untrained": False, "judge": {"cache": "judge.sqlite"}}, ray={"workers": 1})
     raw["name"] = "sweep-test"
     raw["sweep"] = {"axes": {"stage1.enabled": [True, False]}}
@@ -96,7 +102,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(synthetic_root, 
 
     import yaml
 
-    raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False}, ray={"workers": 1})
+    raw = sweep_experiment(synthetic_root, tmp_path, eval={"compare_untrained": False}, ray={"workers": 1})
     raw["name"] = "resume-test"
     raw["sweep"] = {"axes": {"stage2.lr": [1e-3, 2e-3]}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(raw))
@@ -132,7 +138,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(synthetic_root, 
 
 def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthetic_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False},
+    raw = sweep_experiment(synthetic_root, tmp_path, eval={"compare_untrained": False},
                           tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
                           stage1={"max_steps": 6, "checkpoint_every": 3, "val_examples": 8}, ray={"workers": 1})
     raw["name"] = "asha-test"
@@ -152,7 +158,7 @@ def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthet
 
 def test_resources_no_node_can_give_fail_before_anything_starts(ray_session, synthetic_root, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    raw = experiment_dict(synthetic_root, tmp_path, ray={"use_gpu": True, "accelerator": "V100"},
+    raw = sweep_experiment(synthetic_root, tmp_path, ray={"use_gpu": True, "accelerator": "V100"},
                           tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
     raw["sweep"] = {"axes": {"stage2.lr": [1e-3]}}
     with pytest.raises(ConfigError, match=r"t: ray.workers=2 x \{CPU: 1, GPU: 1, accelerator_type:V100: 0.001\}: "
@@ -162,12 +168,13 @@ def test_resources_no_node_can_give_fail_before_anything_starts(ray_session, syn
 
 
 def test_a_dataset_mixture_is_an_axis(tmp_path):
-    manifest = tmp_path / "m.jsonl"
+    manifest, test = tmp_path / "m.jsonl", tmp_path / "test.jsonl"
     manifest.write_text("")
+    test.write_text("")
     raw = {"name": "mix", "data": {"mixture": [{"name": "mimic", "manifest": str(manifest)},
                                                {"name": "chexpert", "manifest": str(manifest), "weight": 0.5}],
-                                   "eval_manifest": str(manifest)},
-           "eval": {"metrics": ["rouge_l"]},
+                                   "eval_manifest": str(test)},
+           "eval": {"metrics": ["rouge_l"], "split": "val"},
            "sweep": {"axes": {"data.mixture.0.text": [["rule"], ["rule", "llm"]], "data.mixture.1.weight": [0.5, 1.0]},
                      "objective": {"metric": "text/rouge_l_f1", "mode": "max"}}}
     trials = expand(raw, "t")

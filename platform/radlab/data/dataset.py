@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,13 @@ from radlab.config import DataConfig, Experiment
 from radlab.data import synthetic
 from radlab.data.images import ImageError, load_image, to_tensor
 from radlab.data.prompts import IGNORE_INDEX, encode_example
+from radlab.errors import RadlabError
 
 log = logging.getLogger(__name__)
 METHODS = {"rule": "rule-based", "llm": "gpt4"}
 
 
-class DataError(ValueError):
+class DataError(RadlabError, ValueError):
     """A manifest or record that cannot be used; the message names the file and line."""
 
 
@@ -36,6 +38,19 @@ class Example:
     view: str
     generate_method: str
     labels: frozenset[str] = frozenset()  # the CheXpert observations marked positive
+    patient: str = ""  # studies of one patient stay on one side of every split
+
+
+# MIMIC-CXR's image paths name the patient: files/p10/p10000032/s50414267/<dicom>.jpg
+_MIMIC_PATIENT = re.compile(r"(?:^|/)p\d{2}/(p\d+)/")
+
+
+def patient_of(record: dict) -> str:
+    """The record's patient: its patient_id, else the patient folder of a MIMIC-CXR path, else its id."""
+    if record.get("patient_id"):
+        return str(record["patient_id"])
+    found = _MIMIC_PATIENT.search(str(record.get("image", "")))
+    return found.group(1) if found else str(record.get("id", ""))
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -85,6 +100,7 @@ def to_example(record: dict, image_root: Path, where: str) -> Example:
             view=record.get("view") or "",
             generate_method=record.get("generate_method") or "rule-based",
             labels=frozenset(name for name, value in (record.get("chexpert_labels") or {}).items() if value == 1.0),
+            patient=patient_of(record),
         )
     except (KeyError, StopIteration, TypeError) as err:
         raise DataError(f"{where}: record lacks {err} (needs id, image, conversations human+gpt)") from None
@@ -110,20 +126,42 @@ def synthetic_root(config: DataConfig) -> Path:
     return synthetic.generate(s.root, s.n_train, s.n_val, s.n_test, s.image_size, s.seed)
 
 
+def is_carved_out(patient: str, config: DataConfig) -> bool:
+    """Whether a training patient belongs to the validation carve-out (seeded, stable across runs)."""
+    digest = hashlib.sha256(f"{config.val_seed}:{patient}".encode()).hexdigest()
+    return int(digest[:8], 16) / 0x100000000 < config.val_fraction
+
+
 def split_examples(config: DataConfig, split: str) -> list[Example]:
-    """The examples of a split ('train', 'val' or 'test'); a mixture's weights scale each source
-    (0.5 takes every other record, 2.0 repeats it twice) so a mixture is deterministic."""
+    """The examples of a split ('train', 'val' or 'test'). The test split is the eval manifest and
+    nothing else reads it; 'val' is the val manifest or, without one, the carve-out of the training
+    patients, which 'train' then leaves out. A mixture's weights scale each source (0.5 takes every
+    other record, 2.0 repeats it twice) so a mixture is deterministic."""
+    if split not in synthetic.SPLIT_FILES:
+        raise DataError(f"unknown split {split!r} (train, val or test)")
     if config.synthetic is not None:
         root = synthetic_root(config)
         return load_examples(root / synthetic.SPLIT_FILES[split], root, config.views)
-    if split != "train":
+    if split == "test":
         return load_examples(config.eval_manifest, config.image_root, config.views)
+    if split == "val" and config.val_manifest is not None:
+        return load_examples(config.val_manifest, config.image_root, config.views)
+    carve = config.val_manifest is None
     out: list[Example] = []
     for source in config.mixture:
         examples = load_examples(source.manifest, source.image_root or config.image_root, config.views,
                                  [METHODS[t] for t in source.text])
+        if carve:
+            examples = [e for e in examples if is_carved_out(e.patient, config) == (split == "val")]
+        if split == "val":
+            out += examples
+            continue
         whole, part = divmod(source.weight, 1.0)
         out += examples * int(whole) + examples[: round(part * len(examples))]
+    if split == "val":  # a study in two sources (rule and LLM text) is validated once, on its rule text
+        seen: set[str] = set()
+        out = [e for e in sorted(out, key=lambda e: e.generate_method != "rule-based")
+               if not (e.id in seen or seen.add(e.id))]
     return out
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from radlab.errors import RadlabError
+
 # CLIP's normalisation, used by CLIP, BiomedCLIP and the tiny tower alike.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -17,7 +19,7 @@ SIGLIP_STD = (0.5, 0.5, 0.5)
 MAX_PIXELS = 50_000_000
 
 
-class ImageError(ValueError):
+class ImageError(RadlabError, ValueError):
     """An image that cannot be decoded; the message names the file or request."""
 
 

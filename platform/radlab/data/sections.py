@@ -23,7 +23,6 @@ HEADINGS = {
     "notification": ["NOTIFICATION", "NOTIFICATIONS", "COMMUNICATION"],
     "wet_read": ["WET READ", "PRELIMINARY READ"],
 }
-SECTIONS = tuple(HEADINGS)
 _CANONICAL = {variant: name for name, variants in HEADINGS.items() for variant in variants}
 # A heading: at the start of a line (after spaces), 1-6 upper-case words, then a colon.
 _HEADING = re.compile(r"^[ \t]*([A-Z][A-Z()/&\-]*(?:[ \t]+[A-Z()/&\-]+){0,5})[ \t]*:", re.MULTILINE)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from radlab.config import DataConfig
 from radlab.data import synthetic
-from radlab.data.dataset import read_manifest, synthetic_root
+from radlab.data.dataset import read_manifest, split_examples, synthetic_root
 
 
 @dataclass
@@ -57,7 +57,18 @@ def experiment_cards(config: DataConfig) -> list[Card]:
         return [card(root / synthetic.SPLIT_FILES[split], context, f"synthetic-{split}")
                 for split, context in (("train", "train"), ("val", "validation"), ("test", "eval"))]
     cards = [card(source.manifest, "train", source.name) for source in config.mixture]
+    cards.append(card(config.val_manifest, "validation", f"val-{config.val_manifest.stem}") if config.val_manifest
+                 else carve_out_card(config))
     return cards + [card(config.eval_manifest, "eval", f"eval-{config.eval_manifest.stem}")]
+
+
+def carve_out_card(config: DataConfig) -> Card:
+    """The validation patients carved out of the training manifests, named by a hash of their ids."""
+    examples = split_examples(config, "val")
+    digest = hashlib.sha256("\n".join(sorted(e.id for e in examples)).encode()).hexdigest()[:16]
+    return Card("val-carve-out", "validation", config.mixture[0].manifest, digest,
+                {"records": len(examples), "patients": len({e.patient for e in examples}),
+                 "val_fraction": config.val_fraction, "val_seed": config.val_seed})
 
 
 def folder_cards(folder: Path) -> tuple[list[Card], dict | None]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radlab.config import JudgeConfig
-from radlab.data.dataset import METHODS, read_jsonl
+from radlab.data.dataset import METHODS, DataError, read_jsonl
 from radlab.data.prompts import findings_prompt
 from radlab.data.synthetic import SPLIT_FILES
 from radlab.llm import AnswerUnusable, LLMClient, Request
@@ -96,7 +96,7 @@ def structure_folder(folder: Path, config: JudgeConfig, splits: tuple[str, ...] 
     atomically; LLM records from an earlier pass are replaced. One request per distinct report
     (the images of a study share it)."""
     if "test" in splits:
-        raise ValueError("the test split stays rule-based (as in the paper): structure train and val only")
+        raise DataError("the test split stays rule-based (as in the paper): structure train and val only")
     client = LLMClient(config, consent_field="--opt-in-offsite")
     summary = StructureSummary()
     for split in splits:

@@ -7,8 +7,11 @@ which is what lets an exact reference judge score generated reports against the 
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -170,7 +173,9 @@ def make_record(index: int, split: str, size: int, rng: np.random.Generator, ima
     view = VIEWS[rng.integers(2)]
     indication = INDICATIONS[rng.integers(len(INDICATIONS))]
     rel = f"images/{split}/{index:06d}.png"
-    Image.fromarray(render(findings, size, view, rng), mode="L").save(image_dir / f"{index:06d}.png")
+    buffer = io.BytesIO()
+    Image.fromarray(render(findings, size, view, rng), mode="L").save(buffer, format="PNG")
+    _write_atomically(image_dir / f"{index:06d}.png", buffer.getvalue())
     text = write_findings(findings)
     return {
         "id": f"synth-{split}-{index:06d}",
@@ -196,7 +201,7 @@ def generate(root: Path, n_train: int, n_val: int, n_test: int, image_size: int,
 
     A `meta.json` written last marks a complete set, so an interrupted generation starts over.
     """
-    root = Path(root)
+    root = Path(root).resolve()
     meta = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "image_size": image_size, "seed": seed,
             "grammar": 2}
     meta_path = root / "meta.json"
@@ -208,10 +213,14 @@ def generate(root: Path, n_train: int, n_val: int, n_test: int, image_size: int,
         image_dir = root / "images" / split
         image_dir.mkdir(parents=True, exist_ok=True)
         records = [make_record(i, split, image_size, rng, image_dir) for i in range(count)]
-        tmp = root / f".{SPLIT_FILES[split]}.tmp"
-        with open(tmp, "w") as fh:
-            for record in records:
-                fh.write(json.dumps(record) + "\n")
-        tmp.replace(root / SPLIT_FILES[split])  # readers see a whole manifest or none
-    meta_path.write_text(json.dumps(meta))
+        _write_atomically(root / SPLIT_FILES[split], "".join(json.dumps(r) + "\n" for r in records).encode())
+    _write_atomically(meta_path, json.dumps(meta).encode())
     return root
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Readers see the whole file or none; a temporary name of this process's own lets several
+    processes generate the same set at once."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

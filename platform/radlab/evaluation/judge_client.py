@@ -27,11 +27,12 @@ class JudgeClient(LLMClient):
         self.prompt = Prompt.load(config.prompt_file)
 
     async def judge_async(self, pairs: list[tuple[str, str]], progress=None) -> list[Judgment]:
+        # An empty or truncated candidate is judged like any other: it omits findings, and leaving it
+        # out would flatter a model that says nothing on hard studies.
         requests = [Request([self.prompt.version, reference, candidate], self.prompt.messages(reference, candidate))
-                    if candidate.strip() else None for reference, candidate in pairs]
+                    for reference, candidate in pairs]
         answers = await self.ask_async(requests, parse_answer, progress)
-        return [Judgment(None, None, "empty candidate: not sent to the judge") if a is None
-                else Judgment(a.value, a.raw, a.error, a.cached, a.attempts) for a in answers]
+        return [Judgment(a.value, a.raw, a.error, a.cached, a.attempts) for a in answers]
 
     def judge(self, pairs: list[tuple[str, str]], progress=None) -> list[Judgment]:
         return asyncio.run(self.judge_async(pairs, progress))

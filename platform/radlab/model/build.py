@@ -27,9 +27,10 @@ from transformers import (
 
 from radlab.config import LoraConfig, ModelConfig
 from radlab.data.prompts import IMAGE_TOKEN
+from radlab.errors import RadlabError
 
 
-class ModelError(ValueError):
+class ModelError(RadlabError, ValueError):
     """A model section that cannot be built, or a checkpoint that does not fit it."""
 
 
@@ -64,12 +65,34 @@ def vision_config(mc: ModelConfig):
                num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size, num_channels=3, **extra)
 
 
+# How far a pretrained model's embedding rows may exceed its tokenizer's size: vocabularies are
+# often padded to a multiple of 64 or 128 for speed, never by more.
+EMBEDDING_PADDING = 256
+
+
+def check_tokenizer_fits(mc: ModelConfig, tokenizer, rows: int) -> None:
+    """Refuse a tokenizer whose ids do not index the pretrained language model's embedding rows:
+    added tokens (<image>, a pad token) may grow the embeddings, a different vocabulary may not."""
+    own = tokenizer.vocab_size  # without added tokens
+    if own > rows or rows - own > EMBEDDING_PADDING:
+        source = f"model.tokenizer {mc.tokenizer}" if mc.tokenizer else "the tokenizer"
+        raise ModelError(f"{source} has {own} tokens but model.language.path {mc.language.path} has {rows} "
+                         f"embedding rows: leave model.tokenizer empty to use the language model's own tokenizer")
+
+
+def embedding_rows(language_path: str) -> int:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(language_path).vocab_size
+
+
 def _text_config(mc: ModelConfig, tokenizer, max_length: int):
     lang = mc.language
     if lang.path:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(lang.path)
+        check_tokenizer_fits(mc, tokenizer, config.vocab_size)
         config.vocab_size = max(config.vocab_size, len(tokenizer))
         return config
     return LlamaConfig(

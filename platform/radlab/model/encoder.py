@@ -134,10 +134,6 @@ class LoadedEncoder:
     meta: dict
 
 
-def is_encoder(path: Path) -> bool:
-    return (Path(path) / META).is_file() and read_meta(path).get("kind") == "encoder"
-
-
 def load_encoder(path: Path) -> LoadedEncoder:
     path = Path(path)
     meta = read_meta(path)

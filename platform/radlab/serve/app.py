@@ -12,6 +12,7 @@ Request content (images, text) is never logged: these are patient images.
 
 import base64
 import binascii
+import hmac
 import json
 import os
 import time
@@ -102,7 +103,8 @@ class ReportServer:
     # -- request handling -----------------------------------------------------------------------
     def _check(self, request: Request) -> None:
         if self.api_key is not None:
-            if request.headers.get("authorization", "") != f"Bearer {self.api_key}":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, f"Bearer {self.api_key}".encode()):
                 raise RequestError(401, "missing or wrong bearer token", "authentication_error")
         length = request.headers.get("content-length")
         if length is not None and int(length) > self.args.max_body_bytes:

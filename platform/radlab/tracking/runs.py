@@ -13,10 +13,12 @@ import subprocess
 from pathlib import Path
 
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from radlab.config import Experiment, TrackingConfig, flatten
+from radlab.errors import RadlabError
 
 DIGEST_TAG = "radlab.digest"
 STAGE_TAG = "radlab.stage"
@@ -41,6 +43,10 @@ def git_commit() -> str:
         return "unknown"
 
 
+class RegistryError(RadlabError, ValueError):
+    """A model reference (`models:/...`, `runs:/...`) that names nothing in the tracking store."""
+
+
 def fetch_checkpoint(source: str, uri: str, dest: Path) -> Path:
     """A local folder for a checkpoint given as a folder, `runs:/<id>/model` or `models:/name@alias`."""
     if "://" not in source and ":/" not in source:
@@ -50,22 +56,33 @@ def fetch_checkpoint(source: str, uri: str, dest: Path) -> Path:
     if source.startswith("models:/"):
         source = model_version(MlflowClient(uri, registry_uri=uri), source).source
     dest.mkdir(parents=True, exist_ok=True)
-    return Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+    try:
+        return Path(download_artifacts(artifact_uri=source, dst_path=str(dest), tracking_uri=uri))
+    except MlflowException as err:
+        raise RegistryError(f"{source}: nothing to download from {uri} ({err.message.splitlines()[0]})") from None
 
 
 def model_version(client: MlflowClient, reference: str):
     """The ModelVersion of `models:/name@alias`, `models:/name/3` or `models:/name/latest`."""
     spec = reference.removeprefix("models:/")
-    if "@" in spec:
-        name, alias = spec.split("@", 1)
-        return client.get_model_version_by_alias(name, alias)
-    name, _, version = spec.partition("/")
+    name, alias = spec.split("@", 1) if "@" in spec else (spec.partition("/")[0], None)
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        raise RegistryError(f"{reference}: the registry has no versions of {name!r}")
+    if alias is not None:
+        aliases = client.get_registered_model(name).aliases  # alias -> version
+        if alias not in aliases:
+            raise RegistryError(f"{reference}: {name!r} has no alias {alias!r} (aliases: "
+                                f"{', '.join(sorted(aliases)) or 'none'}; or name a version, models:/{name}/latest)")
+        return client.get_model_version(name, aliases[alias])
+    version = spec.partition("/")[2]
     if version in ("", "latest"):
-        versions = client.search_model_versions(f"name = '{name}'")
-        if not versions:
-            raise ValueError(f"{reference}: the registry has no versions of {name!r}")
         return max(versions, key=lambda v: int(v.version))
-    return client.get_model_version(name, version)
+    found = [v for v in versions if str(v.version) == version]
+    if not found:
+        raise RegistryError(f"{reference}: {name!r} has no version {version} (versions: "
+                            f"{', '.join(sorted((str(v.version) for v in versions), key=int))})")
+    return found[0]
 
 
 class Tracker:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from radlab.data.prompts import CHEXPERT, findings_prompt
 from radlab.data.synthetic import SPLIT_FILES
+from radlab.errors import RadlabError
 
 PROGRESS = ".ingest-progress.jsonl"
 SUMMARY = "summary.json"
@@ -22,7 +23,7 @@ EXAMPLES_PER_PROBLEM = 5
 SPLIT_NAMES = {"train": "train", "validate": "val", "valid": "val", "val": "val", "validation": "val", "test": "test"}
 
 
-class IngestError(ValueError):
+class IngestError(RadlabError, ValueError):
     """Input an ingest cannot start from (a missing root or CSV, a bad column mapping)."""
 
 

@@ -72,6 +72,10 @@ def load_mapping(path: Path) -> Mapping:
         return Mapping.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     except OSError as err:
         raise IngestError(f"{path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise IngestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise IngestError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
     except ValidationError as err:
         lines = [f"{path}: {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors()]
         raise IngestError("\n".join(lines)) from None

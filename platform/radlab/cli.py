@@ -95,6 +95,8 @@ def eval_command(
     checkpoint: Annotated[str, typer.Option(help="folder, runs:/<id>/model or models:/<name>@<alias>")] = None,
     predictions: Annotated[Path, typer.Option(help="JSONL of {id, candidate[, reference]}")] = None,
     references: Annotated[Path, typer.Option(help="JSONL of {id, reference}, joined by id")] = None,
+    baseline: Annotated[Path, typer.Option(help="a second predictions JSONL on the same studies: scored too, and "
+                                                "compared with --predictions by a paired test")] = None,
     task: Annotated[str, typer.Option(help="reports: CheXprompt and text metrics; retrieval: a stage 0 "
                                            "encoder's retrieval and zero-shot readouts")] = "reports",
     overrides: Overrides = None,
@@ -102,7 +104,9 @@ def eval_command(
     """Evaluate a checkpoint on the experiment's eval split, or judge a predictions file."""
     from radlab.config import parse_experiment
     from radlab.evaluation.generate import join_predictions
-    from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder, log_evaluation, print_summary, score
+    from radlab.evaluation.compare import compare_systems, per_report_scores
+    from radlab.evaluation.run import (evaluate_checkpoint, evaluate_encoder, log_comparison, log_evaluation,
+                                       print_comparison, print_summary, score)
     from radlab.pipeline import encoder_folder
     from radlab.tracking.runs import Tracker, fetch_checkpoint
 
@@ -122,13 +126,13 @@ def eval_command(
         err_console.print("--checkpoint needs the experiment YAML (its data and model)")
         raise typer.Exit(2)
     experiment = _load(path, overrides) if path else parse_experiment(DEFAULT_EVAL, "defaults")
-    records = None
+    if baseline is not None and predictions is None:
+        err_console.print("--baseline compares two predictions files: give --predictions too")
+        raise typer.Exit(2)
+    records = baseline_records = None
     if predictions is not None:
-        try:
-            records = join_predictions(predictions, references)
-        except ValueError as err:
-            err_console.print(f"[red]{err}[/]", highlight=False)
-            raise typer.Exit(2) from None
+        records = or_exit(join_predictions, predictions, references)
+        baseline_records = or_exit(join_predictions, baseline, references) if baseline else None
     tracker = Tracker(experiment)
     run_id = tracker.client.create_run(tracker.experiment_id, tags={
         "radlab.stage": "eval", "mlflow.runName": "eval", "radlab.source": checkpoint or str(predictions)}).info.run_id
@@ -140,7 +144,18 @@ def eval_command(
         else:
             scored = score(experiment, records)
             log_evaluation(tracker, run_id, experiment, records, scored)
-            print_summary(console, {"predictions": scored.metrics}, scored.skipped)
+            columns = {"predictions": scored.metrics}
+            if baseline_records is not None:
+                base = score(experiment, baseline_records)
+                log_evaluation(tracker, run_id, experiment, baseline_records, base, "baseline/")
+                columns["baseline"] = base.metrics
+                rows = compare_systems(per_report_scores(records, scored), per_report_scores(baseline_records, base),
+                                       experiment.eval.bootstrap)
+                log_comparison(tracker, run_id, rows, "predictions_vs_baseline")
+            print_summary(console, columns, scored.skipped)
+            if baseline_records is not None:
+                print_comparison(console, rows, "predictions - baseline, paired on the same studies")
+            or_exit(scored.check_failures, experiment.eval.max_failed_share)
         tracker.finish(run_id)
     except BaseException:
         tracker.finish(run_id, ok=False)

@@ -218,6 +218,9 @@ class Stage0Config(Section):
         return self
 
 
+OFFSITE_RPM = 30.0
+
+
 def is_on_site(url: str | None, site_hosts: Iterable[str] = ()) -> bool:
     """The off-site rule, in one place: a URL whose host is a loopback IP literal, `localhost` (or a
     name under `.localhost`) or one of `site_hosts` stays on site; every other host is off site,
@@ -247,7 +250,8 @@ class JudgeConfig(Section):
                                   "machine (reports may go there without allow_offsite)")
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(512, ge=16)
-    requests_per_minute: float = Field(600, gt=0)
+    requests_per_minute: float | None = Field(None, gt=0, description="None: no limit for a judge on this site, "
+                                              f"{OFFSITE_RPM:g} (the published CheXprompt rate) for one off it")
     concurrency: int = Field(8, ge=1)
     max_retries: int = Field(4, ge=0)
     retry_base_s: float = Field(1.0, ge=0)
@@ -273,6 +277,13 @@ class JudgeConfig(Section):
             return True
         return not is_on_site(base_url or self.base_url, self.site_hosts)
 
+    @property
+    def rate_limit(self) -> float | None:
+        """Requests per minute: the configured limit, else none on site and OFFSITE_RPM off it."""
+        if self.requests_per_minute is not None:
+            return self.requests_per_minute
+        return OFFSITE_RPM if self.offsite() else None
+
     def offsite_refusal(self, consent: str, base_url: str | None = None) -> str:
         where = base_url or self.base_url or "api.openai.com"
         return (f"endpoint {self.endpoint} at {where} is off this machine, so reports (protected health "
@@ -292,7 +303,11 @@ class EvalConfig(Section):
     show: int = Field(4, ge=0, description="generations printed and logged as examples")
     metrics: list[Metric] = ["chexprompt", "rouge_l", "bleu", "label_f1"]
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    compare_untrained: bool = Field(True, description="also score the untrained model, side by side")
+    compare_untrained: bool | None = Field(None, description="also score the untrained model side by side, with "
+                                           "a paired test; None: on for a judge on this site, off for an off-site "
+                                           "judge (it doubles the paid calls)")
+    max_failed_share: float = Field(0.05, ge=0, le=1, description="the evaluation fails (exit status 1, no model "
+                                    "registered) when more than this share of judgments failed")
     bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
     chexbert_weights: Path | None = Field(None, description="the CheXbert labeler's chexbert.pth (StanfordAIMI "
                                           "RRG_scorers) for F1-CheXbert")
@@ -310,6 +325,11 @@ class EvalConfig(Section):
     bertscore_model: Path | None = Field(None, description="a local transformers encoder folder for BERTScore "
                                          "(e.g. a downloaded distilroberta-base); BERTScore is skipped without it")
     bertscore_layers: int | None = Field(None, ge=1, description="the layer BERTScore reads (default: the last)")
+
+
+    @property
+    def compares_untrained(self) -> bool:
+        return self.compare_untrained if self.compare_untrained is not None else not self.judge.offsite()
 
 
 class TrackingConfig(Section):

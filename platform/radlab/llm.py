@@ -80,10 +80,10 @@ class AnswerCache:
 
 
 class RateLimiter:
-    """Spaces request starts at least 60/rpm seconds apart."""
+    """Spaces request starts at least 60/rpm seconds apart (not at all for rpm None)."""
 
-    def __init__(self, requests_per_minute: float):
-        self.interval = 60.0 / requests_per_minute
+    def __init__(self, requests_per_minute: float | None):
+        self.interval = 60.0 / requests_per_minute if requests_per_minute else 0.0
         self.next_start = 0.0
         self.lock = asyncio.Lock()
 
@@ -160,7 +160,7 @@ class LLMClient:
     async def ask_async(self, requests: list[Request | None], parse: Callable[[str | None], Any],
                         progress=None) -> list[Answer | None]:
         """Answers in the order of `requests`; a None request (nothing to ask) gives None."""
-        limiter = RateLimiter(self.config.requests_per_minute)
+        limiter = RateLimiter(self.config.rate_limit)
         gate = asyncio.Semaphore(self.config.concurrency)
         async with self._client() as client:
             async def one(request):

@@ -123,10 +123,10 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
         if checkpoint is not None:
             final = _materialise(checkpoint, outputs_root(experiment) / "checkpoints" /
                                  f"{experiment.name}-{experiment.digest()}")
+            source = tracker.log_checkpoint(parent, final)  # kept even when the evaluation fails
             if experiment.eval.enabled:
                 console.rule("evaluation")
                 metrics |= evaluate_checkpoint(experiment, final, tracker, parent, console)
-            source = tracker.log_checkpoint(parent, final)
             version = tracker.register(parent, source) if register else None
             if version:
                 console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version}")

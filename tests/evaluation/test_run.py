@@ -42,3 +42,24 @@ def test_scores_line_up_with_the_predictions_they_belong_to():
     scored = score(experiment, predictions)
     assert scored.per_report["rouge_l_f1"][:2] == [100.0, None] and scored.per_report["rouge_l_f1"][2] < 50
     assert scored.metrics["eval/n_without_candidate"] == 1 and not scored.judgments
+
+
+def test_an_unreachable_judge_fails_the_evaluation_with_its_reason(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from radlab.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": i, "candidate": "x", "reference": "y"}) + "\n"
+                                              for i in range(4)))
+    judge = {"endpoint": "compatible", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "timeout_s": 2}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump({"name": "e", "data": {"synthetic": {}},
+                                                     "eval": {"metrics": ["chexprompt"], "judge": judge}}))
+    result = CliRunner().invoke(app, ["eval", "e.yaml", "--predictions", "p.jsonl"])
+    assert result.exit_code == 2
+    assert "4 of 4 judgments failed (100% > eval.max_failed_share 5%): 4 x APIConnectionError" in result.output
+    tolerant = CliRunner().invoke(app, ["eval", "e.yaml", "--predictions", "p.jsonl", "--set", "eval.max_failed_share=1"])
+    assert tolerant.exit_code == 0, tolerant.output

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from radlab.config import Experiment
-from radlab.data.dataset import read_jsonl, split_examples
+from radlab.data.dataset import DataError, read_jsonl, split_examples
 from radlab.data.images import ImageError, load_image, to_tensor
 from radlab.model.generation import generate_texts
 
@@ -63,16 +63,16 @@ def join_predictions(predictions_path: Path, references_path: Path | None = None
     predictions = read_jsonl(predictions_path)
     for number, p in enumerate(predictions, 1):
         if "id" not in p:
-            raise ValueError(f"{predictions_path}:{number}: a prediction needs an id")
+            raise DataError(f"{predictions_path}:{number}: a prediction needs an id")
         p["id"] = str(p["id"])
         if "candidate" in p and not isinstance(p["candidate"], str):
-            raise ValueError(f"{predictions_path}:{number}: candidate must be text")
+            raise DataError(f"{predictions_path}:{number}: candidate must be text")
     if references_path is not None:
         references = {str(r["id"]): r.get("reference", r.get("findings")) for r in read_jsonl(references_path)}
         missing = [p["id"] for p in predictions if p["id"] not in references]
         extra = sorted(references.keys() - {p["id"] for p in predictions})
         if missing or extra:
-            raise ValueError(
+            raise DataError(
                 f"ids differ between {predictions_path} and {references_path}: {len(missing)} prediction(s) "
                 f"without a reference (e.g. {missing[:3]}), {len(extra)} reference(s) without a prediction "
                 f"(e.g. {extra[:3]})")
@@ -80,6 +80,6 @@ def join_predictions(predictions_path: Path, references_path: Path | None = None
             p["reference"] = references[p["id"]]
     lacking = [p["id"] for p in predictions if not isinstance(p.get("reference"), str)]
     if lacking:
-        raise ValueError(f"{predictions_path}: {len(lacking)} prediction(s) without a reference text "
+        raise DataError(f"{predictions_path}: {len(lacking)} prediction(s) without a reference text "
                          f"(e.g. {lacking[:3]}); pass --references")
     return predictions

@@ -9,6 +9,7 @@ classification, trained beside untrained."""
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,9 @@ from rich.table import Table  # noqa: E402
 
 from radlab.config import Experiment  # noqa: E402
 from radlab.data.dataset import split_examples  # noqa: E402
+from radlab.errors import RadlabError  # noqa: E402
 from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS, aggregate  # noqa: E402
+from radlab.evaluation.compare import compare_systems, per_report_scores  # noqa: E402
 from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E402
 from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
 from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
@@ -49,6 +52,10 @@ def judge_predictions(experiment: Experiment, predictions: list[dict]) -> tuple[
     return judgments, client
 
 
+class EvaluationFailed(RadlabError):
+    """Too many reports could not be judged: the scores would describe a flattering subset."""
+
+
 @dataclass
 class Scored:
     """One set of predictions scored: metrics, skipped metrics with reasons, per-report scores by
@@ -59,6 +66,19 @@ class Scored:
     per_report: dict[str, list[float | None]]
     judgments: list[Judgment] = field(default_factory=list)
     client: JudgeClient | None = None
+
+    def failures(self) -> Counter:
+        """Why judgments failed: reason -> count (an HTTP status, a timeout, an unparseable answer)."""
+        return Counter(j.error.split("\n")[0][:160] for j in self.judgments if not j.ok)
+
+    def check_failures(self, max_share: float) -> None:
+        """Refuse scores judged on too small a share of the reports, naming why the others failed."""
+        failed = sum(self.failures().values())
+        if self.judgments and failed / len(self.judgments) > max_share:
+            reasons = "; ".join(f"{count} x {reason}" for reason, count in self.failures().most_common(3))
+            raise EvaluationFailed(f"CheXprompt: {failed} of {len(self.judgments)} judgments failed "
+                                   f"({failed / len(self.judgments):.0%} > eval.max_failed_share "
+                                   f"{max_share:.0%}): {reasons}")
 
 
 def score(experiment: Experiment, predictions: list[dict]) -> Scored:
@@ -154,6 +174,23 @@ SUMMARY = ["chexprompt/significant_mean", "chexprompt/insignificant_mean", "chex
            "clinical/label_f1_micro"]
 
 
+def print_comparison(console: Console, rows: list[dict], title: str) -> None:
+    table = Table("metric", "n", "difference [95% CI]", "p (paired permutation)", title=title)
+    for row in rows:
+        table.add_row(row["metric"], str(row["n"]), f"{row['difference']:+.3f} [{row['ci_low']:+.3f}, "
+                      f"{row['ci_high']:+.3f}]", f"{row['p_value']:.3g}")
+    console.print(table)
+
+
+def log_comparison(tracker: Tracker, run_id: str, rows: list[dict], name: str) -> None:
+    """The paired comparison as one table artifact, and each difference and p-value as metrics."""
+    if not rows:
+        return
+    tracker.client.log_table(run_id, {key: [row[key] for row in rows] for key in rows[0]}, f"eval/{name}.json")
+    tracker.log_metrics(run_id, {f"{name}/{row['metric']}/{key}": row[key] for row in rows
+                                 for key in ("difference", "p_value") if row[key] == row[key]})
+
+
 def print_summary(console: Console, columns: dict[str, dict[str, float]], skipped: dict[str, str]) -> None:
     table = Table("metric", *columns, title="evaluation")
     for key in SUMMARY:
@@ -181,7 +218,8 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
         scored = score(experiment, trained)
     log_evaluation(tracker, run_id, experiment, trained, scored)
     columns = {"trained": scored.metrics}
-    if cfg.compare_untrained:
+    comparison = []
+    if cfg.compares_untrained:
         untrained_model = inference_model(build_model(experiment.model, loaded.tokenizer, experiment.data.max_length),
                                           *pick_device_dtype("auto", "auto"))
         with console.status("generating and judging with the untrained model"):
@@ -189,9 +227,17 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
             base = score(experiment, untrained)
         log_evaluation(tracker, run_id, experiment, untrained, base, "untrained/")
         columns["untrained"] = base.metrics
+        comparison = compare_systems(per_report_scores(trained, scored), per_report_scores(untrained, base),
+                                     cfg.bootstrap)
+        log_comparison(tracker, run_id, comparison, "trained_vs_untrained")
     for p in trained[: cfg.show]:
         console.print(f"[bold]{p['id']}[/]\n  reference: {p['reference']}\n  generated: {p.get('candidate', '-')}")
     print_summary(console, columns, scored.skipped)
+    if comparison:
+        print_comparison(console, comparison, "trained - untrained, paired on the same studies")
+    for reason, count in scored.failures().most_common():
+        console.print(f"[yellow]judge failed[/] {count} x {reason}", highlight=False)
+    scored.check_failures(cfg.max_failed_share)
     return scored.metrics
 
 
@@ -209,7 +255,7 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
         metrics = evaluate_retrieval(loaded.encoder, examples, loaded.tokenizer, size, length)
     tracker.log_metrics(run_id, metrics)
     columns = {"trained": metrics}
-    if experiment.eval.compare_untrained:
+    if experiment.eval.compares_untrained:
         torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
         untrained = build_encoder(experiment.model, loaded.stage0, loaded.tokenizer)
         columns["untrained"] = evaluate_retrieval(untrained, examples, loaded.tokenizer, size, length)

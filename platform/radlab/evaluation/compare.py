@@ -1,0 +1,81 @@
+"""Two systems on the same studies: for each per-report score, the difference of means (first
+minus second) with a 95% bootstrap interval (scipy.stats.bootstrap, percentile, resampling
+studies) and a two-sided paired permutation p-value (scipy.stats.permutation_test, swapping the
+two systems' scores within each study). Identical scores give a difference of 0 and p = 1.
+
+Only studies both systems were scored on are paired; `n` says how many. Corpus-level metrics
+(BLEU, F1-CheXbert micro/macro) have no per-report score and are not compared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from radlab.evaluation.chexprompt import LETTERS
+
+
+@dataclass
+class Paired:
+    n: int
+    difference: float
+    low: float
+    high: float
+    p_value: float
+
+    def row(self, name: str) -> dict:
+        return {"metric": name, "n": self.n, "difference": self.difference, "ci_low": self.low,
+                "ci_high": self.high, "p_value": self.p_value}
+
+
+def paired(first, second, resamples: int = 1000, seed: int = 0) -> Paired:
+    """The paired comparison of two equally long score arrays (NaN where a study was not scored)."""
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if len(a) < 2:
+        return Paired(len(a), float(np.mean(a - b)) if len(a) else float("nan"), float("nan"), float("nan"), float("nan"))
+    differences = a - b
+    mean = float(differences.mean())
+    if not differences.any():  # the same scores on every study
+        return Paired(len(a), 0.0, 0.0, 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    if np.all(differences == differences[0]):  # no spread to resample: the interval is the point
+        low = high = mean
+    else:
+        interval = stats.bootstrap((differences,), np.mean, n_resamples=resamples, method="percentile",
+                                   confidence_level=0.95, random_state=rng).confidence_interval
+        low, high = float(interval.low), float(interval.high)
+    test = stats.permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+                                  n_resamples=max(resamples, 999), vectorized=True, random_state=rng)
+    return Paired(len(a), mean, low, high, float(test.pvalue))
+
+
+def per_report_scores(predictions: list[dict], scored) -> dict[str, dict[str, float]]:
+    """id -> {score name -> value} for every per-report score of one scored system: CheXprompt's
+    significant and insignificant error totals (judged reports only) and the metric columns."""
+    out: dict[str, dict[str, float]] = {str(p["id"]): {} for p in predictions}
+    for p, judgment in zip(predictions, scored.judgments):
+        if judgment.ok:
+            out[str(p["id"])] |= {"chexprompt/significant": sum(judgment.counts.significant[x] for x in LETTERS),
+                                  "chexprompt/insignificant": sum(judgment.counts.insignificant[x] for x in LETTERS)}
+    for name, column in scored.per_report.items():
+        for p, value in zip(predictions, column):
+            if value is not None:
+                out[str(p["id"])][name] = float(value)
+    return out
+
+
+def compare_systems(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]],
+                    resamples: int = 1000) -> list[dict]:
+    """One row per score both systems have, over the studies both were scored on."""
+    ids = [i for i in first if i in second]
+    names = sorted({name for i in ids for name in first[i]} & {name for i in ids for name in second[i]})
+    rows = []
+    for name in names:
+        a = [first[i].get(name, np.nan) for i in ids]
+        b = [second[i].get(name, np.nan) for i in ids]
+        rows.append(paired(a, b, resamples).row(name))
+    return rows

@@ -1,0 +1,64 @@
+"""Paired comparisons of two systems on the same studies."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from radlab.cli import app
+from radlab.data.synthetic import Finding, write_findings
+from radlab.evaluation.compare import compare_systems, paired
+
+EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
+NODULE = write_findings([Finding("nodule", "right", "upper", None)])
+NORMAL = write_findings([])
+
+
+def test_a_known_difference_is_significant_and_identical_scores_are_not():
+    rng = np.random.default_rng(0)
+    a = rng.poisson(1.0, 200).astype(float)
+    better = paired(a, a + 1 + rng.poisson(0.3, 200))
+    assert better.difference < -1 and better.high < 0 and better.p_value < 0.01
+    same = paired(a, a)
+    assert (same.difference, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    noise = paired(a, a + rng.normal(0, 0.1, 200))
+    assert noise.low < 0 < noise.high and noise.p_value > 0.05
+
+
+def test_only_studies_scored_by_both_systems_are_paired():
+    rows = compare_systems({"1": {"m": 1.0}, "2": {"m": 2.0}, "3": {"m": 5.0}},
+                           {"1": {"m": 0.0}, "2": {"m": 1.0}, "4": {"m": 9.0}})
+    assert rows == [{"metric": "m", "n": 2, "difference": 1.0, "ci_low": 1.0, "ci_high": 1.0,
+                     "p_value": rows[0]["p_value"]}]
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_saying_nothing_scores_worse_than_the_most_common_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    references = [EFFUSION] * 20 + [NODULE] * 2 + [NORMAL] * 2
+    refs = _write(tmp_path / "refs.jsonl", [{"id": i, "reference": r} for i, r in enumerate(references)])
+    common = _write(tmp_path / "common.jsonl", [{"id": i, "candidate": EFFUSION} for i in range(len(references))])
+    silent = _write(tmp_path / "silent.jsonl", [{"id": i, "candidate": ""} for i in range(len(references))])
+    result = CliRunner().invoke(app, ["eval", "--predictions", str(common), "--baseline", str(silent),
+                                      "--references", str(refs)])
+    assert result.exit_code == 0, result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/radlab_runs/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("eval").experiment_id])[0]
+    metrics = run.data.metrics
+    assert metrics["chexprompt/n_failed"] == metrics["baseline/chexprompt/n_failed"] == 0
+    # The most common report makes 6 significant errors on 24 studies (2 nodules missed with a false
+    # effusion each, 2 false effusions); saying nothing omits the findings of all 22 abnormal studies.
+    assert metrics["chexprompt/significant_mean"] < metrics["baseline/chexprompt/significant_mean"]
+    assert metrics["predictions_vs_baseline/chexprompt/significant/difference"] < 0
+    assert metrics["predictions_vs_baseline/chexprompt/significant/p_value"] < 0.05
+    assert "predictions - baseline" in result.output
+    same = CliRunner().invoke(app, ["eval", "--predictions", str(common), "--baseline", str(common),
+                                    "--references", str(refs)])
+    assert same.exit_code == 0 and "1" in next(line for line in same.output.splitlines()
+                                                if "chexprompt/significant " in line)

@@ -70,6 +70,18 @@ def ingest_mimic(root: Annotated[Path, typer.Option(help="MIMIC-CXR-JPG: files/ 
     _ingest(mimic.read(root, reports, views), out, "mimic-cxr", root)
 
 
+@ingest_app.command("llava-rad")
+def ingest_llava_rad(annotations: Annotated[Path, typer.Option(help="the release's folder: chat_{train,dev,test}_"
+                                                                   "MIMIC_CXR_all_gpt4extract_rulebased_v1.json")],
+                     image_root: Annotated[Path, typer.Option(help="MIMIC-CXR-JPG's files/ folder (the release's "
+                                                                   "image paths, without mimic/, start there)")],
+                     out: Out = Path("data/llava_rad")) -> None:
+    """LLaVA-Rad's released annotations, read as the release's loader reads them."""
+    from radlab.data.ingest import llava_rad
+
+    _ingest(llava_rad.read(annotations, image_root), out, "llava-rad", image_root)
+
+
 @ingest_app.command("chexpert-plus")
 def ingest_chexpert_plus(root: Annotated[Path, typer.Option(help="the folder the CSV's image paths start from")],
                          table: Annotated[Path, typer.Option(help="the report CSV (default: found under root)")] = None,

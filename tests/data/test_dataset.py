@@ -21,6 +21,15 @@ def test_label_mask_trains_only_the_findings(tokenizer):
     assert short.truncated and len(short.input_ids) == 80
 
 
+def test_the_plain_template_ends_the_findings_with_a_newline_and_no_eos(tokenizer):
+    # As LLaVA's preprocess_plain: <image> + findings + the plain conversation's separator "\n".
+    encoded = encode_example(tokenizer, "plain", "<image>\nDescribe.", "No pneumothorax.", 16, 2048)
+    trained = [t for t in encoded.labels if t != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == "No pneumothorax.\n"
+    assert tokenizer.eos_token_id not in encoded.input_ids
+    assert encoded.input_ids[0] == tokenizer.bos_token_id and encoded.labels[0] == IGNORE_INDEX
+
+
 def test_manifest_forms_and_errors(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps([RECORD]))
     (tmp_path / "b.jsonl").write_text(json.dumps(RECORD) + "\n{broken\n")

@@ -1,5 +1,5 @@
 """Prompt templates, and turning a (prompt, findings) pair into token ids with the labels masked
-so that only the findings tokens (and the end-of-sequence token) are trained."""
+so that only the findings tokens (and what ends them) are trained."""
 
 from __future__ import annotations
 
@@ -22,8 +22,17 @@ def render_prompt(template: str, human: str) -> str:
     raise ValueError(f"unknown template {template!r}")
 
 
+# LLaVA's `plain` conversation (its stage 1) ends the findings with the separator "\n" and no
+# end-of-sequence token; the chat template ends them with EOS.
+PLAIN_END = "\n"
+
+
 def render_target(template: str, findings: str) -> str:
-    return findings if template == "plain" else f" {findings}"
+    return findings + PLAIN_END if template == "plain" else f" {findings}"
+
+
+def ends_with_eos(template: str) -> bool:
+    return template != "plain"
 
 
 @dataclass
@@ -52,7 +61,8 @@ def encode_example(tokenizer, template: str, human: str, findings: str, num_imag
                    max_length: int) -> Encoded:
     prompt_ids = encode_prompt(tokenizer, render_prompt(template, human), num_image_tokens)
     target_ids = tokenizer(render_target(template, findings), add_special_tokens=False)["input_ids"]
-    target_ids = target_ids + [tokenizer.eos_token_id]
+    if ends_with_eos(template):
+        target_ids = target_ids + [tokenizer.eos_token_id]
     room = max_length - len(prompt_ids)
     if room < 1:
         raise ValueError(f"the prompt alone takes {len(prompt_ids)} tokens, over max_length {max_length}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from radlab.data.dataset import collate
-from radlab.data.prompts import encode_prompt, render_prompt
+from radlab.data.prompts import PLAIN_END, encode_prompt, ends_with_eos, render_prompt
 
 
 def pick_device_dtype(device: str, dtype: str,
@@ -51,12 +51,14 @@ def generate_texts(model, tokenizer, pixels: list[torch.Tensor], humans: list[st
              for p, human in zip(pixels, humans)]
     batch = collate(items, tokenizer.pad_token_id, left_pad=True)
     parameter = next(model.parameters())
+    # A model trained on the plain template ends its findings with PLAIN_END, not EOS.
+    stop = {} if ends_with_eos(template) else {"stop_strings": [PLAIN_END], "tokenizer": tokenizer}
     out = model.generate(
         input_ids=batch["input_ids"].to(parameter.device),
         attention_mask=batch["attention_mask"].to(parameter.device),
         pixel_values=batch["pixel_values"].to(parameter.device, dtype=parameter.dtype),
         max_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **stop,
     )
     texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [t.strip() for t in texts]
+    return [t.split(PLAIN_END)[0].strip() if stop else t.strip() for t in texts]

@@ -118,3 +118,41 @@ def iu_xray(root: Path) -> tuple[Path, Path]:
                 image(images / f"CXR{n}_1_IM-000{n}-{k}001.png", "PNG")
     (reports / "4.xml").write_text("<eCitation><unclosed>")
     return images, reports
+
+
+def llava_rad_record(subject: str, study: str, dicom: str, method: str, findings, view: str = "PA",
+                     reason: str | None = "___ year old woman with dyspnea// eval for\npulmonary edema.") -> dict:
+    """One record as the release writes it (PhysioNet llava-rad-mimic-cxr-annotation 1.0.0)."""
+    return {"id": f"{subject}_{study}", "image": f"mimic/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg",
+            "generate_method": method, "reason": reason, "impression": None, "indication": None, "history": None,
+            "view": view, "orientation": "Erect",
+            "chexpert_labels": {name: float("nan") for name in CHEXPERT} | {"Edema": 1.0, "Cardiomegaly": -1.0},
+            "conversations": [{"from": "human", "value": "<image>\nDescribe the findings of the chest x-ray.\n"},
+                              {"from": "gpt", "value": findings}]}
+
+
+def llava_rad_release(root: Path) -> tuple[Path, Path]:
+    """The release's three JSON arrays (NaN for blank labels, as published) and the JPEGs they name,
+    under MIMIC-CXR-JPG's files/ folder."""
+    import json
+
+    files = root / "mimic-cxr-jpg" / "files"
+    annotations = root / "llava-rad-mimic-cxr-annotation"
+    annotations.mkdir(parents=True)
+    splits = {
+        "train": [llava_rad_record("10003502", "50084553", "a1", "rule-based", "Mild pulmonary edema."),
+                  llava_rad_record("10003502", "50084553", "a1", "gpt4", "Pulmonary edema is mild."),
+                  llava_rad_record("10003502", "50084553", "a2", "rule-based", "Mild pulmonary edema.", view="LATERAL"),
+                  llava_rad_record("10000032", "50414267", "b1", "rule-based", None),          # no findings
+                  llava_rad_record("10000032", "50414267", "b2", "gpt4", "Clear lungs.", reason=None)],
+        "dev": [llava_rad_record("10000764", "57375967", "c1", "gpt4", "Small left effusion.")],
+        "test": [llava_rad_record("10000935", "51178377", "d1", "rule-based", "Right pneumothorax."),
+                 llava_rad_record("10000935", "51178377", "d1", "gpt4", "There is a right pneumothorax."),
+                 llava_rad_record("10000935", "51178377", "d2", "rule-based", "Right pneumothorax.", view="AP")],
+    }
+    for split, records in splits.items():
+        (annotations / f"chat_{split}_MIMIC_CXR_all_gpt4extract_rulebased_v1.json").write_text(json.dumps(records))
+        for record in records:
+            if record["conversations"][1]["value"] is not None and record["image"] != "mimic/p10/p10000935/s51178377/d2.jpg":
+                image(files / record["image"].removeprefix("mimic/"))
+    return annotations, files

@@ -12,8 +12,8 @@ import yaml
 from radlab.config import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCHERS = {"aws-v100.yaml": {"p3.2xlarge": 1, "p3.8xlarge": 4},
-             "azure-v100.yaml": {"Standard_NC6s_v3": 1, "Standard_NC24s_v3": 4}}
+LAUNCHERS = {"aws-v100.yaml": {"p3.2xlarge": 1, "p3.8xlarge": 4, "p3dn.24xlarge": 8},
+             "azure-v100.yaml": {"Standard_NC6s_v3": 1, "Standard_NC24s_v3": 4, "Standard_ND40rs_v2": 8}}
 SERVING = yaml.safe_load((ROOT / "serving/v100.yaml").read_text())
 
 

@@ -49,7 +49,16 @@ def _load(path: Path, overrides: list[str] | None) -> Experiment:
 @app.command()
 def validate(path: Path, overrides: Overrides = None) -> None:
     """Check an experiment YAML (and overrides); print the resolved config or what is wrong."""
+    from radlab.model.memory import experiment_plans
+
     experiment = _load(path, overrides)
+    plans = experiment_plans(experiment)
+    for plan in plans:
+        console.print(("[green]" if plan.fits else "[red]") + f"memory[/] {plan.line()}", highlight=False)
+    misfits = [plan for plan in plans if not plan.fits]
+    if misfits:
+        err_console.print(f"[red]{path}: {misfits[0].name} does not fit its GPU:[/] {misfits[0].fix}", highlight=False)
+        raise typer.Exit(2)
     console.print(f"[green]ok[/] {path}: experiment '{experiment.name}'")
     console.print_json(json.dumps(experiment.model_dump(mode="json")))
 

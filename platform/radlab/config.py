@@ -107,6 +107,8 @@ class VisionConfig(Section):
 
 class LanguageConfig(Section):
     path: str | None = None
+    vocab_size: int = Field(512, ge=16, description="the BPE trained on the reports for a language model built "
+                            "from this config; a pretrained model (path) brings its own tokenizer")
     hidden_size: int = Field(128, ge=8)
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
@@ -350,6 +352,8 @@ class RayConfig(Section):
     use_gpu: bool = False
     accelerator: Literal["V100", "A100", "H100", "L4", "T4"] | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    gpu_memory_gb: float | None = Field(None, gt=0, description="memory of each GPU, for the memory plan "
+                                        "(default: the accelerator's smallest variant, e.g. V100 16)")
     deepspeed: Literal["none", "zero2", "zero3"] = "none"
     storage_path: str = "radlab_runs/ray"
     max_failures: int = Field(2, ge=0)

@@ -12,12 +12,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from radlab.config import Experiment, ModelConfig, with_absolute_paths
+from radlab.config import ConfigError, Experiment, ModelConfig, with_absolute_paths
 from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.stats import experiment_cards
 from radlab.data.tokenizer import load_tokenizer, train_tokenizer
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.model.build import check_tokenizer_fits, embedding_rows
+from radlab.model.memory import experiment_plans
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
 from radlab.train.stages import STAGES, run_stage, stage_key, storage_path
@@ -49,10 +50,17 @@ def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
         if source:
             load_tokenizer(source).save_pretrained(folder)
         else:
-            train_tokenizer(training_texts(experiment.data), folder)
+            train_tokenizer(training_texts(experiment.data), folder, experiment.model.language.vocab_size)
     if experiment.model.language.path:
         check_tokenizer_fits(experiment.model, load_tokenizer(folder), embedding_rows(experiment.model.language.path))
     return folder
+
+
+def check_memory(experiment: Experiment) -> None:
+    """Refuse, before anything starts, a stage whose memory plan does not fit its GPUs."""
+    for plan in experiment_plans(experiment):
+        if not plan.fits:
+            raise ConfigError(f"{plan.line()}: {plan.fix}")
 
 
 def outputs_root(experiment: Experiment) -> Path:
@@ -83,6 +91,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     console = console or Console()
     experiment = with_absolute_paths(experiment)
     tracker = Tracker(experiment)
+    check_memory(experiment)
     with console.status("preparing data and tokenizer"):
         data_digest = manifest_digest(experiment.data)
         tokenizer_dir = prepare_tokenizer(experiment, data_digest)

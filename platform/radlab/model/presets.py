@@ -18,7 +18,7 @@ PRESETS: dict[str, dict] = {
                    "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
                    "select_layer": -2, "frozen": True},
         "projector": "mlp2x_gelu",
-        "language": {"path": "lmsys/vicuna-7b-v1.5", "hidden_size": 4096, "layers": 32, "heads": 32,
-                     "intermediate_size": 11008, "tie_embeddings": False},
+        "language": {"path": "lmsys/vicuna-7b-v1.5", "vocab_size": 32000, "hidden_size": 4096, "layers": 32,
+                     "heads": 32, "intermediate_size": 11008, "tie_embeddings": False},
     },
 }

@@ -1,0 +1,176 @@
+"""Per-GPU memory plans: will a stage, or a serving replica, fit the accelerator it asks for?
+
+An estimate from the model's shapes, in the terms of the ZeRO paper (Rajbhandari et al.) and of
+Korthikanti et al.'s activation count, before anything is loaded:
+- weights: every parameter at the training precision (fp32: 4 bytes, fp16/bf16: 2), sharded
+  across the workers under ZeRO-3;
+- gradients: the trainable parameters at that precision, sharded under ZeRO-2 and -3;
+- optimizer states: AdamW's two moments plus an fp32 master copy in mixed precision (12 bytes per
+  trainable parameter, 8 in fp32), sharded under ZeRO-2 and -3;
+- activations per sequence of `data.max_length` tokens (the longest a padded batch can be):
+  34·s·h + 5·a·s² bytes per layer at 16 bits (no FlashAttention on V100), or only each layer's
+  input with gradient checkpointing plus one layer recomputed; and the logits in 16 and 32 bits;
+- a fixed 1 GiB for the CUDA context, NCCL buffers and allocator slack.
+Serving: the weights at the serving dtype, LoRA merged, and the KV cache of a full batch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from radlab.config import Experiment, ModelConfig, StageConfig
+
+GiB = 1024 ** 3
+OVERHEAD = 1 * GiB
+# Memory of each accelerator's smallest common variant; a larger one is named in ray.gpu_memory_gb.
+ACCELERATOR_GIB = {"V100": 16, "T4": 16, "L4": 24, "A100": 40, "H100": 80}
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass
+class Shape:
+    """The sizes a memory estimate needs, read from the configs (a local config.json wins)."""
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    tied: bool
+    vision_params: int
+    vision_width: int
+    image_tokens: int
+    projector_params: int
+
+    @property
+    def language_params(self) -> int:
+        h, kv = self.hidden, self.hidden * self.kv_heads // self.heads
+        per_layer = 2 * h * h + 2 * h * kv + 3 * h * self.intermediate + 2 * h
+        return self.vocab * h * (1 if self.tied else 2) + self.layers * per_layer + h
+
+    @property
+    def total_params(self) -> int:
+        return self.language_params + self.vision_params + self.projector_params
+
+    def lora_params(self, r: int) -> int:
+        h, kv, inter = self.hidden, self.hidden * self.kv_heads // self.heads, self.intermediate
+        pairs = {"q": (h, h), "k": (h, kv), "v": (h, kv), "o": (h, h), "gate": (h, inter), "up": (h, inter),
+                 "down": (inter, h)}
+        return self.layers * sum(r * (a + b) for a, b in pairs.values())
+
+
+def _local_config(path: str | None) -> dict:
+    if path and (Path(path) / "config.json").is_file():
+        return json.loads((Path(path) / "config.json").read_text())
+    return {}
+
+
+def model_shape(model: ModelConfig) -> Shape:
+    lang, vision = model.language, model.vision
+    own = _local_config(lang.path)
+    hidden = own.get("hidden_size", lang.hidden_size)
+    heads = own.get("num_attention_heads", lang.heads)
+    d, inner = vision.hidden_size, vision.intermediate_size
+    patch = 3 * vision.patch_size ** 2 * d + d + (vision.num_image_tokens + 1) * d
+    vision_params = patch + vision.layers * (4 * d * d + 2 * d * inner + 9 * d + inner) + 2 * d
+    projector = d * hidden + hidden + (hidden * hidden + hidden if model.projector == "mlp2x_gelu" else 0)
+    return Shape(vocab=own.get("vocab_size", lang.vocab_size), hidden=hidden,
+                 layers=own.get("num_hidden_layers", lang.layers), heads=heads,
+                 kv_heads=own.get("num_key_value_heads") or heads,
+                 intermediate=own.get("intermediate_size", lang.intermediate_size),
+                 tied=own.get("tie_word_embeddings", lang.tie_embeddings), vision_params=vision_params,
+                 vision_width=d, image_tokens=vision.num_image_tokens, projector_params=projector)
+
+
+@dataclass
+class Plan:
+    """One memory estimate: bytes by part, against the accelerator's memory."""
+    name: str
+    capacity: float
+    parts: dict[str, float] = field(default_factory=dict)
+    fix: str = ""
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.capacity
+
+    def line(self) -> str:
+        parts = ", ".join(f"{name} {value / GiB:.1f}" for name, value in self.parts.items())
+        verdict = "fits" if self.fits else "DOES NOT FIT"
+        return f"{self.name}: {self.total / GiB:.1f} of {self.capacity / GiB:.0f} GiB per GPU ({parts}) {verdict}"
+
+
+def _trainable(shape: Shape, stage: StageConfig, vision_tuned: bool) -> int:
+    count = 0
+    if "projector" in stage.train:
+        count += shape.projector_params
+    if "language" in stage.train:
+        count += shape.language_params
+    if "lora" in stage.train and stage.lora is not None:
+        count += shape.lora_params(stage.lora.r)
+    if "vision" in stage.train or vision_tuned:
+        count += shape.vision_params
+    return count
+
+
+def activation_bytes(shape: Shape, tokens: int, checkpointing: bool) -> float:
+    """One sequence's activations at 16 bits, with the logits kept for the loss."""
+    s, h, a = tokens, shape.hidden, shape.heads
+    layer = 34 * s * h + 5 * a * s * s
+    layers = shape.layers * 2 * s * h + layer if checkpointing else shape.layers * layer
+    logits = s * shape.vocab * (2 + 4 + 4)  # 16-bit logits, their fp32 upcast for the loss, its gradient
+    return layers + logits
+
+
+def gpu_capacity(experiment: Experiment) -> float:
+    ray = experiment.ray
+    gib = ray.gpu_memory_gb or ACCELERATOR_GIB.get(ray.accelerator or "", 0)
+    return gib * GiB
+
+
+def stage_plan(experiment: Experiment, stage_name: str) -> Plan:
+    stage: StageConfig = getattr(experiment, stage_name)
+    ray = experiment.ray
+    shape = model_shape(experiment.model)
+    width = 4 if ray.precision == "fp32" else 2
+    world = ray.min_workers or ray.workers
+    zero = {"none": 0, "zero2": 2, "zero3": 3}[ray.deepspeed]
+    trainable = _trainable(shape, stage, not experiment.model.vision.frozen)
+    optimizer_bytes = 8 if ray.precision == "fp32" else 12
+    parts = {
+        "weights": shape.total_params * width / (world if zero == 3 else 1),
+        "gradients": trainable * width / (world if zero >= 2 else 1),
+        "optimizer": trainable * optimizer_bytes / (world if zero >= 2 else 1),
+        "activations": stage.micro_batch * activation_bytes(shape, experiment.data.max_length,
+                                                              stage.gradient_checkpointing),
+        "overhead": OVERHEAD,
+    }
+    fix = (f"lower {stage_name}.micro_batch (now {stage.micro_batch})"
+           + ("" if stage.gradient_checkpointing else f", set {stage_name}.gradient_checkpointing: true")
+           + ("" if zero == 3 else ", use ray.deepspeed: zero3") + " or name a larger GPU in ray.gpu_memory_gb")
+    return Plan(stage_name, gpu_capacity(experiment), parts, fix)
+
+
+def serving_plan(model: ModelConfig, batch: int, prompt_tokens: int, new_tokens: int, dtype_bytes: int,
+                 capacity_gib: float) -> Plan:
+    """A replica: merged weights, and the KV cache and last-token logits of a full batch."""
+    shape = model_shape(model)
+    tokens = shape.image_tokens + prompt_tokens + new_tokens
+    kv = 2 * shape.layers * (shape.hidden * shape.kv_heads // shape.heads) * tokens * batch * dtype_bytes
+    parts = {"weights": shape.total_params * dtype_bytes, "kv_cache": kv,
+             "prefill": batch * (shape.image_tokens + prompt_tokens) * shape.hidden * 34 * dtype_bytes // 2
+             + batch * shape.vocab * 4, "overhead": OVERHEAD}
+    return Plan("serving", capacity_gib * GiB, parts, "lower max_batch_size or serve on a larger GPU")
+
+
+def experiment_plans(experiment: Experiment) -> list[Plan]:
+    """The plan of every enabled report-model stage, where the accelerator's memory is known."""
+    if not experiment.ray.use_gpu or not gpu_capacity(experiment):
+        return []
+    return [stage_plan(experiment, name) for name in ("stage1", "stage2") if getattr(experiment, name).enabled]

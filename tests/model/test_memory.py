@@ -1,0 +1,55 @@
+"""Memory plans: the parameter counts they rest on, the shipped configs against their GPUs, and a
+plan over memory refused before anything starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from radlab.cli import app
+from radlab.config import ModelConfig, load_experiment
+from radlab.model.build import build_model, count_parameters
+from radlab.model.memory import GiB, experiment_plans, model_shape, serving_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("fields", [{}, {"projector": "linear"}, {"language": {"tie_embeddings": False}}])
+def test_the_parameter_count_matches_the_built_model(tokenizer, fields):
+    model_config = ModelConfig.model_validate({"preset": "tiny", "language": {"vocab_size": len(tokenizer)},
+                                               **fields})
+    total, _ = count_parameters(build_model(model_config, tokenizer))
+    assert model_shape(model_config).total_params == pytest.approx(total, rel=0.01)
+
+
+def test_the_7b_shapes_are_vicunas():
+    shape = model_shape(ModelConfig.model_validate({"preset": "llava-rad-7b"}))
+    assert shape.language_params == pytest.approx(6.74e9, rel=0.01)   # Vicuna-7B v1.5 (Llama 2 7B)
+    assert shape.vision_params == pytest.approx(86.4e6, rel=0.03)     # ViT-B/14 at 518 px
+    assert shape.image_tokens == 37 * 37 and shape.lora_params(64) == pytest.approx(160e6, rel=0.01)
+
+
+@pytest.mark.parametrize("name", ["llava_rad.yaml", "ablation_llava_rad.yaml"])
+def test_the_shipped_paper_configs_fit_the_gpus_they_ask_for(name):
+    plans = experiment_plans(load_experiment(ROOT / "experiments" / name))
+    assert [p.name for p in plans] == ["stage1", "stage2"] and all(p.fits for p in plans)
+    assert all(p.capacity == 32 * GiB for p in plans)
+
+
+def test_the_v100_serving_config_needs_the_32_gb_v100s():
+    args = yaml.safe_load((ROOT / "serving/v100.yaml").read_text())["applications"][0]["args"]
+    model = ModelConfig.model_validate({"preset": "llava-rad-7b"})
+    plan = serving_plan(model, args["max_batch_size"], 64, args["max_new_tokens"], 2, 32)
+    assert plan.fits and not serving_plan(model, args["max_batch_size"], 64, args["max_new_tokens"], 2, 16).fits
+    assert serving_plan(model, 1, 64, args["max_new_tokens"], 2, 16).fits  # one V100 16 GB, one report at a time
+
+
+def test_a_plan_over_memory_is_refused_naming_the_field(tmp_path):
+    raw = yaml.safe_load((ROOT / "experiments/llava_rad.yaml").read_text())
+    raw["ray"]["gpu_memory_gb"] = 16
+    raw["stage1"]["micro_batch"] = 16
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "big.yaml")])
+    assert result.exit_code == 2
+    assert "stage1 does not fit its GPU" in result.output and "lower stage1.micro_batch (now 16)" in result.output

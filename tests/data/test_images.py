@@ -77,3 +77,46 @@ def test_dicom_16_bit_is_shown_through_its_window():
     assert (windowed[0, :20] == 0).all() and (windowed[0, -20:] == 255).all()
     inside = windowed[0, 26:38]
     assert inside.max() - inside.min() > 2 * (plain[0, 26:38].max() - plain[0, 26:38].min())
+
+
+def _rle_bomb(side: int = 12000) -> bytes:
+    """A valid RLE Lossless DICOM of side x side 8-bit pixels, all zero: about 2.3 MB on disk."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless, SecondaryCaptureImageStorage, generate_uid
+
+    full, rest = divmod(side, 128)
+    row = b"\x81\x00" * full + (bytes([257 - rest, 0]) if rest else b"")  # runs of 128 (and the rest) zeros
+    segment = row * side
+    header = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = RLELossless
+    ds = FileDataset("bomb.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = side
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([header + segment])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_a_decompression_bomb_dicom_is_refused_before_decoding():
+    import time
+    import tracemalloc
+
+    small = _rle_bomb(256)
+    assert decode_image(small, "small.dcm").size == (256, 256)  # the same encoding decodes when small
+    bomb = _rle_bomb()
+    assert len(bomb) < 3_000_000
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(ImageError, match=r"bomb.dcm: 12000x12000 exceeds 50000000 pixels"):
+        decode_image(bomb, "bomb.dcm")
+    elapsed = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert elapsed < 1.0 and peak < 100_000_000

@@ -27,19 +27,28 @@ def _is_dicom(data: bytes) -> bool:
     return len(data) > 132 and data[128:132] == b"DICM"
 
 
-def _dicom_to_image(data: bytes, name: str) -> Image.Image:
+def _dicom_to_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """8-bit grayscale from a DICOM of any bit depth: the modality LUT (rescale slope/intercept),
     then the VOI LUT or window the file carries (the display the radiologist saw), scaled to the
-    window's range; MONOCHROME1 (air bright) inverted to the usual display."""
+    window's range; MONOCHROME1 (air bright) inverted to the usual display. The size in the header
+    is checked before any pixel is decoded (a small compressed file can hold a huge image), and of
+    a multi-frame file only the first frame is decoded."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
+        rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+        if rows * columns * int(ds.get("SamplesPerPixel", 1) or 1) > max_pixels:
+            raise ImageError(f"{name}: {columns}x{rows} exceeds {max_pixels} pixels")
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            ds.pixel_array_options(index=0)
         pixels = ds.pixel_array
-        if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:  # multi-frame: the first frame
+        if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:  # a decoder that ignored the index
             pixels = pixels[0]
         pixels = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float32)
+    except ImageError:
+        raise
     except Exception as err:  # pydicom raises many types for broken files
         raise ImageError(f"{name}: DICOM without readable pixel data ({type(err).__name__}: {err})") from None
     lo, hi = float(pixels.min()), float(pixels.max())
@@ -52,10 +61,7 @@ def _dicom_to_image(data: bytes, name: str) -> Image.Image:
 def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode bytes of a PNG, JPEG or DICOM into a grayscale PIL image of at most `max_pixels`."""
     if _is_dicom(data):
-        image = _dicom_to_image(data, name)
-        if image.width * image.height > max_pixels:
-            raise ImageError(f"{name}: {image.width}x{image.height} exceeds {max_pixels} pixels")
-        return image
+        return _dicom_to_image(data, name, max_pixels)
     try:
         image = Image.open(io.BytesIO(data))
         if image.width * image.height > max_pixels:

@@ -29,7 +29,7 @@ $(RADGRAPH_VENV)/.installed:
 
 quickstart: install
 	$(VENV)/bin/radlab run experiments/quickstart.yaml
-	$(VENV)/bin/radlab serve --model models:/radlab-quickstart/latest --once data/synthetic/images/test/000000.png
+	$(VENV)/bin/radlab serve --model models:/radlab-quickstart@candidate --once data/synthetic/images/test/000000.png
 
 # The MLflow UI test drives a real headless Chromium (Debian's package).
 browser:

@@ -24,7 +24,7 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
-from radlab.data.tokenizer import train_tokenizer  # noqa: E402
+from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.train.contrastive import train_encoder  # noqa: E402
 
 

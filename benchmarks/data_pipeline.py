@@ -30,7 +30,7 @@ import ray  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from radlab.data.image_pipeline import BATCH, image_dataset  # noqa: E402
-from radlab.data.images import load_image, square_pixels  # noqa: E402
+from radlab.formats.images import load_image, square_pixels  # noqa: E402
 
 SIZE = 518
 

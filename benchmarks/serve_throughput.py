@@ -29,7 +29,7 @@ from ray import serve  # noqa: E402
 from radlab.config import ModelConfig, parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.data.synthetic import draw_findings, render  # noqa: E402
-from radlab.data.tokenizer import train_tokenizer  # noqa: E402
+from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import save_checkpoint  # noqa: E402
 from radlab.serve.app import build_app  # noqa: E402

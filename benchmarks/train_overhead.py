@@ -21,8 +21,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import torch  # noqa: E402
 
 from radlab.config import parse_experiment  # noqa: E402
-from radlab.data.dataset import collate, stage_dataset, training_texts  # noqa: E402
-from radlab.data.tokenizer import train_tokenizer  # noqa: E402
+from radlab.data.dataset import stage_dataset, training_texts  # noqa: E402
+from radlab.formats.batch import collate  # noqa: E402
+from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model, set_trainable  # noqa: E402
 
 

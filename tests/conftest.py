@@ -34,7 +34,7 @@ def synthetic_root(tmp_path_factory) -> Path:
 def tokenizer_dir(synthetic_root, tmp_path_factory) -> Path:
     from radlab.config import parse_experiment
     from radlab.data.dataset import training_texts
-    from radlab.data.tokenizer import train_tokenizer
+    from radlab.formats.tokenizer import train_tokenizer
 
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path_factory.mktemp("x")), "test")
     folder = tmp_path_factory.mktemp("tokenizer") / "tok"
@@ -44,7 +44,7 @@ def tokenizer_dir(synthetic_root, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
-    from radlab.data.tokenizer import load_tokenizer
+    from radlab.formats.tokenizer import load_tokenizer
 
     return load_tokenizer(tokenizer_dir)
 

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from radlab.cli import app
 from radlab.evaluation.reference_judge import serve_in_thread
+
 from tests.data.ingest.layouts import mimic
 from tests.data.test_structure import gpt4_fake
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,11 +77,17 @@ def run(path: Path, overrides: Overrides = None,
     experiment = _load(path, (overrides or []) + ([f"ray.address={address}"] if address else []))
     from radlab.pipeline import run_experiment
 
+    # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: its MLflow runs are marked KILLED.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         summary = run_experiment(experiment, path.read_text(), console)
     except RadlabError as err:
         err_console.print(f"[red]{path}: {err}[/]", highlight=False)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err_console.print(f"[yellow]interrupted[/]: the runs are marked KILLED and nothing was registered; run "
+                          f"`radlab run {path}` again to resume", highlight=False)
+        raise typer.Exit(130) from None
     console.print(f"[green]done[/] checkpoint {summary.checkpoint}  MLflow run {summary.parent_run_id}")
 
 
@@ -112,10 +119,17 @@ def eval_command(
 ) -> None:
     """Evaluate a checkpoint on the experiment's eval split, or judge a predictions file."""
     from radlab.config import parse_experiment
-    from radlab.evaluation.generate import join_predictions
     from radlab.evaluation.compare import compare_systems, per_report_scores
-    from radlab.evaluation.run import (evaluate_checkpoint, evaluate_encoder, log_comparison, log_evaluation,
-                                       print_comparison, print_summary, score)
+    from radlab.evaluation.generate import join_predictions
+    from radlab.evaluation.run import (
+        evaluate_checkpoint,
+        evaluate_encoder,
+        log_comparison,
+        log_evaluation,
+        print_comparison,
+        print_summary,
+        score,
+    )
     from radlab.pipeline import encoder_folder
     from radlab.tracking.runs import Tracker, fetch_checkpoint
 

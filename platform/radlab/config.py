@@ -16,10 +16,17 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from radlab.errors import RadlabError
-from radlab.model.presets import PRESETS
+from radlab.presets import PRESETS
 
 
 class ConfigError(RadlabError, ValueError):

@@ -15,12 +15,12 @@ from rich.console import Console
 from radlab.config import ConfigError, Experiment, ModelConfig, with_absolute_paths
 from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.stats import experiment_cards
-from radlab.data.tokenizer import load_tokenizer, train_tokenizer
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
+from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
 from radlab.model.build import check_tokenizer_fits, embedding_rows
 from radlab.model.memory import experiment_plans
 from radlab.runtime import check_resources, init_ray
-from radlab.tracking.runs import Tracker
+from radlab.tracking.runs import CANDIDATE, Tracker
 from radlab.train.stages import STAGES, run_stage, stage_key, storage_path
 
 
@@ -54,6 +54,24 @@ def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
     if experiment.model.language.path:
         check_tokenizer_fits(experiment.model, load_tokenizer(folder), embedding_rows(experiment.model.language.path))
     return folder
+
+
+def describe(experiment: Experiment) -> str:
+    """One paragraph for the run's MLflow page: what was trained, on what, judged by whom."""
+    model = experiment.model
+    stages = ", ".join(f"{name} ({'+'.join(getattr(experiment, name).train)}, {getattr(experiment, name).template})"
+                       if name != "stage0" else "stage0 (contrastive encoder)"
+                       for name in ("stage0", "stage1", "stage2") if getattr(experiment, name).enabled)
+    language = model.language.path or f"a {model.language.layers}-layer language model built from its config"
+    data = (f"the synthetic chest X-ray set ({experiment.data.synthetic.n_train} training images)"
+            if experiment.data.synthetic else
+            ", ".join(f"{s.name} ({'+'.join(s.text)} text, weight {s.weight:g})" for s in experiment.data.mixture))
+    judge = experiment.eval.judge
+    judged = (f"evaluated on the {experiment.eval.split} split with {', '.join(experiment.eval.metrics)}; CheXprompt "
+              f"judge: {judge.endpoint} {judge.model if judge.endpoint != 'synthetic-reference' else '(exact labels)'}"
+              if experiment.eval.enabled else "not evaluated")
+    return (f"{experiment.name}: {stages} of a {model.vision.kind} {model.vision.name or ''} tower, "
+            f"{model.projector} projector and {language}, trained on {data}; {judged}.").replace("  ", " ")
 
 
 def check_memory(experiment: Experiment) -> None:
@@ -98,6 +116,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     init_ray(experiment.ray)
     check_resources(experiment.ray)
     parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
+    tracker.describe(parent, describe(experiment))
     tracker.log_datasets(parent, experiment_cards(experiment.data))
     console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
     checkpoint = encoder = child = None
@@ -136,9 +155,12 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             if experiment.eval.enabled:
                 console.rule("evaluation")
                 metrics |= evaluate_checkpoint(experiment, final, tracker, parent, console)
-            version = tracker.register(parent, source) if register else None
+            headline = {k: v for k, v in metrics.items() if k == "chexprompt/significant_mean"}
+            version = tracker.register(parent, source, description=describe(experiment) + "".join(
+                f" {k} = {v:.3f} on {experiment.eval.split}." for k, v in headline.items())) if register else None
             if version:
-                console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version}")
+                console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version} as "
+                              f"models:/{experiment.tracking.register_as}@{CANDIDATE}")
         tracker.finish(parent)
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))

@@ -3,8 +3,15 @@ import json
 import pytest
 
 from radlab.config import ConfigError, parse_experiment
-from radlab.data.dataset import DataError, ReportDataset, collate, load_examples, read_manifest, split_examples
-from radlab.data.prompts import IGNORE_INDEX, encode_example
+from radlab.data.dataset import (
+    DataError,
+    ReportDataset,
+    load_examples,
+    read_manifest,
+    split_examples,
+)
+from radlab.formats.batch import collate
+from radlab.formats.prompts import IGNORE_INDEX, encode_example
 
 RECORD = {"id": "a", "image": "img.png", "generate_method": "gpt4", "view": "PA", "indication": "cough",
           "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Clear lungs."}]}

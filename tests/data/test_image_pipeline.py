@@ -9,16 +9,21 @@ import pyarrow.parquet as pq
 import torch
 
 from radlab.config import parse_experiment
-from radlab.data.dataset import ReportDataset, collate, load_examples
-from radlab.data.image_pipeline import image_dataset, preprocess_folder, streamed_batches
-from radlab.data.images import load_image, square_pixels
+from radlab.data.dataset import ReportDataset, load_examples
+from radlab.data.image_pipeline import (
+    image_dataset,
+    preprocess_folder,
+    streamed_batches,
+)
 from radlab.data.ingest import mimic
 from radlab.data.ingest.common import ingest
+from radlab.formats.batch import collate
+from radlab.formats.images import load_image, square_pixels
 from radlab.model.checkpoint import load_train_state
 from radlab.train.stages import run_stage
-from tests.data.ingest.layouts import mimic as mimic_layout
 
 from ..conftest import experiment_dict
+from tests.data.ingest.layouts import mimic as mimic_layout
 
 
 def test_pipeline_decodes_like_the_plain_loader_and_keeps_errors(ray_session, synthetic_root, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from radlab.data.images import ImageError, decode_image, load_image, to_tensor
+from radlab.formats.images import ImageError, decode_image, load_image, to_tensor
 
 
 def test_real_dicom_radiograph_monochrome1_is_inverted():

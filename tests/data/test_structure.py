@@ -14,6 +14,7 @@ from radlab.data.ingest.common import ingest
 from radlab.data.structure import LLM_METHOD, parse_structured, structure_folder
 from radlab.evaluation.reference_judge import serve_in_thread
 from radlab.llm import AnswerUnusable, OffsiteError
+
 from tests.data.ingest.layouts import image, write_csv
 
 
@@ -114,8 +115,11 @@ def test_findings_synthesized_from_labels_for_a_labels_only_dataset(tmp_path):
 
 def test_offsite_endpoint_needs_consent_and_test_split_is_refused(tmp_path):
     folder = dataset(tmp_path)
-    with pytest.raises(OffsiteError, match="--opt-in-offsite"):
-        structure_folder(folder, config(tmp_path, "https://llm.example.org/v1"))
+    with pytest.raises(ValueError, match="off this machine"):
+        config(tmp_path, "https://llm.example.org/v1")  # refused as soon as it is configured
+    offsite = config(tmp_path, "http://127.0.0.1:1/v1").model_copy(update={"base_url": "https://llm.example.org/v1"})
+    with pytest.raises(OffsiteError, match="--opt-in-offsite"):  # and by the client, whatever built the config
+        structure_folder(folder, offsite)
     with pytest.raises(ValueError, match="test split stays rule-based"):
         structure_folder(folder, config(tmp_path, "http://127.0.0.1:1/v1"), splits=("train", "test"))
 

@@ -4,8 +4,20 @@ import torch
 
 from radlab.config import EvalConfig
 from radlab.data.synthetic import chexpert_labels, draw_findings, write_findings
-from radlab.evaluation.chexbert import (BLANK, NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, CheXbert, chexbert_labels,
-                                        disagreements, f1_from_labels, label_reports, load_labeler, positive)
+from radlab.evaluation.chexbert import (
+    BLANK,
+    NEGATIVE,
+    OBSERVATIONS,
+    POSITIVE,
+    UNCERTAIN,
+    CheXbert,
+    chexbert_labels,
+    disagreements,
+    f1_from_labels,
+    label_reports,
+    load_labeler,
+    positive,
+)
 from radlab.evaluation.metrics import text_and_clinical
 
 

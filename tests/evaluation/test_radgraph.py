@@ -3,8 +3,8 @@ and names it in RADLAB_TEST_RADGRAPH_PYTHON), on a tiny RadGraph model with rand
 radgraph_tiny_model.py: the stand-in for the RRG_scorers weights, which cannot be downloaded here."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +15,8 @@ import pytest
 from radlab.config import EvalConfig
 from radlab.data.synthetic import draw_findings, write_findings
 from radlab.evaluation import ScorerError
-from radlab.evaluation.metrics import text_and_clinical
 from radlab.evaluation.f1_radgraph import radgraph_metrics, radgraph_rewards
+from radlab.evaluation.metrics import text_and_clinical
 
 REPORTS = [write_findings(draw_findings(np.random.default_rng(seed))) for seed in range(40)]
 

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from radlab.config import LoraConfig, ModelConfig
-from radlab.model.build import ModelError, apply_lora, build_model, count_parameters, set_trainable
+from radlab.model.build import (
+    ModelError,
+    apply_lora,
+    build_model,
+    count_parameters,
+    set_trainable,
+)
 
 
 def tiny(**fields) -> ModelConfig:
@@ -102,7 +108,7 @@ def _llama_folder(path, vocab_size: int, tokenizer):
 
 def test_a_pretrained_language_model_brings_its_own_tokenizer(tokenizer, tmp_path, synthetic_root):
     from radlab.config import parse_experiment
-    from radlab.data.tokenizer import load_tokenizer
+    from radlab.formats.tokenizer import load_tokenizer
     from radlab.pipeline import prepare_tokenizer
 
     from ..conftest import experiment_dict

@@ -3,8 +3,8 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from radlab.config import LoraConfig, ModelConfig
-from radlab.data.images import load_image, to_tensor
-from radlab.data.prompts import encode_prompt, render_prompt
+from radlab.formats.images import load_image, to_tensor
+from radlab.formats.prompts import encode_prompt, render_prompt
 from radlab.model.build import ModelError, apply_lora, build_model
 from radlab.model.checkpoint import save_checkpoint
 from radlab.model.export import export_hf

@@ -4,6 +4,7 @@ import base64
 import io
 import struct
 import zlib
+
 import httpx
 import numpy as np
 import openai
@@ -79,6 +80,11 @@ def served(ray_session, tokenizer, tmp_path_factory):
     serve.shutdown()
 
 
+def chat(url, content):
+    return httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]},
+                      timeout=60)
+
+
 def report(url, image=None, **kwargs):
     files = {"image": ("x.png", image)} if image is not None else None
     return httpx.post(f"{url}/v1/reports", files=files, timeout=60, **kwargs)
@@ -124,6 +130,13 @@ def test_openai_client_chat_plain_and_streaming(served):
     ("no image part", lambda url: httpx.post(f"{url}/v1/reports", files={"other": ("x", b"1")}), 400, "'image'"),
     ("chat without image", lambda url: httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}), 400, "exactly one image_url"),
     ("oversized body", lambda url: report(url, b"\0" * 400_000), 413, "exceeds"),
+    ("oversized chunked body", lambda url: httpx.post(f"{url}/v1/reports", content=iter([b"{" + b" " * 100_000] * 4),
+                                                      headers={"content-type": "application/json"}), 413, "exceeds"),
+    ("image_url as a string", lambda url: chat(url, [{"type": "image_url", "image_url": "data:image/png;base64,AA"}]),
+     400, "content[0].image_url must be"),
+    ("image_url url as a number", lambda url: chat(url, [{"type": "image_url", "image_url": {"url": 7}}]), 400,
+     "content[0].image_url must be"),
+    ("text part not text", lambda url: chat(url, [{"type": "text", "text": 5}]), 400, "content[0].text must be text"),
 ])
 def test_bad_input_gets_a_4xx_and_the_replica_stays_up(served, name, send, status, message):
     url, _ = served
@@ -141,6 +154,10 @@ def test_bearer_token_on_every_route_but_health(served):
     assert report(secure, png(), headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert httpx.get(f"{secure}/v1/models").status_code == 401
     assert httpx.get(f"{secure}/healthz").status_code == 200
+    for page in ("docs", "openapi.json"):
+        assert httpx.get(f"{secure}/{page}").status_code == 401
+        assert httpx.get(f"{secure}/{page}", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert "/v1/chat/completions" in httpx.get(f"{url}/openapi.json").json()["paths"]
     client = openai.OpenAI(base_url=f"{secure}/v1", api_key=KEY)
     assert client.models.list().data[0].id == "radlab"
 

@@ -14,7 +14,7 @@ from radlab.model.encoder import build_encoder, load_encoder
 from radlab.train.contrastive import clip_loss, siglip_loss
 from radlab.train.stages import run_stage
 
-from ..conftest import free_port, experiment_dict
+from ..conftest import experiment_dict, free_port
 
 
 def test_clip_loss_matches_a_hand_computed_case():

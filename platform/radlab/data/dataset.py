@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 
 from radlab.config import DataConfig, Experiment
 from radlab.data import synthetic
-from radlab.data.images import ImageError, load_image, to_tensor
-from radlab.data.prompts import IGNORE_INDEX, encode_example
 from radlab.errors import RadlabError
+from radlab.formats.images import ImageError, load_image, to_tensor
+from radlab.formats.prompts import SPLIT_FILES, encode_example
 
 log = logging.getLogger(__name__)
 METHODS = {"rule": "rule-based", "llm": "gpt4"}
@@ -137,11 +137,11 @@ def split_examples(config: DataConfig, split: str) -> list[Example]:
     nothing else reads it; 'val' is the val manifest or, without one, the carve-out of the training
     patients, which 'train' then leaves out. A mixture's weights scale each source (0.5 takes every
     other record, 2.0 repeats it twice) so a mixture is deterministic."""
-    if split not in synthetic.SPLIT_FILES:
+    if split not in SPLIT_FILES:
         raise DataError(f"unknown split {split!r} (train, val or test)")
     if config.synthetic is not None:
         root = synthetic_root(config)
-        return load_examples(root / synthetic.SPLIT_FILES[split], root, config.views)
+        return load_examples(root / SPLIT_FILES[split], root, config.views)
     if split == "test":
         return load_examples(config.eval_manifest, config.image_root, config.views)
     if split == "val" and config.val_manifest is not None:
@@ -217,26 +217,6 @@ class ReportDataset(ImageDataset):
                 "truncated": encoded.truncated}
 
 
-def collate(items: list[dict | None], pad_id: int, left_pad: bool = False) -> dict:
-    """Pad a batch (right for training, left for generation); count skipped and truncated items."""
-    kept = [item for item in items if item is not None]
-    batch: dict = {"skipped": len(items) - len(kept), "truncated": sum(i.get("truncated", False) for i in kept)}
-    if not kept:
-        return batch
-    width = max(len(i["input_ids"]) for i in kept)
-
-    def pad(seq: list[int], value: int) -> list[int]:
-        fill = [value] * (width - len(seq))
-        return fill + seq if left_pad else seq + fill
-
-    batch["input_ids"] = torch.tensor([pad(i["input_ids"], pad_id) for i in kept])
-    batch["attention_mask"] = torch.tensor([pad([1] * len(i["input_ids"]), 0) for i in kept])
-    batch["pixel_values"] = torch.stack([i["pixel_values"] for i in kept])
-    if "labels" in kept[0]:
-        batch["labels"] = torch.tensor([pad(i["labels"], IGNORE_INDEX) for i in kept])
-    return batch
-
-
 def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str) -> ReportDataset:
     vision = experiment.model.vision
     return ReportDataset(split_examples(experiment.data, split), tokenizer, template,
@@ -246,7 +226,7 @@ def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str) 
 def manifest_digest(config: DataConfig) -> str:
     """A hash of the training manifests' bytes: logged so a run names the exact data it saw."""
     digest = hashlib.sha256()
-    paths = ([synthetic_root(config) / synthetic.SPLIT_FILES["train"]] if config.synthetic
+    paths = ([synthetic_root(config) / SPLIT_FILES["train"]] if config.synthetic
              else [s.manifest for s in config.mixture])
     for path in paths:
         digest.update(Path(path).read_bytes())

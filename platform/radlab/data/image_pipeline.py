@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radlab.data.images import ImageError, load_image, square_pixels
+from radlab.formats.images import ImageError, load_image, square_pixels
 
 # Images per Ray Data task: each task costs ~20 ms of scheduling and block bookkeeping, as much as
 # decoding a couple of radiographs, so tasks are large (256 x 518 px is a 69 MB block).
@@ -55,8 +55,8 @@ def image_dataset(images: list[str], size: int, batch: int = BATCH):
 def streamed_batches(shard, dataset, micro_batch: int, pad_id: int, epoch: int):
     """One epoch of collated training batches from a Ray Train worker's shard of `image_dataset`;
     the text of each row comes from `dataset` (a ReportDataset over the same example list)."""
-    from radlab.data.dataset import collate
-    from radlab.data.images import normalise
+    from radlab.formats.batch import collate
+    from radlab.formats.images import normalise
 
     for batch in shard.iter_batches(batch_size=micro_batch, batch_format="numpy",
                                     local_shuffle_buffer_size=4 * micro_batch, local_shuffle_seed=epoch):
@@ -72,7 +72,7 @@ def preprocess_folder(folder: Path, image_root: Path, size: int, out: Path) -> d
     from pyarrow import dataset as pads
 
     from radlab.data.dataset import read_manifest
-    from radlab.data.synthetic import SPLIT_FILES
+    from radlab.formats.prompts import SPLIT_FILES
 
     summary: dict = {"size": size, "splits": {}, "unreadable_examples": []}
     for split, file in SPLIT_FILES.items():

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radlab.config import DataConfig
-from radlab.data import synthetic
 from radlab.data.dataset import read_manifest, split_examples, synthetic_root
+from radlab.formats.prompts import SPLIT_FILES
 
 
 @dataclass
@@ -54,7 +54,7 @@ def experiment_cards(config: DataConfig) -> list[Card]:
     """The manifests a run reads: each training source and the evaluation manifest."""
     if config.synthetic is not None:
         root = synthetic_root(config)
-        return [card(root / synthetic.SPLIT_FILES[split], context, f"synthetic-{split}")
+        return [card(root / SPLIT_FILES[split], context, f"synthetic-{split}")
                 for split, context in (("train", "train"), ("val", "validation"), ("test", "eval"))]
     cards = [card(source.manifest, "train", source.name) for source in config.mixture]
     cards.append(card(config.val_manifest, "validation", f"val-{config.val_manifest.stem}") if config.val_manifest
@@ -74,7 +74,7 @@ def carve_out_card(config: DataConfig) -> Card:
 def folder_cards(folder: Path) -> tuple[list[Card], dict | None]:
     """Cards of an ingested (or synthetic) dataset folder's split manifests, and its ingest summary."""
     cards = [card(folder / file, split, f"{folder.name}-{split}")
-             for split, file in synthetic.SPLIT_FILES.items() if (folder / file).is_file()]
+             for split, file in SPLIT_FILES.items() if (folder / file).is_file()]
     summary_file = folder / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
     return cards, summary

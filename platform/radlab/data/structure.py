@@ -19,8 +19,7 @@ from pathlib import Path
 
 from radlab.config import JudgeConfig
 from radlab.data.dataset import METHODS, DataError, read_jsonl
-from radlab.data.prompts import findings_prompt
-from radlab.data.synthetic import SPLIT_FILES
+from radlab.formats.prompts import SPLIT_FILES, findings_prompt
 from radlab.llm import AnswerUnusable, LLMClient, Request
 
 PROMPT_VERSION = "structure-v1"

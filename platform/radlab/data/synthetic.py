@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from radlab.data.prompts import CHEXPERT, findings_prompt
+from radlab.formats.prompts import CHEXPERT, SPLIT_FILES, findings_prompt
 
 KINDS = ("consolidation", "effusion", "pneumothorax", "nodule")
 SIDES = ("left", "right")
@@ -193,7 +193,6 @@ def make_record(index: int, split: str, size: int, rng: np.random.Generator, ima
     }
 
 
-SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 
 
 def generate(root: Path, n_train: int, n_val: int, n_test: int, image_size: int, seed: int) -> Path:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from radlab.data.prompts import CHEXPERT
 from radlab.evaluation import ScorerError
+from radlab.formats.prompts import CHEXPERT
 
 OBSERVATIONS = (*CHEXPERT[1:], "No Finding")  # the labeler's head order
 FIVE = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")

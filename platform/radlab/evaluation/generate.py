@@ -7,7 +7,7 @@ from pathlib import Path
 
 from radlab.config import Experiment
 from radlab.data.dataset import DataError, read_jsonl, split_examples
-from radlab.data.images import ImageError, load_image, to_tensor
+from radlab.formats.images import ImageError, load_image, to_tensor
 from radlab.model.generation import generate_texts
 
 

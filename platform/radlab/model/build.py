@@ -26,8 +26,8 @@ from transformers import (
 )
 
 from radlab.config import LoraConfig, ModelConfig
-from radlab.data.prompts import IMAGE_TOKEN
 from radlab.errors import RadlabError
+from radlab.formats.prompts import IMAGE_TOKEN
 
 
 class ModelError(RadlabError, ValueError):

@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from transformers import LlavaConfig
 
 from radlab.config import LoraConfig, ModelConfig
-from radlab.data.tokenizer import load_tokenizer
+from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import ModelError, apply_lora, assemble, llava_config
 
 FORMAT = 1

@@ -21,10 +21,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionModel
+from transformers import (
+    CLIPConfig,
+    CLIPModel,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPVisionModel,
+)
 
 from radlab.config import ModelConfig, Stage0Config
-from radlab.data.tokenizer import load_tokenizer
+from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import ModelError, vision_config
 from radlab.model.checkpoint import FORMAT, META, atomic_folder, read_meta
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from transformers import LlavaProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from radlab.data.images import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
-from radlab.data.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
+from radlab.formats.images import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
+from radlab.formats.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
 from radlab.model.build import ModelError, llava_config
 from radlab.model.checkpoint import atomic_folder, load_checkpoint
 
-# The templates of radlab.data.prompts.render_prompt, for `apply_chat_template`: the user turn's
+# The templates of radlab.formats.prompts.render_prompt, for `apply_chat_template`: the user turn's
 # text after "<image>\n", then the assistant's findings.
 CHAT_TEMPLATES = {
     "vicuna_v1": (

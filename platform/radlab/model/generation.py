@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from radlab.data.dataset import collate
-from radlab.data.prompts import PLAIN_END, encode_prompt, ends_with_eos, render_prompt
+from radlab.formats.batch import collate
+from radlab.formats.prompts import (
+    PLAIN_END,
+    encode_prompt,
+    ends_with_eos,
+    render_prompt,
+)
 
 
 def pick_device_dtype(device: str, dtype: str,

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, ViTConfig, ViTModel
 
 from radlab.config import LanguageConfig, LoraConfig, ModelConfig, VisionConfig
-from radlab.data.tokenizer import load_tokenizer
+from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import ModelError, apply_lora, build_model
 from radlab.model.checkpoint import atomic_folder, save_checkpoint
 

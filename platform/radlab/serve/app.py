@@ -26,11 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
 
-from radlab.data.images import ImageError, decode_image, to_tensor
+from radlab.formats.images import ImageError, decode_image, to_tensor
+from radlab.formats.prompts import findings_prompt
 from radlab.model.checkpoint import load_checkpoint
 from radlab.model.generation import generate_texts, inference_model, pick_device_dtype
-
-INSTRUCTION = "Provide a description of the findings in the radiology image"
 
 
 class ServeArgs(BaseModel):
@@ -68,7 +67,8 @@ def _error(err: RequestError) -> JSONResponse:
     return JSONResponse({"error": {"message": str(err), "type": err.kind}}, status_code=err.status)
 
 
-api = FastAPI(title="radlab report server")
+# The API description is served by the routes below, behind the same bearer token as the rest.
+api = FastAPI(title="radlab report server", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @serve.deployment(max_ongoing_requests=32)
@@ -110,6 +110,22 @@ class ReportServer:
         if length is not None and int(length) > self.args.max_body_bytes:
             raise RequestError(413, f"request body of {length} bytes exceeds {self.args.max_body_bytes}")
 
+    async def _bounded(self, request: Request) -> Request:
+        """The request with its body read up to max_body_bytes: a chunked body carries no
+        Content-Length to check up front, so the limit is applied while reading."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.args.max_body_bytes:
+                raise RequestError(413, f"request body exceeds {self.args.max_body_bytes} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+
+        async def replay() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return Request(request.scope, replay)
+
     def _pixels(self, data: bytes, name: str) -> torch.Tensor:
         if len(data) > self.args.max_body_bytes:
             raise RequestError(413, f"{name}: {len(data)} bytes exceeds {self.args.max_body_bytes}")
@@ -133,6 +149,23 @@ class ReportServer:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
+    @api.get("/openapi.json")
+    async def openapi(self, request: Request):
+        async def handle():
+            self._check(request)
+            return api.openapi()
+        return await self._run("openapi", handle)
+
+    @api.get("/docs")
+    async def docs(self, request: Request):
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        async def handle():
+            self._check(request)
+            return get_swagger_ui_html(openapi_url=f"{request.scope.get('root_path', '')}/openapi.json",
+                                       title=api.title)
+        return await self._run("docs", handle)
+
     @api.get("/v1/models")
     async def models(self, request: Request):
         async def handle():
@@ -145,16 +178,17 @@ class ReportServer:
     async def reports(self, request: Request):
         async def handle():
             self._check(request)
+            bounded = await self._bounded(request)
             kind = request.headers.get("content-type", "")
             if kind.startswith("multipart/form-data"):
-                form = await request.form()
+                form = await bounded.form()
                 upload = form.get("image")
                 if upload is None or isinstance(upload, str):
                     raise RequestError(400, "multipart field 'image' (a file) is missing")
                 data, name, indication = await upload.read(), upload.filename or "image", form.get("indication") or ""
             else:
                 try:
-                    body = json.loads(await request.body())
+                    body = json.loads(await bounded.body())
                     encoded, indication = body["image_base64"], body.get("indication") or ""
                     data = base64.b64decode(encoded, validate=True)
                 except (json.JSONDecodeError, UnicodeDecodeError):
@@ -167,8 +201,7 @@ class ReportServer:
             if not isinstance(indication, str):
                 raise RequestError(400, "indication must be text")
             pixels = self._pixels(data, name)
-            human = f"<image>\n{INSTRUCTION} given the following indication: {indication}" if indication \
-                else f"<image>\n{INSTRUCTION}."
+            human = findings_prompt(indication.replace("\n", " "))
             started = time.perf_counter()
             findings = await self.generate((pixels, human))
             return {"findings": findings, "model": self.args.model_name, "version": self.version,
@@ -179,8 +212,9 @@ class ReportServer:
     async def chat(self, request: Request):
         async def handle():
             self._check(request)
+            bounded = await self._bounded(request)
             try:
-                body = json.loads(await request.body())
+                body = json.loads(await bounded.body())
                 messages = body["messages"]
                 user = [m for m in messages if m.get("role") == "user"][-1]
             except (json.JSONDecodeError, UnicodeDecodeError):
@@ -194,7 +228,7 @@ class ReportServer:
             if len(images) != 1:
                 raise RequestError(400, f"the user message needs exactly one image_url, got {len(images)}")
             pixels = self._pixels(images[0], "image_url")
-            human = f"<image>\n{text}" if text else f"<image>\n{INSTRUCTION}."
+            human = f"<image>\n{text}" if text else findings_prompt("")
             findings = await self.generate((pixels, human))
             completion_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
             if body.get("stream"):
@@ -214,15 +248,19 @@ class ReportServer:
         if not isinstance(content, list):
             raise RequestError(400, "message content must be text or a list of parts")
         texts, images = [], []
-        for part in content:
+        for i, part in enumerate(content):
+            where = f"messages[user].content[{i}]"
             if not isinstance(part, dict):
-                raise RequestError(400, "each content part must be an object")
+                raise RequestError(400, f"{where} must be an object with a type")
             if part.get("type") == "text":
-                texts.append(str(part.get("text", "")))
+                if not isinstance(part.get("text"), str):
+                    raise RequestError(400, f"{where}.text must be text")
+                texts.append(part["text"])
             elif part.get("type") == "image_url":
-                url = (part.get("image_url") or {}).get("url", "")
-                if not url.startswith("data:") or ";base64," not in url:
-                    raise RequestError(400, "image_url must be a data URL (data:image/png;base64,...)")
+                image_url = part.get("image_url")
+                url = image_url.get("url") if isinstance(image_url, dict) else None
+                if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+                    raise RequestError(400, f"{where}.image_url must be {{\"url\": \"data:image/png;base64,...\"}}")
                 try:
                     images.append(base64.b64decode(url.split(";base64,", 1)[1], validate=True))
                 except (binascii.Error, ValueError):

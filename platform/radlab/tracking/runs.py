@@ -13,14 +13,15 @@ import subprocess
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from radlab.config import Experiment, TrackingConfig, flatten
 from radlab.errors import RadlabError
 
 DIGEST_TAG = "radlab.digest"
+CANDIDATE = "candidate"  # MLflow reserves "latest"
 STAGE_TAG = "radlab.stage"
 
 
@@ -193,8 +194,11 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path), name)
         return f"{self.client.get_run(run_id).info.artifact_uri}/{name}"
 
-    def register(self, run_id: str, source: str, tags: dict | None = None) -> str | None:
-        """Register the logged checkpoint as a new version of `tracking.register_as`."""
+    def register(self, run_id: str, source: str, tags: dict | None = None, description: str = "",
+                 alias: str | None = CANDIDATE) -> str | None:
+        """Register the logged checkpoint as a new version of `tracking.register_as`, described,
+        and give it `alias` (every run's newest model is `@candidate`; a sweep's best takes
+        `@champion` only when it beats the holder)."""
         name = self.config.register_as
         if not name:
             return None
@@ -202,6 +206,12 @@ class Tracker:
             self.client.get_registered_model(name)
         except Exception:  # MlflowException(RESOURCE_DOES_NOT_EXIST) is the only way MLflow says "absent"
             self.client.create_registered_model(name)
-        version = self.client.create_model_version(name, source, run_id,
+        version = self.client.create_model_version(name, source, run_id, description=description or None,
                                                    tags={"radlab.experiment": self.experiment.name, **(tags or {})})
+        if alias:
+            self.client.set_registered_model_alias(name, alias, version.version)
         return version.version
+
+    def describe(self, run_id: str, text: str) -> None:
+        """The run's description, shown at the top of its MLflow page."""
+        self.client.set_tag(run_id, "mlflow.note.content", text)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_cosine_schedule_with_warmup
 
 from radlab.config import Experiment, StageConfig
-from radlab.data.dataset import collate, stage_dataset
+from radlab.data.dataset import stage_dataset
 from radlab.data.image_pipeline import streamed_batches
-from radlab.data.tokenizer import load_tokenizer
+from radlab.formats.batch import collate
+from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
 from radlab.model.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from radlab.train.deepspeed import deepspeed_config

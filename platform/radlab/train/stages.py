@@ -10,10 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 from ray.data import ExecutionOptions
-from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -100,7 +108,13 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             callbacks=[TuneReportCallback()] if report_to_tune else None,
         ),
     )
-    result = trainer.fit()
+    # Ray Train installs a SIGINT handler of its own for the fit; an interrupt after it must end the
+    # command (evaluation, registration), not be "gracefully aborted" and ignored.
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, handler)
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint (see the Ray Train logs above)")
     if "://" not in experiment.ray.storage_path:

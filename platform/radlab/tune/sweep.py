@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from ray import tune  # noqa: E402
 
-from radlab.config import ConfigError, Experiment, apply_override, parse_experiment  # noqa: E402
+from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
 
@@ -87,10 +87,12 @@ def _check_path(raw: dict, path: str, where: str) -> None:
 
 
 def trial_experiment(base: dict, overrides: dict) -> Experiment:
+    """A cell's experiment, its paths resolved against the sweep's folder (the driver's working
+    directory, where every trial runs), so the driver and the trial agree on its digest."""
     raw = {k: v for k, v in base.items() if k != "sweep"}
     for path, value in overrides.items():
         raw = _set(raw, path, value)
-    return parse_experiment(raw, "sweep trial")
+    return with_absolute_paths(parse_experiment(raw, "sweep trial"))
 
 
 def run_trial(config: dict) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from radlab.data.prompts import CHEXPERT
+from radlab.formats.prompts import CHEXPERT
 
 
 def image(path: Path, fmt: str = "JPEG") -> None:

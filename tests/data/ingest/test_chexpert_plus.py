@@ -2,6 +2,7 @@ import json
 
 from radlab.data.ingest import chexpert_plus
 from radlab.data.ingest.common import ingest
+
 from tests.data.ingest.layouts import chexpert_plus as layout
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from radlab.data.ingest import generic
 from radlab.data.ingest.common import IngestError, ingest
+
 from tests.data.ingest.layouts import image, write_csv
 
 MAPPING = """

@@ -2,6 +2,7 @@ import json
 
 from radlab.data.ingest import iu_xray
 from radlab.data.ingest.common import ingest
+
 from tests.data.ingest.layouts import iu_xray as layout
 
 

@@ -5,6 +5,7 @@ import pytest
 from radlab.data.dataset import load_examples
 from radlab.data.ingest import mimic
 from radlab.data.ingest.common import IngestError, ingest
+
 from tests.data.ingest.layouts import mimic as mimic_layout
 
 

@@ -13,9 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radlab.data.prompts import CHEXPERT, findings_prompt
-from radlab.data.synthetic import SPLIT_FILES
 from radlab.errors import RadlabError
+from radlab.formats.prompts import CHEXPERT, SPLIT_FILES, findings_prompt
 
 PROGRESS = ".ingest-progress.jsonl"
 SUMMARY = "summary.json"

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 from radlab.data.ingest.common import IngestError, Study, label_value, make_record
-from radlab.data.prompts import CHEXPERT, findings_prompt
+from radlab.formats.prompts import CHEXPERT, findings_prompt
 
 PATTERNS = {"train": "chat_train_*.json", "val": "chat_dev_*.json", "test": "chat_test_*.json"}
 RELEASE_VIEWS = ("AP", "PA")

@@ -11,10 +11,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from radlab.data.ingest.common import IngestError, Study, label_value, make_record, split_name
+from radlab.data.ingest.common import (
+    IngestError,
+    Study,
+    label_value,
+    make_record,
+    split_name,
+)
 from radlab.data.ingest.tables import find_table, read_rows
-from radlab.data.prompts import CHEXPERT
 from radlab.data.sections import extract_sections
+from radlab.formats.prompts import CHEXPERT
 
 PREFIX = "mimic-cxr-2.0.0"
 

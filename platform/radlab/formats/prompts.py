@@ -9,6 +9,8 @@ IMAGE_TOKEN = "<image>"
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 IGNORE_INDEX = -100
+# The manifest of each split in a dataset folder (ingested or synthetic).
+SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 
 
 def render_prompt(template: str, human: str) -> str:

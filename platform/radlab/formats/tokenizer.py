@@ -9,7 +9,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from radlab.data.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
+from radlab.formats.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
 
 SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 

@@ -175,10 +175,13 @@ SUMMARY = ["chexprompt/significant_mean", "chexprompt/insignificant_mean", "chex
 
 
 def print_comparison(console: Console, rows: list[dict], title: str) -> None:
-    table = Table("metric", "n", "difference [95% CI]", "p (paired permutation)", title=title)
+    table = Table(title=f"{title} (p: paired permutation test)")
+    table.add_column("metric", no_wrap=True)
+    for name in ("n", "difference [95% CI]", "p"):
+        table.add_column(name)
     for row in rows:
-        table.add_row(row["metric"], str(row["n"]), f"{row['difference']:+.3f} [{row['ci_low']:+.3f}, "
-                      f"{row['ci_high']:+.3f}]", f"{row['p_value']:.3g}")
+        table.add_row(row["metric"], str(row["n"]), f"{row['difference']:+.3f} [{row['ci_low']:+.2f}, "
+                      f"{row['ci_high']:+.2f}]", f"{row['p_value']:.3g}")
     console.print(table)
 
 

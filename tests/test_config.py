@@ -39,7 +39,7 @@ def test_unknown_key_names_file_and_path(tmp_path):
     path = write(tmp_path, {**BASE, "stage2": {"lrr": 1}})
     with pytest.raises(ConfigError) as err:
         load_experiment(path)
-    assert str(err.value) == f"{path}: stage2.lrr: unknown key"
+    assert str(err.value) == f"{path}: stage2.lrr: unknown key (did you mean lr?)"
 
 
 def test_wrong_type_says_what_was_expected(tmp_path):
@@ -166,3 +166,28 @@ def test_paths_are_resolved_once_on_the_driver(tmp_path):
     assert resolved.model.tokenizer == "lmsys/vicuna-7b-v1.5"  # a hub id, not a folder here
     assert resolved.eval.judge.prompt_file == tmp_path / "prompts/chexprompt.txt"
     assert resolved.ray.storage_path == str(tmp_path / "radlab_runs/ray")
+
+
+def test_an_unknown_key_suggests_the_nearest_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"stage2.lrr: unknown key \(did you mean lr\?\)"):
+        load_experiment(write(tmp_path, {**BASE, "stage2": {"lrr": 1}}))
+    with pytest.raises(ConfigError, match=r"data.mixture.0.manifets: unknown key \(did you mean manifest\?\)"):
+        parse_experiment({"name": "t", "data": {"mixture": [{"name": "m", "manifets": "x"}], "eval_manifest": "t"}}, "t")
+
+
+def test_batch_arithmetic_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"stage1.global_batch 32 is not a multiple of stage1.micro_batch 12 x "
+                                          r"ray.workers 2 = 24"):
+        parse_experiment({**BASE, "stage1": {"global_batch": 32, "micro_batch": 12}}, "t")
+
+
+def test_validate_names_every_missing_file_and_the_judge_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY", raising=False)
+    path = ROOT / "experiments/llava_rad.yaml"
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    for line in ("data.mixture.0.manifest: /data/radlab/llava_rad/train.jsonl does not exist",
+                 "model.language.path: /weights/vicuna-7b-v1.5 does not exist",
+                 "eval.judge.api_key_env: AZURE_OPENAI_API_KEY is not set in this environment"):
+        assert line in result.output
+    assert CliRunner().invoke(app, ["validate", str(path), "--skip-files"]).exit_code == 0

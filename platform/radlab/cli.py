@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from radlab.cli_data import data_app
-from radlab.config import ConfigError, Experiment, load_experiment
+from radlab.config import ConfigError, Experiment, load_experiment, with_absolute_paths
 from radlab.errors import RadlabError
 from radlab.terminal import console, err_console, or_exit
 
@@ -48,11 +48,21 @@ def _load(path: Path, overrides: list[str] | None) -> Experiment:
 
 
 @app.command()
-def validate(path: Path, overrides: Overrides = None) -> None:
-    """Check an experiment YAML (and overrides); print the resolved config or what is wrong."""
+def validate(path: Path, overrides: Overrides = None,
+             skip_files: Annotated[bool, typer.Option(help="do not check that the files it names exist here (e.g. "
+                                                           "before `radlab submit` to a cluster that has them)")] = False
+             ) -> None:
+    """Check an experiment YAML (and overrides): the schema, the files it names, the judge's key,
+    the memory plan; print the resolved config or what is wrong."""
+    from radlab.config import missing_inputs
     from radlab.model.memory import experiment_plans
 
     experiment = _load(path, overrides)
+    missing = [] if skip_files else missing_inputs(with_absolute_paths(experiment))
+    if missing:
+        err_console.print(f"[red]{path}: missing here[/] (--skip-files to check the rest only)\n" + "\n".join(missing),
+                          highlight=False)
+        raise typer.Exit(2)
     plans = experiment_plans(experiment)
     for plan in plans:
         console.print(("[green]" if plan.fits else "[red]") + f"memory[/] {plan.line()}", highlight=False)

@@ -7,9 +7,12 @@ one line each, so `radlab validate` can print them as they are.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import ipaddress
 import json
+import os
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -462,6 +465,12 @@ class Experiment(Section):
             raise ValueError("stage0, stage1 and stage2 are all disabled: nothing to train")
         if self.stage0.enabled:
             self._stage0_checks()
+        for name in ("stage1", "stage2"):
+            stage = getattr(self, name)
+            per_step = stage.micro_batch * self.ray.workers
+            if stage.enabled and stage.global_batch % per_step:
+                raise ValueError(f"{name}.global_batch {stage.global_batch} is not a multiple of {name}.micro_batch "
+                                 f"{stage.micro_batch} x ray.workers {self.ray.workers} = {per_step}: change one of them")
         if self.sweep is not None and self.eval.enabled and self.eval.split == "test":
             raise ValueError("eval.split: a sweep picks its champion on its trials' evaluations, so they must not "
                              "see the test set: set eval.split: val (then `radlab eval` the champion on test)")
@@ -539,6 +548,35 @@ def with_absolute_paths(experiment: Experiment, base: Path | None = None) -> Exp
     return out
 
 
+def _looks_local(value: str | None) -> bool:
+    return bool(value) and "://" not in value and (value.startswith(("/", ".", "~")) or Path(value).exists())
+
+
+def missing_inputs(experiment: Experiment) -> list[str]:
+    """What this machine lacks to run the experiment: files and folders the YAML names (hub ids
+    are not checked) and the judge's API key variable. One line each, naming the field."""
+    data, model, cfg = experiment.data, experiment.model, experiment.eval
+    paths: list[tuple[str, Path | None]] = [(f"data.mixture.{i}.manifest", source.manifest)
+                                            for i, source in enumerate(data.mixture)]
+    paths += [(f"data.mixture.{i}.image_root", source.image_root) for i, source in enumerate(data.mixture)]
+    paths += [("data.val_manifest", data.val_manifest), ("data.eval_manifest", data.eval_manifest),
+              ("data.image_root", data.image_root)]
+    paths += [(f"model.{name}", Path(value).expanduser()) for name, value in (
+        ("language.path", model.language.path), ("vision.path", model.vision.path), ("tokenizer", model.tokenizer),
+        ("stage0.text.path", experiment.stage0.text.path)) if _looks_local(value)]
+    if cfg.enabled:
+        paths += [(f"eval.{name}", getattr(cfg, name)) for name in (
+            "chexbert_weights", "chexbert_bert", "radgraph_python", "radgraph_weights", "radgraph_bert",
+            "bertscore_model")]
+        paths.append(("eval.judge.prompt_file", cfg.judge.prompt_file))
+    problems = [f"{field}: {path} does not exist" for field, path in paths if path is not None and not path.exists()]
+    judge = cfg.judge
+    if (cfg.enabled and "chexprompt" in cfg.metrics and judge.endpoint in ("openai", "azure")
+            and not os.environ.get(judge.api_key_env)):
+        problems.append(f"eval.judge.api_key_env: {judge.api_key_env} is not set in this environment")
+    return problems
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -577,13 +615,37 @@ def apply_override(raw: dict, assignment: str) -> dict:
     return out
 
 
+def _section_at(path: list, root: type[Section] = None) -> type[Section] | None:
+    """The section class at a field path of an experiment (list items by index), if any."""
+    current = root or Experiment
+    for part in path:
+        if str(part).isdigit():
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        candidates += [arg for c in candidates for arg in typing.get_args(c)]
+        sections = [c for c in candidates if isinstance(c, type) and issubclass(c, Section)]
+        if not sections:
+            return None
+        current = sections[0]
+    return current
+
+
+def _did_you_mean(loc: list) -> str:
+    section = _section_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1) if section else []
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _describe(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean([p for p in e["loc"] if not str(p).startswith("function-")])
         elif e["type"] == "missing":
             msg = "required field is missing"
         lines.append(f"{where}: {loc}: {msg}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from radlab.config import ConfigError, Experiment, ModelConfig, with_absolute_paths
+from radlab.config import ConfigError, Experiment, ModelConfig, missing_inputs, with_absolute_paths
 from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.stats import experiment_cards
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
@@ -108,6 +108,11 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     The metrics hold each stage's last validation loss (`stage2/val_loss`) besides the evaluation's."""
     console = console or Console()
     experiment = with_absolute_paths(experiment)
+    # Inputs training cannot do without are checked before anything starts (the scorers' files
+    # are not: a metric without them is skipped with its reason).
+    missing = [line for line in missing_inputs(experiment) if line.startswith(("data.", "model.", "eval.judge."))]
+    if missing:
+        raise ConfigError("missing here: " + "; ".join(missing))
     tracker = Tracker(experiment)
     check_memory(experiment)
     with console.status("preparing data and tokenizer"):

@@ -5,13 +5,16 @@
     model.safetensors    every weight of the model (LoRA adapters unmerged, under peft's names)
     tokenizer/           the tokenizer, <image> included
     train_state.pt       optimizer, scheduler and step (training checkpoints only)
+    checksums.json       the sha256 of every other file, checked when a stage resumes from it
 
 A folder is written beside its destination and renamed into place, so a reader never sees a
-half-written checkpoint.
+half-written checkpoint; one damaged later (a truncated copy, a bad disk) is found by its
+checksums, and a resumed stage falls back to the newest intact checkpoint beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import uuid
@@ -30,6 +33,7 @@ from radlab.model.build import ModelError, apply_lora, assemble, llava_config
 
 FORMAT = 1
 META = "radlab.json"
+CHECKSUMS = "checksums.json"
 
 
 @dataclass
@@ -43,7 +47,7 @@ class Loaded:
 
 def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config: ModelConfig,
                     lora: LoraConfig | None, meta: dict, train_state: dict | None = None) -> Path:
-    with atomic_folder(dest) as tmp:
+    with atomic_folder(dest, checksums=True) as tmp:
         # Own copies of every tensor: DeepSpeed's ZeRO keeps parameters as views of flat buffers,
         # which safetensors refuses to save as they are.
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -58,14 +62,56 @@ def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config:
     return Path(dest)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise ModelError naming the first file whose bytes differ from the checksums written with it
+    (a checkpoint without checksums is taken as it is)."""
+    path = Path(path)
+    listed = path / CHECKSUMS
+    if not listed.is_file():
+        return
+    for name, expected in json.loads(listed.read_text()).items():
+        file = path / name
+        if not file.is_file():
+            raise ModelError(f"{file}: missing from the checkpoint")
+        if _sha256(file) != expected:
+            raise ModelError(f"{file}: damaged (its sha256 differs from the one written with it)")
+
+
+def newest_intact(path: Path) -> tuple[Path, list[str]]:
+    """`path` if it verifies, else the newest checkpoint beside it that does (Ray Train keeps the
+    last few side by side); and why each newer one was passed over. ModelError if none is intact."""
+    path = Path(path)
+    siblings = sorted((p for p in path.parent.glob("checkpoint_*") if p.is_dir() and p != path), reverse=True)
+    problems = []
+    for candidate in [path, *siblings]:
+        try:
+            verify_checkpoint(candidate)
+            return candidate, problems
+        except ModelError as err:
+            problems.append(str(err))
+    raise ModelError("no intact checkpoint to resume from: " + "; ".join(problems))
+
+
 @contextmanager
-def atomic_folder(dest: Path) -> Iterator[Path]:
-    """A temporary folder beside `dest`, renamed onto it when the block succeeds, removed if not."""
+def atomic_folder(dest: Path, checksums: bool = False) -> Iterator[Path]:
+    """A temporary folder beside `dest`, renamed onto it when the block succeeds (with the sha256
+    of every file in checksums.json if asked), removed if not."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        if checksums:
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            (tmp / CHECKSUMS).write_text(json.dumps({str(p.relative_to(tmp)): _sha256(p) for p in files}, indent=1))
         if dest.exists():
             old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
             dest.rename(old)

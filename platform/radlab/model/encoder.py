@@ -121,7 +121,7 @@ def set_encoder_trainable(encoder: DualEncoder, s0: Stage0Config) -> int:
 
 def save_encoder(dest: Path, encoder: DualEncoder, tokenizer, model_config: ModelConfig, s0: Stage0Config,
                  meta: dict, train_state: dict | None = None) -> Path:
-    with atomic_folder(dest) as tmp:
+    with atomic_folder(dest, checksums=True) as tmp:
         encoder.clip.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         info = {"format": FORMAT, "kind": "encoder", "model": model_config.model_dump(mode="json"),

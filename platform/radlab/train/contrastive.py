@@ -33,7 +33,7 @@ from radlab.model.encoder import (
     save_encoder,
     set_encoder_trainable,
 )
-from radlab.train.loop import log_step_metrics, report_with_checkpoint
+from radlab.train.loop import log_step_metrics, report_with_checkpoint, resume_folder
 
 
 def _distributed() -> bool:
@@ -102,8 +102,9 @@ def train_encoder(config: dict) -> None:
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as folder:
-            loaded = load_encoder(Path(folder))
-            encoder, tokenizer, state = loaded.encoder, loaded.tokenizer, load_train_state(Path(folder))
+            folder = resume_folder(Path(folder))
+            loaded = load_encoder(folder)
+            encoder, tokenizer, state = loaded.encoder, loaded.tokenizer, load_train_state(folder)
     else:
         tokenizer = load_tokenizer(config["tokenizer"])
         encoder = build_encoder(experiment.model, s0, tokenizer)

@@ -31,7 +31,7 @@ from radlab.data.image_pipeline import streamed_batches
 from radlab.formats.batch import collate
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
-from radlab.model.checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from radlab.model.checkpoint import load_checkpoint, load_train_state, newest_intact, save_checkpoint
 from radlab.train.deepspeed import deepspeed_config
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -85,13 +85,23 @@ def validation_loss(model, loader: DataLoader, device, autocast) -> float:
     return total / max(1, batches)
 
 
+def resume_folder(folder: Path) -> Path:
+    """The newest intact checkpoint at or beside the one Ray Train resumes from, saying (on rank 0)
+    which damaged ones were passed over."""
+    intact, problems = newest_intact(folder)
+    if problems and ray.train.get_context().get_world_rank() == 0:
+        print(f"passed over damaged checkpoints ({'; '.join(problems)}); resuming from {intact}", flush=True)
+    return intact
+
+
 def _initial_model(experiment: Experiment, stage: StageConfig, init_from, vision_from, tokenizer_dir: str):
     """(model, tokenizer, resume state) for this stage's first step."""
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as folder:
-            loaded = load_checkpoint(Path(folder))
-            return loaded.model, loaded.tokenizer, load_train_state(Path(folder))
+            folder = resume_folder(Path(folder))
+            loaded = load_checkpoint(folder)
+            return loaded.model, loaded.tokenizer, load_train_state(folder)
     if init_from is not None:
         with init_from.as_directory() as folder:
             loaded = load_checkpoint(Path(folder), expect=experiment.model)

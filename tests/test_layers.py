@@ -19,11 +19,13 @@ ALLOWED = {
     "evaluation": {"errors", "config", "formats", "llm", "data", "model", "tracking"},
     "train": {"errors", "config", "formats", "data", "model", "tracking", "evaluation"},
     "serve": {"errors", "config", "formats", "model", "tracking"},
-    "pipeline": {"errors", "config", "formats", "data", "model", "tracking", "runtime", "evaluation", "train"},
+    "pipeline": {"errors", "config", "formats", "data", "model", "tracking", "runtime", "evaluation", "train",
+                 "progress"},
     "tune": {"errors", "config", "formats", "data", "model", "tracking", "runtime", "evaluation", "train",
-             "pipeline"},
+             "pipeline", "progress"},
     "jobs": {"errors", "config", "runtime"},
     "terminal": {"errors"},
+    "progress": set(),
 }
 TOP = {"cli", "cli_data"}  # the command line may import anything; nothing imports it
 

@@ -82,7 +82,8 @@ def schema() -> None:
 
 @app.command()
 def run(path: Path, overrides: Overrides = None,
-        address: Annotated[str, typer.Option(help="join this Ray cluster instead of starting one")] = None) -> None:
+        address: Annotated[str, typer.Option(help="join this Ray cluster instead of starting one")] = None,
+        verbose: Annotated[bool, typer.Option(help="show the workers' and Ray's own output")] = False) -> None:
     """Run an experiment: stages 0-2, evaluation, registration. Rerun to resume."""
     experiment = _load(path, (overrides or []) + ([f"ray.address={address}"] if address else []))
     from radlab.pipeline import run_experiment
@@ -90,7 +91,7 @@ def run(path: Path, overrides: Overrides = None,
     # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: its MLflow runs are marked KILLED.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        summary = run_experiment(experiment, path.read_text(), console)
+        summary = run_experiment(experiment, path.read_text(), console, verbose=verbose)
     except RadlabError as err:
         err_console.print(f"[red]{path}: {err}[/]", highlight=False)
         raise typer.Exit(2) from None

@@ -8,6 +8,7 @@ import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -19,9 +20,10 @@ from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
 from radlab.model.build import check_tokenizer_fits, embedding_rows
 from radlab.model.memory import experiment_plans
+from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import CANDIDATE, Tracker
-from radlab.train.stages import STAGES, run_stage, stage_key, storage_path
+from radlab.train.stages import STAGES, run_stage, stage_key, stage_steps, storage_path
 
 
 @dataclass
@@ -103,9 +105,11 @@ def _materialise(checkpoint, folder: Path) -> Path:
 
 
 def run_experiment(experiment: Experiment, yaml_text: str, console: Console | None = None,
-                   parent_run_id: str | None = None, register: bool = True, report_to_tune: bool = False) -> RunSummary:
+                   parent_run_id: str | None = None, register: bool = True, report_to_tune: bool = False,
+                   verbose: bool = False) -> RunSummary:
     """Train, evaluate, log; register a new model version unless `register` is off (sweep trials).
-    The metrics hold each stage's last validation loss (`stage2/val_loss`) besides the evaluation's."""
+    The metrics hold each stage's last validation loss (`stage2/val_loss`) besides the evaluation's.
+    `verbose` shows the workers' and Ray's own output; otherwise it stays in Ray's log folder."""
     console = console or Console()
     experiment = with_absolute_paths(experiment)
     # Inputs training cannot do without are checked before anything starts (the scorers' files
@@ -118,7 +122,9 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     with console.status("preparing data and tokenizer"):
         data_digest = manifest_digest(experiment.data)
         tokenizer_dir = prepare_tokenizer(experiment, data_digest)
-    init_ray(experiment.ray)
+    logs = init_ray(experiment.ray, verbose)
+    if logs and not verbose:
+        console.print(f"Ray's own logs: {logs} (--verbose shows them here)", highlight=False, soft_wrap=True)
     check_resources(experiment.ray)
     parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
     tracker.describe(parent, describe(experiment))
@@ -133,12 +139,14 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
                 continue
             console.rule(stage)
             child = tracker.open_child(parent, stage)
-            if stage == "stage0":
-                encoder = run_stage(experiment, stage, None, tokenizer_dir, tracker.uri, child)
-            else:
-                checkpoint = run_stage(experiment, stage, checkpoint, tokenizer_dir, tracker.uri, child,
-                                       vision_from=encoder if checkpoint is None else None,
-                                       report_to_tune=report_to_tune)
+            with stage_progress(console, stage, stage_steps(experiment, stage),
+                                partial(tracker.latest_report, child)):
+                if stage == "stage0":
+                    encoder = run_stage(experiment, stage, None, tokenizer_dir, tracker.uri, child)
+                else:
+                    checkpoint = run_stage(experiment, stage, checkpoint, tokenizer_dir, tracker.uri, child,
+                                           vision_from=encoder if checkpoint is None else None,
+                                           report_to_tune=report_to_tune)
                 stage_metrics = tracker.client.get_run(child).data.metrics
                 if "val_loss" in stage_metrics:
                     losses = {f"{stage}/val_loss": stage_metrics["val_loss"], "val_loss": stage_metrics["val_loss"]}

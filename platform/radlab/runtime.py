@@ -9,22 +9,25 @@ from radlab.config import ConfigError, RayConfig
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
-def init_ray(config: RayConfig) -> None:
-    """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers."""
+def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
+    """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers; return
+    the folder of Ray's logs (None when Ray was already started). With `verbose` off, the workers'
+    and Ray's own output stays in those logs instead of the console."""
     import ray
 
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():
-        return
+        return None
     address = config.address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver gets RAY_ADDRESS
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
-    # address="local": a Ray of its own, even where another Ray runs on this machine.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": LOOPBACK_ENV})
+        context = ray.init(address=address, log_to_driver=verbose)
+    else:
+        cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
+        # address="local": a Ray of its own, even where another Ray runs on this machine.
+        context = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
+                           runtime_env={"env_vars": LOOPBACK_ENV})
+    return os.path.join(context.address_info["session_dir"], "logs")
 
 
 def check_resources(config: RayConfig) -> None:

@@ -8,6 +8,8 @@ LoRA adapters go on the language model only.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
@@ -143,7 +145,10 @@ def apply_lora(model: nn.Module, lora: LoraConfig) -> nn.Module:
     """Wrap the model with LoRA adapters on the language model's linear layers only."""
     config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules=lora.target_modules, bias="none")
-    model = get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21 asks transformers 5 for `is_gradient_checkpointing`, deprecated there: not ours to fix.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, config)
     touched = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
     if not touched or any("language_model" not in n for n in touched):
         raise ModelError(f"lora.target_modules {lora.target_modules!r} must match linear layers of the language model only")

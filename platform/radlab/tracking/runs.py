@@ -212,6 +212,13 @@ class Tracker:
             self.client.set_registered_model_alias(name, alias, version.version)
         return version.version
 
+    def latest_report(self, run_id: str, key: str = "lr") -> tuple[int, dict[str, float]] | None:
+        """The step of a stage run's latest logged report and its metrics' latest values."""
+        history = self.client.get_metric_history(run_id, key)
+        if not history:
+            return None
+        return max(m.step for m in history), self.client.get_run(run_id).data.metrics
+
     def describe(self, run_id: str, text: str) -> None:
         """The run's description, shown at the top of its MLflow page."""
         self.client.set_tag(run_id, "mlflow.note.content", text)

@@ -50,6 +50,20 @@ def stage_key(experiment: Experiment, stage: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
 
 
+def stage_steps(experiment: Experiment, stage: str) -> int:
+    """The optimizer steps a stage will run, as its workers will count them."""
+    import math
+
+    from radlab.data.dataset import split_examples
+    from radlab.train.loop import Plan
+
+    examples = len(split_examples(experiment.data, "train"))
+    if stage == "stage0":
+        s0 = experiment.stage0
+        return s0.max_steps or max(1, math.ceil(s0.epochs * max(1, examples // s0.batch)))
+    return Plan.of(getattr(experiment, stage), examples, experiment.ray.workers).total_steps
+
+
 def storage_path(experiment: Experiment) -> str:
     path = experiment.ray.storage_path
     return path if "://" in path else str(Path(path).resolve())

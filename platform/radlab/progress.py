@@ -1,0 +1,77 @@
+"""One progress line per training stage on the driver's console, fed by what rank 0 reports.
+
+The workers' own output stays in Ray's log files (`radlab run --verbose` brings it back), so the
+console shows each stage once: a rich progress bar (step, loss, lr, samples/s, elapsed, remaining)
+in a terminal, and a plain line every few seconds where output goes to a file or a job log.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+# (step, {metric: value}) of the stage's latest report, or None before the first one.
+Poll = Callable[[], tuple[int, dict[str, float]] | None]
+
+
+def describe(stage: str, step: int, total: int, metrics: dict[str, float]) -> str:
+    rate = metrics.get("samples_per_s", metrics.get("pairs_per_s"))
+    parts = [f"[{stage}] step {step}/{total}"]
+    if "loss" in metrics:
+        parts.append(f"loss {metrics['loss']:.4f}")
+    if "lr" in metrics:
+        parts.append(f"lr {metrics['lr']:.2e}")
+    if rate is not None:
+        parts.append(f"{rate:.0f} {'pairs' if 'pairs_per_s' in metrics else 'samples'}/s")
+    return " ".join(parts)
+
+
+@contextmanager
+def stage_progress(console: Console, stage: str, total: int, poll: Poll, every_s: float = 1.0,
+                   line_every_s: float = 15.0) -> Iterator[None]:
+    """Show the stage's progress while the block runs (the block trains the stage); a last poll
+    after it shows where the stage ended."""
+    stop = threading.Event()
+    interactive = console.is_terminal
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, transient=False) if interactive else None
+    task = progress.add_task(escape(f"[{stage}]"), total=total) if progress else None
+    last = {"step": -1, "printed": 0.0}
+
+    def update() -> None:
+        latest = poll()
+        if latest is None or latest[0] == last["step"]:
+            return
+        step, metrics = latest
+        last["step"] = step
+        if progress is not None:
+            progress.update(task, completed=step, description=escape(describe(stage, step, total, metrics)))
+        elif time.monotonic() - last["printed"] >= line_every_s or step >= total:
+            console.print(describe(stage, step, total, metrics), highlight=False, markup=False)
+            last["printed"] = time.monotonic()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            try:
+                update()
+            except Exception as err:  # the tracking store briefly unreachable: the next poll retries
+                console.log(f"progress of {stage} not readable now ({type(err).__name__})")
+
+    thread = threading.Thread(target=watch, daemon=True)
+    if progress is not None:
+        progress.start()
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        update()
+        if progress is not None:
+            progress.stop()

@@ -81,3 +81,13 @@ def test_version_and_errors_that_are_bugs_keep_their_traceback():
     assert exited.value.exit_code == 2
     with pytest.raises(ValueError, match="a bug"):
         or_exit(bug)
+
+
+def test_serve_refuses_missing_files_before_deploying(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["serve", "--config", "nope.yaml"])
+    assert result.exit_code == 2 and "--config nope.yaml: no such Serve config file" in result.output
+    result = runner.invoke(app, ["serve", "--model", "ckpt", "--once", "missing.png"])
+    assert result.exit_code == 2 and "--once missing.png: no such image file" in result.output
+    result = runner.invoke(app, ["serve", "--model", "models:/nothing@candidate"])
+    assert result.exit_code == 2 and "the registry has no versions of 'nothing'" in result.output

@@ -349,10 +349,14 @@ def judge_agreement(first: Path, second: Path) -> None:
     console.print(table)
 
 
+LOCAL_SERVE = Path("serving/local.yaml")
+
+
 @app.command("serve")
 def serve_command(
     model: Annotated[str, typer.Option(help="folder, runs:/<id>/model, models:/<name>/<version|latest> or @alias")] = None,
-    config: Annotated[Path, typer.Option(help="a Serve config whose first application's args to use")] = Path("serving/local.yaml"),
+    config: Annotated[Path, typer.Option(help="a Serve config whose first application's args to use "
+                                              "(default: serving/local.yaml where it exists)")] = None,
     port: int = 8000,
     once: Annotated[Path, typer.Option(help="deploy, send this image to /v1/reports, print, shut down")] = None,
     indication: str = "",
@@ -367,13 +371,27 @@ def serve_command(
     from radlab.serve.app import build_app, deploy_failure
     from radlab.tracking.runs import tracking_uri
 
-    args = yaml.safe_load(config.read_text())["applications"][0].get("args", {}) if config.is_file() else {}
+    if config is not None and not config.is_file():
+        err_console.print(f"--config {config}: no such Serve config file")
+        raise typer.Exit(2)
+    if once is not None and not once.is_file():
+        err_console.print(f"--once {once}: no such image file")
+        raise typer.Exit(2)
+    config = config or (LOCAL_SERVE if LOCAL_SERVE.is_file() else None)
+    args = yaml.safe_load(config.read_text())["applications"][0].get("args", {}) if config else {}
     if model:
         args["model"] = model
     args.setdefault("tracking_uri", tracking_uri(TrackingConfig()))
     if "model" not in args:
-        err_console.print("--model is required (or a config with args.model)")
+        err_console.print("--model is required (or a --config whose application has args.model)")
         raise typer.Exit(2)
+    if "://" in args["model"] or ":/" in args["model"]:  # a registry or run reference: resolve it before deploying
+        from radlab.tracking.runs import model_version
+
+        if args["model"].startswith("models:/"):
+            from mlflow import MlflowClient
+
+            or_exit(model_version, MlflowClient(args["tracking_uri"], registry_uri=args["tracking_uri"]), args["model"])
     init_ray(RayConfig())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     with console.status(f"deploying {args['model']}"):

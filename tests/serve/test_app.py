@@ -113,6 +113,9 @@ def test_openai_client_chat_plain_and_streaming(served):
                                              {"type": "image_url", "image_url": {"url": image}}]}]
     reply = client.chat.completions.create(model="radlab", messages=messages)
     text = reply.choices[0].message.content
+    # The prompt as the model saw it: BOS, the chat template and the tiny tower's 16 image tokens.
+    assert reply.usage.prompt_tokens > 16 and reply.usage.total_tokens == reply.usage.prompt_tokens + \
+        reply.usage.completion_tokens
     streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
                        client.chat.completions.create(model="radlab", messages=messages, stream=True))
     assert streamed == text

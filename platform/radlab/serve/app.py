@@ -27,9 +27,9 @@ from ray import serve
 from ray.serve import metrics
 
 from radlab.formats.images import ImageError, decode_image, to_tensor
-from radlab.formats.prompts import findings_prompt
+from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
 from radlab.model.checkpoint import load_checkpoint
-from radlab.model.generation import generate_texts, inference_model, pick_device_dtype
+from radlab.model.generation import generate_texts, inference_model, num_image_tokens, pick_device_dtype
 
 
 class ServeArgs(BaseModel):
@@ -237,9 +237,14 @@ class ReportServer:
                     "model": self.args.model_name,
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": findings}}],
-                    "usage": {"prompt_tokens": 0, "completion_tokens": len(self.tokenizer(findings)["input_ids"]),
-                              "total_tokens": len(self.tokenizer(findings)["input_ids"])}}
+                    "usage": self._usage(human, findings)}
         return await self._run("chat", handle)
+
+    def _usage(self, human: str, findings: str) -> dict:
+        """Token counts as the model saw them: the prompt with its image tokens, and the findings."""
+        prompt = len(encode_prompt(self.tokenizer, render_prompt(self.template, human), num_image_tokens(self.model)))
+        completion = len(self.tokenizer(findings, add_special_tokens=False)["input_ids"])
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     @staticmethod
     def _parse_content(content) -> tuple[str, list[bytes]]:

@@ -17,7 +17,7 @@ ALLOWED = {
     "tracking": {"errors", "config"},
     "runtime": {"errors", "config"},
     "evaluation": {"errors", "config", "formats", "llm", "data", "model", "tracking"},
-    "train": {"errors", "config", "formats", "data", "model", "tracking", "evaluation"},
+    "train": {"errors", "config", "formats", "data", "model", "tracking", "runtime", "evaluation"},
     "serve": {"errors", "config", "formats", "model", "tracking"},
     "pipeline": {"errors", "config", "formats", "data", "model", "tracking", "runtime", "evaluation", "train",
                  "progress"},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +87,6 @@ def run(path: Path, overrides: Overrides = None,
     experiment = _load(path, (overrides or []) + ([f"ray.address={address}"] if address else []))
     from radlab.pipeline import run_experiment
 
-    # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: its MLflow runs are marked KILLED.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         summary = run_experiment(experiment, path.read_text(), console, verbose=verbose)
     except RadlabError as err:

@@ -3,10 +3,39 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from radlab.config import ConfigError, RayConfig
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def end_on_sigterm() -> None:
+    """SIGTERM (a scheduler, `kill`) ends the command like Ctrl-C, so its runs are marked KILLED;
+    set after Ray starts, whose core worker installs a handler of its own that aborts the process."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@contextmanager
+def own_signal_handlers() -> Iterator[None]:
+    """Run a block that may install signal handlers of its own (Ray Train's fit handles SIGINT),
+    and put back the command's handlers after it: an interrupt during evaluation or registration
+    must end the command, not be "gracefully aborted" and ignored. Only the main thread has them
+    (a sweep trial runs in a thread of its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
@@ -27,6 +56,7 @@ def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
         # address="local": a Ray of its own, even where another Ray runs on this machine.
         context = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
                            runtime_env={"env_vars": LOOPBACK_ENV})
+    end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
     return os.path.join(context.address_info["session_dir"], "logs")
 
 

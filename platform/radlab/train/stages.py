@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 from pathlib import Path
 
 from ray.data import ExecutionOptions
@@ -26,6 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from radlab.config import Experiment
+from radlab.runtime import own_signal_handlers
 from radlab.train.contrastive import train_encoder
 from radlab.train.loop import train_stage
 
@@ -122,13 +122,8 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             callbacks=[TuneReportCallback()] if report_to_tune else None,
         ),
     )
-    # Ray Train installs a SIGINT handler of its own for the fit; an interrupt after it must end the
-    # command (evaluation, registration), not be "gracefully aborted" and ignored.
-    handler = signal.getsignal(signal.SIGINT)
-    try:
+    with own_signal_handlers():
         result = trainer.fit()
-    finally:
-        signal.signal(signal.SIGINT, handler)
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint (see the Ray Train logs above)")
     if "://" not in experiment.ray.storage_path:

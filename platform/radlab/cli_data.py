@@ -207,7 +207,9 @@ def preprocess(folder: Annotated[Path, typer.Argument(help="an ingested dataset 
     from radlab.runtime import init_ray
 
     init_ray(RayConfig(address=address))
-    out = out or folder.with_name(f"{folder.name}_{size}px")
+    # Resolved here: Ray Data's tasks write from folders of their own, where a relative path means another place.
+    folder, image_root = folder.resolve(), image_root.resolve()
+    out = (out or folder.with_name(f"{folder.name}_{size}px")).resolve()
     summary = or_exit(preprocess_folder, folder, image_root, size, out)
     for split, counts in summary["splits"].items():
         console.print(f"{split}: {counts['images']} images, {counts['unreadable']} unreadable")

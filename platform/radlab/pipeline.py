@@ -127,13 +127,13 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
         console.print(f"Ray's own logs: {logs} (--verbose shows them here)", highlight=False, soft_wrap=True)
     check_resources(experiment.ray)
     parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
-    tracker.describe(parent, describe(experiment))
-    tracker.log_datasets(parent, experiment_cards(experiment.data))
-    console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
     checkpoint = encoder = child = None
     metrics: dict[str, float] = {}
     version = None
-    try:
+    try:  # from here on, whatever happens ends the parent run: none is left RUNNING
+        tracker.describe(parent, describe(experiment))
+        tracker.log_datasets(parent, experiment_cards(experiment.data))
+        console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
         for stage in STAGES:
             if not getattr(experiment, stage).enabled:
                 continue

@@ -106,7 +106,8 @@ class LLMClient:
         if config.offsite(self.base_url) and not config.allow_offsite:
             raise OffsiteError(config.offsite_refusal(consent_field, self.base_url))
         self.cache = AnswerCache(Path(config.cache))
-        self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0, "cache_hits": 0}
+        self.usage = {"requests": 0, "answered": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
+                      "cache_hits": 0}
 
     def _client(self):
         key = os.environ.get(self.config.api_key_env, "unused-for-local-endpoints")
@@ -134,6 +135,7 @@ class LLMClient:
                     self.usage["retries"] += 1
                     await asyncio.sleep(self.config.retry_base_s * 2 ** (attempt - 2) * (1 + random.random() / 4))
                 await limiter.wait()
+                self.usage["requests"] += 1  # every request sent, answered or not
                 try:
                     response = await client.chat.completions.create(
                         model=self.config.model, messages=request.messages,
@@ -143,7 +145,7 @@ class LLMClient:
                     continue
                 except openai.APIError as err:  # 400, 401, 404...: retrying will not help
                     return Answer(None, None, f"{type(err).__name__}: {err}", attempts=attempt)
-                self.usage["requests"] += 1
+                self.usage["answered"] += 1
                 if response.usage is not None:
                     self.usage["prompt_tokens"] += response.usage.prompt_tokens
                     self.usage["completion_tokens"] += response.usage.completion_tokens

@@ -62,7 +62,8 @@ def test_retries_timeouts_garbage_and_outage(tmp_path):
     assert not down.ok and "InternalServerError" in down.error
     assert fine.ok and fine.attempts == 1
     assert empty.ok and seen[" "] == 1  # an empty candidate is judged like any other report
-    assert client.usage["prompt_tokens"] == 100 * client.usage["requests"]
+    assert client.usage["prompt_tokens"] == 100 * client.usage["answered"]  # tokens of the answers that came
+    assert client.usage["requests"] == sum(seen.values())  # every request sent counts, the failed ones too
     assert client.cost == pytest.approx((client.usage["prompt_tokens"] * 0.03 + client.usage["completion_tokens"] * 0.06) / 1000)
 
 

@@ -72,10 +72,19 @@ def submit(address: str, experiment: Experiment, yaml_path: Path, overrides: lis
             time.sleep(1)
 
 
+def _known(jobs, job_id: str, address: str) -> None:
+    """Raise JobsError unless the cluster knows the job (Ray's client answers a RuntimeError)."""
+    try:
+        jobs.get_job_status(job_id)
+    except RuntimeError as err:
+        raise JobsError(f"{job_id}: no such job on {address} ({str(err).splitlines()[0]}); "
+                        "`radlab jobs list` shows the ids") from None
+
+
 def follow(address: str, job_id: str) -> Iterator[str]:
     """Yield the job's log as Ray streams it (new lines only), until the job ends."""
     jobs = client(address)
-    jobs.get_job_status(job_id)  # an unknown id is a plain error here, not a failed log stream
+    _known(jobs, job_id, address)  # an unknown id is a plain error here, not a failed log stream
     stream = jobs.tail_job_logs(job_id)
     loop = asyncio.new_event_loop()
     try:
@@ -90,7 +99,9 @@ def follow(address: str, job_id: str) -> Iterator[str]:
 
 
 def status(address: str, job_id: str) -> str:
-    return str(client(address).get_job_status(job_id).value)
+    jobs = client(address)
+    _known(jobs, job_id, address)
+    return str(jobs.get_job_status(job_id).value)
 
 
 def list_jobs(address: str) -> list[dict]:
@@ -103,8 +114,12 @@ def list_jobs(address: str) -> list[dict]:
 
 
 def logs(address: str, job_id: str) -> str:
-    return client(address).get_job_logs(job_id)
+    jobs = client(address)
+    _known(jobs, job_id, address)
+    return jobs.get_job_logs(job_id)
 
 
 def stop(address: str, job_id: str) -> bool:
-    return client(address).stop_job(job_id)
+    jobs = client(address)
+    _known(jobs, job_id, address)
+    return jobs.stop_job(job_id)

@@ -140,7 +140,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             console.rule(stage)
             child = tracker.open_child(parent, stage)
             with stage_progress(console, stage, stage_steps(experiment, stage),
-                                partial(tracker.latest_report, child)):
+                                partial(tracker.latest_report, child), partial(tracker.resumes, child)):
                 if stage == "stage0":
                     encoder = run_stage(experiment, stage, None, tokenizer_dir, tracker.uri, child)
                 else:

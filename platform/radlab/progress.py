@@ -33,18 +33,25 @@ def describe(stage: str, step: int, total: int, metrics: dict[str, float]) -> st
 
 
 @contextmanager
-def stage_progress(console: Console, stage: str, total: int, poll: Poll, every_s: float = 1.0,
-                   line_every_s: float = 15.0) -> Iterator[None]:
-    """Show the stage's progress while the block runs (the block trains the stage); a last poll
-    after it shows where the stage ended."""
+def stage_progress(console: Console, stage: str, total: int, poll: Poll, resumes: Callable[[], list[tuple[int, int]]],
+                   every_s: float = 1.0, line_every_s: float = 15.0) -> Iterator[None]:
+    """Show the stage's progress while the block runs (the block trains the stage), and each time
+    it resumed from a checkpoint (`resumes`: the step and the workers of each); a last poll after it shows
+    where the stage ended."""
     stop = threading.Event()
     interactive = console.is_terminal
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, transient=False) if interactive else None
     task = progress.add_task(escape(f"[{stage}]"), total=total) if progress else None
-    last = {"step": -1, "printed": 0.0}
+    last = {"step": -1, "printed": 0.0, "resumes": 0}
 
     def update() -> None:
+        resumed = resumes()
+        for count, (at, workers) in enumerate(resumed[last["resumes"]:], last["resumes"] + 1):
+            (progress.console if progress else console).print(
+                f"[{stage}] resuming at step {at}/{total} from its last checkpoint (resume {count}, "
+                f"on {workers} worker{'s' if workers != 1 else ''})", highlight=False, markup=False)
+        last["resumes"] = len(resumed)
         latest = poll()
         if latest is None or latest[0] == last["step"]:
             return
@@ -56,12 +63,15 @@ def stage_progress(console: Console, stage: str, total: int, poll: Poll, every_s
             console.print(describe(stage, step, total, metrics), highlight=False, markup=False)
             last["printed"] = time.monotonic()
 
+    def safe_update() -> None:
+        try:
+            update()
+        except Exception as err:  # the tracking store briefly unreachable: the next poll retries
+            console.log(f"progress of {stage} not readable now ({type(err).__name__})")
+
     def watch() -> None:
         while not stop.wait(every_s):
-            try:
-                update()
-            except Exception as err:  # the tracking store briefly unreachable: the next poll retries
-                console.log(f"progress of {stage} not readable now ({type(err).__name__})")
+            safe_update()
 
     thread = threading.Thread(target=watch, daemon=True)
     if progress is not None:
@@ -72,6 +82,6 @@ def stage_progress(console: Console, stage: str, total: int, poll: Poll, every_s
     finally:
         stop.set()
         thread.join()
-        update()
+        safe_update()
         if progress is not None:
             progress.stop()

@@ -219,6 +219,12 @@ class Tracker:
             return None
         return max(m.step for m in history), self.client.get_run(run_id).data.metrics
 
+    def resumes(self, run_id: str) -> list[tuple[int, int]]:
+        """(step, workers) of each time a stage run resumed (a restarted worker group, or a rerun)."""
+        steps, workers = (sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
+                          for key in ("resumed_at_step", "resumed_workers"))
+        return [(int(s.value), int(w.value)) for s, w in zip(steps, workers)]
+
     def describe(self, run_id: str, text: str) -> None:
         """The run's description, shown at the top of its MLflow page."""
         self.client.set_tag(run_id, "mlflow.note.content", text)

@@ -139,6 +139,8 @@ def train_encoder(config: dict) -> None:
         if rank == 0:
             print(f"[stage0] resuming at step {step}/{total_steps}", flush=True)
     client = MlflowClient(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    if state is not None:  # a restart (or a rerun) is reported, not absorbed: the driver shows it
+        log_step_metrics(client, config.get("run_id"), {"resumed_at_step": step, "resumed_workers": world}, step)
     val = split_examples(experiment.data, "val") if rank == 0 else []
 
     def save(folder: Path, final: bool) -> None:

@@ -194,6 +194,8 @@ def train_stage(config: dict) -> None:
     autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if dtype and experiment.ray.deepspeed == "none" else nullcontext
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and experiment.ray.deepspeed == "none")
     client = MlflowClient(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    if state is not None:  # a restart (or a rerun) is reported, not absorbed: the driver shows it
+        log_step_metrics(client, config.get("run_id"), {"resumed_at_step": step, "resumed_workers": world}, step)
     unwrapped = model
 
     def save(folder: Path, final: bool) -> None:

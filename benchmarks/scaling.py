@@ -54,12 +54,7 @@ def tiny_rate(root: Path, workers: int, steps: int) -> float:
 def paper_forward_flops() -> tuple[float, float]:
     """Forward FLOPs of one example: (the 518 px ViT-B/14 tower, Vicuna-7B over 1,369 + text tokens)."""
     from torch.utils.flop_counter import FlopCounterMode
-    from transformers import (
-        CLIPVisionConfig,
-        CLIPVisionModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-    )
+    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
 
     vision = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                               image_size=518, patch_size=14)

@@ -20,7 +20,6 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Train, judge
 app.add_typer(data_app, name="data")
 
 
-
 def _version(show: bool) -> None:
     if show:
         from importlib.metadata import version
@@ -382,13 +381,12 @@ def serve_command(
     if "model" not in args:
         err_console.print("--model is required (or a --config whose application has args.model)")
         raise typer.Exit(2)
-    if "://" in args["model"] or ":/" in args["model"]:  # a registry or run reference: resolve it before deploying
+    if args["model"].startswith("models:/"):  # a registry reference that names nothing fails before deploying
+        from mlflow import MlflowClient
+
         from radlab.tracking.runs import model_version
 
-        if args["model"].startswith("models:/"):
-            from mlflow import MlflowClient
-
-            or_exit(model_version, MlflowClient(args["tracking_uri"], registry_uri=args["tracking_uri"]), args["model"])
+        or_exit(model_version, MlflowClient(args["tracking_uri"], registry_uri=args["tracking_uri"]), args["model"])
     init_ray(RayConfig())
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     with console.status(f"deploying {args['model']}"):

@@ -19,14 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from radlab.errors import RadlabError
 from radlab.presets import PRESETS
@@ -318,7 +311,7 @@ class EvalConfig(Section):
     compare_untrained: bool | None = Field(None, description="also score the untrained model side by side, with "
                                            "a paired test; None: on for a judge on this site, off for an off-site "
                                            "judge (it doubles the paid calls)")
-    max_failed_share: float = Field(0.05, ge=0, le=1, description="the evaluation fails (exit status 1, no model "
+    max_failed_share: float = Field(0.05, ge=0, le=1, description="the evaluation fails (exit status 2, no model "
                                     "registered) when more than this share of judgments failed")
     bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
     chexbert_weights: Path | None = Field(None, description="the CheXbert labeler's chexbert.pth (StanfordAIMI "
@@ -337,7 +330,6 @@ class EvalConfig(Section):
     bertscore_model: Path | None = Field(None, description="a local transformers encoder folder for BERTScore "
                                          "(e.g. a downloaded distilroberta-base); BERTScore is skipped without it")
     bertscore_layers: int | None = Field(None, ge=1, description="the layer BERTScore reads (default: the last)")
-
 
     @property
     def compares_untrained(self) -> bool:

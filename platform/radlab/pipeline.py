@@ -168,9 +168,10 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             if experiment.eval.enabled:
                 console.rule("evaluation")
                 metrics |= evaluate_checkpoint(experiment, final, tracker, parent, console)
-            headline = {k: v for k, v in metrics.items() if k == "chexprompt/significant_mean"}
-            version = tracker.register(parent, source, description=describe(experiment) + "".join(
-                f" {k} = {v:.3f} on {experiment.eval.split}." for k, v in headline.items())) if register else None
+            headline = metrics.get("chexprompt/significant_mean")
+            summary = "" if headline is None else (f" CheXprompt significant errors per report: {headline:.3f} on "
+                                                   f"the {experiment.eval.split} split.")
+            version = tracker.register(parent, source, description=describe(experiment) + summary) if register else None
             if version:
                 console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version} as "
                               f"models:/{experiment.tracking.register_as}@{CANDIDATE}")

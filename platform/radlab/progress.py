@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 Poll = Callable[[], tuple[int, dict[str, float]] | None]
 
 
-def describe(stage: str, step: int, total: int, metrics: dict[str, float]) -> str:
+def report_line(stage: str, step: int, total: int, metrics: dict[str, float]) -> str:
     rate = metrics.get("samples_per_s", metrics.get("pairs_per_s"))
     parts = [f"[{stage}] step {step}/{total}"]
     if "loss" in metrics:
@@ -58,9 +58,9 @@ def stage_progress(console: Console, stage: str, total: int, poll: Poll, resumes
         step, metrics = latest
         last["step"] = step
         if progress is not None:
-            progress.update(task, completed=step, description=escape(describe(stage, step, total, metrics)))
+            progress.update(task, completed=step, description=escape(report_line(stage, step, total, metrics)))
         elif time.monotonic() - last["printed"] >= line_every_s or step >= total:
-            console.print(describe(stage, step, total, metrics), highlight=False, markup=False)
+            console.print(report_line(stage, step, total, metrics), highlight=False, markup=False)
             last["printed"] = time.monotonic()
 
     def safe_update() -> None:

@@ -3,13 +3,7 @@ import json
 import pytest
 
 from radlab.config import ConfigError, parse_experiment
-from radlab.data.dataset import (
-    DataError,
-    ReportDataset,
-    load_examples,
-    read_manifest,
-    split_examples,
-)
+from radlab.data.dataset import DataError, ReportDataset, load_examples, read_manifest, split_examples
 from radlab.formats.batch import collate
 from radlab.formats.prompts import IGNORE_INDEX, encode_example
 

@@ -10,11 +10,7 @@ import torch
 
 from radlab.config import parse_experiment
 from radlab.data.dataset import ReportDataset, load_examples
-from radlab.data.image_pipeline import (
-    image_dataset,
-    preprocess_folder,
-    streamed_batches,
-)
+from radlab.data.image_pipeline import image_dataset, preprocess_folder, streamed_batches
 from radlab.data.ingest import mimic
 from radlab.data.ingest.common import ingest
 from radlab.formats.batch import collate

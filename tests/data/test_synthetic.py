@@ -2,14 +2,7 @@ import json
 
 import numpy as np
 
-from radlab.data.synthetic import (
-    Finding,
-    draw_findings,
-    generate,
-    parse_findings,
-    render,
-    write_findings,
-)
+from radlab.data.synthetic import Finding, draw_findings, generate, parse_findings, render, write_findings
 
 
 def test_grammar_parses_back_to_the_exact_labels():

@@ -2,13 +2,7 @@ import pytest
 
 from radlab.config import EvalConfig
 from radlab.data.synthetic import Finding, write_findings
-from radlab.evaluation.metrics import (
-    bleu,
-    label_f1,
-    normalise,
-    rouge_l,
-    text_and_clinical,
-)
+from radlab.evaluation.metrics import bleu, label_f1, normalise, rouge_l, text_and_clinical
 
 
 def test_identical_texts_score_full_marks():

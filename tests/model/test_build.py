@@ -2,13 +2,7 @@ import pytest
 import torch
 
 from radlab.config import LoraConfig, ModelConfig
-from radlab.model.build import (
-    ModelError,
-    apply_lora,
-    build_model,
-    count_parameters,
-    set_trainable,
-)
+from radlab.model.build import ModelError, apply_lora, build_model, count_parameters, set_trainable
 
 
 def tiny(**fields) -> ModelConfig:

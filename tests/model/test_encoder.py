@@ -5,12 +5,7 @@ from transformers import CLIPVisionModel
 from radlab.config import ModelConfig, Stage0Config
 from radlab.model.build import ModelError, build_model
 from radlab.model.checkpoint import load_checkpoint, save_checkpoint
-from radlab.model.encoder import (
-    build_encoder,
-    load_encoder,
-    save_encoder,
-    set_encoder_trainable,
-)
+from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
 
 TINY = ModelConfig.model_validate({"preset": "tiny"})
 

@@ -158,10 +158,9 @@ def split_examples(config: DataConfig, split: str) -> list[Example]:
             continue
         whole, part = divmod(source.weight, 1.0)
         out += examples * int(whole) + examples[: round(part * len(examples))]
-    if split == "val":  # a study in two sources (rule and LLM text) is validated once, on its rule text
+    if split == "val":  # a record reached through two sources (one manifest named twice) is validated once
         seen: set[str] = set()
-        out = [e for e in sorted(out, key=lambda e: e.generate_method != "rule-based")
-               if not (e.id in seen or seen.add(e.id))]
+        out = [e for e in out if not (e.id in seen or seen.add(e.id))]
     return out
 
 

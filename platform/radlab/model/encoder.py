@@ -21,13 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
-from transformers import (
-    CLIPConfig,
-    CLIPModel,
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPVisionModel,
-)
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionModel
 
 from radlab.config import ModelConfig, Stage0Config
 from radlab.formats.tokenizer import load_tokenizer

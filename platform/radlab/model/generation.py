@@ -6,12 +6,7 @@ from __future__ import annotations
 import torch
 
 from radlab.formats.batch import collate
-from radlab.formats.prompts import (
-    PLAIN_END,
-    encode_prompt,
-    ends_with_eos,
-    render_prompt,
-)
+from radlab.formats.prompts import PLAIN_END, encode_prompt, ends_with_eos, render_prompt
 
 
 def pick_device_dtype(device: str, dtype: str,

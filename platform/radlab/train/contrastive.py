@@ -27,12 +27,7 @@ from radlab.data.pairs import PairDataset, collate_pairs
 from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.checkpoint import load_train_state
-from radlab.model.encoder import (
-    build_encoder,
-    load_encoder,
-    save_encoder,
-    set_encoder_trainable,
-)
+from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
 from radlab.train.loop import log_step_metrics, report_with_checkpoint, resume_folder
 
 
@@ -44,10 +39,7 @@ def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every worker's rows, with gradients flowing back to their owners; and where ours start."""
     if not _distributed():
         return x, 0
-    from torch.distributed._functional_collectives import (
-        all_gather_tensor_autograd,
-        wait_tensor,
-    )
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
 
     gathered = wait_tensor(all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD))
     return gathered, dist.get_rank() * len(x)

@@ -13,14 +13,7 @@ import os
 from pathlib import Path
 
 from ray.data import ExecutionOptions
-from ray.train import (
-    Checkpoint,
-    CheckpointConfig,
-    DataConfig,
-    FailureConfig,
-    RunConfig,
-    ScalingConfig,
-)
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 

@@ -1,12 +1,6 @@
 import json
 
-from radlab.data.ingest.common import (
-    PROGRESS,
-    Study,
-    ingest,
-    make_record,
-    patient_split,
-)
+from radlab.data.ingest.common import PROGRESS, Study, ingest, make_record, patient_split
 
 
 def studies(keys, built, fail_at=None):

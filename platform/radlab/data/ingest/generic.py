@@ -16,22 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from radlab.data.ingest.common import (
-    IngestError,
-    Study,
-    label_value,
-    make_record,
-    patient_split,
-    split_name,
-)
+from radlab.data.ingest.common import IngestError, Study, label_value, make_record, patient_split, split_name
 from radlab.data.ingest.tables import read_rows
 from radlab.data.sections import clean, extract_sections
 from radlab.formats.prompts import CHEXPERT

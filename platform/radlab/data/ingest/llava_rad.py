@@ -15,6 +15,7 @@ keeps rule-based records only. Every record left out is counted with its reason.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -96,9 +97,9 @@ def read(annotations: Path, image_root: Path) -> Iterator[tuple[str, Callable[[]
                 if not (image_root / image).is_file():
                     study.problem("missing image", str(image_root / image))
                     continue
-                parts = image.parts
-                patient = next((p[1:] for p in parts if p.startswith("p") and len(p) > 3), release_id.split("_")[0])
-                study_id = next((p[1:] for p in parts if p.startswith("s") and p[1:].isdigit()), release_id)
+                parts = image.parts  # p10/p10003502/s50084553/<dicom>.jpg: the patient and study folders
+                patient = next((p[1:] for p in parts if re.fullmatch(r"p\d{4,}", p)), release_id.split("_")[0])
+                study_id = next((p[1:] for p in parts if re.fullmatch(r"s\d+", p)), release_id)
                 sections = {"findings": findings.strip(), "indication": _text(record.get("indication")),
                             "history": _text(record.get("history")), "impression": _text(record.get("impression"))}
                 labels = {name: label_value((record.get("chexpert_labels") or {}).get(name)) for name in CHEXPERT}

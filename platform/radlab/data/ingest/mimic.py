@@ -11,13 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from radlab.data.ingest.common import (
-    IngestError,
-    Study,
-    label_value,
-    make_record,
-    split_name,
-)
+from radlab.data.ingest.common import IngestError, Study, label_value, make_record, split_name
 from radlab.data.ingest.tables import find_table, read_rows
 from radlab.data.sections import extract_sections
 from radlab.formats.prompts import CHEXPERT

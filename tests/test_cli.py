@@ -91,3 +91,11 @@ def test_serve_refuses_missing_files_before_deploying(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "--once missing.png: no such image file" in result.output
     result = runner.invoke(app, ["serve", "--model", "models:/nothing@candidate"])
     assert result.exit_code == 2 and "the registry has no versions of 'nothing'" in result.output
+
+
+def test_serve_on_a_non_loopback_host_needs_a_token(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RADLAB_SERVE_TOKEN", raising=False)
+    result = runner.invoke(app, ["serve", "--model", "ckpt", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "host 0.0.0.0 is not loopback, so requests need a bearer token: export RADLAB_SERVE_TOKEN=" in result.output

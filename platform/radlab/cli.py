@@ -353,18 +353,20 @@ def serve_command(
     model: Annotated[str, typer.Option(help="folder, runs:/<id>/model, models:/<name>/<version|latest> or @alias")] = None,
     config: Annotated[Path, typer.Option(help="a Serve config whose first application's args to use "
                                               "(default: serving/local.yaml where it exists)")] = None,
+    host: Annotated[str, typer.Option(help="address to listen on (default: the config's http_options.host, "
+                                           "else 127.0.0.1); any other than loopback turns auth on")] = None,
     port: int = 8000,
     once: Annotated[Path, typer.Option(help="deploy, send this image to /v1/reports, print, shut down")] = None,
     indication: str = "",
 ) -> None:
-    """Deploy a checkpoint with Ray Serve on 127.0.0.1 (CPU by default)."""
+    """Deploy a checkpoint with Ray Serve, on 127.0.0.1 unless told otherwise (CPU by default)."""
     import httpx
     import yaml
     from ray import serve
 
     from radlab.config import RayConfig, TrackingConfig
     from radlab.runtime import init_ray
-    from radlab.serve.app import build_app, deploy_failure
+    from radlab.serve.app import build_app, deploy_failure, with_auth_for
     from radlab.tracking.runs import tracking_uri
 
     if config is not None and not config.is_file():
@@ -374,7 +376,10 @@ def serve_command(
         err_console.print(f"--once {once}: no such image file")
         raise typer.Exit(2)
     config = config or (LOCAL_SERVE if LOCAL_SERVE.is_file() else None)
-    args = yaml.safe_load(config.read_text())["applications"][0].get("args", {}) if config else {}
+    serve_config = yaml.safe_load(config.read_text()) if config else {}
+    args = serve_config["applications"][0].get("args", {}) if config else {}
+    host = host or serve_config.get("http_options", {}).get("host", "127.0.0.1")
+    args = or_exit(with_auth_for, host, args)
     if model:
         args["model"] = model
     args.setdefault("tracking_uri", tracking_uri(TrackingConfig()))
@@ -388,7 +393,7 @@ def serve_command(
 
         or_exit(model_version, MlflowClient(args["tracking_uri"], registry_uri=args["tracking_uri"]), args["model"])
     init_ray(RayConfig())
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": host, "port": port})
     with console.status(f"deploying {args['model']}"):
         try:
             serve.run(build_app(args), name="radlab", route_prefix="/", blocking=False)
@@ -396,7 +401,8 @@ def serve_command(
             err_console.print(f"[red]deploy failed[/]\n{deploy_failure('radlab')}", highlight=False)
             serve.shutdown()
             raise typer.Exit(1) from None
-    url = f"http://127.0.0.1:{port}"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
     console.print(f"serving {args['model']} at {url}  (POST /v1/reports, /v1/chat/completions)")
     if once is None:
         import time

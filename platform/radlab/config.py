@@ -231,14 +231,20 @@ def is_on_site(url: str | None, site_hosts: Iterable[str] = ()) -> bool:
     name under `.localhost`) or one of `site_hosts` stays on site; every other host is off site,
     including names that merely start with "127." or "localhost"."""
     host = (urlparse(url or "").hostname or "").lower()
-    if not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost") or host in {h.lower() for h in site_hosts}:
+    return bool(host) and (host in {h.lower() for h in site_hosts} or is_loopback_host(host))
+
+
+def is_loopback_host(host: str) -> bool:
+    """`localhost`, a name under `.localhost`, or a loopback IP literal (IPv4-mapped IPv6 included)."""
+    host = host.lower().strip("[]")
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 class JudgeConfig(Section):

@@ -1,13 +1,16 @@
 """The Serve application on a real Serve instance on loopback, with the tiny model."""
 
 import base64
+import ipaddress
 import io
+import re
 import struct
 import zlib
 
 import httpx
 import numpy as np
 import openai
+import psutil
 import pydicom
 import pytest
 import torch
@@ -18,11 +21,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
-from radlab.config import ModelConfig
+from radlab.config import ConfigError, ModelConfig
 from radlab.model.build import build_model
 from radlab.model.checkpoint import save_checkpoint
 from radlab.model.generation import pick_device_dtype
-from radlab.serve.app import ReportServer, ServeArgs, build_app, deploy_failure
+from radlab.serve.app import ReportServer, ServeArgs, build_app, deploy_failure, with_auth_for
 
 from ..conftest import ROOT, free_port
 
@@ -180,12 +183,26 @@ def test_shipped_serve_configs():
         assert schema.http_options.host == "127.0.0.1"
         app = raw["applications"][0]
         assert app["import_path"] == "radlab.serve.app:build_app"
-        ServeArgs.model_validate(app["args"])
+        ServeArgs.model_validate(with_auth_for(schema.http_options.host, app["args"]))
     v100 = yaml.safe_load((ROOT / "serving/v100.yaml").read_text())["applications"][0]
     options = v100["deployments"][0]["ray_actor_options"]
     assert options["accelerator_type"] == "V100" and options["num_gpus"] == 1
     assert v100["args"]["dtype"] == "fp16" and v100["args"]["api_key_env"]
     assert v100["deployments"][0]["autoscaling_config"]["max_replicas"] >= 1
+
+
+def test_auth_is_on_whenever_the_host_is_not_loopback(monkeypatch):
+    monkeypatch.delenv("RADLAB_SERVE_TOKEN", raising=False)
+    open_args = {"model": "ckpt"}
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert with_auth_for(host, open_args) == open_args
+    for host in ("0.0.0.0", "::", "10.1.2.3", "127.attacker.example"):
+        with pytest.raises(ConfigError, match=f"host {re.escape(host)} is not loopback.*export RADLAB_SERVE_TOKEN="):
+            with_auth_for(host, open_args)
+    monkeypatch.setenv("RADLAB_SERVE_TOKEN", "t0ken")
+    assert with_auth_for("0.0.0.0", open_args) == {"model": "ckpt", "api_key_env": "RADLAB_SERVE_TOKEN"}
+    with pytest.raises(ConfigError, match="export SITE_TOKEN="):
+        with_auth_for("0.0.0.0", {"model": "ckpt", "api_key_env": "SITE_TOKEN"})
 
 
 def test_dtype_choice_per_device():
@@ -198,3 +215,22 @@ def test_dtype_choice_per_device():
     assert pick_device_dtype("cuda", "fp16", capability=(9, 0))[1] == torch.float16
     with pytest.raises(ValueError, match=r"dtype bf16: this GPU \(compute capability 7.0"):
         pick_device_dtype("cuda", "bf16", capability=(7, 0))
+
+
+def listening_sockets() -> list[tuple[str, str]]:
+    """(bound address, process title) of every listening socket of this test and the Ray it started."""
+    me = psutil.Process()
+    titles = {p.pid: " ".join(p.cmdline()) for p in [me, *me.children(recursive=True)]}
+    return [(c.laddr.ip, titles[c.pid]) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in titles]
+
+
+def test_every_listener_binds_loopback_but_serves_replica_grpc(served):
+    """The HTTP proxy, Serve's controller and Ray's own servers bind loopback. Ray Serve 2.60 starts
+    a gRPC server in every replica on [::]:<random port> with no setting for its host: that one
+    exception, one per replica, is what serving/*.yaml and the README name."""
+    sockets = listening_sockets()
+    assert any(title.startswith("ray::ProxyActor") for _, title in sockets)
+    wildcard = [title.split()[0] for ip, title in sockets if not ipaddress.ip_address(ip).is_loopback
+                and not ip.endswith("127.0.0.1")]
+    assert sorted(wildcard) == ["ray::ServeReplica:open:ReportServer", "ray::ServeReplica:secure:ReportServer"]

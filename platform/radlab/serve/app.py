@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
 
+from radlab.config import ConfigError, is_loopback_host
 from radlab.formats.images import ImageError, decode_image, to_tensor
 from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
 from radlab.model.checkpoint import load_checkpoint
@@ -292,6 +293,22 @@ def deploy_failure(app_name: str) -> str:
     if status is None:
         return f"application {app_name} is not known to Serve"
     return "\n".join([status.message] + [d.message for d in status.deployments.values() if d.message])
+
+
+TOKEN_ENV = "RADLAB_SERVE_TOKEN"
+
+
+def with_auth_for(host: str, args: dict) -> dict:
+    """The application's args for an HTTP listener on `host`: on loopback as given; on any other
+    host auth is on, with the token in `args.api_key_env` (RADLAB_SERVE_TOKEN where unset), which
+    must hold one."""
+    if is_loopback_host(host):
+        return args
+    variable = args.get("api_key_env") or TOKEN_ENV
+    if not os.environ.get(variable):
+        raise ConfigError(f"host {host} is not loopback, so requests need a bearer token: export {variable}=<token> "
+                          "(args.api_key_env names another variable)")
+    return {**args, "api_key_env": variable}
 
 
 def build_app(args: dict) -> serve.Application:

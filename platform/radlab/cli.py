@@ -353,7 +353,7 @@ def serve_command(
     model: Annotated[str, typer.Option(help="folder, runs:/<id>/model, models:/<name>/<version|latest> or @alias")] = None,
     config: Annotated[Path, typer.Option(help="a Serve config whose first application's args to use "
                                               "(default: serving/local.yaml where it exists)")] = None,
-    host: Annotated[str, typer.Option(help="address to listen on (default: the config's http_options.host, "
+    host: Annotated[str | None, typer.Option(help="address to listen on (default: the config's http_options.host, "
                                            "else 127.0.0.1); any other than loopback turns auth on")] = None,
     port: int = 8000,
     once: Annotated[Path, typer.Option(help="deploy, send this image to /v1/reports, print, shut down")] = None,

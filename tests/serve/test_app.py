@@ -1,8 +1,8 @@
 """The Serve application on a real Serve instance on loopback, with the tiny model."""
 
 import base64
-import ipaddress
 import io
+import ipaddress
 import re
 import struct
 import zlib

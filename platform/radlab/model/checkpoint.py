@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import LlavaConfig
 
@@ -156,7 +157,12 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     lora = LoraConfig.model_validate(meta["lora"]) if meta.get("lora") else None
     if lora is not None:
         model = apply_lora(model, lora)
-    result = model.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as err:
+        raise ModelError(f"{weights}: unreadable ({err}); verify it against {CHECKSUMS} or save it again") from None
+    result = model.load_state_dict(state, strict=False)
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not fit the model: {len(missing)} missing "

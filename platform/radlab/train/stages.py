@@ -15,9 +15,11 @@ from pathlib import Path
 from ray.data import ExecutionOptions
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.callback import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from radlab.config import Experiment
+from radlab.errors import RadlabError
 from radlab.runtime import own_signal_handlers
 from radlab.train.contrastive import train_encoder
 from radlab.train.loop import train_stage
@@ -55,6 +57,59 @@ def stage_steps(experiment: Experiment, stage: str) -> int:
         s0 = experiment.stage0
         return s0.max_steps or max(1, math.ceil(s0.epochs * max(1, examples // s0.batch)))
     return Plan.of(getattr(experiment, stage), examples, experiment.ray.workers).total_steps
+
+
+class StageFailed(RadlabError, RuntimeError):
+    """A stage stopped by an error that a restart does not fix; the message holds the error."""
+
+
+def is_fault(error: BaseException) -> bool:
+    """A worker process that died or stopped answering (a killed worker, a lost node): a fault,
+    which restarts are for, rather than an error raised by the training code."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, NodeDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError
+
+    return isinstance(error, (ActorDiedError, ActorUnavailableError, NodeDiedError, WorkerHealthCheckFailedError,
+                              WorkerHealthCheckTimeoutError))
+
+
+def error_signature(worker_errors: dict[int, BaseException]) -> str | None:
+    """What identifies an attempt's error across attempts: each raised error's last line ("Type:
+    message" or the message), which holds no process ids. None where a worker died: the other
+    ranks' errors are then the fallout of a fault, and restarts are what faults are for."""
+    if any(is_fault(error) for error in worker_errors.values()):
+        return None
+    lines = set()
+    for error in worker_errors.values():
+        text = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        lines.add(text[-1] if text else type(error).__name__)
+    return " | ".join(sorted(lines)) or None
+
+
+class StopOnRepeatedError(UserCallback):
+    """Ray Train restarts a failed worker group up to `ray.max_failures` times. A fault (a lost
+    node, a killed worker) seldom strikes twice alike; a mistake always does. So the same error from
+    two attempts in a row stops the stage with that error instead of spending the retries on it.
+    Runs in Ray Train's controller, whose error a raise here becomes."""
+
+    def __init__(self, stage: str):
+        self.stage, self.previous = stage, None
+
+    def after_exception(self, run_context, worker_exceptions: dict[int, BaseException]) -> None:
+        current = error_signature(worker_exceptions)
+        if current is not None and current == self.previous:
+            raise StageFailed(f"{self.stage} stopped: two attempts in a row failed with {current} (the workers' "
+                              "tracebacks are in Ray's logs; --verbose shows them)")
+        self.previous = current
+
+
+def stage_failure(error: BaseException) -> StageFailed | None:
+    """The StageFailed inside the error Ray Train's fit() raised, if the stage was stopped by one."""
+    while error is not None:
+        if isinstance(error, StageFailed):
+            return error
+        error = getattr(error, "controller_failure", None) or error.__cause__
+    return None
 
 
 def storage_path(experiment: Experiment) -> str:
@@ -112,11 +167,17 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             storage_path=storage_path(experiment),
             failure_config=FailureConfig(max_failures=ray_config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()] if report_to_tune else None,
+            callbacks=[StopOnRepeatedError(stage)] + ([TuneReportCallback()] if report_to_tune else []),
         ),
     )
     with own_signal_handlers():
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as err:
+            stopped = stage_failure(err)
+            if stopped is None:
+                raise
+            raise StageFailed(str(stopped)) from err
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint (see the Ray Train logs above)")
     if "://" not in experiment.ray.storage_path:

@@ -1,12 +1,17 @@
 import os
+import shutil
 import signal
 import threading
 import time
 from pathlib import Path
 
 import psutil
+import torch
+from mlflow import MlflowClient
+from torch.utils.data import DistributedSampler
 
 from radlab.config import parse_experiment
+from radlab.data.dataset import split_examples
 from radlab.model.checkpoint import load_checkpoint, load_train_state
 from radlab.train.loop import Plan
 from radlab.train.stages import run_stage, stage_key
@@ -51,12 +56,18 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage1={
         "max_steps": 120, "global_batch": 2, "micro_batch": 1, "checkpoint_every": 10, "log_every": 10}), "t")
     run_dir = tmp_path / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking)
+    run_id = client.create_run(client.create_experiment("kill")).info.run_id
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
     killer.start()
-    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
+    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, tracking, run_id)
     killer.join()
     assert killed, "no worker was alive to kill"
+    # The steps replayed after the restart are not logged twice.
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(10, 121, 10))
+    assert client.get_metric_history(run_id, "resumed_at_step")
     with checkpoint.as_directory() as folder:
         state = load_train_state(Path(folder))
         meta = load_checkpoint(Path(folder)).meta
@@ -88,3 +99,27 @@ def test_deepspeed_zero2_stage_on_cpu(ray_session, synthetic_root, tokenizer_dir
     with checkpoint.as_directory() as folder:
         assert load_train_state(Path(folder))["step"] == 4
         assert load_checkpoint(Path(folder)).meta["final"]
+
+
+def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, tokenizer_dir, tmp_path):
+    root = shutil.copytree(synthetic_root, tmp_path / "synthetic")
+    experiment = parse_experiment(experiment_dict(root, tmp_path), "t")
+    examples = split_examples(experiment.data, "train")
+    for example in examples[::2]:
+        Path(example.image).write_bytes(b"\x89PNG damaged")
+    # The images each of the 2 ranks draws in 4 steps of 4: DistributedSampler's order, as in the loop.
+    drawn = []
+    for rank in (0, 1):
+        sampler = DistributedSampler(range(len(examples)), num_replicas=2, rank=rank, shuffle=True, seed=0,
+                                     drop_last=True)
+        sampler.set_epoch(0)
+        drawn.append([i for i in list(sampler)[:16]])
+    per_rank = [sum(i % 2 == 0 for i in indices) for indices in drawn]
+    assert min(per_rank) > 0
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking)
+    run_id = client.create_run(client.create_experiment("skips")).info.run_id
+    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, tracking, run_id)
+    with checkpoint.as_directory() as folder:
+        assert load_train_state(Path(folder))["skipped"] == sum(per_rank)
+    assert client.get_run(run_id).data.metrics["skipped_images"] == sum(per_rank)

@@ -17,7 +17,6 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from mlflow import MlflowClient
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import get_cosine_schedule_with_warmup
 
@@ -28,7 +27,7 @@ from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.checkpoint import load_train_state
 from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
-from radlab.train.loop import log_step_metrics, report_with_checkpoint, resume_folder
+from radlab.train.loop import RankCounts, StepLog, report_with_checkpoint, resume_folder
 
 
 def _distributed() -> bool:
@@ -122,23 +121,24 @@ def train_encoder(config: dict) -> None:
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": s0.weight_decay},
                                    {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=s0.lr)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(s0.warmup_ratio * total_steps), total_steps)
-    step, skipped, truncated, pairs, resumed_from = 0, 0, 0, 0, []
+    step, pairs, resumed_from = 0, 0, []
+    counts = RankCounts(("skipped", "truncated"), state, device)
+    totals = counts.start
     if state is not None:
-        step, skipped, truncated, pairs = state["step"], state["skipped"], state["truncated"], state["pairs"]
+        step, pairs = state["step"], state["pairs"]
         resumed_from = state["resumed_from"] + [step]
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if rank == 0:
             print(f"[stage0] resuming at step {step}/{total_steps}", flush=True)
-    client = MlflowClient(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    step_log = StepLog(config, rank)
     if state is not None:  # a restart (or a rerun) is reported, not absorbed: the driver shows it
-        log_step_metrics(client, config.get("run_id"), {"resumed_at_step": step, "resumed_workers": world}, step)
+        step_log.resumed(step, world)
     val = split_examples(experiment.data, "val") if rank == 0 else []
 
     def save(folder: Path, final: bool) -> None:
-        train_state = {"step": step, "skipped": skipped, "truncated": truncated, "pairs": pairs,
-                       "resumed_from": resumed_from, "optimizer": optimizer.state_dict(),
-                       "scheduler": scheduler.state_dict()}
+        train_state = {"step": step, "pairs": pairs, "resumed_from": resumed_from, **totals,
+                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         save_encoder(folder, encoder, tokenizer, experiment.model, s0, {"stage": "stage0", "step": step, "final": final},
                      train_state)
 
@@ -152,8 +152,7 @@ def train_encoder(config: dict) -> None:
                 continue  # trained on before the restart
             if index >= steps_per_epoch:
                 break
-            skipped += batch["skipped"]
-            truncated += batch["truncated"]
+            counts.add(batch)
             # Unreadable images shrink a batch; every worker trims to the smallest so the gather lines up.
             keep = _min_across(len(batch.get("input_ids", [])))
             if keep < 2:
@@ -180,17 +179,18 @@ def train_encoder(config: dict) -> None:
             epoch_end = step % steps_per_epoch == 0
             if step % s0.log_every == 0 or final or epoch_end or step % s0.checkpoint_every == 0:
                 elapsed = time.perf_counter() - window_start
+                totals = counts.totals()
                 metrics = {"loss": _mean_across(window_loss / max(1, window_batches)),
                            "temperature": encoder.temperature, "lr": optimizer.param_groups[0]["lr"],
                            "pairs_per_s": window_pairs / elapsed, "contrastive_batch": keep * world,
-                           "skipped_images": skipped, "truncated_reports": truncated, "step": step,
+                           "skipped_images": totals["skipped"], "truncated_reports": totals["truncated"], "step": step,
                            "epoch": step / steps_per_epoch}
                 if rank == 0 and (epoch_end or final):
                     encoder.eval()
                     metrics |= {f"val/{k}": v for k, v in evaluate_retrieval(
                         encoder, val, tokenizer, vision.image_size, s0.text.max_length).items()}
                     encoder.train()
-                log_step_metrics(client, config.get("run_id"), metrics, step)
+                step_log.log(metrics, step)
                 if rank == 0:
                     recall = metrics.get("val/retrieval/i2t_R1")
                     print(f"[stage0] step {step}/{total_steps} loss {metrics['loss']:.4f} temperature "

@@ -64,11 +64,51 @@ def report_with_checkpoint(rank: int, metrics: dict, save: Callable[[Path], None
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
-def log_step_metrics(client: MlflowClient | None, run_id: str | None, metrics: dict, step: int) -> None:
-    """Step metrics straight to the stage's MLflow run (rank 0 holds the client)."""
-    if client is not None:
+class StepLog:
+    """Step metrics straight to the stage's MLflow run, from rank 0. A resumed attempt replays the
+    steps after its checkpoint; those the attempt before had already logged are not logged again."""
+
+    def __init__(self, config: dict, rank: int):
+        self.run_id = config.get("run_id")
+        self.client = MlflowClient(config["tracking_uri"]) if rank == 0 and self.run_id else None
+        self.logged_upto = 0
+
+    def resumed(self, step: int, world: int) -> None:
+        """Report the restart (the driver shows it) and note how far the attempts before logged."""
+        if self.client is not None:
+            history = self.client.get_metric_history(self.run_id, "loss")
+            self.logged_upto = max((m.step for m in history), default=0)
+            self._write({"resumed_at_step": step, "resumed_workers": world}, step)
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.client is not None and step > self.logged_upto:
+            self._write(metrics, step)
+
+    def _write(self, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()
+                                                    if k != "step"])
+
+
+class RankCounts:
+    """Counts each rank adds to (images skipped, texts truncated), summed over all ranks when read.
+    `start` holds the totals a resumed attempt begins from. `totals()` is a collective: every rank
+    calls it at the same step."""
+
+    def __init__(self, names: tuple[str, ...], start: dict | None, device: torch.device):
+        self.names, self.device = names, device
+        self.start = {n: (start or {}).get(n, 0) for n in names}
+        self.mine = dict.fromkeys(names, 0)
+
+    def add(self, batch: dict) -> None:
+        for name in self.names:
+            self.mine[name] += batch[name]
+
+    def totals(self) -> dict[str, int]:
+        counts = torch.tensor([self.mine[n] for n in self.names], dtype=torch.long, device=self.device)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(counts)
+        return {n: self.start[n] + int(c) for n, c in zip(self.names, counts.tolist(), strict=True)}
 
 
 @torch.no_grad()
@@ -180,9 +220,11 @@ def train_stage(config: dict) -> None:
         trainable = ray.train.torch.prepare_model(model, move_to_device=False)
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, plan.total_steps)
-    step, skipped, truncated, samples, resumed_from = 0, 0, 0, 0, []
+    step, samples, resumed_from = 0, 0, []
+    counts = RankCounts(("skipped", "truncated"), state, device)
+    totals = counts.start
     if state is not None:
-        step, skipped, truncated, samples = state["step"], state["skipped"], state["truncated"], state["samples"]
+        step, samples = state["step"], state["samples"]
         resumed_from = state["resumed_from"] + [step]
         if rank == 0:
             print(f"[{stage_name}] resuming at step {step}/{plan.total_steps}", flush=True)
@@ -193,14 +235,13 @@ def train_stage(config: dict) -> None:
     dtype = DTYPES[experiment.ray.precision]
     autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if dtype and experiment.ray.deepspeed == "none" else nullcontext
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16 and experiment.ray.deepspeed == "none")
-    client = MlflowClient(config["tracking_uri"]) if rank == 0 and config.get("run_id") else None
+    step_log = StepLog(config, rank)
     if state is not None:  # a restart (or a rerun) is reported, not absorbed: the driver shows it
-        log_step_metrics(client, config.get("run_id"), {"resumed_at_step": step, "resumed_workers": world}, step)
+        step_log.resumed(step, world)
     unwrapped = model
 
     def save(folder: Path, final: bool) -> None:
-        train_state = {"step": step, "skipped": skipped, "truncated": truncated, "samples": samples,
-                       "resumed_from": resumed_from}
+        train_state = {"step": step, "samples": samples, "resumed_from": resumed_from, **totals}
         if experiment.ray.deepspeed == "none":
             train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
@@ -217,8 +258,7 @@ def train_stage(config: dict) -> None:
                 continue  # trained on before the restart
             if index >= plan.steps_per_epoch * plan.accumulation:
                 break
-            skipped += batch["skipped"]
-            truncated += batch["truncated"]
+            counts.add(batch)
             if "input_ids" in batch:
                 inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
                 with autocast():
@@ -250,17 +290,18 @@ def train_stage(config: dict) -> None:
             final = step >= plan.total_steps
             if step % stage.log_every == 0 or final or step % stage.checkpoint_every == 0:
                 elapsed = time.perf_counter() - window_start
+                totals = counts.totals()
                 metrics = {
                     "loss": window_loss / max(1, window_batches),
                     "lr": optimizer.param_groups[0]["lr"],
                     "samples_per_s": window_items * world / elapsed,
                     "tokens_per_s": window_tokens * world / elapsed,
-                    "skipped_images": skipped,
-                    "truncated_targets": truncated,
+                    "skipped_images": totals["skipped"],
+                    "truncated_targets": totals["truncated"],
                     "step": step,
                     "epoch": step / plan.steps_per_epoch,
                 }
-                log_step_metrics(client, config.get("run_id"), metrics, step)
+                step_log.log(metrics, step)
                 if rank == 0:
                     print(f"[{stage_name}] step {step}/{plan.total_steps} loss {metrics['loss']:.4f} "
                           f"lr {metrics['lr']:.2e} {metrics['samples_per_s']:.0f} samples/s", flush=True)
@@ -269,7 +310,7 @@ def train_stage(config: dict) -> None:
                 if final or step % stage.checkpoint_every == 0:
                     if val_loader is not None:
                         metrics["val_loss"] = validation_loss(unwrapped, val_loader, device, autocast)
-                        log_step_metrics(client, config.get("run_id"), {"val_loss": metrics["val_loss"]}, step)
+                        step_log.log({"val_loss": metrics["val_loss"]}, step)
                         trainable.train()
                     report_with_checkpoint(rank, metrics, partial(save, final=final))
                 window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0

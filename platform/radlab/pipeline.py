@@ -23,7 +23,7 @@ from radlab.model.memory import experiment_plans
 from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import CANDIDATE, Tracker
-from radlab.train.stages import STAGES, run_stage, stage_key, stage_steps, storage_path
+from radlab.train.stages import STAGES, finished_stage, run_stage, stage_key, stage_steps, storage_path
 
 
 @dataclass
@@ -138,22 +138,25 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             if not getattr(experiment, stage).enabled:
                 continue
             console.rule(stage)
-            child = tracker.open_child(parent, stage)
-            with stage_progress(console, stage, stage_steps(experiment, stage),
-                                partial(tracker.latest_report, child), partial(tracker.resumes, child)):
-                if stage == "stage0":
-                    encoder = run_stage(experiment, stage, None, tokenizer_dir, tracker.uri, child)
-                else:
-                    checkpoint = run_stage(experiment, stage, checkpoint, tokenizer_dir, tracker.uri, child,
-                                           vision_from=encoder if checkpoint is None else None,
-                                           report_to_tune=report_to_tune)
-                stage_metrics = tracker.client.get_run(child).data.metrics
-                if "val_loss" in stage_metrics:
-                    losses = {f"{stage}/val_loss": stage_metrics["val_loss"], "val_loss": stage_metrics["val_loss"]}
-                    tracker.log_metrics(parent, losses)
-                    metrics |= losses
-            tracker.finish(child)
-            child = None
+            finished = finished_stage(experiment, stage)
+            if finished is not None:  # an earlier run trained it: reused, with no new stage run
+                result, trained_in = finished
+                console.print(f"{stage} finished earlier" + (f" (MLflow run {trained_in})" if trained_in else "")
+                              + f": reusing {result.path}", highlight=False, soft_wrap=True)
+            else:
+                child = trained_in = tracker.open_child(parent, stage)
+                with stage_progress(console, stage, stage_steps(experiment, stage),
+                                    partial(tracker.latest_report, child), partial(tracker.resumes, child)):
+                    result = run_stage(experiment, stage, checkpoint if stage != "stage0" else None, tokenizer_dir,
+                                       tracker.uri, child, vision_from=encoder if checkpoint is None else None,
+                                       report_to_tune=report_to_tune and stage != "stage0")
+                tracker.finish(child)
+                child = None
+            if stage == "stage0":
+                encoder = result
+            else:
+                checkpoint = result
+            metrics |= tracker.stage_done(parent, stage, trained_in)
         if encoder is not None:
             final = _materialise(encoder, encoder_folder(experiment))
             console.print(f"encoder [bold]{final}[/]: name it in model.vision.path to build on it")

@@ -2,7 +2,8 @@
 the resolved config, provenance, the final checkpoint as an artifact, and registry versions.
 
 A rerun of an experiment that did not finish reuses its parent and child runs (matched by the
-config digest), so an interrupted run and its resumption land in one place.
+config digest), so an interrupted run and its resumption land in one place. A stage an earlier run
+finished gets no new child run: the parent's tag radlab.<stage>.run names the run that trained it.
 """
 
 from __future__ import annotations
@@ -163,10 +164,13 @@ class Tracker:
             self.client.log_inputs(run_id, datasets=inputs)
 
     def open_child(self, parent_id: str, stage: str) -> str:
-        run_id = self._unfinished(f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and tags.`{STAGE_TAG}` = '{stage}'")
-        if run_id is not None:
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
+        """The stage's run under this parent: the one an earlier attempt opened, or a new one."""
+        earlier = self.client.search_runs([self.experiment_id], max_results=1, order_by=["attributes.start_time DESC"],
+                                          filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}' and "
+                                                        f"tags.`{STAGE_TAG}` = '{stage}'")
+        if earlier:
+            self.client.update_run(earlier[0].info.run_id, status="RUNNING")
+            return earlier[0].info.run_id
         section = getattr(self.experiment, stage, None)
         run = self.client.create_run(self.experiment_id, tags={
             MLFLOW_PARENT_RUN_ID: parent_id, STAGE_TAG: stage, MLFLOW_RUN_NAME: stage})
@@ -174,6 +178,22 @@ class Tracker:
             params = flatten(section.model_dump(mode="json"))
             self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sorted(params.items())])
         return run.info.run_id
+
+    def stage_done(self, parent_id: str, stage: str, trained_in: str | None) -> dict[str, float]:
+        """Point the parent run at the run that trained `stage` (tag radlab.<stage>.run) and copy its
+        last validation loss to the parent as <stage>/val_loss and val_loss; return those."""
+        if trained_in is None:
+            return {}
+        self.client.set_tag(parent_id, f"radlab.{stage}.run", trained_in)
+        try:
+            loss = self.client.get_run(trained_in).data.metrics.get("val_loss")
+        except MlflowException:  # trained under another tracking store
+            return {}
+        if loss is None:
+            return {}
+        losses = {f"{stage}/val_loss": loss, "val_loss": loss}
+        self.log_metrics(parent_id, losses)
+        return losses
 
     def finish(self, run_id: str, ok: bool = True, interrupted: bool = False) -> None:
         """Close a run: FINISHED, FAILED, or KILLED when it was interrupted (Ctrl-C, a sweep's

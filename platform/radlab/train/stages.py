@@ -117,6 +117,25 @@ def storage_path(experiment: Experiment) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+DONE = "radlab_done.json"
+
+
+def stage_run_name(experiment: Experiment, stage: str) -> str:
+    return f"{experiment.name}-{stage}-{stage_key(experiment, stage)}"
+
+
+def finished_stage(experiment: Experiment, stage: str) -> tuple[Checkpoint, str | None] | None:
+    """(final checkpoint, the MLflow run that trained it) of a stage an earlier run finished with
+    the same key, or None."""
+    if "://" in experiment.ray.storage_path:
+        return None
+    done = Path(storage_path(experiment)) / stage_run_name(experiment, stage) / DONE
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    return Checkpoint(record["checkpoint"]), record.get("run_id")
+
+
 def _streamed_images(experiment: Experiment) -> dict:
     """The training images as a Ray Data pipeline; workers look up each row's text by its index in
     the same example list."""
@@ -134,10 +153,10 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
     `init_from`: the previous stage's model; `vision_from`: a stage 0 encoder for a fresh model;
     `report_to_tune`: inside a sweep trial, pass each checkpoint's metrics (val_loss) on to Tune,
     whose scheduler may stop the trial early."""
-    name = f"{experiment.name}-{stage}-{stage_key(experiment, stage)}"
-    done = Path(storage_path(experiment)) / name / "radlab_done.json"
-    if "://" not in experiment.ray.storage_path and done.is_file():
-        return Checkpoint(json.loads(done.read_text())["checkpoint"])
+    finished = finished_stage(experiment, stage)
+    if finished is not None:
+        return finished[0]
+    name = stage_run_name(experiment, stage)
     ray_config = experiment.ray
     # Ray Train hands this to its controller: how long a (re)start waits for the workers' resources.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ray_config.node_wait_s)
@@ -181,5 +200,6 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint (see the Ray Train logs above)")
     if "://" not in experiment.ray.storage_path:
-        done.write_text(json.dumps({"checkpoint": result.checkpoint.path}))
+        done = Path(storage_path(experiment)) / name / DONE
+        done.write_text(json.dumps({"checkpoint": result.checkpoint.path, "run_id": run_id}))
     return result.checkpoint

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from radlab.config import ConfigError, Experiment, ModelConfig, missing_inputs, with_absolute_paths
 from radlab.data.dataset import manifest_digest, training_texts
-from radlab.data.stats import experiment_cards
+from radlab.data.stats import experiment_cards, left_out_lines
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
 from radlab.model.build import check_tokenizer_fits, embedding_rows
@@ -132,7 +132,10 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     version = None
     try:  # from here on, whatever happens ends the parent run: none is left RUNNING
         tracker.describe(parent, describe(experiment))
-        tracker.log_datasets(parent, experiment_cards(experiment.data))
+        cards = experiment_cards(experiment.data)
+        tracker.log_datasets(parent, cards)
+        for line in left_out_lines(cards):
+            console.print(line, highlight=False, soft_wrap=True)
         console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
         for stage in STAGES:
             if not getattr(experiment, stage).enabled:

@@ -1,9 +1,11 @@
 import json
+from collections import Counter
 
 import pytest
 
 from radlab.config import ConfigError, parse_experiment
 from radlab.data.dataset import DataError, ReportDataset, load_examples, read_manifest, split_examples
+from radlab.data.stats import experiment_cards, left_out_lines
 from radlab.formats.batch import collate
 from radlab.formats.prompts import IGNORE_INDEX, encode_example
 
@@ -50,12 +52,22 @@ def test_views_methods_and_mixture_weights(tmp_path):
     records.append(dict(RECORD, id="empty", conversations=[RECORD["conversations"][0], {"from": "gpt", "value": " "}]))
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in records))
     assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["AP", "PA"])] == ["1", "2", "3", "4"]
-    assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["PA"], ["rule-based"])] == ["1", "3"]
+    left_out = Counter()
+    assert [e.id for e in load_examples(tmp_path / "m.jsonl", None, ["PA"], ["rule-based"], left_out)] == ["1", "3"]
+    assert left_out == {"view LATERAL not in data.views": 1, "text gpt4 not in the source's text": 2,
+                        "empty findings": 1}
     held_out = {"eval_manifest": str(tmp_path / "test.jsonl"), "val_manifest": str(tmp_path / "val.jsonl")}
     experiment = parse_experiment({"name": "m", "data": {
         "mixture": [{"name": "x", "manifest": str(tmp_path / "m.jsonl"), "weight": 1.5, "text": ["llm"]}],
         **held_out}, "eval": {"metrics": ["rouge_l"]}}, "test")
     assert [e.id for e in split_examples(experiment.data, "train")] == ["2", "4", "2"]
+    for name in ("test", "val"):
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(RECORD) + "\n")
+    cards = experiment_cards(experiment.data)
+    assert cards[0].profile["left_out"] == {"text rule-based not in the source's text": 2,
+                                            "view LATERAL not in data.views": 1, "empty findings": 1}
+    assert left_out_lines(cards) == ["x: 4 of 6 records left out (text rule-based not in the source's text: 2, "
+                                     "view LATERAL not in data.views: 1, empty findings: 1)"]
     # Two sources with images under different roots.
     experiment = parse_experiment({"name": "m", "data": {
         "mixture": [{"name": "a", "manifest": str(tmp_path / "m.jsonl"), "text": ["llm"]},

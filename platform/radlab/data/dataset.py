@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,18 +107,30 @@ def to_example(record: dict, image_root: Path, where: str) -> Example:
         raise DataError(f"{where}: record lacks {err} (needs id, image, conversations human+gpt)") from None
 
 
+def left_out_because(example: Example, views: list[str], methods: list[str] | None) -> str | None:
+    """Why a record is not an example of a run, or None: the one rule every reader applies."""
+    if not example.findings:
+        return "empty findings"
+    if example.view and example.view not in views:
+        return f"view {example.view} not in data.views"
+    if methods and example.generate_method not in methods:
+        return f"text {example.generate_method} not in the source's text"
+    return None
+
+
 def load_examples(manifest: Path, image_root: Path | None, views: list[str],
-                  methods: list[str] | None = None) -> list[Example]:
-    """Examples of one manifest with a non-empty findings text, of the wanted views and methods."""
+                  methods: list[str] | None = None, left_out: Counter | None = None) -> list[Example]:
+    """Examples of one manifest with a non-empty findings text, of the wanted views and methods;
+    `left_out` counts the other records by their reason."""
     root = image_root or manifest.parent
     out = []
     for i, record in enumerate(read_manifest(manifest)):
         example = to_example(record, root, f"{manifest} record {i}")
-        if not example.findings or (example.view and example.view not in views):
-            continue
-        if methods and example.generate_method not in methods:
-            continue
-        out.append(example)
+        reason = left_out_because(example, views, methods)
+        if reason is None:
+            out.append(example)
+        elif left_out is not None:
+            left_out[reason] += 1
     return out
 
 

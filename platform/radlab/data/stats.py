@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radlab.config import DataConfig
-from radlab.data.dataset import read_manifest, split_examples, synthetic_root
+from radlab.data.dataset import METHODS, load_examples, read_manifest, split_examples, synthetic_root
 from radlab.formats.prompts import SPLIT_FILES
 
 
@@ -46,20 +46,48 @@ def profile(records: list[dict]) -> dict:
             "findings_words_mean": round(words / len(records), 1) if records else 0.0}
 
 
-def card(path: Path, context: str, name: str | None = None) -> Card:
-    return Card(name or path.stem, context, path, file_digest(path), profile(read_manifest(path)))
+def card(path: Path, context: str, name: str | None = None, left_out: Counter | None = None) -> Card:
+    """A manifest's card; `left_out`: the records a run leaves out of it, by reason."""
+    info = profile(read_manifest(path))
+    if left_out is not None:
+        info["left_out"] = dict(left_out.most_common())
+    return Card(name or path.stem, context, path, file_digest(path), info)
+
+
+def run_card(config: DataConfig, path: Path, context: str, name: str, root: Path | None,
+             methods: list[str] | None = None) -> Card:
+    """The card of a manifest as this run reads it, with what it leaves out and why."""
+    left_out: Counter = Counter()
+    load_examples(path, root, config.views, methods, left_out)
+    return card(path, context, name, left_out)
 
 
 def experiment_cards(config: DataConfig) -> list[Card]:
     """The manifests a run reads: each training source and the evaluation manifest."""
     if config.synthetic is not None:
         root = synthetic_root(config)
-        return [card(root / SPLIT_FILES[split], context, f"synthetic-{split}")
+        return [run_card(config, root / SPLIT_FILES[split], context, f"synthetic-{split}", root)
                 for split, context in (("train", "train"), ("val", "validation"), ("test", "eval"))]
-    cards = [card(source.manifest, "train", source.name) for source in config.mixture]
-    cards.append(card(config.val_manifest, "validation", f"val-{config.val_manifest.stem}") if config.val_manifest
-                 else carve_out_card(config))
-    return cards + [card(config.eval_manifest, "eval", f"eval-{config.eval_manifest.stem}")]
+    cards = [run_card(config, s.manifest, "train", s.name, s.image_root or config.image_root,
+                      [METHODS[t] for t in s.text]) for s in config.mixture]
+    if config.val_manifest:
+        cards.append(run_card(config, config.val_manifest, "validation", f"val-{config.val_manifest.stem}",
+                              config.image_root))
+    else:
+        cards.append(carve_out_card(config))
+    return cards + [run_card(config, config.eval_manifest, "eval", f"eval-{config.eval_manifest.stem}",
+                             config.image_root)]
+
+
+def left_out_lines(cards: list[Card]) -> list[str]:
+    """One line per manifest a run leaves records of, with the count for each reason."""
+    lines = []
+    for c in cards:
+        left_out = c.profile.get("left_out") or {}
+        if left_out:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in left_out.items())
+            lines.append(f"{c.name}: {sum(left_out.values())} of {c.profile['records']} records left out ({reasons})")
+    return lines
 
 
 def carve_out_card(config: DataConfig) -> Card:

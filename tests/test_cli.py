@@ -99,3 +99,16 @@ def test_serve_on_a_non_loopback_host_needs_a_token(tmp_path, monkeypatch):
     result = runner.invoke(app, ["serve", "--model", "ckpt", "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "host 0.0.0.0 is not loopback, so requests need a bearer token: export RADLAB_SERVE_TOKEN=" in result.output
+
+
+def test_files_that_are_not_utf8_or_not_yaml_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.yaml").write_bytes(b"name: x\n# caf\xe9\n")
+    result = runner.invoke(app, ["validate", "latin1.yaml"])
+    assert result.exit_code == 2 and "latin1.yaml: not UTF-8 text (invalid continuation byte at byte 13)" in result.output
+    (tmp_path / "serve.yaml").write_text("applications: [unclosed\n")
+    result = runner.invoke(app, ["serve", "--config", "serve.yaml", "--model", "ckpt"])
+    assert result.exit_code == 2 and "serve.yaml: not valid YAML" in result.output
+    (tmp_path / "serve.yaml").write_text("http_options: {host: 127.0.0.1}\n")
+    result = runner.invoke(app, ["serve", "--config", "serve.yaml", "--model", "ckpt"])
+    assert result.exit_code == 2 and "serve.yaml: a Serve config needs applications" in result.output

@@ -361,12 +361,11 @@ def serve_command(
 ) -> None:
     """Deploy a checkpoint with Ray Serve, on 127.0.0.1 unless told otherwise (CPU by default)."""
     import httpx
-    import yaml
     from ray import serve
 
     from radlab.config import RayConfig, TrackingConfig
     from radlab.runtime import init_ray
-    from radlab.serve.app import build_app, deploy_failure, with_auth_for
+    from radlab.serve.app import build_app, deploy_failure, read_serve_config, with_auth_for
     from radlab.tracking.runs import tracking_uri
 
     if config is not None and not config.is_file():
@@ -376,9 +375,8 @@ def serve_command(
         err_console.print(f"--once {once}: no such image file")
         raise typer.Exit(2)
     config = config or (LOCAL_SERVE if LOCAL_SERVE.is_file() else None)
-    serve_config = yaml.safe_load(config.read_text()) if config else {}
-    args = serve_config["applications"][0].get("args", {}) if config else {}
-    host = host or serve_config.get("http_options", {}).get("host", "127.0.0.1")
+    args, config_host = or_exit(read_serve_config, config) if config else ({}, "127.0.0.1")
+    host = host or config_host
     args = or_exit(with_auth_for, host, args)
     if model:
         args["model"] = model

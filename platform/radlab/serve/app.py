@@ -298,6 +298,26 @@ def deploy_failure(app_name: str) -> str:
 TOKEN_ENV = "RADLAB_SERVE_TOKEN"
 
 
+def read_serve_config(path: Path) -> tuple[dict, str]:
+    """(the first application's args, the HTTP host) of a Serve config file; ConfigError naming the
+    file for one that is not UTF-8, not YAML, or holds no application."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"{path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    applications = raw.get("applications") if isinstance(raw, dict) else None
+    if not applications or not isinstance(applications[0], dict):
+        raise ConfigError(f"{path}: a Serve config needs applications: [{{import_path: ..., args: ...}}]")
+    http = raw.get("http_options") or {}
+    return dict(applications[0].get("args") or {}), str(http.get("host", "127.0.0.1"))
+
+
 def with_auth_for(host: str, args: dict) -> dict:
     """The application's args for an HTTP listener on `host`: on loopback as given; on any other
     host auth is on, with the token in `args.api_key_env` (RADLAB_SERVE_TOKEN where unset), which

@@ -149,7 +149,8 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             else:
                 child = trained_in = tracker.open_child(parent, stage)
                 with stage_progress(console, stage, stage_steps(experiment, stage),
-                                    partial(tracker.latest_report, child), partial(tracker.resumes, child)):
+                                    partial(tracker.latest_report, child), partial(tracker.resumes, child),
+                                    partial(tracker.failures, child)):
                     result = run_stage(experiment, stage, checkpoint if stage != "stage0" else None, tokenizer_dir,
                                        tracker.uri, child, vision_from=encoder if checkpoint is None else None,
                                        report_to_tune=report_to_tune and stage != "stage0")

@@ -34,18 +34,23 @@ def report_line(stage: str, step: int, total: int, metrics: dict[str, float]) ->
 
 @contextmanager
 def stage_progress(console: Console, stage: str, total: int, poll: Poll, resumes: Callable[[], list[tuple[int, int]]],
-                   every_s: float = 1.0, line_every_s: float = 15.0) -> Iterator[None]:
-    """Show the stage's progress while the block runs (the block trains the stage), and each time
-    it resumed from a checkpoint (`resumes`: the step and the workers of each); a last poll after it shows
-    where the stage ended."""
+                   failures: Callable[[], list[str]], every_s: float = 1.0, line_every_s: float = 15.0) -> Iterator[None]:
+    """Show the stage's progress while the block runs (the block trains the stage), each failed
+    worker group with its cause (`failures`), and each time it resumed from a checkpoint (`resumes`:
+    the step and the workers of each); a last poll after it shows where the stage ended."""
     stop = threading.Event()
     interactive = console.is_terminal
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         TimeRemainingColumn(), console=console, transient=False) if interactive else None
     task = progress.add_task(escape(f"[{stage}]"), total=total) if progress else None
-    last = {"step": -1, "printed": 0.0, "resumes": 0}
+    last = {"step": -1, "printed": 0.0, "resumes": 0, "failures": 0}
 
     def update() -> None:
+        failed = failures()
+        for count, cause in enumerate(failed[last["failures"]:], last["failures"] + 1):
+            (progress.console if progress else console).print(
+                f"[{stage}] worker group failed ({count}): {cause}", highlight=False, markup=False)
+        last["failures"] = len(failed)
         resumed = resumes()
         for count, (at, workers) in enumerate(resumed[last["resumes"]:], last["resumes"] + 1):
             (progress.console if progress else console).print(

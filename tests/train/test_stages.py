@@ -68,6 +68,8 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     # The steps replayed after the restart are not logged twice.
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(10, 121, 10))
     assert client.get_metric_history(run_id, "resumed_at_step")
+    assert client.get_run(run_id).data.metrics["worker_group_failures"] == 1
+    assert client.get_run(run_id).data.tags["radlab.failure.1"].startswith("worker ")
     with checkpoint.as_directory() as folder:
         state = load_train_state(Path(folder))
         meta = load_checkpoint(Path(folder)).meta

@@ -181,19 +181,20 @@ class Tracker:
 
     def stage_done(self, parent_id: str, stage: str, trained_in: str | None) -> dict[str, float]:
         """Point the parent run at the run that trained `stage` (tag radlab.<stage>.run) and copy its
-        last validation loss to the parent as <stage>/val_loss and val_loss; return those."""
+        failed worker groups and last validation loss to the parent (<stage>/worker_group_failures,
+        <stage>/val_loss and val_loss); return those."""
         if trained_in is None:
             return {}
         self.client.set_tag(parent_id, f"radlab.{stage}.run", trained_in)
         try:
-            loss = self.client.get_run(trained_in).data.metrics.get("val_loss")
+            stage_metrics = self.client.get_run(trained_in).data.metrics
         except MlflowException:  # trained under another tracking store
             return {}
-        if loss is None:
-            return {}
-        losses = {f"{stage}/val_loss": loss, "val_loss": loss}
-        self.log_metrics(parent_id, losses)
-        return losses
+        copied = {f"{stage}/worker_group_failures": stage_metrics.get("worker_group_failures", 0.0)}
+        if "val_loss" in stage_metrics:
+            copied |= {f"{stage}/val_loss": stage_metrics["val_loss"], "val_loss": stage_metrics["val_loss"]}
+        self.log_metrics(parent_id, copied)
+        return copied
 
     def finish(self, run_id: str, ok: bool = True, interrupted: bool = False) -> None:
         """Close a run: FINISHED, FAILED, or KILLED when it was interrupted (Ctrl-C, a sweep's
@@ -244,6 +245,12 @@ class Tracker:
         steps, workers = (sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
                           for key in ("resumed_at_step", "resumed_workers"))
         return [(int(s.value), int(w.value)) for s, w in zip(steps, workers)]
+
+    def failures(self, run_id: str) -> list[str]:
+        """The cause of each failed worker group of a stage run, in order."""
+        tags = self.client.get_run(run_id).data.tags
+        numbered = sorted((int(k.rsplit(".", 1)[1]), v) for k, v in tags.items() if k.startswith("radlab.failure."))
+        return [cause for _, cause in numbered]
 
     def describe(self, run_id: str, text: str) -> None:
         """The run's description, shown at the top of its MLflow page."""

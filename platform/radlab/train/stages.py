@@ -86,16 +86,34 @@ def error_signature(worker_errors: dict[int, BaseException]) -> str | None:
     return " | ".join(sorted(lines)) or None
 
 
-class StopOnRepeatedError(UserCallback):
-    """Ray Train restarts a failed worker group up to `ray.max_failures` times. A fault (a lost
-    node, a killed worker) seldom strikes twice alike; a mistake always does. So the same error from
-    two attempts in a row stops the stage with that error instead of spending the retries on it.
-    Runs in Ray Train's controller, whose error a raise here becomes."""
+def failure_cause(worker_errors: dict[int, BaseException]) -> str:
+    """One line saying why a worker group failed: the raised error, or which worker died and how."""
+    signature = error_signature(worker_errors)
+    if signature is not None:
+        return signature
+    rank, fault = next((r, e) for r, e in sorted(worker_errors.items()) if is_fault(e))
+    first = next((line.strip() for line in str(fault).splitlines() if line.strip()), "")
+    return f"worker {rank}: {type(fault).__name__}: {first}"
 
-    def __init__(self, stage: str):
-        self.stage, self.previous = stage, None
+
+class FailureWatch(UserCallback):
+    """Runs in Ray Train's controller. Each failed worker group is recorded in the stage's MLflow run
+    (metric worker_group_failures, tag radlab.failure.<n> with its cause), so no restart goes
+    unseen. Ray Train restarts up to `ray.max_failures` times; a fault (a lost node, a killed
+    worker) seldom strikes twice alike, a mistake always does, so the same error from two attempts
+    in a row stops the stage with that error instead of spending the retries on it."""
+
+    def __init__(self, stage: str, tracking_uri: str, run_id: str | None):
+        self.stage, self.tracking_uri, self.run_id, self.previous = stage, tracking_uri, run_id, None
 
     def after_exception(self, run_context, worker_exceptions: dict[int, BaseException]) -> None:
+        if self.run_id:
+            from mlflow import MlflowClient
+
+            client = MlflowClient(self.tracking_uri)
+            count = len(client.get_metric_history(self.run_id, "worker_group_failures")) + 1
+            client.log_metric(self.run_id, "worker_group_failures", count, step=count)
+            client.set_tag(self.run_id, f"radlab.failure.{count}", failure_cause(worker_exceptions)[:4000])
         current = error_signature(worker_exceptions)
         if current is not None and current == self.previous:
             raise StageFailed(f"{self.stage} stopped: two attempts in a row failed with {current} (the workers' "
@@ -186,7 +204,7 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             storage_path=storage_path(experiment),
             failure_config=FailureConfig(max_failures=ray_config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[StopOnRepeatedError(stage)] + ([TuneReportCallback()] if report_to_tune else []),
+            callbacks=[FailureWatch(stage, tracking_uri, run_id)] + ([TuneReportCallback()] if report_to_tune else []),
         ),
     )
     with own_signal_handlers():

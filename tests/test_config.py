@@ -191,3 +191,16 @@ def test_validate_names_every_missing_file_and_the_judge_key(tmp_path, monkeypat
                  "eval.judge.api_key_env: AZURE_OPENAI_API_KEY is not set in this environment"):
         assert line in result.output
     assert CliRunner().invoke(app, ["validate", str(path), "--skip-files"]).exit_code == 0
+
+
+def test_cpus_per_worker_defaults_to_the_machines_cores_on_an_embedded_cpu_ray(monkeypatch):
+    from radlab.config import RayConfig
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert RayConfig(workers=2, num_cpus=8).cpus_per_worker == 4
+    assert RayConfig(workers=3, num_cpus=2).cpus_per_worker == 1
+    assert RayConfig(workers=2, num_cpus=8, cpus_per_worker=1.5).cpus_per_worker == 1.5
+    assert RayConfig(workers=2, num_cpus=8, use_gpu=True).cpus_per_worker == 1
+    assert RayConfig(workers=2, num_cpus=8, address="auto").cpus_per_worker == 1
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a Ray job's driver: the cluster's nodes, not this one
+    assert RayConfig(workers=2, num_cpus=8).cpus_per_worker == 1

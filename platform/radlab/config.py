@@ -356,7 +356,8 @@ class RayConfig(Section):
                                     "few as this many workers (None: always `workers`, waiting for replacements)")
     node_wait_s: float = Field(600, gt=0, description="how long a restart waits for its workers' resources "
                                "(a replacement node) before it counts as a failure")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float | None = Field(None, gt=0, description="None: on an embedded Ray without GPUs, this "
+                                          "machine's cores shared among the workers; otherwise 1")
     use_gpu: bool = False
     accelerator: Literal["V100", "A100", "H100", "L4", "T4"] | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -368,6 +369,10 @@ class RayConfig(Section):
 
     @model_validator(mode="after")
     def _hardware(self) -> RayConfig:
+        if self.cpus_per_worker is None:
+            embedded_cpu = self.address is None and not os.environ.get("RAY_ADDRESS") and not self.use_gpu
+            cores = self.num_cpus or os.cpu_count() or 1
+            self.cpus_per_worker = float(max(1, cores // self.workers)) if embedded_cpu else 1.0
         if self.min_workers is not None and self.min_workers > self.workers:
             raise ValueError(f"min_workers {self.min_workers} exceeds workers {self.workers}")
         if self.precision == "bf16" and self.accelerator in ("V100", "T4"):

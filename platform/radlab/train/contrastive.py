@@ -27,7 +27,7 @@ from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.checkpoint import load_train_state
 from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
-from radlab.train.loop import RankCounts, StepLog, report_with_checkpoint, resume_folder
+from radlab.train.loop import RankCounts, StepLog, report_with_checkpoint, resume_folder, use_worker_cpus
 
 
 def _distributed() -> bool:
@@ -87,6 +87,7 @@ def train_encoder(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
+    use_worker_cpus(experiment)
     device = ray.train.torch.get_device()
 
     state = None

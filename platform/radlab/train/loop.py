@@ -64,6 +64,12 @@ def report_with_checkpoint(rank: int, metrics: dict, save: Callable[[Path], None
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
+def use_worker_cpus(experiment: Experiment) -> None:
+    """Without GPUs, torch computes on as many threads as the worker holds CPUs."""
+    if not experiment.ray.use_gpu:
+        torch.set_num_threads(max(1, int(experiment.ray.cpus_per_worker)))
+
+
 class StepLog:
     """Step metrics straight to the stage's MLflow run, from rank 0. A resumed attempt replays the
     steps after its checkpoint; those the attempt before had already logged are not logged again."""
@@ -161,12 +167,14 @@ def _initial_model(experiment: Experiment, stage: StageConfig, init_from, vision
 def train_stage(config: dict) -> None:
     """Ray Train entry point. `config`: experiment (dict), stage (name), init_from and vision_from
     (Checkpoints or None), tokenizer (folder), tracking_uri and run_id (the stage's MLflow child run)."""
+    started = time.perf_counter()
     experiment = Experiment.model_validate(config["experiment"])
     stage_name = config["stage"]
     stage: StageConfig = getattr(experiment, stage_name)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
+    use_worker_cpus(experiment)
     device = ray.train.torch.get_device()
 
     model, tokenizer, state = _initial_model(experiment, stage, config["init_from"], config.get("vision_from"),
@@ -248,6 +256,7 @@ def train_stage(config: dict) -> None:
                         {"stage": stage_name, "step": step, "final": final, "template": stage.template}, train_state)
 
     trainable.train()
+    samples_before = samples
     window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0
     window_start = time.perf_counter()
     while step < plan.total_steps:
@@ -295,6 +304,8 @@ def train_stage(config: dict) -> None:
                     "loss": window_loss / max(1, window_batches),
                     "lr": optimizer.param_groups[0]["lr"],
                     "samples_per_s": window_items * world / elapsed,
+                    # this attempt's samples over its whole time so far, start-up and checkpoints included
+                    "wall_samples_per_s": (samples - samples_before) / (time.perf_counter() - started),
                     "tokens_per_s": window_tokens * world / elapsed,
                     "skipped_images": totals["skipped"],
                     "truncated_targets": totals["truncated"],

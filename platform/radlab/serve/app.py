@@ -10,6 +10,7 @@ Request content (images, text) is never logged: these are patient images.
 """
 
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -201,7 +202,7 @@ class ReportServer:
                 name = "image_base64"
             if not isinstance(indication, str):
                 raise RequestError(400, "indication must be text")
-            pixels = self._pixels(data, name)
+            pixels = await asyncio.to_thread(self._pixels, data, name)  # decoding beside the batch, off the event loop
             human = findings_prompt(indication.replace("\n", " "))
             started = time.perf_counter()
             findings = await self.generate((pixels, human))
@@ -228,7 +229,7 @@ class ReportServer:
             text, images = self._parse_content(user.get("content"))
             if len(images) != 1:
                 raise RequestError(400, f"the user message needs exactly one image_url, got {len(images)}")
-            pixels = self._pixels(images[0], "image_url")
+            pixels = await asyncio.to_thread(self._pixels, images[0], "image_url")
             human = f"<image>\n{text}" if text else findings_prompt("")
             findings = await self.generate((pixels, human))
             completion_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"

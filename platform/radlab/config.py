@@ -670,17 +670,25 @@ def parse_experiment(raw: dict, where: str) -> Experiment:
         raise ConfigError(_describe(err, where)) from None
 
 
+def read_yaml(path: Path, error: type[RadlabError] = ConfigError):
+    """A YAML file's content; `error` naming the file for one that cannot be read, is not UTF-8
+    text or not YAML."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise error(f"{path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+
+
 def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     """Read, override and validate an experiment YAML; raise ConfigError naming file and field."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such experiment file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}".replace("\n", " ")) from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (name, data, model, ...)")
     parse_experiment(raw, str(path))

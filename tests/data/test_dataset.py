@@ -66,8 +66,8 @@ def test_views_methods_and_mixture_weights(tmp_path):
     cards = experiment_cards(experiment.data)
     assert cards[0].profile["left_out"] == {"text rule-based not in the source's text": 2,
                                             "view LATERAL not in data.views": 1, "empty findings": 1}
-    assert left_out_lines(cards) == ["x: 4 of 6 records left out (text rule-based not in the source's text: 2, "
-                                     "view LATERAL not in data.views: 1, empty findings: 1)"]
+    assert left_out_lines(cards) == [("x: 4 of 6 records left out (text rule-based not in the source's text: 2, "
+                                      "view LATERAL not in data.views: 1, empty findings: 1)")]
     # Two sources with images under different roots.
     experiment = parse_experiment({"name": "m", "data": {
         "mixture": [{"name": "a", "manifest": str(tmp_path / "m.jsonl"), "text": ["llm"]},

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import psutil
-import torch
 from mlflow import MlflowClient
 from torch.utils.data import DistributedSampler
 

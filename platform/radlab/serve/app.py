@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
 
-from radlab.config import ConfigError, is_loopback_host
+from radlab.config import ConfigError, is_loopback_host, read_yaml
 from radlab.formats.images import ImageError, decode_image, to_tensor
 from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
 from radlab.model.checkpoint import load_checkpoint
@@ -302,16 +302,7 @@ TOKEN_ENV = "RADLAB_SERVE_TOKEN"
 def read_serve_config(path: Path) -> tuple[dict, str]:
     """(the first application's args, the HTTP host) of a Serve config file; ConfigError naming the
     file for one that is not UTF-8, not YAML, or holds no application."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"{path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    raw = read_yaml(path)
     applications = raw.get("applications") if isinstance(raw, dict) else None
     if not applications or not isinstance(applications[0], dict):
         raise ConfigError(f"{path}: a Serve config needs applications: [{{import_path: ..., args: ...}}]")

@@ -15,9 +15,9 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from radlab.config import read_yaml
 from radlab.data.ingest.common import IngestError, Study, label_value, make_record, patient_split, split_name
 from radlab.data.ingest.tables import read_rows
 from radlab.data.sections import clean, extract_sections
@@ -69,13 +69,7 @@ class Mapping(BaseModel):
 
 def load_mapping(path: Path) -> Mapping:
     try:
-        return Mapping.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    except OSError as err:
-        raise IngestError(f"{path}: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        raise IngestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except yaml.YAMLError as err:
-        raise IngestError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+        return Mapping.model_validate(read_yaml(path, IngestError) or {})
     except ValidationError as err:
         lines = [f"{path}: {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors()]
         raise IngestError("\n".join(lines)) from None

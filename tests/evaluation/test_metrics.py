@@ -2,7 +2,7 @@ import pytest
 
 from radlab.config import EvalConfig
 from radlab.data.synthetic import Finding, write_findings
-from radlab.evaluation.metrics import bleu, label_f1, normalise, rouge_l, text_and_clinical
+from radlab.evaluation.metrics import METRICS, SCORES, bleu, label_f1, normalise, rouge_l, score_of, text_and_clinical
 
 
 def test_identical_texts_score_full_marks():
@@ -67,3 +67,29 @@ def test_bertscore_with_a_local_encoder_and_skipped_without(tmp_path):
     assert not values and "eval.bertscore_model" in skipped["bertscore"]
     _, skipped, _ = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": tmp_path / "absent"}), False)
     assert "no encoder at eval.bertscore_model" in skipped["bertscore"]
+
+
+def test_corpus_metrics_carry_intervals_that_hold_their_point():
+    e, n = Finding("effusion", "left", None, "small"), Finding("nodule", "right", "upper")
+    pairs = [(write_findings([e]), write_findings([e])), (write_findings([e]), write_findings([n])),
+             (write_findings([n]), write_findings([n])), (write_findings([]), write_findings([e]))] * 5
+    out = bleu(pairs, 200) | label_f1(pairs, 200)
+    for key in ("text/sacrebleu_bleu4", "text/sacrebleu_bleu1", "clinical/label_f1_micro", "clinical/label_f1_macro"):
+        assert out[f"{key}_ci_low"] <= out[key] <= out[f"{key}_ci_high"], key
+        assert out[f"{key}_ci_low"] < out[f"{key}_ci_high"], key  # the reports differ, so resamples do
+    from sacrebleu.metrics import BLEU  # the point is sacrebleu's own corpus score
+    assert out["text/sacrebleu_bleu4"] == pytest.approx(BLEU().corpus_score([c for _, c in pairs],
+                                                                            [[r for r, _ in pairs]]).score)
+
+
+def test_the_registry_is_the_one_list_of_metrics_and_scores():
+    from typing import get_args
+
+    from radlab.config import Metric
+
+    assert set(METRICS) == set(get_args(Metric))
+    assert all(spec.scores for spec in METRICS.values())
+    assert score_of("chexprompt/significant_mean") == ("chexprompt", SCORES["chexprompt/significant_mean"])
+    assert score_of("chexprompt/significant/false_finding")[1].higher_is_better is False
+    assert score_of("clinical/radgraph_f1") == ("radgraph_f1", SCORES["clinical/radgraph_f1"])
+    assert score_of("accuracy") is None and score_of("chexprompt/significant/typo") is None

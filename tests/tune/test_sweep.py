@@ -40,6 +40,11 @@ def test_matrix_expansion(synthetic_root, tmp_path):
     ({"axes": {}}, "needs axes, a search, or both"),
     ({"axes": {"stage2.lr": [1e-3]}, "search": {"params": {"stage2.lr": {"uniform": [1e-4, 1e-3]}}}}, "both a grid axis"),
     ({"axes": {"stage2.lr": [1e-3]}, "objective": {"metric": "accuracy"}}, "does not produce 'accuracy'"),
+    ({"axes": {"stage2.lr": [1e-3]}, "objective": {"metric": "text/rouge_l_f1", "mode": "min"}},
+     "mode min: text/rouge_l_f1 is better higher; set mode: max"),
+    ({"axes": {"stage2.lr": [1e-3]}, "objective": {"metric": "clinical/radgraph_f1", "mode": "max"}},
+     r"clinical/radgraph_f1 comes from radgraph_f1, which eval.metrics \(chexprompt, rouge_l, bleu, label_f1\) "
+     "leaves out: add it"),
     ({"search": {"params": {"stage2.lr": {"loguniform": [1e-3, 1e-4]}}}}, "low < high"),
     ({"axes": {"stage2.lr": [1e-3]}, "scheduler": {"metric": "val_loss"}, "_stages": {"val_examples": 0}},
      "scheduler reads val_loss, which no stage reports"),
@@ -51,6 +56,17 @@ def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep,
     raw["sweep"] = sweep
     with pytest.raises(ConfigError, match=message):
         expand(raw, "t")
+
+
+def test_every_registered_score_may_be_a_sweep_objective(synthetic_root, tmp_path):
+    from radlab.evaluation.metrics import METRICS
+
+    for spec in METRICS.values():
+        for score in spec.scores:
+            raw = sweep_experiment(synthetic_root, tmp_path, eval={"metrics": [spec.name]})
+            raw["sweep"] = {"axes": {"stage2.lr": [1e-3, 2e-3]},
+                            "objective": {"metric": score.key, "mode": "max" if score.higher_is_better else "min"}}
+            assert len(expand(raw, "t")) == 2, score.key
 
 
 def test_shipped_sweeps_expand():

@@ -55,12 +55,16 @@ def paired(first, second, resamples: int = 1000, seed: int = 0) -> Paired:
 
 def per_report_scores(predictions: list[dict], scored) -> dict[str, dict[str, float]]:
     """id -> {score name -> value} for every per-report score of one scored system: CheXprompt's
-    significant and insignificant error totals (judged reports only) and the metric columns."""
+    significant, insignificant and total error counts and whether it has no significant error (judged
+    reports only), and the metric columns."""
     out: dict[str, dict[str, float]] = {str(p["id"]): {} for p in predictions}
     for p, judgment in zip(predictions, scored.judgments):
         if judgment.ok:
-            out[str(p["id"])] |= {"chexprompt/significant": sum(judgment.counts.significant[x] for x in LETTERS),
-                                  "chexprompt/insignificant": sum(judgment.counts.insignificant[x] for x in LETTERS)}
+            significant = sum(judgment.counts.significant[x] for x in LETTERS)
+            insignificant = sum(judgment.counts.insignificant[x] for x in LETTERS)
+            out[str(p["id"])] |= {"chexprompt/significant": significant, "chexprompt/insignificant": insignificant,
+                                  "chexprompt/total": significant + insignificant,
+                                  "chexprompt/zero_significant": float(significant == 0)}
     for name, column in scored.per_report.items():
         for p, value in zip(predictions, column):
             if value is not None:

@@ -29,7 +29,7 @@ from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS, aggregate  # noqa
 from radlab.evaluation.compare import compare_systems, per_report_scores  # noqa: E402
 from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E402
 from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
-from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
+from radlab.evaluation.metrics import SCORES, text_and_clinical  # noqa: E402
 from radlab.evaluation.reference_judge import MODEL_ID, create_app, serve_in_thread  # noqa: E402
 from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
@@ -168,12 +168,6 @@ def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predic
         client_ml.set_tag(run_id, "radlab.judge.prompt_version", scored.client.prompt.version)
 
 
-SUMMARY = ["chexprompt/significant_mean", "chexprompt/insignificant_mean", "chexprompt/zero_significant_share",
-           "chexprompt/n_failed", "text/rouge_l_f1", "text/sacrebleu_bleu4", "text/bertscore_f1",
-           "clinical/chexbert_f1_micro_14", "clinical/chexbert_f1_micro_5", "clinical/radgraph_f1",
-           "clinical/label_f1_micro"]
-
-
 def print_comparison(console: Console, rows: list[dict], title: str) -> None:
     table = Table(title=f"{title} (p: paired permutation test)")
     table.add_column("metric", no_wrap=True)
@@ -196,7 +190,7 @@ def log_comparison(tracker: Tracker, run_id: str, rows: list[dict], name: str) -
 
 def print_summary(console: Console, columns: dict[str, dict[str, float]], skipped: dict[str, str]) -> None:
     table = Table("metric", *columns, title="evaluation")
-    for key in SUMMARY:
+    for key in SCORES:
         if any(key in m for m in columns.values()):
             cells = []
             for m in columns.values():

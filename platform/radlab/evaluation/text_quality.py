@@ -14,7 +14,7 @@ def compare_texts(pairs: list[tuple[str, str]], judge: JudgeConfig | None = None
     """Metrics of (reference, candidate) pairs; with a judge, the CheXprompt counts too."""
     if not pairs:
         return {}
-    metrics = rouge_l(pairs, resamples) | bleu(pairs)
+    metrics = rouge_l(pairs, resamples) | bleu(pairs, resamples)
     if judge is not None:
         judgments = JudgeClient(judge).judge(pairs)
         metrics |= aggregate([j.counts for j in judgments], resamples).metrics()

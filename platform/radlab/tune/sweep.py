@@ -21,14 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ray import tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
+from radlab.evaluation.metrics import SCORES, score_of  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
-
-# Metrics every evaluation produces (the objective must be one of them, or a per-type score).
-KNOWN_OBJECTIVES = ("chexprompt/significant_mean", "chexprompt/insignificant_mean", "chexprompt/total_mean",
-                    "chexprompt/zero_significant_share", "text/rouge_l_f1", "text/sacrebleu_bleu4",
-                    "text/sacrebleu_bleu1", "clinical/label_f1_micro", "clinical/label_f1_macro")
-
 
 @dataclass
 class Trial:
@@ -46,9 +41,19 @@ def expand(raw: dict, where: str) -> list[Trial]:
     sweep = parse_experiment(raw, where).sweep
     if sweep is None:
         raise ConfigError(f"{where}: no sweep: block (use radlab run for a single experiment)")
-    if sweep.objective.metric not in KNOWN_OBJECTIVES and not sweep.objective.metric.startswith("chexprompt/"):
+    found = score_of(sweep.objective.metric)
+    if found is None:
         raise ConfigError(f"{where}: sweep.objective.metric: evaluation does not produce "
-                          f"{sweep.objective.metric!r}; one of {', '.join(KNOWN_OBJECTIVES)}")
+                          f"{sweep.objective.metric!r}; one of {', '.join(SCORES)}")
+    metric_name, objective = found
+    if (sweep.objective.mode == "max") != objective.higher_is_better:
+        better = "higher" if objective.higher_is_better else "lower"
+        raise ConfigError(f"{where}: sweep.objective.mode {sweep.objective.mode}: {objective.key} is better "
+                          f"{better}; set mode: {'max' if objective.higher_is_better else 'min'}")
+    evaluated = parse_experiment(raw, where).eval.metrics
+    if metric_name not in evaluated:
+        raise ConfigError(f"{where}: sweep.objective.metric {objective.key} comes from {metric_name}, which "
+                          f"eval.metrics ({', '.join(evaluated)}) leaves out: add it")
     if sweep.scheduler and sweep.scheduler.metric == "val_loss":
         experiment = parse_experiment(raw, where)
         stages = [getattr(experiment, s) for s in ("stage1", "stage2") if getattr(experiment, s).enabled]

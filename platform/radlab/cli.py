@@ -472,6 +472,7 @@ def sweep(path: Path, overrides: Overrides = None,
         moved = "took" if best.get("alias_moved") else "did not take (the holder is better)"
         console.print(f"best: {best['trial']}; registered version {best.get('version')} {moved} "
                       f"alias '{experiment.sweep.alias}'")
+        console.print(best["vs_baseline"]["verdict"], highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from radlab.cli import app
 from radlab.data.synthetic import Finding, write_findings
-from radlab.evaluation.compare import compare_systems, paired
+from radlab.evaluation.compare import compare_systems, paired, scores_from_table, versus
 
 EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
 NODULE = write_findings([Finding("nodule", "right", "upper", None)])
@@ -62,3 +62,29 @@ def test_saying_nothing_scores_worse_than_the_most_common_report(tmp_path, monke
                                     "--references", str(refs)])
     assert same.exit_code == 0 and "1" in next(line for line in same.output.splitlines()
                                                 if "chexprompt/significant " in line)
+
+
+def _logged_table(significant: list[int], rouge: list[float]) -> dict[str, list]:
+    """A per-report table as an evaluation logs it (eval/trained/per_report.json)."""
+    n = len(significant)
+    table = {"id": list(range(n)), "reference": ["r"] * n, "candidate": ["c"] * n, "judge_status": ["ok"] * n,
+             "judge_error": [""] * n, "judge_answer": [""] * n, "rouge_l_f1": rouge}
+    for letter in "ABCDEF":
+        table[f"significant_{letter}"] = significant if letter == "A" else [0] * n
+        table[f"insignificant_{letter}"] = [1] * n if letter == "B" else [0] * n
+    return table
+
+
+def test_a_trial_beats_its_baseline_only_when_the_paired_test_says_so():
+    rng = np.random.default_rng(1)
+    base = rng.integers(1, 4, size=60).tolist()
+    better = [max(0, b - 1) for b in base]
+    first = scores_from_table(_logged_table(better, [50.0] * 60))
+    second = scores_from_table(_logged_table(base, [50.0] * 60))
+    assert first["0"]["chexprompt/total"] == first["0"]["chexprompt/significant"] + 1
+    row = versus(first, second, "chexprompt/significant", higher_is_better=False)
+    assert row["significant"] and row["difference"] < 0 and row["p_value"] < 0.01 and row["n"] == 60
+    reverse = versus(second, first, "chexprompt/significant", higher_is_better=False)
+    assert not reverse["significant"]  # worse, however clearly
+    same = versus(first, first, "rouge_l_f1", higher_is_better=True)
+    assert same["p_value"] == 1 and not same["significant"]

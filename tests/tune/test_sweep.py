@@ -99,6 +99,14 @@ def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_serve
     assert {a.path for a in client.list_artifacts(result["sweep_run"], "sweep")} >= {
         "sweep/trials.json", "sweep/objective_by_axis.png", "sweep/error_types_by_trial.png"}
     best = result["best"]
+    # The best trial is tested against the baseline cell (stage1.enabled=True) and the sweep says how it went.
+    verdict = best["vs_baseline"]["verdict"]
+    assert sweep_run.data.tags["radlab.best_vs_baseline"] == verdict
+    if best["trial"] == "enabled=True":
+        assert verdict == "the baseline cell enabled=True scored best: no trial beat it"
+    else:
+        assert "the baseline enabled=True significantly on chexprompt/significant_mean" in verdict
+        assert 0 <= best["vs_baseline"]["p_value"] <= 1 and best["vs_baseline"]["n"] == 8
     holder = client.get_model_version_by_alias("radlab-sweep-test", "champion")
     assert holder.version == best["version"] and holder.run_id == best["run_id"]
     # A second sweep takes the alias only if its best beats the holder.

@@ -83,3 +83,36 @@ def compare_systems(first: dict[str, dict[str, float]], second: dict[str, dict[s
         b = [second[i].get(name, np.nan) for i in ids]
         rows.append(paired(a, b, resamples).row(name))
     return rows
+
+
+def scores_from_table(table: dict[str, list]) -> dict[str, dict[str, float]]:
+    """id -> {score name -> value}, as `per_report_scores` gives them, rebuilt from the per-report
+    table an evaluation logged (eval/trained/per_report.json)."""
+    out: dict[str, dict[str, float]] = {}
+    columns = [c for c in table if c not in ("id", "run_id", "reference", "candidate") and not c.startswith("judge_")
+               and not c.startswith(("significant_", "insignificant_"))]
+    for k, report_id in enumerate(table["id"]):
+        scores: dict[str, float] = {}
+        if table.get("judge_status", [None] * (k + 1))[k] == "ok":
+            significant = sum(float(table[f"significant_{x}"][k]) for x in LETTERS)
+            insignificant = sum(float(table[f"insignificant_{x}"][k]) for x in LETTERS)
+            scores |= {"chexprompt/significant": significant, "chexprompt/insignificant": insignificant,
+                       "chexprompt/total": significant + insignificant,
+                       "chexprompt/zero_significant": float(significant == 0)}
+        for column in columns:
+            value = table[column][k]
+            if value is not None and value == value:
+                scores[column] = float(value)
+        out[str(report_id)] = scores
+    return out
+
+
+def versus(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], score: str,
+           higher_is_better: bool, resamples: int = 1000) -> dict:
+    """The paired comparison of one per-report score, first minus second, and whether the first is
+    significantly better (p < 0.05, the difference in the better direction)."""
+    ids = [i for i in first if i in second]
+    result = paired([first[i].get(score, np.nan) for i in ids], [second[i].get(score, np.nan) for i in ids],
+                    resamples).row(score)
+    better = result["difference"] > 0 if higher_is_better else result["difference"] < 0
+    return result | {"significant": bool(better and result["p_value"] < 0.05)}

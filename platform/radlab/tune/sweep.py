@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ray import tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
+from radlab.evaluation.compare import scores_from_table, versus  # noqa: E402
 from radlab.evaluation.metrics import SCORES, score_of  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
@@ -215,12 +216,38 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
                                            if isinstance(v, (int, float)) and ("/" in k or k == "val_loss")},
                            run_id=metrics["trial_run_id"])
             results.append(row)
-    best = _finish(tracker, sweep_run, experiment, results)
+    best = _finish(tracker, sweep_run, experiment, results, trials[0].name)
     tracker.finish(sweep_run)
     return {"trials": results, "best": best, "sweep_run": sweep_run}
 
 
-def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: list[dict]) -> dict | None:
+def versus_baseline(tracker: Tracker, best: dict, baseline: dict | None, baseline_name: str, metric: str,
+                    resamples: int) -> dict:
+    """Whether the best trial beat the baseline cell (every axis at its first value) significantly:
+    a paired test of the objective's per-report score on the studies both were evaluated on."""
+    if baseline is None:
+        return {"verdict": f"no result of the baseline cell {baseline_name} to test the best trial against"}
+    if best is baseline:
+        return {"verdict": f"the baseline cell {baseline_name} scored best: no trial beat it"}
+    score = score_of(metric)[1]
+    if score.per_report is None:
+        return {"verdict": f"{metric} is corpus-level: no paired test of {best['trial']} against {baseline_name}"}
+    experiment_id = tracker.experiment_id
+    tables = [tracker.client.load_table(experiment_id, "eval/trained/per_report.json", run_ids=[row["run_id"]])
+              for row in (best, baseline)]
+    if any(table.empty for table in tables):
+        return {"verdict": f"no per-report scores logged to test {best['trial']} against {baseline_name}"}
+    first, second = (scores_from_table(table.to_dict(orient="list")) for table in tables)
+    row = versus(first, second, score.per_report, score.higher_is_better, resamples)
+    said = "beat" if row["significant"] else "did not beat"
+    row["verdict"] = (f"{best['trial']} {said} the baseline {baseline_name} significantly on {metric}: "
+                      f"difference {row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] per report, "
+                      f"p = {row['p_value']:.3g} (paired permutation test, {row['n']} studies)")
+    return row
+
+
+def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: list[dict],
+            baseline_name: str) -> dict | None:
     sweep = experiment.sweep
     metric = sweep.objective.metric
     client = tracker.client
@@ -239,6 +266,12 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     best = pick(ok, key=lambda row: row[metric])
     tracker.log_metrics(sweep_run, {f"sweep/best/{metric}": best[metric]})
     client.set_tag(sweep_run, "radlab.best_trial", best["trial"])
+    baseline = next((row for row in ok if row["trial"] == baseline_name), None)
+    best["vs_baseline"] = versus_baseline(tracker, best, baseline, baseline_name, metric, experiment.eval.bootstrap)
+    client.set_tag(sweep_run, "radlab.best_vs_baseline", best["vs_baseline"]["verdict"])
+    tracker.log_metrics(sweep_run, {f"sweep/best_vs_baseline/{key}": float(best["vs_baseline"][key])
+                                    for key in ("difference", "ci_low", "ci_high", "p_value", "significant")
+                                    if key in best["vs_baseline"]})
     name = experiment.tracking.register_as
     if name:
         source = f"{client.get_run(best['run_id']).info.artifact_uri}/model"

@@ -122,12 +122,15 @@ def eval_command(
                                                 "compared with --predictions by a paired test")] = None,
     task: Annotated[str, typer.Option(help="reports: CheXprompt and text metrics; retrieval: a stage 0 "
                                            "encoder's retrieval and zero-shot readouts")] = "reports",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="check the judge with one canary judgment and print "
+                                                          "the requests, tokens, cost and time judging will take")] = False,
     overrides: Overrides = None,
 ) -> None:
     """Evaluate a checkpoint on the experiment's eval split, or judge a predictions file."""
     from radlab.config import parse_experiment
     from radlab.evaluation.compare import compare_systems, per_report_scores
     from radlab.evaluation.generate import join_predictions
+    from radlab.evaluation.preflight import evaluation_plan, judge_plan
     from radlab.evaluation.run import (
         evaluate_checkpoint,
         evaluate_encoder,
@@ -163,6 +166,19 @@ def eval_command(
     if predictions is not None:
         records = or_exit(join_predictions, predictions, references)
         baseline_records = or_exit(join_predictions, baseline, references) if baseline else None
+    plan = None
+    if task == "reports" and "chexprompt" in experiment.eval.metrics:
+        if records is not None:
+            judged = [r for r in records + (baseline_records or []) if "candidate" in r]
+            plan = or_exit(judge_plan, experiment.eval.judge, len(judged), records[0]["reference"]) if judged else None
+        else:
+            plan = or_exit(evaluation_plan, experiment)
+    for line in plan.lines() if plan else []:
+        console.print(line, highlight=False, soft_wrap=True)
+    if dry_run:
+        if plan is None:
+            console.print("nothing to judge (CheXprompt is not in eval.metrics, or --task retrieval)")
+        return
     tracker = Tracker(experiment)
     run_id = tracker.client.create_run(tracker.experiment_id, tags={
         "radlab.stage": "eval", "mlflow.runName": "eval", "radlab.source": checkpoint or str(predictions)}).info.run_id

@@ -16,6 +16,7 @@ from rich.console import Console
 from radlab.config import ConfigError, Experiment, ModelConfig, missing_inputs, with_absolute_paths
 from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.stats import experiment_cards, left_out_lines
+from radlab.evaluation.preflight import evaluation_plan
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
 from radlab.model.build import check_tokenizer_fits, embedding_rows
@@ -119,6 +120,11 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
         raise ConfigError("missing here: " + "; ".join(missing))
     tracker = Tracker(experiment)
     check_memory(experiment)
+    if experiment.eval.enabled and experiment.trains_report_model:
+        with console.status("checking the judge"):
+            plan = evaluation_plan(experiment)  # a judge that cannot answer stops the run before training
+        for line in plan.lines() if plan else []:
+            console.print(line, highlight=False, soft_wrap=True)
     with console.status("preparing data and tokenizer"):
         data_digest = manifest_digest(experiment.data)
         tokenizer_dir = prepare_tokenizer(experiment, data_digest)

@@ -1,9 +1,11 @@
 from pathlib import Path
 
+import pytest
+
 from rich.console import Console
 
 from radlab.config import load_experiment
-from radlab.evaluation.run import Scored, print_summary, report_table, score
+from radlab.evaluation.run import EvaluationFailed, Scored, print_summary, report_table, score
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,8 +60,34 @@ def test_an_unreachable_judge_fails_the_evaluation_with_its_reason(tmp_path, mon
     judge = {"endpoint": "compatible", "base_url": "http://127.0.0.1:9/v1", "max_retries": 0, "timeout_s": 2}
     (tmp_path / "e.yaml").write_text(yaml.safe_dump({"name": "e", "data": {"synthetic": {}},
                                                      "eval": {"metrics": ["chexprompt"], "judge": judge}}))
+    # The canary judgment finds it before any report is judged or any MLflow run opened.
     result = CliRunner().invoke(app, ["eval", "e.yaml", "--predictions", "p.jsonl"])
     assert result.exit_code == 2
-    assert "4 of 4 judgments failed (100% > eval.max_failed_share 5%): 4 x APIConnectionError" in result.output
-    tolerant = CliRunner().invoke(app, ["eval", "e.yaml", "--predictions", "p.jsonl", "--set", "eval.max_failed_share=1"])
-    assert tolerant.exit_code == 0, tolerant.output
+    assert "eval.judge: a canary judgment at http://127.0.0.1:9/v1 failed, so no evaluation would succeed: " \
+           "APIConnectionError" in result.output
+    assert not (tmp_path / "radlab_runs").exists()
+    # Judging that fails past the canary fails the evaluation above eval.max_failed_share.
+    experiment = load_experiment(tmp_path / "e.yaml")
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    scored = score(experiment, records)
+    with pytest.raises(EvaluationFailed, match=r"4 of 4 judgments failed \(100% > eval.max_failed_share 5%\): "
+                                               r"4 x APIConnectionError"):
+        scored.check_failures(0.05)
+    scored.check_failures(1.0)
+
+
+def test_eval_dry_run_prints_the_judge_plan_from_a_canary(tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from radlab.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"id": i, "candidate": "No effusion.",
+                                                          "reference": "No effusion."}) + "\n" for i in range(6)))
+    result = CliRunner().invoke(app, ["eval", "--predictions", "p.jsonl", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "judge synthetic-reference" in result.output and "answered a canary judgment" in result.output
+    assert "judging will send up to 6 requests" in result.output
+    assert not (tmp_path / "radlab_runs").exists()  # a dry run logs nothing

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from radlab.evaluation.compare import compare_systems, per_report_scores  # noqa
 from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E402
 from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
 from radlab.evaluation.metrics import SCORES, text_and_clinical  # noqa: E402
-from radlab.evaluation.reference_judge import MODEL_ID, create_app, serve_in_thread  # noqa: E402
+from radlab.evaluation.preflight import judge_client  # noqa: E402
 from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402
@@ -41,10 +40,7 @@ from radlab.tracking.runs import Tracker  # noqa: E402
 
 def judge_predictions(experiment: Experiment, predictions: list[dict]) -> tuple[list[Judgment], JudgeClient]:
     """CheXprompt judgments, one per prediction; a prediction without a candidate is a failed one."""
-    config = experiment.eval.judge
-    local = config.endpoint == "synthetic-reference"
-    with serve_in_thread(create_app()) if local else nullcontext(config.base_url) as base_url:
-        client = JudgeClient(config.model_copy(update={"model": MODEL_ID}) if local else config, base_url)
+    with judge_client(experiment.eval.judge) as client:
         pairs = [(p["reference"], p["candidate"]) for p in predictions if "candidate" in p]
         judged = iter(client.judge(pairs))
     judgments = [next(judged) if "candidate" in p else Judgment(None, None, p.get("error", "no candidate"))

@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from radlab.config import parse_experiment
 from radlab.pipeline import run_experiment
+from radlab.tracking.runs import Tracker
 
 from .conftest import experiment_dict
 
@@ -31,7 +32,15 @@ def test_run_logs_parent_and_stage_runs_and_registers(finished):
     assert parent.data.params["stage2.lora.r"] == "4" and parent.data.tags["radlab.data_digest"]
     metrics = parent.data.metrics
     assert metrics["eval/n_reports"] == 4 and metrics["chexprompt/n_judged"] + metrics["chexprompt/n_failed"] == 4
-    assert "chexprompt/significant_mean_ci_high" in metrics and "untrained/chexprompt/n_reports" in metrics
+    assert "untrained/chexprompt/n_reports" in metrics
+    # A score is one metric; its interval is in the run's intervals table, not two loose metrics.
+    assert not any(key.endswith(("_ci_low", "_ci_high")) for key in metrics)
+    intervals = Tracker(parse_experiment({"name": "test-tiny", "data": {"synthetic": {}}, "tracking": {
+        "uri": client.tracking_uri}}, "t")).read_table(summary.parent_run_id, "eval/trained/intervals.json")
+    k = intervals["metric"].index("chexprompt/significant_mean")
+    low, value, high = intervals["ci_low"][k], intervals["value"][k], intervals["ci_high"][k]
+    assert low <= value == metrics["chexprompt/significant_mean"] <= high
+    assert summary.metrics["chexprompt/significant_mean_ci_high"] == high
     assert parent.data.tags["radlab.judge.prompt_version"] == "radlab-chexprompt-1"
     assert parent.data.tags["radlab.judge.endpoint"] == "synthetic-reference"
     children = client.search_runs([parent.info.experiment_id],

@@ -58,3 +58,28 @@ def test_a_model_reference_that_names_nothing_says_what_exists(synthetic_root, t
         model_version(tracker.client, "models:/radlab-test/7")
     with pytest.raises(RegistryError, match="no versions of 'nope'"):
         model_version(tracker.client, "models:/nope/latest")
+
+
+def test_a_table_logged_again_replaces_the_first_and_reads_back(synthetic_root, tmp_path):
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")
+    tracker = Tracker(experiment)
+    run_id = tracker.open_parent("t", "d")
+    assert tracker.read_table(run_id, "eval/trained/intervals.json") is None
+    tracker.log_table(run_id, {"metric": ["a", "b"], "value": [1.0, float("nan")]}, "eval/trained/intervals.json")
+    tracker.log_table(run_id, {"metric": ["a", "b"], "value": [2.0, 3.0]}, "eval/trained/intervals.json")  # a resumed run
+    assert tracker.read_table(run_id, "eval/trained/intervals.json") == {"metric": ["a", "b"], "value": [2.0, 3.0]}
+    tags = json.loads(tracker.client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert tags == [{"path": "eval/trained/intervals.json", "type": "table"}]  # MLflow's UI lists it as a table
+
+
+def test_nothing_phones_home_from_mlflow():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    check = ("import radlab.tracking.runs; from mlflow.telemetry.client import get_telemetry_client; "
+             "print(get_telemetry_client())")
+    assert subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True,
+                          check=True).stdout.strip() == "None"

@@ -139,13 +139,24 @@ def error_chart(metrics: dict[str, float]):
     return fig
 
 
+INTERVAL_ENDS = ("_ci_low", "_ci_high")
+
+
 def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predictions: list[dict],
                    scored: Scored, prefix: str = "") -> None:
-    tracker.log_metrics(run_id, {f"{prefix}{k}" if prefix else k: v for k, v in scored.metrics.items()})
+    """Each score as one metric, and its 95% interval in the table <folder>/intervals.json."""
+    points = {k: v for k, v in scored.metrics.items() if not k.endswith(INTERVAL_ENDS)}
+    tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in points.items()})
     client_ml = tracker.client
+    folder = f"eval/{prefix.strip('/') or 'trained'}"
+    bounded = [k for k in points if f"{k}_ci_low" in scored.metrics]
+    if bounded:
+        tracker.log_table(run_id, {"metric": bounded, "value": [points[k] for k in bounded],
+                                   "ci_low": [scored.metrics[f"{k}_ci_low"] for k in bounded],
+                                   "ci_high": [scored.metrics[f"{k}_ci_high"] for k in bounded]},
+                          f"{folder}/intervals.json")
     for name, reason in scored.skipped.items():
         client_ml.set_tag(run_id, f"radlab.skipped.{prefix}{name}", reason)
-    folder = f"eval/{prefix.strip('/') or 'trained'}"
     with tempfile.TemporaryDirectory() as tmp:
         client_ml.log_artifact(run_id, str(write_jsonl(predictions, Path(tmp) / "predictions.jsonl")), folder)
         if scored.judgments:
@@ -153,7 +164,7 @@ def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predic
             client_ml.log_artifact(run_id, str(write_jsonl(records, Path(tmp) / "judgments.jsonl")), folder)
     table = report_table(predictions, scored)
     if table:
-        client_ml.log_table(run_id, table, f"{folder}/per_report.json")
+        tracker.log_table(run_id, table, f"{folder}/per_report.json")
     if scored.judgments:
         figure = error_chart(scored.metrics)
         client_ml.log_figure(run_id, figure, f"{folder}/chexprompt_error_types.png")
@@ -162,6 +173,16 @@ def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predic
         client_ml.set_tag(run_id, "radlab.judge.endpoint", experiment.eval.judge.endpoint)
         client_ml.set_tag(run_id, "radlab.judge.model", scored.client.config.model)
         client_ml.set_tag(run_id, "radlab.judge.prompt_version", scored.client.prompt.version)
+
+
+def logged_scores(tracker: Tracker, run_id: str) -> dict[str, float]:
+    """A run's evaluation as `score` returned it: its metrics with each interval read back from the
+    eval/trained/intervals.json table."""
+    metrics = dict(tracker.client.get_run(run_id).data.metrics)
+    table = tracker.read_table(run_id, "eval/trained/intervals.json") or {"metric": [], "ci_low": [], "ci_high": []}
+    for name, low, high in zip(table["metric"], table["ci_low"], table["ci_high"], strict=True):
+        metrics |= {f"{name}_ci_low": low, f"{name}_ci_high": high}
+    return metrics
 
 
 def print_comparison(console: Console, rows: list[dict], title: str) -> None:
@@ -179,7 +200,7 @@ def log_comparison(tracker: Tracker, run_id: str, rows: list[dict], name: str) -
     """The paired comparison as one table artifact, and each difference and p-value as metrics."""
     if not rows:
         return
-    tracker.client.log_table(run_id, {key: [row[key] for row in rows] for key in rows[0]}, f"eval/{name}.json")
+    tracker.log_table(run_id, {key: [row[key] for row in rows] for key in rows[0]}, f"eval/{name}.json")
     tracker.log_metrics(run_id, {f"{name}/{row['metric']}/{key}": row[key] for row in rows
                                  for key in ("difference", "p_value") if row[key] == row[key]})
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import subprocess
+import tempfile
 from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunStatus
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from radlab.config import Experiment, TrackingConfig, flatten
 from radlab.errors import RadlabError
@@ -245,6 +247,27 @@ class Tracker:
         steps, workers = (sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)
                           for key in ("resumed_at_step", "resumed_workers"))
         return [(int(s.value), int(w.value)) for s, w in zip(steps, workers)]
+
+    def log_table(self, run_id: str, table: dict[str, list], path: str) -> None:
+        """Write a table to a run as MLflow's table artifact (shown in its UI), replacing one a
+        previous attempt wrote (MlflowClient.log_table appends, so a resumed run's rows would
+        repeat)."""
+        rows = [[None if isinstance(v, float) and v != v else v for v in row] for row in zip(*table.values())]
+        self.client.log_dict(run_id, {"columns": list(table), "data": rows}, path)  # NaN as null, as MLflow writes it
+        logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        if {"path": path, "type": "table"} not in logged:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps(logged + [{"path": path, "type": "table"}]))
+
+    def read_table(self, run_id: str, path: str) -> dict[str, list] | None:
+        """A table `log_table` wrote to a run, as {column: values}; None where the run has none.
+        (MlflowClient.load_table searches runs through the process-wide tracking URI, not this
+        client's, so it cannot be used with a store given per experiment.)"""
+        folder = posixpath.dirname(path) or None
+        if path not in {f.path for f in self.client.list_artifacts(run_id, folder)}:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            table = json.loads(Path(self.client.download_artifacts(run_id, path, tmp)).read_text())
+        return {column: [row[i] for row in table["data"]] for i, column in enumerate(table["columns"])}
 
     def failures(self, run_id: str) -> list[str]:
         """The cause of each failed worker group of a stage run, in order."""

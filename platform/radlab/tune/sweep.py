@@ -104,6 +104,7 @@ def trial_experiment(base: dict, overrides: dict) -> Experiment:
 def run_trial(config: dict) -> dict:
     """The Tune trainable: one whole experiment; reports the objective and every metric (and, with a
     scheduler, each checkpoint's validation loss on the way)."""
+    from radlab.evaluation.run import logged_scores
     from radlab.pipeline import run_experiment
 
     # Run in the sweep driver's folder, so relative paths in the YAML (data, tracking store,
@@ -112,9 +113,10 @@ def run_trial(config: dict) -> dict:
     experiment = trial_experiment(config["base"], {**config["cell"], **config.get("search", {})})
     # A trial the killed driver's last snapshot still showed running may have finished: its run
     # says so, and it is not run twice.
-    done = Tracker(experiment).finished_trial(config["sweep_run"])
+    tracker = Tracker(experiment)
+    done = tracker.finished_trial(config["sweep_run"])
     if done is not None:
-        return {**done.data.metrics, "trial_run_id": done.info.run_id}
+        return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}
     summary = run_experiment(experiment, json.dumps(experiment.model_dump(mode="json")),
                              parent_run_id=config["sweep_run"], register=False,
                              report_to_tune=config.get("report_to_tune", False))
@@ -232,12 +234,10 @@ def versus_baseline(tracker: Tracker, best: dict, baseline: dict | None, baselin
     score = score_of(metric)[1]
     if score.per_report is None:
         return {"verdict": f"{metric} is corpus-level: no paired test of {best['trial']} against {baseline_name}"}
-    experiment_id = tracker.experiment_id
-    tables = [tracker.client.load_table(experiment_id, "eval/trained/per_report.json", run_ids=[row["run_id"]])
-              for row in (best, baseline)]
-    if any(table.empty for table in tables):
+    tables = [tracker.read_table(row["run_id"], "eval/trained/per_report.json") for row in (best, baseline)]
+    if None in tables:
         return {"verdict": f"no per-report scores logged to test {best['trial']} against {baseline_name}"}
-    first, second = (scores_from_table(table.to_dict(orient="list")) for table in tables)
+    first, second = (scores_from_table(table) for table in tables)
     row = versus(first, second, score.per_report, score.higher_is_better, resamples)
     said = "beat" if row["significant"] else "did not beat"
     row["verdict"] = (f"{best['trial']} {said} the baseline {baseline_name} significantly on {metric}: "
@@ -252,7 +252,7 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     metric = sweep.objective.metric
     client = tracker.client
     columns = sorted({k for row in results for k in row})
-    client.log_table(sweep_run, {c: [row.get(c) for row in results] for c in columns}, "sweep/trials.json")
+    tracker.log_table(sweep_run, {c: [row.get(c) for row in results] for c in columns}, "sweep/trials.json")
     ok = [row for row in results if row["status"] == "ok" and metric in row]
     tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
     if ok:

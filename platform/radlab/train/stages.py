@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from ray.data import ExecutionOptions
@@ -108,17 +109,27 @@ class FailureWatch(UserCallback):
 
     def after_exception(self, run_context, worker_exceptions: dict[int, BaseException]) -> None:
         if self.run_id:
-            from mlflow import MlflowClient
-
-            client = MlflowClient(self.tracking_uri)
-            count = len(client.get_metric_history(self.run_id, "worker_group_failures")) + 1
-            client.log_metric(self.run_id, "worker_group_failures", count, step=count)
-            client.set_tag(self.run_id, f"radlab.failure.{count}", failure_cause(worker_exceptions)[:4000])
+            self._record(failure_cause(worker_exceptions))
         current = error_signature(worker_exceptions)
         if current is not None and current == self.previous:
             raise StageFailed(f"{self.stage} stopped: two attempts in a row failed with {current} (the workers' "
                               "tracebacks are in Ray's logs; --verbose shows them)")
         self.previous = current
+
+
+    def _record(self, cause: str) -> None:
+        """The failure in the stage's run. Bookkeeping never stops training: where the store cannot
+        be written (a lost node took the controller's working folder with it), the cause goes to
+        Ray's log, and the resumed stage's own resumed_at_step still shows the restart."""
+        from mlflow import MlflowClient
+
+        try:
+            client = MlflowClient(self.tracking_uri)
+            count = len(client.get_metric_history(self.run_id, "worker_group_failures")) + 1
+            client.log_metric(self.run_id, "worker_group_failures", count, step=count)
+            client.set_tag(self.run_id, f"radlab.failure.{count}", cause[:4000])
+        except Exception as err:  # noqa: BLE001 - any store error; the restart itself must go on
+            print(f"[{self.stage}] worker group failed ({cause}); not recorded in MLflow: {err!r}", file=sys.stderr)
 
 
 def stage_failure(error: BaseException) -> StageFailed | None:

@@ -112,3 +112,22 @@ def test_files_that_are_not_utf8_or_not_yaml_are_one_line_errors(tmp_path, monke
     (tmp_path / "serve.yaml").write_text("http_options: {host: 127.0.0.1}\n")
     result = runner.invoke(app, ["serve", "--config", "serve.yaml", "--model", "ckpt"])
     assert result.exit_code == 2 and "serve.yaml: a Serve config needs applications" in result.output
+
+
+def test_submit_refuses_settings_that_keep_results_in_the_jobs_copy(tmp_path, monkeypatch):
+    from radlab import jobs
+    from radlab.config import parse_experiment
+
+    def problems(tracking, storage):
+        raw = {"name": "x", "data": {"synthetic": {}}, "tracking": tracking, "ray": {"storage_path": storage}}
+        return jobs.job_local(parse_experiment(raw, "t"))
+
+    assert problems({"uri": "http://mlflow.internal:5000"}, "/shared/radlab/ray") == []
+    assert problems({"uri": "sqlite:////shared/mlflow.db"}, "s3://bucket/radlab/ray") == []
+    assert [p.split(" ", 1)[0] for p in problems({}, "radlab_runs/ray")] == ["tracking.uri", "ray.storage_path"]
+    assert "tracking.uri sqlite:///radlab_runs/mlflow.db would keep" in problems({"uri": "sqlite:///radlab_runs/mlflow.db"},
+                                                                                "/shared/ray")[0]
+    (tmp_path / "e.yaml").write_text("name: x\ndata: {synthetic: {}}\n")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["submit", "e.yaml", "--address", "http://127.0.0.1:9"])
+    assert result.exit_code == 2 and "set it to your MLflow server" in result.output

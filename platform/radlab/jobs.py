@@ -14,6 +14,7 @@ import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 from radlab.config import Experiment
 from radlab.errors import RadlabError
@@ -46,9 +47,39 @@ def submission_id(experiment: Experiment) -> str:
     return f"radlab-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def _store_path(uri: str) -> Path | None:
+    """The folder or file of a tracking store on a filesystem (sqlite:///x.db, file:///x, a bare
+    path); None for a tracking server."""
+    if uri.startswith("sqlite:///"):  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+        return Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("file:"):
+        return Path(urlparse(uri).path)
+    return None if "://" in uri else Path(uri)
+
+
+def job_local(experiment: Experiment) -> list[str]:
+    """Settings that would keep a job's results inside its own copy of the project, which the
+    cluster deletes when the job ends: a tracking store or checkpoint folder given relative to it."""
+    problems = []
+    uri = experiment.tracking.uri
+    store = None if uri is None else _store_path(uri)
+    if uri is None or (store is not None and not store.is_absolute()):
+        problems.append(f"tracking.uri {uri or '(unset: a sqlite store in the working folder)'} would keep the job's "
+                        "runs in its copy of the project: set it to your MLflow server (http://host:5000) or an "
+                        "absolute path on storage the cluster shares")
+    storage = experiment.ray.storage_path
+    if "://" not in storage and not Path(storage).is_absolute():
+        problems.append(f"ray.storage_path {storage} would keep the job's checkpoints in its copy of the project: "
+                        "set it to storage every node sees (s3://bucket/radlab/ray, or an absolute shared path)")
+    return problems
+
+
 def submit(address: str, experiment: Experiment, yaml_path: Path, overrides: list[str], project: Path,
            entrypoint_num_cpus: float = 0.0) -> str:
     """Submit `radlab run` of the experiment as a job; return its submission id."""
+    problems = job_local(experiment)
+    if problems:
+        raise JobsError("; ".join(problems))
     yaml_path = Path(yaml_path).resolve()
     project = Path(project).resolve()
     if not yaml_path.is_relative_to(project):

@@ -475,13 +475,16 @@ def sweep(path: Path, overrides: Overrides = None,
         err_console.print(f"[red]{err}[/]", highlight=False)
         raise typer.Exit(2) from None
     metric = experiment.sweep.objective.metric
-    summary = Table("trial", "status", f"{metric} [95% CI]", "val_loss", title="sweep")
+    summary = Table("trial", "status", f"{metric} [95% CI]", "vs baseline [95% CI], p", "val_loss", title="sweep")
     for row in result["trials"]:
         value, low, high = (row.get(f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
         shown = "-" if value is None else f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+        tested = row.get("vs_baseline", {})
+        versus = (f"{tested['difference']:+.3f} [{tested['ci_low']:+.2f}, {tested['ci_high']:+.2f}], "
+                  f"p {tested['p_value']:.3g}" if "p_value" in tested else "-")
         loss = row.get("val_loss")
         summary.add_row(row["trial"], row["status"] + (f": {row['error']}" if row.get("error") else ""), shown,
-                        "-" if loss is None else f"{loss:.3f}")
+                        versus, "-" if loss is None else f"{loss:.3f}")
     console.print(summary)
     best = result["best"]
     if best:

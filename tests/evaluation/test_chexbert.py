@@ -118,3 +118,5 @@ def test_missing_or_wrong_scorer_files_skip_the_metric_and_keep_the_rest(tmp_pat
     values, _, per_report = text_and_clinical(pairs, cfg.model_copy(update={"chexbert_weights": labeler[0]}), False)
     assert values["clinical/chexbert_f1_micro_14"] == pytest.approx(100)
     assert per_report == {"rouge_l_f1": [100.0], "chexbert_disagreements": [0]}
+    chexbert = [k for k in values if k.startswith("clinical/chexbert") and not k.endswith(("_ci_low", "_ci_high"))]
+    assert len(chexbert) == 8 and all(values[f"{k}_ci_low"] <= values[k] <= values[f"{k}_ci_high"] for k in chexbert)

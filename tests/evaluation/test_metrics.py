@@ -74,7 +74,8 @@ def test_corpus_metrics_carry_intervals_that_hold_their_point():
     pairs = [(write_findings([e]), write_findings([e])), (write_findings([e]), write_findings([n])),
              (write_findings([n]), write_findings([n])), (write_findings([]), write_findings([e]))] * 5
     out = bleu(pairs, 200) | label_f1(pairs, 200)
-    for key in ("text/sacrebleu_bleu4", "text/sacrebleu_bleu1", "clinical/label_f1_micro", "clinical/label_f1_macro"):
+    for key in ("text/sacrebleu_bleu4", "text/sacrebleu_bleu1", "clinical/label_f1_micro", "clinical/label_f1_macro",
+                "clinical/label_f1_effusion", "clinical/label_f1_nodule"):
         assert out[f"{key}_ci_low"] <= out[key] <= out[f"{key}_ci_high"], key
         assert out[f"{key}_ci_low"] < out[f"{key}_ci_high"], key  # the reports differ, so resamples do
     from sacrebleu.metrics import BLEU  # the point is sacrebleu's own corpus score

@@ -1,4 +1,6 @@
 import copy
+import json
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -107,6 +109,13 @@ def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_serve
     else:
         assert "the baseline enabled=True significantly on chexprompt/significant_mean" in verdict
         assert 0 <= best["vs_baseline"]["p_value"] <= 1 and best["vs_baseline"]["n"] == 8
+    # Every trial is tested against the baseline, in the printed table and in sweep/trials.json.
+    other = next(row for row in result["trials"] if row["trial"] == "enabled=False")
+    assert 0 <= other["vs_baseline"]["p_value"] <= 1 and other["vs_baseline"]["n"] == 8
+    trials_table = json.loads(Path(client.download_artifacts(result["sweep_run"], "sweep/trials.json",
+                                                             str(tmp_path))).read_text())
+    column = trials_table["columns"].index("vs_baseline_p_value")
+    assert sorted(row[column] is None for row in trials_table["data"]) == [False, True]  # the baseline has none
     holder = client.get_model_version_by_alias("radlab-sweep-test", "champion")
     assert holder.version == best["version"] and holder.run_id == best["run_id"]
     # A second sweep takes the alias only if its best beats the holder.

@@ -97,7 +97,8 @@ def radgraph_rewards(pairs: list[tuple[str, str]], python: Path, weights: Path, 
 
 
 def radgraph_metrics(rewards: dict[str, np.ndarray], resamples: int) -> dict[str, float]:
-    """The partial reward x100 with its interval, and the simple and complete rewards x100."""
+    """The partial reward x100 as clinical/radgraph_f1, and the simple and complete rewards x100,
+    each with its interval."""
     return {**bootstrap(rewards["partial"] * 100, resamples=resamples).metrics("clinical/radgraph_f1"),
-            "clinical/radgraph_f1_simple": float(rewards["simple"].mean()) * 100,
-            "clinical/radgraph_f1_complete": float(rewards["complete"].mean()) * 100}
+            **bootstrap(rewards["simple"] * 100, resamples=resamples).metrics("clinical/radgraph_f1_simple"),
+            **bootstrap(rewards["complete"] * 100, resamples=resamples).metrics("clinical/radgraph_f1_complete")}

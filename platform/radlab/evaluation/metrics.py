@@ -71,8 +71,8 @@ def bleu(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict[str, float
 
 def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None,
               resamples: int) -> tuple[dict[str, float], np.ndarray]:
-    """BERTScore with a local encoder folder (nothing is downloaded): (mean P, R, F1 x100 with F1's
-    interval, each pair's F1 x100)."""
+    """BERTScore with a local encoder folder (nothing is downloaded): (mean P, R, F1 x100, each with
+    its interval; each pair's F1 x100)."""
     import bert_score
     from transformers import AutoConfig
 
@@ -80,7 +80,8 @@ def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None,
     precision, recall, f1 = bert_score.score([normalise(c) for _, c in pairs], [normalise(r) for r, _ in pairs],
                                              model_type=str(model), num_layers=layers, batch_size=32)
     per_pair = f1.numpy() * 100
-    return ({"text/bertscore_precision": float(precision.mean()) * 100, "text/bertscore_recall": float(recall.mean()) * 100,
+    return ({**bootstrap(precision.numpy() * 100, resamples=resamples).metrics("text/bertscore_precision"),
+             **bootstrap(recall.numpy() * 100, resamples=resamples).metrics("text/bertscore_recall"),
              **bootstrap(per_pair, resamples=resamples).metrics("text/bertscore_f1")}, per_pair)
 
 
@@ -102,7 +103,8 @@ def label_f1(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict[str, f
     rows = np.arange(len(pairs))
     out = (bootstrap(rows, micro, resamples).metrics("clinical/label_f1_micro")
            | bootstrap(rows, lambda r: 100 * per_kind(r)[3].mean(), resamples).metrics("clinical/label_f1_macro"))
-    out.update({f"clinical/label_f1_{kind}": float(v) * 100 for kind, v in zip(KINDS, per_kind(rows)[3])})
+    for k, kind in enumerate(KINDS):
+        out |= bootstrap(rows, lambda r, k=k: 100 * per_kind(r)[3][k], resamples).metrics(f"clinical/label_f1_{kind}")
     return out
 
 
@@ -164,12 +166,14 @@ def _chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults
         results.skipped["chexbert_f1"] = str(err)
         return
     results.values.update(f1_from_labels(reference, candidate))
-    rows = np.arange(len(pairs))
-    for n in ("14", "5"):
-        key = f"clinical/chexbert_f1_micro_{n}"
-        interval = bootstrap(rows, lambda r, n=n: f1_from_labels(reference[r.astype(int)], candidate[r.astype(int)])[
-            f"clinical/chexbert_f1_micro_{n}"], cfg.bootstrap)
-        results.values.update({f"{key}_ci_low": interval.low, f"{key}_ci_high": interval.high})
+    # Every F1 of each resample of the reports at once: one labelling, the F1s recomputed.
+    rng = np.random.default_rng(0)
+    resampled = [f1_from_labels(reference[rows], candidate[rows])
+                 for rows in rng.integers(0, len(pairs), size=(cfg.bootstrap, len(pairs)))]
+    for key in list(results.values):
+        if key.startswith("clinical/chexbert"):
+            low, high = np.percentile([r[key] for r in resampled], [2.5, 97.5])
+            results.values.update({f"{key}_ci_low": float(low), f"{key}_ci_high": float(high)})
     results.per_report["chexbert_disagreements"] = disagreements(reference, candidate).tolist()
 
 

@@ -223,27 +223,36 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
     return {"trials": results, "best": best, "sweep_run": sweep_run}
 
 
-def versus_baseline(tracker: Tracker, best: dict, baseline: dict | None, baseline_name: str, metric: str,
-                    resamples: int) -> dict:
-    """Whether the best trial beat the baseline cell (every axis at its first value) significantly:
-    a paired test of the objective's per-report score on the studies both were evaluated on."""
-    if baseline is None:
-        return {"verdict": f"no result of the baseline cell {baseline_name} to test the best trial against"}
-    if best is baseline:
-        return {"verdict": f"the baseline cell {baseline_name} scored best: no trial beat it"}
+def versus_baseline(tracker: Tracker, rows: list[dict], baseline_name: str, metric: str, resamples: int) -> None:
+    """Test every finished trial against the baseline cell (every axis at its first value): a
+    paired permutation test of the objective's per-report score on the studies both were judged
+    on. Each row gets `vs_baseline` (the verdict, and difference, interval, p-value, significant)."""
+    baseline = next((row for row in rows if row["trial"] == baseline_name), None)
     score = score_of(metric)[1]
-    if score.per_report is None:
-        return {"verdict": f"{metric} is corpus-level: no paired test of {best['trial']} against {baseline_name}"}
-    tables = [tracker.read_table(row["run_id"], "eval/trained/per_report.json") for row in (best, baseline)]
-    if None in tables:
-        return {"verdict": f"no per-report scores logged to test {best['trial']} against {baseline_name}"}
-    first, second = (scores_from_table(table) for table in tables)
-    row = versus(first, second, score.per_report, score.higher_is_better, resamples)
-    said = "beat" if row["significant"] else "did not beat"
-    row["verdict"] = (f"{best['trial']} {said} the baseline {baseline_name} significantly on {metric}: "
-                      f"difference {row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}] per report, "
-                      f"p = {row['p_value']:.3g} (paired permutation test, {row['n']} studies)")
-    return row
+    base_scores = None
+    if baseline is not None and score.per_report is not None:
+        table = tracker.read_table(baseline["run_id"], "eval/trained/per_report.json")
+        base_scores = scores_from_table(table) if table else None
+    for row in rows:
+        if row is baseline:
+            row["vs_baseline"] = {"verdict": f"{baseline_name} is the baseline cell"}
+        elif baseline is None:
+            row["vs_baseline"] = {"verdict": f"no result of the baseline cell {baseline_name} to test against"}
+        elif score.per_report is None:
+            row["vs_baseline"] = {"verdict": f"{metric} is corpus-level: no paired test against {baseline_name}"}
+        elif base_scores is None or (table := tracker.read_table(row["run_id"], "eval/trained/per_report.json")) is None:
+            row["vs_baseline"] = {"verdict": f"no per-report scores logged to test against {baseline_name}"}
+        else:
+            tested = versus(scores_from_table(table), base_scores, score.per_report, score.higher_is_better, resamples)
+            said = "beat" if tested["significant"] else "did not beat"
+            tested["verdict"] = (
+                f"{row['trial']} {said} the baseline {baseline_name} significantly on {metric}: difference "
+                f"{tested['difference']:+.3f} [{tested['ci_low']:+.3f}, {tested['ci_high']:+.3f}] per report, "
+                f"p = {tested['p_value']:.3g} (paired permutation test, {tested['n']} studies)")
+            row["vs_baseline"] = tested
+
+
+TESTED = ("difference", "ci_low", "ci_high", "p_value", "significant")
 
 
 def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: list[dict],
@@ -251,9 +260,12 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     sweep = experiment.sweep
     metric = sweep.objective.metric
     client = tracker.client
-    columns = sorted({k for row in results for k in row})
-    tracker.log_table(sweep_run, {c: [row.get(c) for row in results] for c in columns}, "sweep/trials.json")
     ok = [row for row in results if row["status"] == "ok" and metric in row]
+    versus_baseline(tracker, ok, baseline_name, metric, experiment.eval.bootstrap)
+    flat = [{**{k: v for k, v in row.items() if k != "vs_baseline"},
+             **{f"vs_baseline_{k}": v for k, v in row.get("vs_baseline", {}).items() if k in TESTED}} for row in results]
+    columns = sorted({k for row in flat for k in row})
+    tracker.log_table(sweep_run, {c: [row.get(c) for row in flat] for c in columns}, "sweep/trials.json")
     tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
     if ok:
         for figure, artifact in ((_objective_plot(ok, list(sweep.axes), metric), "sweep/objective_by_axis.png"),
@@ -266,12 +278,11 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     best = pick(ok, key=lambda row: row[metric])
     tracker.log_metrics(sweep_run, {f"sweep/best/{metric}": best[metric]})
     client.set_tag(sweep_run, "radlab.best_trial", best["trial"])
-    baseline = next((row for row in ok if row["trial"] == baseline_name), None)
-    best["vs_baseline"] = versus_baseline(tracker, best, baseline, baseline_name, metric, experiment.eval.bootstrap)
+    if best["trial"] == baseline_name:
+        best["vs_baseline"] = {"verdict": f"the baseline cell {baseline_name} scored best: no trial beat it"}
     client.set_tag(sweep_run, "radlab.best_vs_baseline", best["vs_baseline"]["verdict"])
     tracker.log_metrics(sweep_run, {f"sweep/best_vs_baseline/{key}": float(best["vs_baseline"][key])
-                                    for key in ("difference", "ci_low", "ci_high", "p_value", "significant")
-                                    if key in best["vs_baseline"]})
+                                    for key in TESTED if key in best["vs_baseline"]})
     name = experiment.tracking.register_as
     if name:
         source = f"{client.get_run(best['run_id']).info.artifact_uri}/model"

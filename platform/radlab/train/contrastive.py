@@ -202,3 +202,4 @@ def train_encoder(config: dict) -> None:
                 window_loss, window_batches, window_pairs, window_start = 0.0, 0, 0, time.perf_counter()
             if final:
                 break
+    step_log.close()

@@ -71,13 +71,27 @@ def use_worker_cpus(experiment: Experiment) -> None:
 
 
 class StepLog:
-    """Step metrics straight to the stage's MLflow run, from rank 0. A resumed attempt replays the
-    steps after its checkpoint; those the attempt before had already logged are not logged again."""
+    """Step metrics straight to the stage's MLflow run, from rank 0, with the node's system metrics
+    (CPU, memory, disk, network, GPUs where nvidia-ml-py is installed: MLflow's `system/*`) every
+    `system_every_s`. A resumed attempt replays the steps after its checkpoint; those the attempt
+    before had already logged are not logged again."""
 
-    def __init__(self, config: dict, rank: int):
+    def __init__(self, config: dict, rank: int, system_every_s: float = 10.0):
         self.run_id = config.get("run_id")
         self.client = MlflowClient(config["tracking_uri"]) if rank == 0 and self.run_id else None
         self.logged_upto = 0
+        self.system = None
+        if self.client is not None:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.system = SystemMetricsMonitor(self.run_id, sampling_interval=system_every_s, resume_logging=True,
+                                               tracking_uri=config["tracking_uri"])
+            self.system.start()
+
+    def close(self) -> None:
+        """Stop sampling the system metrics, logging the last samples."""
+        if self.system is not None:
+            self.system.finish()
 
     def resumed(self, step: int, world: int) -> None:
         """Report the restart (the driver shows it) and note how far the attempts before logged."""
@@ -328,3 +342,4 @@ def train_stage(config: dict) -> None:
                 window_start = time.perf_counter()
             if final:
                 break
+    step_log.close()

@@ -138,7 +138,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     version = None
     try:  # from here on, whatever happens ends the parent run: none is left RUNNING
         tracker.describe(parent, describe(experiment))
-        cards = experiment_cards(experiment.data)
+        cards = experiment_cards(experiment.data, experiment.eval.split)
         tracker.log_datasets(parent, cards)
         for line in left_out_lines(cards):
             console.print(line, highlight=False, soft_wrap=True)

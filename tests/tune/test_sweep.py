@@ -215,3 +215,39 @@ def test_a_dataset_mixture_is_an_axis(tmp_path):
     raw["sweep"]["axes"] = {"data.mixture.2.weight": [1.0]}
     with pytest.raises(ConfigError, match="data.mixture.2.weight is not a field"):
         expand(raw, "t")
+
+
+def test_a_trial_evaluated_on_val_never_opens_the_test_manifest(ray_session, synthetic_root, tmp_path):
+    """A sweep trial is an experiment evaluated on val: run one on a mixture and ask the test
+    manifest's access time whether anything (driver or worker) read it."""
+    import os
+    import shutil
+
+    from radlab.pipeline import run_experiment
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "val", "test"):
+        shutil.copy(synthetic_root / f"{split}.jsonl", data / f"{split}.jsonl")
+    test_manifest = data / "test.jsonl"
+
+    def read_since_marked() -> bool:
+        return os.stat(test_manifest).st_atime > os.stat(test_manifest).st_mtime
+
+    def mark() -> None:  # access time before modification time: the next read moves it (relatime)
+        now = os.stat(test_manifest).st_mtime
+        os.utime(test_manifest, (now - 100, now))
+
+    mark()
+    test_manifest.read_bytes()
+    assert read_since_marked(), "this filesystem does not record reads; the check below would prove nothing"
+    mark()
+    raw = sweep_experiment(synthetic_root, tmp_path, data={
+        "synthetic": None, "mixture": [{"name": "train", "manifest": str(data / "train.jsonl")}],
+        "val_manifest": str(data / "val.jsonl"), "eval_manifest": str(test_manifest),
+        "image_root": str(synthetic_root)}, stage2={"enabled": False}, eval={"metrics": ["rouge_l"]},
+        tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None})
+    raw["data"].pop("synthetic")
+    summary = run_experiment(parse_experiment(raw, "t"), json.dumps(raw))
+    assert summary.metrics["eval/n_reports"] == 4   # evaluated, on val
+    assert not read_since_marked()

@@ -62,12 +62,14 @@ def run_card(config: DataConfig, path: Path, context: str, name: str, root: Path
     return card(path, context, name, left_out)
 
 
-def experiment_cards(config: DataConfig) -> list[Card]:
-    """The manifests a run reads: each training source and the evaluation manifest."""
+def experiment_cards(config: DataConfig, eval_split: str = "test") -> list[Card]:
+    """The manifests a run reads: each training source, the validation set, and the test manifest
+    when the run evaluates on it (a run evaluated on val, as every sweep trial is, never opens it)."""
     if config.synthetic is not None:
         root = synthetic_root(config)
         return [run_card(config, root / SPLIT_FILES[split], context, f"synthetic-{split}", root)
-                for split, context in (("train", "train"), ("val", "validation"), ("test", "eval"))]
+                for split, context in (("train", "train"), ("val", "validation"), ("test", "eval"))
+                if split != "test" or eval_split == "test"]
     cards = [run_card(config, s.manifest, "train", s.name, s.image_root or config.image_root,
                       [METHODS[t] for t in s.text]) for s in config.mixture]
     if config.val_manifest:
@@ -75,6 +77,8 @@ def experiment_cards(config: DataConfig) -> list[Card]:
                               config.image_root))
     else:
         cards.append(carve_out_card(config))
+    if eval_split != "test":
+        return cards
     return cards + [run_card(config, config.eval_manifest, "eval", f"eval-{config.eval_manifest.stem}",
                              config.image_root)]
 

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from radlab.errors import RadlabError
+from radlab.metric_specs import METRICS
 from radlab.presets import PRESETS
 
 
@@ -302,7 +303,7 @@ class JudgeConfig(Section):
                 f"if it is on your site's network")
 
 
-Metric = Literal["chexprompt", "rouge_l", "bleu", "bertscore", "label_f1", "chexbert_f1", "radgraph_f1"]
+Metric = Literal[tuple(METRICS)]  # the metric registry's names
 
 
 class EvalConfig(Section):

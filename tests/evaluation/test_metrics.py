@@ -2,7 +2,8 @@ import pytest
 
 from radlab.config import EvalConfig
 from radlab.data.synthetic import Finding, write_findings
-from radlab.evaluation.metrics import METRICS, SCORES, bleu, label_f1, normalise, rouge_l, score_of, text_and_clinical
+from radlab.evaluation.metrics import SCORERS, bleu, label_f1, normalise, rouge_l, score_of, text_and_clinical
+from radlab.metric_specs import METRICS, SCORES
 
 
 def test_identical_texts_score_full_marks():
@@ -86,10 +87,13 @@ def test_corpus_metrics_carry_intervals_that_hold_their_point():
 def test_the_registry_is_the_one_list_of_metrics_and_scores():
     from typing import get_args
 
-    from radlab.config import Metric
+    from radlab.config import EvalConfig, Metric
 
-    assert set(METRICS) == set(get_args(Metric))
+    assert get_args(Metric) == tuple(METRICS)  # the config's choices are the registry's names
+    assert set(SCORERS) == {name for name, spec in METRICS.items() if spec.scorer}
     assert all(spec.scores for spec in METRICS.values())
+    with pytest.raises(ValueError, match="rouge_l"):
+        EvalConfig(metrics=["rouge"])  # a name not in the registry is refused, listing the names
     assert score_of("chexprompt/significant_mean") == ("chexprompt", SCORES["chexprompt/significant_mean"])
     assert score_of("chexprompt/significant/false_finding")[1].higher_is_better is False
     assert score_of("clinical/radgraph_f1") == ("radgraph_f1", SCORES["clinical/radgraph_f1"])

@@ -61,7 +61,7 @@ def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep,
 
 
 def test_every_registered_score_may_be_a_sweep_objective(synthetic_root, tmp_path):
-    from radlab.evaluation.metrics import METRICS
+    from radlab.metric_specs import METRICS
 
     for spec in METRICS.values():
         for score in spec.scores:

@@ -13,18 +13,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from collections.abc import Callable
-from typing import NamedTuple, get_args
+from typing import NamedTuple
 
 import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
-from radlab.config import EvalConfig, Metric
+from radlab.config import EvalConfig
 from radlab.data.synthetic import KINDS, parse_findings
 from radlab.evaluation import ScorerError
 from radlab.evaluation.chexbert import chexbert_labels, disagreements, f1_from_labels
 from radlab.evaluation.chexprompt import ERROR_TYPES, bootstrap
 from radlab.evaluation.f1_radgraph import radgraph_metrics, radgraph_rewards
+from radlab.metric_specs import METRIC_OF, METRICS, SCORES, Score
 
 _PHI = re.compile(r"_{2,}|X{3,}")
 
@@ -108,36 +109,16 @@ def label_f1(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict[str, f
     return out
 
 
-class Score(NamedTuple):
-    """One number an evaluation logs: its key, its direction, and the per-report score a paired
-    test compares two systems on (None: a corpus-level number, whose interval resamples reports)."""
-    key: str
-    higher_is_better: bool
-    per_report: str | None = None
-
-
-Scorer = Callable[[list[tuple[str, str]], EvalConfig, bool, MetricResults], None]
-
-
-class MetricSpec(NamedTuple):
-    """A metric of `eval.metrics`: what it needs, what it logs and how it scores (`score` is None
-    for chexprompt, which the judge scores)."""
-    name: str
-    needs: str
-    scores: tuple[Score, ...]
-    score: Scorer | None
-
-
-def _rouge_l(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_rouge_l(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
     results.per_report["rouge_l_f1"] = rouge_l_scores(pairs).tolist()
     results.values.update(bootstrap(results.per_report["rouge_l_f1"], resamples=cfg.bootstrap).metrics("text/rouge_l_f1"))
 
 
-def _bleu(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_bleu(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
     results.values.update(bleu(pairs, cfg.bootstrap))
 
 
-def _bertscore(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_bertscore(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
     model = cfg.bertscore_model
     if model is None or not model.is_dir():
         results.skipped["bertscore"] = (f"no encoder at eval.bertscore_model ({model})" if model else
@@ -148,14 +129,14 @@ def _bertscore(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) 
     results.per_report["bertscore_f1"] = per_pair.tolist()
 
 
-def _label_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_label_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
     if synthetic:
         results.values.update(label_f1(pairs, cfg.bootstrap))
     else:
         results.skipped["label_f1"] = "exact labels exist for the synthetic set only"
 
 
-def _chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
     if cfg.chexbert_weights is None or cfg.chexbert_bert is None:
         results.skipped["chexbert_f1"] = ("set eval.chexbert_weights to the RRG_scorers chexbert.pth and "
                                           "eval.chexbert_bert to a local bert-base-uncased folder")
@@ -177,7 +158,7 @@ def _chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults
     results.per_report["chexbert_disagreements"] = disagreements(reference, candidate).tolist()
 
 
-def _radgraph_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_radgraph_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
     if cfg.radgraph_python is None or cfg.radgraph_weights is None:
         results.skipped["radgraph_f1"] = ("set eval.radgraph_python to an interpreter with the radgraph package and "
                                           "eval.radgraph_weights to an extracted RRG_scorers RadGraph model")
@@ -192,37 +173,17 @@ def _radgraph_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults
     results.per_report["radgraph_f1"] = (rewards["partial"] * 100).tolist()
 
 
-# The registry: one entry per metric. The config's choices (`Metric`), the summary table, the sweep
-# objectives and the paired tests all read it.
-METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
-    MetricSpec("chexprompt", "a judge endpoint (eval.judge)", (
-        Score("chexprompt/significant_mean", False, "chexprompt/significant"),
-        Score("chexprompt/insignificant_mean", False, "chexprompt/insignificant"),
-        Score("chexprompt/total_mean", False, "chexprompt/total"),
-        Score("chexprompt/zero_significant_share", True, "chexprompt/zero_significant"),
-        Score("chexprompt/n_failed", False)), None),
-    MetricSpec("rouge_l", "nothing", (Score("text/rouge_l_f1", True, "rouge_l_f1"),), _rouge_l),
-    MetricSpec("bleu", "nothing", (Score("text/sacrebleu_bleu4", True), Score("text/sacrebleu_bleu1", True)), _bleu),
-    MetricSpec("bertscore", "eval.bertscore_model", (Score("text/bertscore_f1", True, "bertscore_f1"),), _bertscore),
-    MetricSpec("label_f1", "the synthetic set", (Score("clinical/label_f1_micro", True),
-                                                 Score("clinical/label_f1_macro", True)), _label_f1),
-    MetricSpec("chexbert_f1", "eval.chexbert_weights and eval.chexbert_bert", (
-        Score("clinical/chexbert_f1_micro_14", True), Score("clinical/chexbert_f1_micro_5", True)), _chexbert_f1),
-    MetricSpec("radgraph_f1", "eval.radgraph_python and eval.radgraph_weights",
-               (Score("clinical/radgraph_f1", True, "radgraph_f1"),), _radgraph_f1),
-)}
-if set(METRICS) != set(get_args(Metric)):
-    raise RuntimeError(f"the metric registry ({sorted(METRICS)}) and config.Metric ({sorted(get_args(Metric))}) "
-                       "must name the same metrics")
-SCORES: dict[str, Score] = {score.key: score for spec in METRICS.values() for score in spec.scores}
-_METRIC_OF = {score.key: spec.name for spec in METRICS.values() for score in spec.scores}
+Scorer = Callable[[list[tuple[str, str]], EvalConfig, bool, MetricResults], None]
+# Each registered metric's scorer, by the name its entry gives; a name without a function here
+# stops radlab at import.
+SCORERS: dict[str, Scorer] = {spec.name: globals()[spec.scorer] for spec in METRICS.values() if spec.scorer}
 
 
 def score_of(key: str) -> tuple[str, Score] | None:
     """(the metric that logs it, the registered score) of the key `key`, CheXprompt's per-type
     means included; None for a key no evaluation logs."""
     if key in SCORES:
-        return _METRIC_OF[key], SCORES[key]
+        return METRIC_OF[key], SCORES[key]
     kind, _, error_type = key.removeprefix("chexprompt/").partition("/")
     if key.startswith("chexprompt/") and kind in ("significant", "insignificant") and error_type in ERROR_TYPES.values():
         return "chexprompt", Score(key, False)
@@ -233,11 +194,10 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig, synthetic: 
     """Every requested metric but chexprompt, each by its registry entry."""
     results = MetricResults({}, {}, {})
     for name in cfg.metrics:
-        spec = METRICS[name]
-        if spec.score is None:
+        if name not in SCORERS:
             continue
         if not pairs:
             results.skipped[name] = "no pairs to score"
         else:
-            spec.score(pairs, cfg, synthetic, results)
+            SCORERS[name](pairs, cfg, synthetic, results)
     return results

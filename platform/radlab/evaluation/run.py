@@ -28,8 +28,9 @@ from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS, aggregate  # noqa
 from radlab.evaluation.compare import compare_systems, per_report_scores  # noqa: E402
 from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E402
 from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
-from radlab.evaluation.metrics import SCORES, text_and_clinical  # noqa: E402
+from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
 from radlab.evaluation.preflight import judge_client  # noqa: E402
+from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402

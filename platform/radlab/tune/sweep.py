@@ -22,7 +22,8 @@ from ray import tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
 from radlab.evaluation.compare import scores_from_table, versus  # noqa: E402
-from radlab.evaluation.metrics import SCORES, score_of  # noqa: E402
+from radlab.evaluation.metrics import score_of  # noqa: E402
+from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
 

@@ -17,7 +17,7 @@ ALLOWED = {
     "data": {"errors", "config", "formats", "llm"},
     "tracking": {"errors", "config"},
     "runtime": {"errors", "config"},
-    "evaluation": {"errors", "config", "metric_specs", "formats", "llm", "data", "model", "tracking"},
+    "evaluation": {"errors", "config", "metric_specs", "formats", "llm", "data", "model", "tracking", "progress"},
     "train": {"errors", "config", "formats", "data", "model", "tracking", "runtime", "evaluation"},
     "serve": {"errors", "config", "formats", "model", "tracking"},
     "pipeline": {"errors", "config", "formats", "data", "model", "tracking", "runtime", "evaluation", "train",

@@ -27,3 +27,14 @@ def test_a_stage_shows_its_failures_and_resumes_once_and_where_it_ended():
     assert lines.count("[stage1] resuming at step 10/40 from its last checkpoint (resume 1, on 2 workers)") == 1
     assert lines[-1] == report_line("stage1", 40, 40, {"loss": 0.5, "lr": 0.0, "samples_per_s": 100.0})
     assert lines[-1] == "[stage1] step 40/40 loss 0.5000 lr 0.00e+00 100 samples/s"
+
+
+def test_counts_of_reports_end_with_one_line_saying_where_they_stand():
+    from radlab.progress import counted
+
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    with counted(console, "judging", 5, line_every_s=3600) as advance:
+        for k in range(5):
+            advance(1, f"{k // 4} failed, $0.00")
+    assert out.getvalue().splitlines() == ["judging: 5/5, 1 failed, $0.00"]

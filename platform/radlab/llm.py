@@ -107,7 +107,7 @@ class LLMClient:
             raise OffsiteError(config.offsite_refusal(consent_field, self.base_url))
         self.cache = AnswerCache(Path(config.cache))
         self.usage = {"requests": 0, "answered": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
-                      "cache_hits": 0}
+                      "cache_hits": 0, "failed": 0}
 
     def _client(self):
         key = os.environ.get(self.config.api_key_env, "unused-for-local-endpoints")
@@ -144,6 +144,7 @@ class LLMClient:
                     error = f"{type(err).__name__}: {err}"
                     continue
                 except openai.APIError as err:  # 400, 401, 404...: retrying will not help
+                    self.usage["failed"] += 1
                     return Answer(None, None, f"{type(err).__name__}: {err}", attempts=attempt)
                 self.usage["answered"] += 1
                 if response.usage is not None:
@@ -157,6 +158,7 @@ class LLMClient:
                     continue
                 self.cache.put(key, raw, response.usage.model_dump() if response.usage else {})
                 return Answer(value, raw, attempts=attempt)
+        self.usage["failed"] += 1
         return Answer(None, raw, error, attempts=self.config.max_retries + 1)
 
     async def ask_async(self, requests: list[Request | None], parse: Callable[[str | None], Any],

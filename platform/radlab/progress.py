@@ -1,4 +1,5 @@
-"""One progress line per training stage on the driver's console, fed by what rank 0 reports.
+"""Progress on the driver's console: one line per training stage, fed by what rank 0 reports,
+and counts of reports generated and judged.
 
 The workers' own output stays in Ray's log files (`radlab run --verbose` brings it back), so the
 console shows each stage once: a rich progress bar (step, loss, lr, samples/s, elapsed, remaining)
@@ -90,3 +91,38 @@ def stage_progress(console: Console, stage: str, total: int, poll: Poll, resumes
         safe_update()
         if progress is not None:
             progress.stop()
+
+
+@contextmanager
+def counted(console: Console, label: str, total: int, line_every_s: float = 15.0) -> Iterator[Callable[..., None]]:
+    """Count `total` things done while the block runs: a rich bar in a terminal, elsewhere a plain
+    line every `line_every_s` and one at the end. Yields `advance(n, note="")`; the note (failures,
+    cost so far) is shown beside the count."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console) if console.is_terminal else None
+    task = progress.add_task(escape(label), total=total) if progress else None
+    state = {"done": 0, "note": "", "printed": time.monotonic()}
+    lock = threading.Lock()
+
+    def line() -> str:
+        return f"{label}: {state['done']}/{total}" + (f", {state['note']}" if state["note"] else "")
+
+    def advance(n: int = 1, note: str = "") -> None:
+        with lock:
+            state["done"] += n
+            state["note"] = note or state["note"]
+            if progress is not None:
+                progress.update(task, advance=n, description=escape(f"{label} {state['note']}".strip()))
+            elif time.monotonic() - state["printed"] >= line_every_s and state["done"] < total:
+                console.print(line(), highlight=False, markup=False)
+                state["printed"] = time.monotonic()
+
+    if progress is not None:
+        progress.start()
+    try:
+        yield advance
+    finally:
+        if progress is not None:
+            progress.stop()
+        else:
+            console.print(line(), highlight=False, markup=False)

@@ -64,6 +64,7 @@ def test_retries_timeouts_garbage_and_outage(tmp_path):
     assert empty.ok and seen[" "] == 1  # an empty candidate is judged like any other report
     assert client.usage["prompt_tokens"] == 100 * client.usage["answered"]  # tokens of the answers that came
     assert client.usage["requests"] == sum(seen.values())  # every request sent counts, the failed ones too
+    assert client.usage["failed"] == 2  # garbage and down: the judgments that could not be had
     assert client.cost == pytest.approx((client.usage["prompt_tokens"] * 0.03 + client.usage["completion_tokens"] * 0.06) / 1000)
 
 

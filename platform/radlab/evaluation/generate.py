@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from radlab.config import Experiment
@@ -12,8 +13,10 @@ from radlab.model.generation import generate_texts
 
 
 def generate_findings(model, tokenizer, experiment: Experiment, split: str, limit: int | None = None,
-                      batch_size: int | None = None, max_new_tokens: int | None = None) -> list[dict]:
-    """Predictions `{id, image, indication, reference, candidate}` for the split's examples.
+                      batch_size: int | None = None, max_new_tokens: int | None = None,
+                      progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Predictions `{id, image, indication, reference, candidate}` for the split's examples;
+    `progress(n)` after each batch of n.
 
     An image that does not decode yields a record with `error` set and no candidate, so it is
     counted rather than silently dropped.
@@ -41,6 +44,8 @@ def generate_findings(model, tokenizer, experiment: Experiment, split: str, limi
             else:
                 record["candidate"] = next(texts)
             predictions.append(record)
+        if progress is not None:
+            progress(len(chunk))
     return predictions
 
 

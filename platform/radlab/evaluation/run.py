@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,14 +37,19 @@ from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402
 from radlab.model.encoder import build_encoder, load_encoder  # noqa: E402
 from radlab.model.generation import inference_model, pick_device_dtype  # noqa: E402
+from radlab.progress import counted  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 
 
-def judge_predictions(experiment: Experiment, predictions: list[dict]) -> tuple[list[Judgment], JudgeClient]:
-    """CheXprompt judgments, one per prediction; a prediction without a candidate is a failed one."""
+def judge_predictions(experiment: Experiment, predictions: list[dict],
+                      progress: Callable[..., None] | None = None) -> tuple[list[Judgment], JudgeClient]:
+    """CheXprompt judgments, one per prediction; a prediction without a candidate is a failed one.
+    `progress(n, note)` as answers come, the note saying the failures and cost so far."""
     with judge_client(experiment.eval.judge) as client:
         pairs = [(p["reference"], p["candidate"]) for p in predictions if "candidate" in p]
-        judged = iter(client.judge(pairs))
+        tick = None if progress is None else (
+            lambda n: progress(n, f"{client.usage['failed']} failed, ${client.cost:.2f}"))
+        judged = iter(client.judge(pairs, tick))
     judgments = [next(judged) if "candidate" in p else Judgment(None, None, p.get("error", "no candidate"))
                  for p in predictions]
     return judgments, client
@@ -78,14 +84,15 @@ class Scored:
                                    f"{max_share:.0%}): {reasons}")
 
 
-def score(experiment: Experiment, predictions: list[dict]) -> Scored:
+def score(experiment: Experiment, predictions: list[dict], progress: Callable[..., None] | None = None) -> Scored:
+    """Judge and score predictions; `progress` counts the judgments (see judge_predictions)."""
     cfg = experiment.eval
     metrics: dict[str, float] = {"eval/n_reports": float(len(predictions)),
                                  "eval/n_without_candidate": float(sum("candidate" not in p for p in predictions))}
     judgments: list[Judgment] = []
     client = None
     if "chexprompt" in cfg.metrics:
-        judgments, client = judge_predictions(experiment, predictions)
+        judgments, client = judge_predictions(experiment, predictions, progress)
         metrics.update(aggregate([j.counts for j in judgments], resamples=cfg.bootstrap).metrics())
         metrics.update({f"judge/{k}": float(v) for k, v in client.usage.items()})
         metrics["judge/cost"] = client.cost
@@ -226,20 +233,23 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
     """Generate, judge, score and log; return the trained model's metrics."""
     loaded = load_checkpoint(folder, expect=experiment.model)
     cfg = experiment.eval
-    with console.status(f"generating findings for the {cfg.split} split"):
-        model = inference_model(loaded.model, *pick_device_dtype("auto", "auto"))
-        trained = generate_findings(model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
-    with console.status("judging"):
-        scored = score(experiment, trained)
+    reports = len(split_examples(experiment.data, cfg.split)[: cfg.limit])
+    model = inference_model(loaded.model, *pick_device_dtype("auto", "auto"))
+    with counted(console, f"generating findings ({cfg.split})", reports) as advance:
+        trained = generate_findings(model, loaded.tokenizer, experiment, cfg.split, cfg.limit, progress=advance)
+    with counted(console, "judging", sum("candidate" in p for p in trained)) as advance:
+        scored = score(experiment, trained, advance)
     log_evaluation(tracker, run_id, experiment, trained, scored)
     columns = {"trained": scored.metrics}
     comparison = []
     if cfg.compares_untrained:
         untrained_model = inference_model(build_model(experiment.model, loaded.tokenizer, experiment.data.max_length),
                                           *pick_device_dtype("auto", "auto"))
-        with console.status("generating and judging with the untrained model"):
-            untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, cfg.split, cfg.limit)
-            base = score(experiment, untrained)
+        with counted(console, "generating findings (untrained model)", reports) as advance:
+            untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, cfg.split, cfg.limit,
+                                          progress=advance)
+        with counted(console, "judging (untrained model)", sum("candidate" in p for p in untrained)) as advance:
+            base = score(experiment, untrained, advance)
         log_evaluation(tracker, run_id, experiment, untrained, base, "untrained/")
         columns["untrained"] = base.metrics
         comparison = compare_systems(per_report_scores(trained, scored), per_report_scores(untrained, base),

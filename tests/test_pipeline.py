@@ -56,7 +56,9 @@ def test_run_logs_parent_and_stage_runs_and_registers(finished):
     assert version.run_id == summary.parent_run_id
     evaluation = {a.path for a in client.list_artifacts(summary.parent_run_id, "eval/trained")}
     assert {"eval/trained/predictions.jsonl", "eval/trained/judgments.jsonl", "eval/trained/per_report.json",
-            "eval/trained/chexprompt_error_types.png"} <= evaluation
+            "eval/trained/intervals.json"} <= evaluation
+    # One chart of error types, trained and untrained on one scale with their intervals.
+    assert "eval/chexprompt_error_types.png" in {a.path for a in client.list_artifacts(summary.parent_run_id, "eval")}
 
 
 def test_run_page_shows_chexprompt_metrics_in_a_browser(finished, mlflow_server, tmp_path):

@@ -135,6 +135,7 @@ def eval_command(
         evaluate_checkpoint,
         evaluate_encoder,
         log_comparison,
+        log_error_chart,
         log_evaluation,
         print_comparison,
         print_summary,
@@ -198,6 +199,8 @@ def eval_command(
                 rows = compare_systems(per_report_scores(records, scored), per_report_scores(baseline_records, base),
                                        experiment.eval.bootstrap)
                 log_comparison(tracker, run_id, rows, "predictions_vs_baseline")
+            if scored.judgments:
+                log_error_chart(tracker, run_id, columns)
             print_summary(console, columns, scored.skipped)
             if baseline_records is not None:
                 print_comparison(console, rows, "predictions - baseline, paired on the same studies")

@@ -91,3 +91,26 @@ def test_eval_dry_run_prints_the_judge_plan_from_a_canary(tmp_path, monkeypatch)
     assert "judge synthetic-reference" in result.output and "answered a canary judgment" in result.output
     assert "judging will send up to 6 requests" in result.output
     assert not (tmp_path / "radlab_runs").exists()  # a dry run logs nothing
+
+
+def test_one_error_chart_holds_both_models_on_one_scale_with_intervals():
+    from radlab.evaluation.chexprompt import ERROR_TYPES
+    from radlab.evaluation.run import error_chart
+
+    def system(level):
+        out = {}
+        for name in ERROR_TYPES.values():
+            for kind in ("significant", "insignificant"):
+                key = f"chexprompt/{kind}/{name}"
+                out |= {key: level, f"{key}_ci_low": level - 0.1, f"{key}_ci_high": level + 0.2}
+        return out
+
+    figure = error_chart({"trained": system(0.2), "untrained": system(1.0)})
+    significant, insignificant = figure.axes
+    assert significant.get_shared_y_axes().joined(significant, insignificant)  # one scale
+    bars = significant.patches
+    assert len(bars) == 2 * len(ERROR_TYPES)
+    assert sorted({round(b.get_height(), 3) for b in bars}) == [0.2, 1.0]
+    assert [t.get_text() for t in significant.get_legend().get_texts()] == ["trained", "untrained"]
+    bar_sets = [c for c in significant.containers if hasattr(c, "errorbar")]
+    assert len(bar_sets) == 2 and all(c.errorbar is not None for c in bar_sets)  # each bar with its interval

@@ -131,18 +131,25 @@ def report_table(predictions: list[dict], scored: Scored) -> dict[str, list]:
     return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
 
 
-def error_chart(metrics: dict[str, float]):
+def error_chart(columns: dict[str, dict[str, float]]):
+    """Mean errors per report of each CheXprompt type, clinically significant and not, for each
+    system side by side on one scale, each bar with its 95% interval."""
     names = [ERROR_TYPES[x] for x in LETTERS]
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [metrics.get(f"chexprompt/significant/{n}", 0) for n in names], 0.4,
-           label="clinically significant")
-    ax.bar([x + 0.2 for x in xs], [metrics.get(f"chexprompt/insignificant/{n}", 0) for n in names], 0.4,
-           label="insignificant")
-    ax.set_xticks(list(xs), names, rotation=20, fontsize=8)
-    ax.set_ylabel("mean errors per report")
-    ax.set_title("CheXprompt errors by type")
-    ax.legend()
+    fig, panels = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    width = 0.8 / max(1, len(columns))
+    for panel, kind in zip(panels, ("significant", "insignificant"), strict=True):
+        for i, (system, metrics) in enumerate(columns.items()):
+            keys = [f"chexprompt/{kind}/{n}" for n in names]
+            values = [metrics.get(k, 0.0) for k in keys]
+            low = [v - metrics.get(f"{k}_ci_low", v) for k, v in zip(keys, values, strict=True)]
+            high = [metrics.get(f"{k}_ci_high", v) - v for k, v in zip(keys, values, strict=True)]
+            panel.bar([x + (i - (len(columns) - 1) / 2) * width for x in range(len(names))], values, width,
+                      yerr=[low, high], capsize=3, label=system)
+        panel.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        panel.set_title(f"clinically {kind}" if kind == "significant" else "not clinically significant", fontsize=10)
+    panels[0].set_ylabel("mean errors per report (95% CI)")
+    panels[0].legend(fontsize=8)
+    fig.suptitle("CheXprompt errors by type")
     fig.tight_layout()
     return fig
 
@@ -173,14 +180,16 @@ def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predic
     table = report_table(predictions, scored)
     if table:
         tracker.log_table(run_id, table, f"{folder}/per_report.json")
-    if scored.judgments:
-        figure = error_chart(scored.metrics)
-        client_ml.log_figure(run_id, figure, f"{folder}/chexprompt_error_types.png")
-        plt.close(figure)
     if scored.client is not None and not prefix:
         client_ml.set_tag(run_id, "radlab.judge.endpoint", experiment.eval.judge.endpoint)
         client_ml.set_tag(run_id, "radlab.judge.model", scored.client.config.model)
         client_ml.set_tag(run_id, "radlab.judge.prompt_version", scored.client.prompt.version)
+
+
+def log_error_chart(tracker: Tracker, run_id: str, columns: dict[str, dict[str, float]]) -> None:
+    figure = error_chart(columns)
+    tracker.client.log_figure(run_id, figure, "eval/chexprompt_error_types.png")
+    plt.close(figure)
 
 
 def logged_scores(tracker: Tracker, run_id: str) -> dict[str, float]:
@@ -255,6 +264,8 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
         comparison = compare_systems(per_report_scores(trained, scored), per_report_scores(untrained, base),
                                      cfg.bootstrap)
         log_comparison(tracker, run_id, comparison, "trained_vs_untrained")
+    if scored.judgments:
+        log_error_chart(tracker, run_id, columns)
     for p in trained[: cfg.show]:
         console.print(f"[bold]{p['id']}[/]\n  reference: {p['reference']}\n  generated: {p.get('candidate', '-')}")
     print_summary(console, columns, scored.skipped)

@@ -131,3 +131,16 @@ def test_submit_refuses_settings_that_keep_results_in_the_jobs_copy(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["submit", "e.yaml", "--address", "http://127.0.0.1:9"])
     assert result.exit_code == 2 and "set it to your MLflow server" in result.output
+
+
+def test_eval_of_a_checkpoint_that_names_nothing_leaves_no_run(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "e.yaml").write_text("name: e\ndata: {synthetic: {root: syn, n_train: 16, n_val: 4, n_test: 4}}\n"
+                                     "eval: {metrics: [rouge_l]}\n")
+    result = runner.invoke(app, ["eval", "e.yaml", "--checkpoint", "models:/nothing@candidate"])
+    assert result.exit_code == 2 and "the registry has no versions of 'nothing'" in result.output
+    client = MlflowClient(f"sqlite:///{tmp_path}/radlab_runs/mlflow.db")
+    assert client.search_runs([client.get_experiment_by_name("e").experiment_id]) == []

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -181,11 +182,13 @@ def eval_command(
             console.print("nothing to judge (CheXprompt is not in eval.metrics, or --task retrieval)")
         return
     tracker = Tracker(experiment)
+    folder = None
+    if checkpoint is not None:  # a reference that names nothing is an error before any run exists
+        folder = or_exit(fetch_checkpoint, checkpoint, tracker.uri, Path("radlab_runs/downloads") / uuid.uuid4().hex[:12])
     run_id = tracker.client.create_run(tracker.experiment_id, tags={
         "radlab.stage": "eval", "mlflow.runName": "eval", "radlab.source": checkpoint or str(predictions)}).info.run_id
     try:
-        if checkpoint is not None:
-            folder = fetch_checkpoint(checkpoint, tracker.uri, Path("radlab_runs/downloads") / run_id)
+        if folder is not None:
             evaluate = evaluate_encoder if task == "retrieval" else evaluate_checkpoint
             or_exit(evaluate, experiment, folder, tracker, run_id, console)
         else:

@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -63,19 +64,41 @@ def test_run_logs_parent_and_stage_runs_and_registers(finished):
 
 def test_run_page_shows_chexprompt_metrics_in_a_browser(finished, mlflow_server, tmp_path):
     summary, client = finished
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "the test needs Debian's chromium (make test installs it where apt-get is available)"
     experiment_id = client.get_run(summary.parent_run_id).info.experiment_id
     url = f"{mlflow_server}/#/experiments/{experiment_id}/runs/{summary.parent_run_id}/model-metrics"
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--window-size=1400,1800"]
+    flags = chromium(tmp_path)
     dom = subprocess.run(flags + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     subprocess.run(flags + [f"--screenshot={tmp_path / 'run.png'}", url], capture_output=True, timeout=120)
     # The metrics page groups the charts by prefix, one section per group of CheXprompt scores.
     sections = set(re.findall(r">([\w/]*chexprompt[\w/]*)<", dom))
     assert {"chexprompt", "chexprompt/significant", "chexprompt/insignificant", "untrained/chexprompt"} <= sections
     assert (tmp_path / "run.png").stat().st_size > 10_000
+
+
+def chromium(tmp_path) -> list[str]:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "the test needs Debian's chromium (make test installs it where apt-get is available)"
+    return [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--window-size=1400,1800"]
+
+
+def test_the_review_page_sorts_by_errors_in_a_browser(finished, mlflow_server, tmp_path):
+    """eval/review.html as the run stores it: a row per report with its image, the reference and both
+    models' findings with differing words marked, sorted by the untrained model's errors."""
+    summary, client = finished
+    page = Path(client.download_artifacts(summary.parent_run_id, "eval/review.html", str(tmp_path)))
+    url = f"{page.as_uri()}#sort=errors1"
+    dom = subprocess.run(chromium(tmp_path) + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    rows = re.findall(r'<tr data-errors0="(\d*)" data-errors1="(\d*)">', dom)
+    assert len(rows) == 4  # eval.limit reports
+    untrained = [int(b) for _, b in rows]
+    assert untrained == sorted(untrained, reverse=True) and untrained[0] > 0  # sorted in the page, by its script
+    assert dom.count('src="data:image/png;base64,') == 4 and "<mark>" in dom
+    assert "trained findings" in dom and "untrained findings" in dom
+    subprocess.run(chromium(tmp_path) + [f"--screenshot={tmp_path / 'review.png'}", url], capture_output=True,
+                   timeout=120)
+    assert (tmp_path / "review.png").stat().st_size > 10_000
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,7 @@ def eval_command(
         log_comparison,
         log_error_chart,
         log_evaluation,
+        log_review,
         print_comparison,
         print_summary,
         score,
@@ -204,6 +205,9 @@ def eval_command(
                 log_comparison(tracker, run_id, rows, "predictions_vs_baseline")
             if scored.judgments:
                 log_error_chart(tracker, run_id, columns)
+            log_review(tracker, run_id, {"predictions": (records, scored.judgments)} | (
+                {"baseline": (baseline_records, base.judgments)} if baseline_records is not None else {}),
+                str(predictions))
             print_summary(console, columns, scored.skipped)
             if baseline_records is not None:
                 print_comparison(console, rows, "predictions - baseline, paired on the same studies")

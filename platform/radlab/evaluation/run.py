@@ -33,6 +33,7 @@ from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
 from radlab.evaluation.preflight import judge_client  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
+from radlab.evaluation.review import review_page  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402
 from radlab.model.encoder import build_encoder, load_encoder  # noqa: E402
@@ -192,6 +193,12 @@ def log_error_chart(tracker: Tracker, run_id: str, columns: dict[str, dict[str, 
     plt.close(figure)
 
 
+def log_review(tracker: Tracker, run_id: str, systems: dict[str, tuple[list[dict], list[Judgment]]],
+               title: str) -> None:
+    """The report review page (eval/review.html), which MLflow's artifact viewer shows."""
+    tracker.client.log_text(run_id, review_page(systems, title), "eval/review.html")
+
+
 def logged_scores(tracker: Tracker, run_id: str) -> dict[str, float]:
     """A run's evaluation as `score` returned it: its metrics with each interval read back from the
     eval/trained/intervals.json table."""
@@ -266,6 +273,9 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
         log_comparison(tracker, run_id, comparison, "trained_vs_untrained")
     if scored.judgments:
         log_error_chart(tracker, run_id, columns)
+    systems = {"trained": (trained, scored.judgments)} | ({"untrained": (untrained, base.judgments)}
+                                                          if cfg.compares_untrained else {})
+    log_review(tracker, run_id, systems, f"{experiment.name}: {cfg.split} split")
     for p in trained[: cfg.show]:
         console.print(f"[bold]{p['id']}[/]\n  reference: {p['reference']}\n  generated: {p.get('candidate', '-')}")
     print_summary(console, columns, scored.skipped)

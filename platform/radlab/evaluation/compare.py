@@ -9,6 +9,7 @@ Only studies both systems were scored on are paired; `n` says how many. Corpus-l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,7 @@ def scores_from_table(table: dict[str, list]) -> dict[str, dict[str, float]]:
                        "chexprompt/zero_significant": float(significant == 0)}
         for column in columns:
             value = table[column][k]
-            if value is not None and value == value:
+            if value is not None and not math.isnan(float(value)):
                 scores[column] = float(value)
         out[str(report_id)] = scores
     return out

@@ -46,11 +46,12 @@ class JudgePlan:
 
     def lines(self) -> list[str]:
         rate = f"{self.requests_per_minute:g} requests/min" if self.requests_per_minute else "no rate limit"
-        return [f"judge {self.endpoint} ({self.model}) answered a canary judgment in {self.latency_s:.2f} s "
-                f"({self.prompt_tokens} prompt + {self.completion_tokens} completion tokens)",
-                f"judging will send up to {self.calls} requests: about {self.calls * self.prompt_tokens:,} prompt + "
+        canary = (f"judge {self.endpoint} ({self.model}) answered a canary judgment in {self.latency_s:.2f} s "
+                  f"({self.prompt_tokens} prompt + {self.completion_tokens} completion tokens)")
+        plan = (f"judging will send up to {self.calls} requests: about {self.calls * self.prompt_tokens:,} prompt + "
                 f"{self.calls * self.completion_tokens:,} completion tokens, ${self.calls * self.cost_per_call:.2f}, "
-                f"{self.wall_s:.0f} s ({self.concurrency} at a time, {rate}); cached answers cost nothing"]
+                f"{self.wall_s:.0f} s ({self.concurrency} at a time, {rate}); cached answers cost nothing")
+        return [canary, plan]
 
 
 def judge_plan(config: JudgeConfig, calls: int, reference: str) -> JudgePlan:

@@ -31,9 +31,9 @@ from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E
 from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
 from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
 from radlab.evaluation.preflight import judge_client  # noqa: E402
-from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from radlab.evaluation.review import review_page  # noqa: E402
+from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402
 from radlab.model.encoder import build_encoder, load_encoder  # noqa: E402

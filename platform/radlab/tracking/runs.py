@@ -9,6 +9,7 @@ finished gets no new child run: the parent's tag radlab.<stage>.run names the ru
 from __future__ import annotations
 
 import json
+import math
 import os
 import posixpath
 import subprocess
@@ -252,7 +253,7 @@ class Tracker:
         """Write a table to a run as MLflow's table artifact (shown in its UI), replacing one a
         previous attempt wrote (MlflowClient.log_table appends, so a resumed run's rows would
         repeat)."""
-        rows = [[None if isinstance(v, float) and v != v else v for v in row] for row in zip(*table.values())]
+        rows = [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in zip(*table.values())]
         self.client.log_dict(run_id, {"columns": list(table), "data": rows}, path)  # NaN as null, as MLflow writes it
         logged = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
         if {"path": path, "type": "table"} not in logged:

@@ -27,6 +27,7 @@ from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
 
+
 @dataclass
 class Trial:
     name: str

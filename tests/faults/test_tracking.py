@@ -15,7 +15,7 @@ def test_a_failure_before_training_ends_the_run(ray_session, synthetic_root, tmp
     raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
     raw["name"] = "fails-early"
 
-    def unreadable(_):
+    def unreadable(*_):
         raise OSError("the dataset card could not be read")
 
     monkeypatch.setattr(pipeline, "experiment_cards", unreadable)

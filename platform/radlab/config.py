@@ -368,12 +368,17 @@ class RayConfig(Section):
     storage_path: str = "radlab_runs/ray"
     max_failures: int = Field(2, ge=0)
 
+    def default_cpus_per_worker(self, sharing_workers: int) -> float:
+        """On an embedded Ray without GPUs, this machine's cores shared among `sharing_workers`;
+        otherwise 1."""
+        embedded_cpu = self.address is None and not os.environ.get("RAY_ADDRESS") and not self.use_gpu
+        cores = self.num_cpus or os.cpu_count() or 1
+        return float(max(1, cores // sharing_workers)) if embedded_cpu else 1.0
+
     @model_validator(mode="after")
     def _hardware(self) -> RayConfig:
         if self.cpus_per_worker is None:
-            embedded_cpu = self.address is None and not os.environ.get("RAY_ADDRESS") and not self.use_gpu
-            cores = self.num_cpus or os.cpu_count() or 1
-            self.cpus_per_worker = float(max(1, cores // self.workers)) if embedded_cpu else 1.0
+            self.cpus_per_worker = self.default_cpus_per_worker(self.workers)
         if self.min_workers is not None and self.min_workers > self.workers:
             raise ValueError(f"min_workers {self.min_workers} exceeds workers {self.workers}")
         if self.precision == "bf16" and self.accelerator in ("V100", "T4"):

@@ -251,3 +251,13 @@ def test_a_trial_evaluated_on_val_never_opens_the_test_manifest(ray_session, syn
     summary = run_experiment(parse_experiment(raw, "t"), json.dumps(raw))
     assert summary.metrics["eval/n_reports"] == 4   # evaluated, on val
     assert not read_since_marked()
+
+
+def test_concurrent_trials_share_the_cores_unless_the_yaml_says(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    raw = sweep_experiment(synthetic_root, tmp_path, ray={"workers": 1, "num_cpus": 8})
+    raw["ray"].pop("cpus_per_worker", None)
+    raw["sweep"] = {"axes": {"stage2.lr": [1e-3, 2e-3]}, "max_concurrent_trials": 2}
+    assert {row["resources"]["cpus_per_worker"] for row in describe(raw, "t")} == {4.0}  # 8 cores, 2 trials at once
+    raw["ray"]["cpus_per_worker"] = 1
+    assert {row["resources"]["cpus_per_worker"] for row in describe(raw, "t")} == {1}

@@ -94,6 +94,17 @@ def _check_path(raw: dict, path: str, where: str) -> None:
             raise ConfigError(f"{where}: sweep.axes: {path} is not a field of the experiment")
 
 
+def with_trial_cpus(raw: dict) -> dict:
+    """The sweep with each trial's CPUs per worker pinned: as the YAML sets them, else the cores
+    shared among the workers of the trials that run at once (the single-run default would give each
+    trial every core, and concurrent trials would queue behind each other)."""
+    if "cpus_per_worker" in (raw.get("ray") or {}):
+        return raw
+    experiment = parse_experiment(raw, "sweep")
+    share = experiment.ray.default_cpus_per_worker(experiment.ray.workers * experiment.sweep.max_concurrent_trials)
+    return {**raw, "ray": {**(raw.get("ray") or {}), "cpus_per_worker": share}}
+
+
 def trial_experiment(base: dict, overrides: dict) -> Experiment:
     """A cell's experiment, its paths resolved against the sweep's folder (the driver's working
     directory, where every trial runs), so the driver and the trial agree on its digest."""
@@ -158,6 +169,7 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
     from radlab.data.dataset import manifest_digest
     from radlab.runtime import check_resources, init_ray
 
+    raw = with_trial_cpus(raw)
     trials = expand(raw, where)
     experiment = parse_experiment(raw, where)
     sweep = experiment.sweep
@@ -346,6 +358,7 @@ def _error_types_plot(rows: list[dict]):
 
 def describe(raw: dict, where: str) -> list[dict]:
     """The matrix `--dry-run` prints: each trial, its overrides and resources."""
+    raw = with_trial_cpus(raw)
     experiment = parse_experiment(raw, where)
     trials = expand(raw, where)
     samples = experiment.sweep.search.samples if experiment.sweep.search else 1

@@ -5,6 +5,7 @@ import io
 import ipaddress
 import re
 import struct
+import time
 import zlib
 
 import httpx
@@ -74,7 +75,7 @@ def served(ray_session, tokenizer, tmp_path_factory):
                     {"stage": "stage2", "step": 7, "template": "vicuna_v1"})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = {"model": str(folder), "max_new_tokens": 8, "max_batch_size": 4, "max_body_bytes": 300_000}
+    args = {"model": str(folder), "max_new_tokens": 48, "max_batch_size": 4, "max_body_bytes": 300_000}
     serve.run(build_app(args), name="open", route_prefix="/", blocking=False)
     secure = ReportServer.options(ray_actor_options={"runtime_env": {"env_vars": {"RADLAB_TEST_KEY": KEY}}})
     serve.run(secure.bind({**args, "api_key_env": "RADLAB_TEST_KEY"}), name="secure", route_prefix="/secure",
@@ -107,23 +108,70 @@ def test_report_endpoint_multipart_json_and_dicom(served):
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
 
 
+def image_message(text="Describe the findings.") -> list[dict]:
+    image = f"data:image/png;base64,{base64.b64encode(png()).decode()}"
+    return [{"role": "user", "content": [{"type": "text", "text": text},
+                                         {"type": "image_url", "image_url": {"url": image}}]}]
+
+
+def streamed(client, messages, **options) -> tuple[list[str], str, object, list[float]]:
+    """(content pieces, finish reason, usage, arrival time of each piece) of a streamed completion."""
+    started, arrivals, pieces, finish, usage = time.perf_counter(), [], [], None, None
+    for chunk in client.chat.completions.create(model="radlab", messages=messages, stream=True,
+                                                stream_options={"include_usage": True}, **options):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+                arrivals.append(time.perf_counter() - started)
+    return pieces, finish, usage, arrivals
+
+
 def test_openai_client_chat_plain_and_streaming(served):
     url, _ = served
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
     assert [m.id for m in client.models.list().data] == ["radlab"]
-    image = f"data:image/png;base64,{base64.b64encode(png()).decode()}"
-    messages = [{"role": "user", "content": [{"type": "text", "text": "Describe the findings."},
-                                             {"type": "image_url", "image_url": {"url": image}}]}]
+    messages = image_message()
     reply = client.chat.completions.create(model="radlab", messages=messages)
     text = reply.choices[0].message.content
-    # The prompt as the model saw it: BOS, the chat template and the tiny tower's 16 image tokens.
+    # The prompt as the model saw it: BOS, the chat template and the tiny tower's 16 image tokens;
+    # the untrained model writes until the server's max_new_tokens.
     assert reply.usage.prompt_tokens > 16 and reply.usage.total_tokens == reply.usage.prompt_tokens + \
         reply.usage.completion_tokens
-    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
-                       client.chat.completions.create(model="radlab", messages=messages, stream=True))
-    assert streamed == text
+    assert (reply.usage.completion_tokens, reply.choices[0].finish_reason) == (48, "length")
+    pieces, finish, usage, _ = streamed(client, messages)
+    assert "".join(pieces) == text and finish == "length" and usage.completion_tokens == 48
+    # Sampled text has spaces, at which the streamer lets words go as soon as they are generated:
+    # the first arrives well before the last, not all at the end.
+    pieces, _, _, arrivals = streamed(client, messages, temperature=1.0)
+    assert len(pieces) > 5 and arrivals[0] < 0.5 * arrivals[-1], arrivals
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4", messages=messages)
+
+
+def test_max_tokens_stop_and_temperature_are_honoured(served):
+    url, _ = served
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+    messages = image_message()
+    short = client.chat.completions.create(model="radlab", messages=messages, max_tokens=5)
+    assert (short.usage.completion_tokens, short.choices[0].finish_reason) == (5, "length")
+    newer_name = client.chat.completions.create(model="radlab", messages=messages, max_completion_tokens=4)
+    assert newer_name.usage.completion_tokens == 4
+    sampled = client.chat.completions.create(model="radlab", messages=messages, temperature=1.2, top_p=0.9, stop=["zz"])
+    text = sampled.choices[0].message.content
+    assert "zz" not in text and sampled.usage.completion_tokens <= 48
+    for stream in (False, True):
+        options = {"stop": text[5:8], "temperature": 1.2, "top_p": 0.9}
+        cut = streamed(client, messages, **options) if stream else \
+            client.chat.completions.create(model="radlab", messages=messages, **options)
+        assert text[5:8] not in (cut.choices[0].message.content if not stream else "".join(cut[0]))
+    for wrong, field in [({"max_tokens": 49}, "max_tokens must be a whole number from 1 to 48"),
+                         ({"max_tokens": 0}, "max_tokens"), ({"temperature": 3}, "temperature must be a number"),
+                         ({"top_p": 0}, "top_p"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be"),
+                         ({"n": 2}, "n must be 1")]:
+        with pytest.raises(openai.BadRequestError, match=field):
+            client.chat.completions.create(model="radlab", messages=messages, **wrong)
 
 
 @pytest.mark.parametrize("name, send, status, message", [

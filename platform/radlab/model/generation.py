@@ -1,7 +1,10 @@
-"""Greedy generation of findings from (image tensor, prompt) pairs: one place for evaluation and
-serving alike."""
+"""Generation of findings from (image tensor, prompt) pairs: one place for evaluation (greedy) and
+serving (greedy or sampled, batched or streamed) alike."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -42,23 +45,95 @@ def num_image_tokens(model) -> int:
     return (vision.image_size // vision.patch_size) ** 2
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How findings are decoded: greedily at temperature 0, else sampled; at most `max_new_tokens`;
+    the text ends before the first of `stop`."""
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str
+    tokens: int  # generated token ids, the end-of-sequence token included
+    finish_reason: str  # "stop" (end of sequence or a stop string) or "length" (max_new_tokens reached)
+
+
+def stop_strings(template: str, sampling: Sampling) -> list[str]:
+    """The request's stop strings, and PLAIN_END for a model trained on the plain template, which
+    ends its findings with it rather than with EOS."""
+    return [s for s in sampling.stop if s] + ([] if ends_with_eos(template) else [PLAIN_END])
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    found = [text.find(s) for s in stops if s in text]
+    return min(found) if found else None
+
+
+def until_stop(pieces: Iterable[str], stops: list[str]) -> Iterator[str]:
+    """Streamed text as it can be shown: nothing from the first stop string on, nothing that may
+    still turn out to begin one, no leading or trailing whitespace (as the unstreamed text is
+    stripped), so the pieces join to the unstreamed text."""
+    held, started = "", False
+    for piece in pieces:
+        held += piece
+        if not started:
+            held = held.lstrip()
+            started = bool(held)
+        cut = first_stop(held, stops)
+        if cut is not None:
+            if held[:cut].rstrip():
+                yield held[:cut].rstrip()
+            return
+        keep = max([k for s in stops for k in range(1, len(s)) if held.endswith(s[:k])], default=0)
+        ready = held[:len(held) - keep].rstrip()
+        if ready:
+            yield ready
+            held = held[len(ready):]
+
+
 @torch.inference_mode()
-def generate_texts(model, tokenizer, pixels: list[torch.Tensor], humans: list[str], template: str,
-                   max_new_tokens: int) -> list[str]:
-    """Findings for each (image, human turn), decoded greedily in one left-padded batch."""
+def generate_findings(model, tokenizer, pixels: list[torch.Tensor], humans: list[str], template: str,
+                      sampling: Sampling, streamer=None) -> list[Generated]:
+    """Findings for each (image, human turn), decoded in one left-padded batch; a `streamer`
+    (transformers' TextIteratorStreamer, one item only) receives the tokens as they are generated."""
     tokens = num_image_tokens(model)
     items = [{"input_ids": encode_prompt(tokenizer, render_prompt(template, human), tokens), "pixel_values": p}
              for p, human in zip(pixels, humans)]
     batch = collate(items, tokenizer.pad_token_id, left_pad=True)
     parameter = next(model.parameters())
-    # A model trained on the plain template ends its findings with PLAIN_END, not EOS.
-    stop = {} if ends_with_eos(template) else {"stop_strings": [PLAIN_END], "tokenizer": tokenizer}
+    stops = stop_strings(template, sampling)
+    decoding = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+                if sampling.temperature > 0 else {"do_sample": False})
     out = model.generate(
         input_ids=batch["input_ids"].to(parameter.device),
         attention_mask=batch["attention_mask"].to(parameter.device),
         pixel_values=batch["pixel_values"].to(parameter.device, dtype=parameter.dtype),
-        max_new_tokens=max_new_tokens, do_sample=False,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **stop,
+        max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, streamer=streamer, **decoding,
+        **({"stop_strings": stops, "tokenizer": tokenizer} if stops else {}),
     )
-    texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [t.split(PLAIN_END)[0].strip() if stop else t.strip() for t in texts]
+    return [_finished(row.tolist(), tokenizer, stops, sampling.max_new_tokens)
+            for row in out[:, batch["input_ids"].shape[1]:]]
+
+
+def _finished(ids: list[int], tokenizer, stops: list[str], max_new_tokens: int) -> Generated:
+    """One generated row: finished sequences are padded to the batch's longest with the pad id."""
+    if tokenizer.eos_token_id in ids:
+        ids = ids[:ids.index(tokenizer.eos_token_id) + 1]
+    else:
+        while ids and ids[-1] == tokenizer.pad_token_id:
+            ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = first_stop(text, stops)
+    stopped = cut is not None or (ids and ids[-1] == tokenizer.eos_token_id) or len(ids) < max_new_tokens
+    return Generated(text[:cut].strip(), len(ids), "stop" if stopped else "length")
+
+
+def generate_texts(model, tokenizer, pixels: list[torch.Tensor], humans: list[str], template: str,
+                   max_new_tokens: int) -> list[str]:
+    """Greedy findings for each (image, human turn), as evaluation writes them."""
+    return [g.text for g in generate_findings(model, tokenizer, pixels, humans, template, Sampling(max_new_tokens))]

@@ -2,7 +2,10 @@
 dynamic batching, behind a report endpoint and an OpenAI-compatible chat endpoint.
 
     POST /v1/reports             multipart (image file, indication) or JSON {image_base64, indication}
-    POST /v1/chat/completions    OpenAI chat format, the image as an image_url data URL; stream=true works
+    POST /v1/chat/completions    OpenAI chat format, the image as an image_url data URL; stream=true sends
+                                 tokens as they are generated; max_tokens (max_completion_tokens),
+                                 temperature (default 0: greedy, as reports should be), top_p and stop
+                                 are honoured within the server's max_new_tokens
     GET  /v1/models              the served model
     GET  /healthz                liveness (no auth)
 
@@ -16,7 +19,9 @@ import binascii
 import hmac
 import json
 import os
+import threading
 import time
+from collections import defaultdict
 import uuid
 from pathlib import Path
 
@@ -26,12 +31,22 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
+from transformers import TextIteratorStreamer
 
 from radlab.config import ConfigError, is_loopback_host, read_yaml
 from radlab.formats.images import ImageError, decode_image, to_tensor
 from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
 from radlab.model.checkpoint import load_checkpoint
-from radlab.model.generation import generate_texts, inference_model, num_image_tokens, pick_device_dtype
+from radlab.model.generation import (
+    Generated,
+    Sampling,
+    generate_findings,
+    inference_model,
+    num_image_tokens,
+    pick_device_dtype,
+    stop_strings,
+    until_stop,
+)
 
 
 class ServeArgs(BaseModel):
@@ -97,10 +112,21 @@ class ReportServer:
 
     # -- the batched core ---------------------------------------------------------------------
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate(self, items: list[tuple[torch.Tensor, str]]) -> list[str]:
+    async def generate(self, items: list[tuple[torch.Tensor, str, Sampling]]) -> list[Generated]:
+        """One batch of requests, generated together per sampling setting (the default one for
+        most), off the event loop so that the next requests are parsed meanwhile."""
         self.batch_size.observe(len(items))
-        return generate_texts(self.model, self.tokenizer, [p for p, _ in items], [h for _, h in items],
-                              self.template, self.args.max_new_tokens)
+        groups: dict[Sampling, list[int]] = defaultdict(list)
+        for i, (_, _, sampling) in enumerate(items):
+            groups[sampling].append(i)
+        results: list[Generated | None] = [None] * len(items)
+        for sampling, members in groups.items():
+            generated = await asyncio.to_thread(generate_findings, self.model, self.tokenizer,
+                                                [items[i][0] for i in members], [items[i][1] for i in members],
+                                                self.template, sampling)
+            for i, one in zip(members, generated):
+                results[i] = one
+        return results
 
     # -- request handling -----------------------------------------------------------------------
     def _check(self, request: Request) -> None:
@@ -205,7 +231,7 @@ class ReportServer:
             pixels = await asyncio.to_thread(self._pixels, data, name)  # decoding beside the batch, off the event loop
             human = findings_prompt(indication.replace("\n", " "))
             started = time.perf_counter()
-            findings = await self.generate((pixels, human))
+            findings = (await self.generate((pixels, human, Sampling(self.args.max_new_tokens)))).text
             return {"findings": findings, "model": self.args.model_name, "version": self.version,
                     "timings_ms": {"generate": round((time.perf_counter() - started) * 1000, 1)}}
         return await self._run("reports", handle)
@@ -229,24 +255,53 @@ class ReportServer:
             text, images = self._parse_content(user.get("content"))
             if len(images) != 1:
                 raise RequestError(400, f"the user message needs exactly one image_url, got {len(images)}")
+            sampling = self._sampling(body)
             pixels = await asyncio.to_thread(self._pixels, images[0], "image_url")
             human = f"<image>\n{text}" if text else findings_prompt("")
-            findings = await self.generate((pixels, human))
             completion_id = f"chatcmpl-{uuid.uuid4().hex[:16]}"
             if body.get("stream"):
-                return StreamingResponse(self._stream(completion_id, findings), media_type="text/event-stream")
+                usage = isinstance(body.get("stream_options"), dict) and body["stream_options"].get("include_usage")
+                return StreamingResponse(self._stream(completion_id, pixels, human, sampling, bool(usage)),
+                                         media_type="text/event-stream")
+            generated = await self.generate((pixels, human, sampling))
             return {"id": completion_id, "object": "chat.completion", "created": int(time.time()),
                     "model": self.args.model_name,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": findings}}],
-                    "usage": self._usage(human, findings)}
+                    "choices": [{"index": 0, "finish_reason": generated.finish_reason,
+                                 "message": {"role": "assistant", "content": generated.text}}],
+                    "usage": self._usage(human, generated)}
         return await self._run("chat", handle)
 
-    def _usage(self, human: str, findings: str) -> dict:
-        """Token counts as the model saw them: the prompt with its image tokens, and the findings."""
+    def _sampling(self, body: dict) -> Sampling:
+        """The request's decoding settings, each checked against what this server allows."""
+        limit = self.args.max_new_tokens
+        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        max_tokens = limit if max_tokens is None else max_tokens
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= limit:
+            raise RequestError(400, f"max_tokens must be a whole number from 1 to {limit} (this server's "
+                                    f"max_new_tokens), got {max_tokens!r}")
+        numbers = {}
+        for name, default, low, high in (("temperature", 0.0, 0.0, 2.0), ("top_p", 1.0, 0.0, 1.0)):
+            value = body.get(name)
+            value = default if value is None else value
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+                raise RequestError(400, f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+            numbers[name] = float(value)
+        if numbers["top_p"] == 0:
+            raise RequestError(400, "top_p must be above 0")
+        stop = body.get("stop")
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+            raise RequestError(400, "stop must be a non-empty string or a list of at most 4 of them")
+        if body.get("n", 1) not in (None, 1):
+            raise RequestError(400, f"n must be 1: this server returns one choice per request, got {body['n']!r}")
+        return Sampling(max_tokens, numbers["temperature"], numbers["top_p"], tuple(stop))
+
+    def _usage(self, human: str, generated: Generated) -> dict:
+        """Token counts as the model saw them: the prompt with its image tokens, and the tokens
+        generated (the end-of-sequence token included)."""
         prompt = len(encode_prompt(self.tokenizer, render_prompt(self.template, human), num_image_tokens(self.model)))
-        completion = len(self.tokenizer(findings, add_special_tokens=False)["input_ids"])
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"prompt_tokens": prompt, "completion_tokens": generated.tokens,
+                "total_tokens": prompt + generated.tokens}
 
     @staticmethod
     def _parse_content(content) -> tuple[str, list[bytes]]:
@@ -274,17 +329,43 @@ class ReportServer:
                     raise RequestError(400, "image_url holds invalid base64") from None
         return " ".join(texts).strip(), images
 
-    def _stream(self, completion_id: str, text: str):
+    def _stream(self, completion_id: str, pixels: torch.Tensor, human: str, sampling: Sampling,
+                include_usage: bool):
+        """Server-sent chunks of one request's findings as the tokens are generated: the generation
+        runs in its own thread and feeds a TextIteratorStreamer (batching is for unstreamed
+        requests). Starlette iterates this generator in its thread pool."""
         def chunk(delta: dict, finish: str | None = None) -> str:
             return "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk",
                                           "created": int(time.time()), "model": self.args.model_name,
                                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        outcome: dict = {}
+
+        def run() -> None:
+            try:
+                outcome["generated"] = generate_findings(self.model, self.tokenizer, [pixels], [human], self.template,
+                                                         sampling, streamer)[0]
+            except Exception as err:  # the stream ends with the error instead of hanging
+                outcome["error"] = f"{type(err).__name__}: {err}"
+                streamer.end()
+
+        worker = threading.Thread(target=run, name=f"radlab-stream-{completion_id}", daemon=True)
+        worker.start()
         yield chunk({"role": "assistant", "content": ""})
-        words = text.split(" ")
-        for i, word in enumerate(words):
-            yield chunk({"content": word if i == 0 else " " + word})
-        yield chunk({}, "stop")
+        for piece in until_stop(streamer, stop_strings(self.template, sampling)):
+            yield chunk({"content": piece})
+        worker.join()
+        if "error" in outcome:
+            yield "data: " + json.dumps({"error": {"message": f"generation failed: {outcome['error']}",
+                                                   "type": "server_error"}}) + "\n\n"
+        else:
+            generated = outcome["generated"]
+            yield chunk({}, generated.finish_reason)
+            if include_usage:
+                yield "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk",
+                                              "created": int(time.time()), "model": self.args.model_name,
+                                              "choices": [], "usage": self._usage(human, generated)}) + "\n\n"
         yield "data: [DONE]\n\n"
 
 

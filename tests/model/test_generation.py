@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from radlab.config import ModelConfig
+from radlab.model.build import build_model
+from radlab.model.generation import Sampling, generate_findings, until_stop
+
+HUMAN = "<image>\nDescribe the findings."
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    torch.manual_seed(0)
+    return build_model(ModelConfig.model_validate({"preset": "tiny"}), tokenizer).eval()
+
+
+@pytest.mark.parametrize("pieces, stops, shown", [
+    ([" Heart", " size", " normal.", " \n"], [], ["Heart", " size", " normal."]),
+    (["No eff", "usion. ST", "OP here"], ["STOP"], ["No eff", "usion."]),
+    (["left ", "S", "T", "Ox"], ["STOP"], ["left", " STOx"]),  # a stop's beginning is held, then shown
+    (["a\nb"], ["\n"], ["a"]),
+    (["   ", "\n"], ["\n"], []),
+])
+def test_streamed_pieces_join_to_the_unstreamed_text(pieces, stops, shown):
+    assert list(until_stop(pieces, stops)) == shown
+
+
+def sample(model, tokenizer, pixels, sampling, seed=3):
+    torch.manual_seed(seed)
+    return generate_findings(model, tokenizer, pixels, [HUMAN] * len(pixels), "vicuna_v1", sampling)
+
+
+def test_max_tokens_stop_and_token_counts(model, tokenizer):
+    pixels = [torch.randn(3, 64, 64), torch.randn(3, 64, 64)]
+    full = sample(model, tokenizer, pixels, Sampling(24, temperature=1.0))
+    assert all(g.text and g.tokens <= 24 for g in full)
+    short = sample(model, tokenizer, pixels, Sampling(3, temperature=1.0))
+    assert [(g.tokens, g.finish_reason) for g in short] == [(3, "length")] * 2
+    assert all(f.text.startswith(s.text) for f, s in zip(full, short))
+    text = full[0].text
+    # Three characters from the middle (a stop string may also match across the prompt's end, "ASSISTANT:").
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    assert stop and not stop.startswith(":")
+    stopped = sample(model, tokenizer, pixels, Sampling(24, temperature=1.0, stop=(stop,)))[0]
+    assert stopped.finish_reason == "stop" and stopped.text == text[:text.find(stop)].strip()
+    assert stopped.tokens < full[0].tokens
+
+
+def test_greedy_is_deterministic_and_temperature_samples(model, tokenizer):
+    pixels = [torch.randn(3, 64, 64)]
+    greedy = {sample(model, tokenizer, pixels, Sampling(12), seed)[0].text for seed in range(2)}
+    sampled = {sample(model, tokenizer, pixels, Sampling(12, temperature=1.5), seed)[0].text for seed in range(4)}
+    assert len(greedy) == 1 and len(sampled) > 1

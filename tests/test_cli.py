@@ -1,11 +1,18 @@
 """The command line as a user types it (typer's runner, real judges and stores)."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
+import yaml
 from typer.testing import CliRunner
 
 from radlab.cli import app
 from radlab.data.synthetic import Finding, write_findings
+
+from .conftest import experiment_dict
 
 runner = CliRunner()
 EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
@@ -144,3 +151,31 @@ def test_eval_of_a_checkpoint_that_names_nothing_leaves_no_run(tmp_path, monkeyp
     assert result.exit_code == 2 and "the registry has no versions of 'nothing'" in result.output
     client = MlflowClient(f"sqlite:///{tmp_path}/radlab_runs/mlflow.db")
     assert client.search_runs([client.get_experiment_by_name("e").experiment_id]) == []
+
+
+def test_run_prints_each_thing_once_and_ends_saying_where_everything_is(synthetic_root, tmp_path):
+    raw = experiment_dict(synthetic_root, tmp_path, eval={"compare_untrained": False}, ray={"workers": 1})
+    raw["name"] = "console"
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "COLUMNS": "120"}
+    done = subprocess.run([sys.executable, "-m", "radlab.cli", "run", "exp.yaml"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout
+    lines = done.stdout.splitlines()
+    # Fits on one screen: the judge's plan, where Ray logs, each stage's progress, the evaluation's
+    # counts, examples and table, and where everything is; nothing from Ray, MLflow or the workers.
+    assert len(lines) <= 45, "\n".join(lines)
+    noise = [line for line in lines if re.search(r"\b(INFO|WARNING|Traceback|RayTrainWorker|PlacementGroup)\b", line)]
+    assert noise == [], "\n".join(noise)
+    worded = [line for line in lines if re.search(r"[a-z]{3}", line) and not line.lstrip().startswith(("reference:",
+                                                                                                      "generated:"))]
+    assert len(worded) == len(set(worded)), "\n".join(worded)
+    found = re.search(r"MLflow run +(\w{32}) in experiment 'console'", lines[-4])
+    assert found, "\n".join(lines)
+    run_id = found[1]
+    assert lines[-5:] == ["done",
+                          f"  MLflow run   {run_id} in experiment 'console'; browse: radlab ui --backend {store}",
+                          f"  checkpoint   {tmp_path}/ray/checkpoints/{lines[-3].rsplit('/', 1)[1]}",
+                          "  model        models:/radlab-test@candidate (version 1)",
+                          "  serve it     radlab serve --model models:/radlab-test@candidate"]  # the store is in the environment

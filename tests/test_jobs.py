@@ -84,7 +84,7 @@ def test_submit_runs_an_experiment_on_the_cluster(cluster, mlflow_server, synthe
     result = CliRunner().invoke(app, ["submit", "experiments/exp.yaml", "--address", address, "--set", "stage2.lr=1e-3"])
     assert result.exit_code == 0, result.output
     assert "submitted radlab-jobs-test-" in result.output and "[stage2] step 4/4" in result.output
-    assert "registered radlab-jobs-test version" in result.output and "SUCCEEDED" in result.output
+    assert "models:/radlab-jobs-test@candidate (version 1)" in result.output and "SUCCEEDED" in result.output
     listed = CliRunner().invoke(app, ["jobs", "list", "--address", address])
     assert "jobs-test" in listed.output and "SUCCEEDED" in listed.output
     job_id = re.search(r"submitted (radlab-jobs-test-\S+)", result.output)[1]

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from radlab.cli_data import data_app
-from radlab.config import ConfigError, Experiment, load_experiment, with_absolute_paths
+from radlab.config import ConfigError, Experiment, TrackingConfig, load_experiment, with_absolute_paths
 from radlab.errors import RadlabError
 from radlab.terminal import console, err_console, or_exit
 
@@ -96,7 +96,25 @@ def run(path: Path, overrides: Overrides = None,
         err_console.print(f"[yellow]interrupted[/]: the runs are marked KILLED and nothing was registered; run "
                           f"`radlab run {path}` again to resume", highlight=False)
         raise typer.Exit(130) from None
-    console.print(f"[green]done[/] checkpoint {summary.checkpoint}  MLflow run {summary.parent_run_id}")
+    for line in where_it_is(experiment, summary):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def where_it_is(experiment, summary) -> list[str]:
+    """The closing lines of a run: where its results are and what to type next."""
+    from radlab.tracking.runs import CANDIDATE, tracking_uri
+
+    uri = tracking_uri(experiment.tracking)
+    browse = uri if uri.startswith(("http://", "https://")) else f"radlab ui --backend {uri}"
+    lines = ["[green]done[/]",
+             f"  MLflow run   {summary.parent_run_id} in experiment '{experiment.name}'; browse: {browse}",
+             f"  checkpoint   {summary.checkpoint}"]
+    if summary.model_version:
+        model = f"models:/{experiment.tracking.register_as}@{CANDIDATE}"
+        serve_env = "" if uri == tracking_uri(TrackingConfig()) else f"MLFLOW_TRACKING_URI={uri} "
+        lines += [f"  model        {model} (version {summary.model_version})",
+                  f"  serve it     {serve_env}radlab serve --model {model}"]
+    return lines
 
 
 @app.command()
@@ -229,7 +247,6 @@ def export(
     """Export a report model for use without radlab (transformers' LLaVA classes)."""
     import tempfile
 
-    from radlab.config import TrackingConfig
     from radlab.model.export import export_hf
     from radlab.tracking.runs import fetch_checkpoint, tracking_uri
 
@@ -389,7 +406,7 @@ def serve_command(
     import httpx
     from ray import serve
 
-    from radlab.config import RayConfig, TrackingConfig
+    from radlab.config import RayConfig
     from radlab.runtime import init_ray
     from radlab.serve.app import build_app, deploy_failure, read_serve_config, with_auth_for
     from radlab.tracking.runs import tracking_uri

@@ -23,7 +23,7 @@ from radlab.model.build import check_tokenizer_fits, embedding_rows
 from radlab.model.memory import experiment_plans
 from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
-from radlab.tracking.runs import CANDIDATE, Tracker
+from radlab.tracking.runs import Tracker
 from radlab.train.stages import STAGES, finished_stage, run_stage, stage_key, stage_steps, storage_path
 
 
@@ -142,7 +142,8 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
         tracker.log_datasets(parent, cards)
         for line in left_out_lines(cards):
             console.print(line, highlight=False, soft_wrap=True)
-        console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}")
+        console.print(f"MLflow run [bold]{parent}[/] in experiment '{experiment.name}' at {tracker.uri}",
+                      highlight=False, soft_wrap=True)
         for stage in STAGES:
             if not getattr(experiment, stage).enabled:
                 continue
@@ -185,9 +186,6 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             summary = "" if headline is None else (f" CheXprompt significant errors per report: {headline:.3f} on "
                                                    f"the {experiment.eval.split} split.")
             version = tracker.register(parent, source, description=describe(experiment) + summary) if register else None
-            if version:
-                console.print(f"registered [bold]{experiment.tracking.register_as}[/] version {version} as "
-                              f"models:/{experiment.tracking.register_as}@{CANDIDATE}")
         tracker.finish(parent)
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))

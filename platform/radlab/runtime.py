@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -49,15 +50,27 @@ def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
     if ray.is_initialized():
         return None
     address = config.address or os.environ.get("RAY_ADDRESS")  # a Ray job's driver gets RAY_ADDRESS
+    # Quiet, the driver's own Ray messages (start-up notes, warnings) go to a file beside the
+    # workers' logs; only errors reach the console.
+    level = logging.INFO if verbose else logging.ERROR
     if address:
-        context = ray.init(address=address, log_to_driver=verbose)
+        context = ray.init(address=address, log_to_driver=verbose, logging_level=level)
     else:
         cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
         # address="local": a Ray of its own, even where another Ray runs on this machine.
         context = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
-                           runtime_env={"env_vars": LOOPBACK_ENV})
+                           runtime_env={"env_vars": LOOPBACK_ENV}, logging_level=level)
     end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
-    return os.path.join(context.address_info["session_dir"], "logs")
+    logs = os.path.join(context.address_info["session_dir"], "logs")
+    if not verbose:
+        driver = logging.getLogger("ray")
+        for handler in driver.handlers:
+            handler.setLevel(logging.ERROR)
+        to_file = logging.FileHandler(os.path.join(logs, "radlab-driver.log"), encoding="utf-8")
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        driver.addHandler(to_file)
+        driver.setLevel(logging.INFO)
+    return logs
 
 
 def check_resources(config: RayConfig) -> None:

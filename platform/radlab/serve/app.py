@@ -21,8 +21,8 @@ import json
 import os
 import threading
 import time
-from collections import defaultdict
 import uuid
+from collections import defaultdict
 from pathlib import Path
 
 import torch

@@ -57,7 +57,16 @@ def test_run_logs_parent_and_stage_runs_and_registers(finished):
     assert version.run_id == summary.parent_run_id
     evaluation = {a.path for a in client.list_artifacts(summary.parent_run_id, "eval/trained")}
     assert {"eval/trained/predictions.jsonl", "eval/trained/judgments.jsonl", "eval/trained/per_report.json",
-            "eval/trained/intervals.json"} <= evaluation
+            "eval/trained/intervals.json", "eval/trained/grounding.json"} <= evaluation
+    # The grounding checks, on by default on the synthetic set: every report generated again on a
+    # blank image, compared with its real generation; errors per attribute of the reference findings.
+    assert 0 <= metrics["grounding/blank_image_rouge_l"] <= 100
+    assert 0 <= metrics["grounding/blank_image_identical_share"] <= 1
+    assert {"grounding/attribute_errors/finding", "grounding/attribute_errors/side"} <= metrics.keys()
+    assert "grounding/blank_image_rouge_l" in intervals["metric"]
+    grounding = Tracker(parse_experiment({"name": "test-tiny", "data": {"synthetic": {}}, "tracking": {
+        "uri": client.tracking_uri}}, "t")).read_table(summary.parent_run_id, "eval/trained/grounding.json")
+    assert len(grounding["id"]) == 4 and {"generated", "mirrored_image", "blank_image"} <= grounding.keys()
     # One chart of error types, trained and untrained on one scale with their intervals.
     assert "eval/chexprompt_error_types.png" in {a.path for a in client.list_artifacts(summary.parent_run_id, "eval")}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -401,6 +402,7 @@ def serve_command(
     port: int = 8000,
     once: Annotated[Path, typer.Option(help="deploy, send this image to /v1/reports, print, shut down")] = None,
     indication: str = "",
+    verbose: Annotated[bool, typer.Option(help="show Ray's and Serve's own output (replica and access logs)")] = False,
 ) -> None:
     """Deploy a checkpoint with Ray Serve, on 127.0.0.1 unless told otherwise (CPU by default)."""
     import httpx
@@ -433,7 +435,12 @@ def serve_command(
         from radlab.tracking.runs import model_version
 
         or_exit(model_version, MlflowClient(args["tracking_uri"], registry_uri=args["tracking_uri"]), args["model"])
-    init_ray(RayConfig())
+    logs = init_ray(RayConfig(), verbose)
+    if not verbose:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's own Serve notes
+        if logs:
+            console.print(f"Ray's and Serve's own logs: {logs} (--verbose shows them here)", highlight=False,
+                          soft_wrap=True)
     serve.start(http_options={"host": host, "port": port})
     with console.status(f"deploying {args['model']}"):
         try:
@@ -444,7 +451,8 @@ def serve_command(
             raise typer.Exit(1) from None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}"
-    console.print(f"serving {args['model']} at {url}  (POST /v1/reports, /v1/chat/completions)")
+    console.print(f"serving {args['model']} at {url}  (POST /v1/reports, /v1/chat/completions)", highlight=False,
+                  soft_wrap=True)
     if once is None:
         import time
 

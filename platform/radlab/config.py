@@ -321,6 +321,10 @@ class EvalConfig(Section):
     max_failed_share: float = Field(0.05, ge=0, le=1, description="the evaluation fails (exit status 2, no model "
                                     "registered) when more than this share of judgments failed")
     bootstrap: int = Field(1000, ge=10, description="resamples for the 95% intervals")
+    grounding: bool | None = Field(None, description="generate again on mirrored and on blank images: flip "
+                                   "consistency and image reliance (and, on the synthetic set, errors per "
+                                   "attribute); None: on for the synthetic set, off elsewhere (it triples "
+                                   "generation)")
     chexbert_weights: Path | None = Field(None, description="the CheXbert labeler's chexbert.pth (StanfordAIMI "
                                           "RRG_scorers) for F1-CheXbert")
     chexbert_bert: Path | None = Field(None, description="a local bert-base-uncased folder: the labeler's "
@@ -511,6 +515,10 @@ class Experiment(Section):
     @property
     def trains_report_model(self) -> bool:
         return self.stage1.enabled or self.stage2.enabled
+
+    @property
+    def runs_grounding(self) -> bool:
+        return self.eval.grounding if self.eval.grounding is not None else self.data.synthetic is not None
 
     def digest(self) -> str:
         """A short hash of the resolved config: the key that ties reruns to their runs."""

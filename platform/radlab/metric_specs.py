@@ -46,3 +46,12 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
 )}
 SCORES: dict[str, Score] = {score.key: score for spec in METRICS.values() for score in spec.scores}
 METRIC_OF: dict[str, str] = {score.key: spec.name for spec in METRICS.values() for score in spec.scores}
+
+# The grounding checks (`eval.grounding`): numbers about the model's use of the image, shown and
+# logged beside the metrics (lower is better for all but flip consistency).
+GROUNDING: dict[str, Score] = {score.key: score for score in (
+    Score("grounding/flip_consistency", True),
+    Score("grounding/blank_image_rouge_l", False),
+    Score("grounding/blank_image_identical_share", False),
+    *(Score(f"grounding/attribute_errors/{attribute}", False) for attribute in ("finding", "side", "zone", "severity")),
+)}

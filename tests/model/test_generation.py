@@ -3,7 +3,7 @@ import torch
 
 from radlab.config import ModelConfig
 from radlab.model.build import build_model
-from radlab.model.generation import Sampling, generate_findings, until_stop
+from radlab.model.generation import Sampling, generate_batch, until_stop
 
 HUMAN = "<image>\nDescribe the findings."
 
@@ -27,7 +27,7 @@ def test_streamed_pieces_join_to_the_unstreamed_text(pieces, stops, shown):
 
 def sample(model, tokenizer, pixels, sampling, seed=3):
     torch.manual_seed(seed)
-    return generate_findings(model, tokenizer, pixels, [HUMAN] * len(pixels), "vicuna_v1", sampling)
+    return generate_batch(model, tokenizer, pixels, [HUMAN] * len(pixels), "vicuna_v1", sampling)
 
 
 def test_max_tokens_stop_and_token_counts(model, tokenizer):

@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from radlab.config import Experiment
 from radlab.data.dataset import DataError, read_jsonl, split_examples
 from radlab.formats.images import ImageError, load_image, to_tensor
@@ -14,9 +16,11 @@ from radlab.model.generation import generate_texts
 
 def generate_findings(model, tokenizer, experiment: Experiment, split: str, limit: int | None = None,
                       batch_size: int | None = None, max_new_tokens: int | None = None,
-                      progress: Callable[[int], None] | None = None) -> list[dict]:
+                      progress: Callable[[int], None] | None = None,
+                      transform: Callable[[Image.Image], Image.Image] | None = None) -> list[dict]:
     """Predictions `{id, image, indication, reference, candidate}` for the split's examples;
-    `progress(n)` after each batch of n.
+    `progress(n)` after each batch of n; `transform` changes each image first (the grounding checks
+    mirror or blank it).
 
     An image that does not decode yields a record with `error` set and no candidate, so it is
     counted rather than silently dropped.
@@ -30,7 +34,8 @@ def generate_findings(model, tokenizer, experiment: Experiment, split: str, limi
         chunk, pixels, humans, errors = examples[start:start + size], [], [], {}
         for example in chunk:
             try:
-                pixels.append(to_tensor(load_image(example.image), experiment.model.vision.image_size))
+                image = load_image(example.image)
+                pixels.append(to_tensor(transform(image) if transform else image, experiment.model.vision.image_size))
                 humans.append(example.human)
             except ImageError as err:
                 errors[example.id] = str(err)

@@ -28,12 +28,13 @@ from radlab.errors import RadlabError  # noqa: E402
 from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS, aggregate  # noqa: E402
 from radlab.evaluation.compare import compare_systems, per_report_scores  # noqa: E402
 from radlab.evaluation.generate import generate_findings, write_jsonl  # noqa: E402
+from radlab.evaluation.grounding import grounding_checks  # noqa: E402
 from radlab.evaluation.judge_client import JudgeClient, Judgment  # noqa: E402
 from radlab.evaluation.metrics import text_and_clinical  # noqa: E402
 from radlab.evaluation.preflight import judge_client  # noqa: E402
 from radlab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from radlab.evaluation.review import review_page  # noqa: E402
-from radlab.metric_specs import SCORES  # noqa: E402
+from radlab.metric_specs import GROUNDING, SCORES  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint  # noqa: E402
 from radlab.model.encoder import build_encoder, load_encoder  # noqa: E402
@@ -231,7 +232,7 @@ def log_comparison(tracker: Tracker, run_id: str, rows: list[dict], name: str) -
 
 def print_summary(console: Console, columns: dict[str, dict[str, float]], skipped: dict[str, str]) -> None:
     table = Table("metric", *columns, title="evaluation")
-    for key in SCORES:
+    for key in [*SCORES, *GROUNDING]:
         if any(key in m for m in columns.values()):
             cells = []
             for m in columns.values():
@@ -255,6 +256,11 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
         trained = generate_findings(model, loaded.tokenizer, experiment, cfg.split, cfg.limit, progress=advance)
     with counted(console, "judging", sum("candidate" in p for p in trained)) as advance:
         scored = score(experiment, trained, advance)
+    if experiment.runs_grounding:
+        with counted(console, "grounding: generating on mirrored and blank images", 2 * reports) as advance:
+            grounding, table = grounding_checks(model, loaded.tokenizer, experiment, trained, advance)
+        scored.metrics |= grounding
+        tracker.log_table(run_id, table, "eval/trained/grounding.json")
     log_evaluation(tracker, run_id, experiment, trained, scored)
     columns = {"trained": scored.metrics}
     comparison = []

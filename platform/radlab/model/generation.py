@@ -96,7 +96,7 @@ def until_stop(pieces: Iterable[str], stops: list[str]) -> Iterator[str]:
 
 
 @torch.inference_mode()
-def generate_findings(model, tokenizer, pixels: list[torch.Tensor], humans: list[str], template: str,
+def generate_batch(model, tokenizer, pixels: list[torch.Tensor], humans: list[str], template: str,
                       sampling: Sampling, streamer=None) -> list[Generated]:
     """Findings for each (image, human turn), decoded in one left-padded batch; a `streamer`
     (transformers' TextIteratorStreamer, one item only) receives the tokens as they are generated."""
@@ -136,4 +136,4 @@ def _finished(ids: list[int], tokenizer, stops: list[str], max_new_tokens: int) 
 def generate_texts(model, tokenizer, pixels: list[torch.Tensor], humans: list[str], template: str,
                    max_new_tokens: int) -> list[str]:
     """Greedy findings for each (image, human turn), as evaluation writes them."""
-    return [g.text for g in generate_findings(model, tokenizer, pixels, humans, template, Sampling(max_new_tokens))]
+    return [g.text for g in generate_batch(model, tokenizer, pixels, humans, template, Sampling(max_new_tokens))]

@@ -40,7 +40,7 @@ from radlab.model.checkpoint import load_checkpoint
 from radlab.model.generation import (
     Generated,
     Sampling,
-    generate_findings,
+    generate_batch,
     inference_model,
     num_image_tokens,
     pick_device_dtype,
@@ -121,7 +121,7 @@ class ReportServer:
             groups[sampling].append(i)
         results: list[Generated | None] = [None] * len(items)
         for sampling, members in groups.items():
-            generated = await asyncio.to_thread(generate_findings, self.model, self.tokenizer,
+            generated = await asyncio.to_thread(generate_batch, self.model, self.tokenizer,
                                                 [items[i][0] for i in members], [items[i][1] for i in members],
                                                 self.template, sampling)
             for i, one in zip(members, generated):
@@ -344,7 +344,7 @@ class ReportServer:
 
         def run() -> None:
             try:
-                outcome["generated"] = generate_findings(self.model, self.tokenizer, [pixels], [human], self.template,
+                outcome["generated"] = generate_batch(self.model, self.tokenizer, [pixels], [human], self.template,
                                                          sampling, streamer)[0]
             except Exception as err:  # the stream ends with the error instead of hanging
                 outcome["error"] = f"{type(err).__name__}: {err}"

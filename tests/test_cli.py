@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from radlab.cli import app
 from radlab.data.synthetic import Finding, write_findings
 
-from .conftest import experiment_dict
+from .conftest import experiment_dict, free_port
 
 runner = CliRunner()
 EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
@@ -179,3 +179,11 @@ def test_run_prints_each_thing_once_and_ends_saying_where_everything_is(syntheti
                           f"  checkpoint   {tmp_path}/ray/checkpoints/{lines[-3].rsplit('/', 1)[1]}",
                           "  model        models:/radlab-test@candidate (version 1)",
                           "  serve it     radlab serve --model models:/radlab-test@candidate"]  # the store is in the environment
+    # The quickstart's last step, as the closing lines say: the registered model answers one request.
+    image = synthetic_root / "images" / "test" / "000000.png"
+    served = subprocess.run([sys.executable, "-m", "radlab.cli", "serve", "--model", "models:/radlab-test@candidate",
+                             "--port", str(free_port()), "--once", str(image)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert served.returncode == 0, served.stdout
+    lines = served.stdout.splitlines()
+    assert len(lines) <= 5 and f"{image} -> " in served.stdout and "(model radlab stage2@4" in lines[-1], served.stdout

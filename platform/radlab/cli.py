@@ -406,6 +406,7 @@ def serve_command(
 ) -> None:
     """Deploy a checkpoint with Ray Serve, on 127.0.0.1 unless told otherwise (CPU by default)."""
     import httpx
+    import ray
     from ray import serve
 
     from radlab.config import RayConfig
@@ -460,20 +461,21 @@ def serve_command(
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            serve.shutdown()
+            serve.delete("radlab")
         return
     key = os.environ.get(args["api_key_env"], "") if args.get("api_key_env") else ""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with open(once, "rb") as fh:
         reply = httpx.post(f"{url}/v1/reports", files={"image": (once.name, fh)}, data={"indication": indication},
                            headers=headers, timeout=120)
-    serve.shutdown()
+    serve.delete("radlab")  # this application only: on a cluster, others keep serving
+    ray.shutdown()
     if reply.status_code != 200:
         err_console.print(f"[red]{reply.status_code}[/] {reply.text}")
         raise typer.Exit(1)
     answer = reply.json()
     console.print(f"[bold]{once}[/] -> {answer['findings']}\n(model {answer['model']} {answer['version']}, "
-                  f"{answer['timings_ms']['generate']} ms)")
+                  f"{answer['timings_ms']['generate']} ms)", highlight=False, soft_wrap=True)
 
 
 @app.command()

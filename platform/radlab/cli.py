@@ -421,7 +421,7 @@ def serve_command(
         err_console.print(f"--once {once}: no such image file")
         raise typer.Exit(2)
     config = config or (LOCAL_SERVE if LOCAL_SERVE.is_file() else None)
-    args, config_host = or_exit(read_serve_config, config) if config else ({}, "127.0.0.1")
+    args, config_host, actor_options = or_exit(read_serve_config, config) if config else ({}, "127.0.0.1", {})
     host = host or config_host
     args = or_exit(with_auth_for, host, args)
     if model:
@@ -445,7 +445,7 @@ def serve_command(
     serve.start(http_options={"host": host, "port": port})
     with console.status(f"deploying {args['model']}"):
         try:
-            serve.run(build_app(args), name="radlab", route_prefix="/", blocking=False)
+            serve.run(build_app(args, actor_options), name="radlab", route_prefix="/", blocking=False)
         except RuntimeError:
             err_console.print(f"[red]deploy failed[/]\n{deploy_failure('radlab')}", highlight=False)
             serve.shutdown()

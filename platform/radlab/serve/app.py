@@ -25,6 +25,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import ray
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -96,6 +97,9 @@ class ReportServer:
         folder = resolve_model(self.args.model, self.args.tracking_uri)
         loaded = load_checkpoint(folder)  # an error here fails the deployment with its reason
         self.device, self.dtype = pick_device_dtype(self.args.device, self.args.dtype)
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        if self.device.type == "cpu" and cpus:
+            torch.set_num_threads(max(1, int(cpus)))  # as many threads as the replica has CPUs (ray_actor_options)
         self.model = inference_model(loaded.model, self.device, self.dtype)
         self.tokenizer = loaded.tokenizer
         self.template = loaded.meta.get("template", "vicuna_v1")
@@ -380,15 +384,18 @@ def deploy_failure(app_name: str) -> str:
 TOKEN_ENV = "RADLAB_SERVE_TOKEN"
 
 
-def read_serve_config(path: Path) -> tuple[dict, str]:
-    """(the first application's args, the HTTP host) of a Serve config file; ConfigError naming the
-    file for one that is not UTF-8, not YAML, or holds no application."""
+def read_serve_config(path: Path) -> tuple[dict, str, dict]:
+    """(the first application's args, the HTTP host, its deployment's ray_actor_options) of a Serve
+    config file; ConfigError naming the file for one that is not UTF-8, not YAML, or holds no
+    application."""
     raw = read_yaml(path)
     applications = raw.get("applications") if isinstance(raw, dict) else None
     if not applications or not isinstance(applications[0], dict):
         raise ConfigError(f"{path}: a Serve config needs applications: [{{import_path: ..., args: ...}}]")
     http = raw.get("http_options") or {}
-    return dict(applications[0].get("args") or {}), str(http.get("host", "127.0.0.1"))
+    deployments = applications[0].get("deployments") or [{}]
+    actor = deployments[0].get("ray_actor_options") if isinstance(deployments[0], dict) else None
+    return dict(applications[0].get("args") or {}), str(http.get("host", "127.0.0.1")), dict(actor or {})
 
 
 def with_auth_for(host: str, args: dict) -> dict:
@@ -404,7 +411,10 @@ def with_auth_for(host: str, args: dict) -> dict:
     return {**args, "api_key_env": variable}
 
 
-def build_app(args: dict) -> serve.Application:
-    """Serve's application builder: `import_path: radlab.serve.app:build_app` with `args:`."""
+def build_app(args: dict, ray_actor_options: dict | None = None) -> serve.Application:
+    """Serve's application builder: `import_path: radlab.serve.app:build_app` with `args:` (a Serve
+    config's `deployments:` set the replica's resources); `ray_actor_options` for a caller in code."""
     parsed = ServeArgs.model_validate(args)
-    return ReportServer.options(max_ongoing_requests=max(32, parsed.max_batch_size * 2)).bind(parsed.model_dump())
+    options = {"ray_actor_options": ray_actor_options} if ray_actor_options else {}
+    return ReportServer.options(max_ongoing_requests=max(32, parsed.max_batch_size * 2), **options).bind(
+        parsed.model_dump())

@@ -1,0 +1,26 @@
+"""The table of every figure the benchmarks recorded (RADLAB_BENCHMARK_RESULTS), as Markdown.
+
+    python benchmarks/table.py benchmarks/results.jsonl > benchmarks/results.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(path: str) -> None:
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    if not rows:
+        sys.exit(f"{path}: no figures recorded")
+    print(f"Measured {rows[0]['date']} on {rows[0]['cpus']} CPU cores; medians (min-max) over alternating rounds.\n")
+    print("| benchmark | measure | radlab | baseline | ratio | goal | met |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        print(f"| {r['benchmark']} | {r['measure']} | {r['ours']} {r['unit']} | {r['baseline']} | {ratio} | "
+              f"{r['goal']} | {'yes' if r['met'] else '**no**'} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -1,5 +1,5 @@
 """Serving throughput against the best plain baseline: reports per second of `radlab serve` (one
-CPU replica, dynamic batching up to 32) at concurrency 1, 8 and 32 against the same model calling
+CPU replica, adaptive batching up to 32) at concurrency 1, 8 and 32 against the same model calling
 `generate` in-process on batches of the same size with as many threads as the replica has CPUs
 (PNG decoding included on both sides); the two sides alternate over rounds.
 
@@ -89,7 +89,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--replica-cpus", type=int, default=1)
-    parser.add_argument("--batch-wait", type=float, default=0.02, help="the batch window, batch_wait_timeout_s")
+    parser.add_argument("--batch-wait", type=float, default=0.1, help="batch_wait_timeout_s: the batch window's ceiling")
+    parser.add_argument("--batch-idle", type=float, default=0.005, help="batch_idle_s: a batch goes after this gap")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         experiment = parse_experiment({"name": "bench", "data": {"synthetic": {
@@ -104,7 +105,8 @@ def main() -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": 8799})
         serve.run(build_app({"model": str(folder), "max_new_tokens": args.max_new_tokens, "max_batch_size": 32,
-                             "batch_wait_timeout_s": args.batch_wait}, {"num_cpus": args.replica_cpus}),
+                             "batch_wait_timeout_s": args.batch_wait, "batch_idle_s": args.batch_idle},
+                            {"num_cpus": args.replica_cpus}),
                   name="batched", route_prefix="/batched")
         url = "http://127.0.0.1:8799/batched"
         payloads = images(args.requests)

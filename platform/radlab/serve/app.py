@@ -1,5 +1,6 @@
 """The Ray Serve application: a checkpoint loaded once per replica, findings generated with
-dynamic batching, behind a report endpoint and an OpenAI-compatible chat endpoint.
+adaptive batching (serve/batching.py), behind a report endpoint and an OpenAI-compatible chat
+endpoint.
 
     POST /v1/reports             multipart (image file, indication) or JSON {image_base64, indication}
     POST /v1/chat/completions    OpenAI chat format, the image as an image_url data URL; stream=true sends
@@ -48,6 +49,7 @@ from radlab.model.generation import (
     stop_strings,
     until_stop,
 )
+from radlab.serve.batching import AdaptiveBatcher
 
 
 class ServeArgs(BaseModel):
@@ -59,7 +61,8 @@ class ServeArgs(BaseModel):
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$")
     dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$")
     max_batch_size: int = Field(8, ge=1)
-    batch_wait_timeout_s: float = Field(0.02, ge=0)
+    batch_wait_timeout_s: float = Field(0.1, ge=0, description="the longest a request waits for its batch to fill")
+    batch_idle_s: float = Field(0.005, ge=0, description="a batch goes when no request arrived for this long")
     max_new_tokens: int = Field(256, ge=1)
     api_key_env: str | None = Field(None, description="env var holding the bearer token; None: no auth")
     max_body_bytes: int = Field(20_000_000, ge=1024)
@@ -108,18 +111,19 @@ class ReportServer:
         self.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
         if self.args.api_key_env and not self.api_key:
             raise RuntimeError(f"api_key_env {self.args.api_key_env} is set in the config but empty in the environment")
-        self.generate.set_max_batch_size(self.args.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        self.batcher = AdaptiveBatcher(self._generate_batch, self.args.max_batch_size, self.args.batch_idle_s,
+                                       self.args.batch_wait_timeout_s, lambda size: self.batch_size.observe(size))
         self.requests = metrics.Counter("radlab_requests", "requests by route and status", tag_keys=("route", "status"))
         self.latency = metrics.Histogram("radlab_latency_ms", "request latency", boundaries=[10, 50, 100, 250, 500, 1000, 2500, 5000, 10000], tag_keys=("route",))
         self.batch_size = metrics.Histogram("radlab_batch_size", "generation batch size", boundaries=[1, 2, 4, 8, 16, 32, 64])
 
     # -- the batched core ---------------------------------------------------------------------
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate(self, items: list[tuple[torch.Tensor, str, Sampling]]) -> list[Generated]:
+    async def generate(self, item: tuple[torch.Tensor, str, Sampling]) -> Generated:
+        return await self.batcher.submit(item)
+
+    async def _generate_batch(self, items: list[tuple[torch.Tensor, str, Sampling]]) -> list[Generated]:
         """One batch of requests, generated together per sampling setting (the default one for
-        most), off the event loop so that the next requests are parsed meanwhile."""
-        self.batch_size.observe(len(items))
+        most), off the event loop so that the next requests are read meanwhile."""
         groups: dict[Sampling, list[int]] = defaultdict(list)
         for i, (_, _, sampling) in enumerate(items):
             groups[sampling].append(i)

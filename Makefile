@@ -42,15 +42,14 @@ test: install browser radgraph-env
 	RADLAB_TEST_RADGRAPH_PYTHON=$(abspath $(RADGRAPH_VENV))/bin/python $(PY) -m pytest -q tests --ignore=tests/test_jobs.py
 	$(PY) -m pytest -q tests/test_jobs.py
 
+# Every benchmark records its figures; the table of them all lands in benchmarks/results.md.
+BENCHMARK_RESULTS := benchmarks/results.jsonl
 benchmark: install
-	$(PY) benchmarks/train_overhead.py
-	$(PY) benchmarks/judge_throughput.py
-	$(PY) benchmarks/serve_throughput.py
-	$(PY) benchmarks/contrastive.py
-	$(PY) benchmarks/scaling.py
-	$(PY) benchmarks/gpu_generate.py
-	$(PY) benchmarks/data_pipeline.py
-	$(PY) benchmarks/sweep_overhead.py
+	rm -f $(BENCHMARK_RESULTS)
+	for script in train_overhead judge_throughput serve_throughput contrastive scaling data_pipeline \
+	    sweep_overhead gpu_generate; do \
+	  RADLAB_BENCHMARK_RESULTS=$(BENCHMARK_RESULTS) $(PY) benchmarks/$$script.py || exit 1; done
+	$(PY) benchmarks/table.py $(BENCHMARK_RESULTS) | tee benchmarks/results.md
 
 ui: install
 	$(VENV)/bin/radlab ui

@@ -10,7 +10,7 @@ import torch
 
 from radlab.config import parse_experiment
 from radlab.data.dataset import ReportDataset, load_examples
-from radlab.data.image_pipeline import image_dataset, preprocess_folder, streamed_batches
+from radlab.data.image_pipeline import image_dataset, preprocess_folder, streamed_batches, task_sizes
 from radlab.data.ingest import mimic
 from radlab.data.ingest.common import ingest
 from radlab.formats.batch import collate
@@ -63,7 +63,7 @@ def test_a_streamed_epoch_repeats_batch_for_batch(ray_session, synthetic_root, t
 
     def read(epoch: int) -> list[list[torch.Tensor]]:
         images = [str(e.image) for e in examples]
-        shards = image_dataset(images, 32, batch=4).streaming_split(2, equal=True)  # 10 tasks
+        shards = image_dataset(images, 32, batch=4).streaming_split(2, equal=True)  # tasks of at most 4 images
         with ThreadPoolExecutor(2) as pool:  # a split streams only while every worker reads
             return list(pool.map(lambda shard: [b["input_ids"] for b in streamed_batches(
                 shard, dataset, 4, tokenizer.pad_token_id, epoch)], shards))
@@ -96,3 +96,10 @@ def test_a_tiny_stage_trains_from_the_streamed_pipeline(ray_session, synthetic_r
     with checkpoint.as_directory() as folder:
         state = load_train_state(Path(folder))
     assert state["step"] == 4 and state["samples"] == 4 * 8 and state["skipped"] == 0
+
+
+def test_tasks_fill_the_cores_in_whole_waves():
+    assert task_sizes(2000, 2, 256) == (8, 250)
+    assert task_sizes(100, 16, 256) == (16, 7)
+    assert task_sizes(10, 2, 4) == (4, 3)
+    assert task_sizes(0, 2, 256) == (2, 1)

@@ -10,7 +10,8 @@ import sys
 
 
 def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
     if not rows:
         sys.exit(f"{path}: no figures recorded")
     print(f"Measured {rows[0]['date']} on {rows[0]['cpus']} CPU cores; medians (min-max) over alternating rounds.\n")

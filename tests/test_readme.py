@@ -16,7 +16,7 @@ PLACEHOLDER_FILES = {"experiments/my.yaml", "experiments/x.yaml"}  # the user's 
 
 def readme_commands() -> list[str]:
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             line = re.split(r"\s#\s", line)[0].strip()
             for part in line.split(" | "):

@@ -44,7 +44,7 @@ def test_the_window_has_a_ceiling():
 
 
 def test_a_failing_batch_fails_its_requests_only():
-    b, sizes = batcher(max_size=2, idle_s=0.05, fail_on=1)
+    b, _ = batcher(max_size=2, idle_s=0.05, fail_on=1)
 
     async def scenario():
         first = await arrivals(b, 2, 0)

@@ -27,7 +27,7 @@ from radlab.evaluation.chexprompt import bootstrap
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.metrics import rouge_l_scores
 
-SIDE = re.compile(r"\b(left|right)\b", re.I)
+SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 OTHER_SIDE = {"left": "right", "right": "left"}
 ATTRIBUTES = ("finding", "side", "zone", "severity")
 

@@ -20,7 +20,7 @@ def main(path: str) -> None:
     for r in rows:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"| {r['benchmark']} | {r['measure']} | {r['ours']} {r['unit']} | {r['baseline']} | {ratio} | "
-              f"{r['goal']} | {'yes' if r['met'] else '**no**'} |")
+              f"{r['goal']} | {'' if r['met'] is None else 'yes' if r['met'] else '**no**'} |")
 
 
 if __name__ == "__main__":

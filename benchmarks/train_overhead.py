@@ -108,9 +108,9 @@ def main() -> None:
         report("train_overhead", f"stage 1 samples/s in the loop, {name}", rates[name], rates["plain"],
                "plain loop on all threads", "samples/s", 0.95)
         report("train_overhead", f"stage 1 samples/s of wall time, {name}", walls[workers], rates["plain"],
-               "plain loop on all threads", "samples/s", 0.0)
-        check("train_overhead", f"stage start-up and checkpoint time, {name}", startups[workers], "s", 8,
-              higher_is_better=False)
+               "plain loop on all threads", "samples/s", None)
+        check("train_overhead", f"time beyond the training loop (run and worker start-up, checkpoints, tracking), "
+              f"{name}", startups[workers], "s", 8, higher_is_better=False)
 
 
 if __name__ == "__main__":

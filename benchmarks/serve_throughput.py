@@ -40,7 +40,7 @@ from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from radlab.model.generation import Sampling, generate_batch, inference_model  # noqa: E402
-from radlab.serve.app import build_app  # noqa: E402
+from radlab.serve.app import report_app  # noqa: E402
 
 
 def images(count: int) -> list[bytes]:
@@ -104,7 +104,7 @@ def main() -> None:
         torch.set_num_threads(args.replica_cpus)
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": 8799})
-        serve.run(build_app({"model": str(folder), "max_new_tokens": args.max_new_tokens, "max_batch_size": 32,
+        serve.run(report_app({"model": str(folder), "max_new_tokens": args.max_new_tokens, "max_batch_size": 32,
                              "batch_wait_timeout_s": args.batch_wait, "batch_idle_s": args.batch_idle},
                             {"num_cpus": args.replica_cpus}),
                   name="batched", route_prefix="/batched")

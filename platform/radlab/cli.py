@@ -112,7 +112,9 @@ def where_it_is(experiment, summary) -> list[str]:
              f"  checkpoint   {summary.checkpoint}"]
     if summary.model_version:
         model = f"models:/{experiment.tracking.register_as}@{CANDIDATE}"
-        serve_env = "" if uri == tracking_uri(TrackingConfig()) else f"MLFLOW_TRACKING_URI={uri} "
+        # `radlab serve` in this shell finds the store the same way unless the YAML named another
+        same_store = experiment.tracking.uri is None or os.environ.get("MLFLOW_TRACKING_URI") == uri
+        serve_env = "" if same_store else f"MLFLOW_TRACKING_URI={uri} "
         lines += [f"  model        {model} (version {summary.model_version})",
                   f"  serve it     {serve_env}radlab serve --model {model}"]
     return lines
@@ -411,7 +413,7 @@ def serve_command(
 
     from radlab.config import RayConfig
     from radlab.runtime import init_ray
-    from radlab.serve.app import build_app, deploy_failure, read_serve_config, with_auth_for
+    from radlab.serve.app import deploy_failure, read_serve_config, report_app, with_auth_for
     from radlab.tracking.runs import tracking_uri
 
     if config is not None and not config.is_file():
@@ -445,7 +447,7 @@ def serve_command(
     serve.start(http_options={"host": host, "port": port})
     with console.status(f"deploying {args['model']}"):
         try:
-            serve.run(build_app(args, actor_options), name="radlab", route_prefix="/", blocking=False)
+            serve.run(report_app(args, actor_options), name="radlab", route_prefix="/", blocking=False)
         except RuntimeError:
             err_console.print(f"[red]deploy failed[/]\n{deploy_failure('radlab')}", highlight=False)
             serve.shutdown()

@@ -415,9 +415,15 @@ def with_auth_for(host: str, args: dict) -> dict:
     return {**args, "api_key_env": variable}
 
 
-def build_app(args: dict, ray_actor_options: dict | None = None) -> serve.Application:
-    """Serve's application builder: `import_path: radlab.serve.app:build_app` with `args:` (a Serve
-    config's `deployments:` set the replica's resources); `ray_actor_options` for a caller in code."""
+def build_app(args: dict) -> serve.Application:
+    """Serve's application builder (it takes the args alone): `import_path:
+    radlab.serve.app:build_app` with `args:`; a Serve config's `deployments:` set the replica's
+    resources."""
+    return report_app(args)
+
+
+def report_app(args: dict, ray_actor_options: dict | None = None) -> serve.Application:
+    """The application for `args`, its replica with `ray_actor_options` (resources) where given."""
     parsed = ServeArgs.model_validate(args)
     options = {"ray_actor_options": ray_actor_options} if ray_actor_options else {}
     return ReportServer.options(max_ongoing_requests=max(32, parsed.max_batch_size * 2), **options).bind(

@@ -144,7 +144,10 @@ def test_openai_client_chat_plain_and_streaming(served):
     assert "".join(pieces) == text and finish == "length" and usage.completion_tokens == 48
     # Sampled text has spaces, at which the streamer lets words go as soon as they are generated:
     # the first arrives well before the last, not all at the end.
-    pieces, _, _, arrivals = streamed(client, messages, temperature=1.0)
+    for _ in range(3):  # a sample that ends early (EOS) has too few words to tell; draw again
+        pieces, _, _, arrivals = streamed(client, messages, temperature=1.0)
+        if len(pieces) > 5:
+            break
     assert len(pieces) > 5 and arrivals[0] < 0.5 * arrivals[-1], arrivals
     with pytest.raises(openai.NotFoundError, match="not served here"):
         client.chat.completions.create(model="gpt-4", messages=messages)
@@ -162,10 +165,11 @@ def test_max_tokens_stop_and_temperature_are_honoured(served):
     text = sampled.choices[0].message.content
     assert "zz" not in text and sampled.usage.completion_tokens <= 48
     for stream in (False, True):
-        options = {"stop": text[5:8], "temperature": 1.2, "top_p": 0.9}
+        # A letter sampled text is full of; the prompt ends "ASSISTANT:", so it cannot match there.
+        options = {"stop": ["e", "zz"], "temperature": 1.2, "top_p": 0.9}
         cut = streamed(client, messages, **options) if stream else \
             client.chat.completions.create(model="radlab", messages=messages, **options)
-        assert text[5:8] not in (cut.choices[0].message.content if not stream else "".join(cut[0]))
+        assert "e" not in (cut.choices[0].message.content if not stream else "".join(cut[0]))
     for wrong, field in [({"max_tokens": 49}, "max_tokens must be a whole number from 1 to 48"),
                          ({"max_tokens": 0}, "max_tokens"), ({"temperature": 3}, "temperature must be a number"),
                          ({"top_p": 0}, "top_p"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop must be"),

@@ -66,8 +66,12 @@ def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
         driver = logging.getLogger("ray")
         for handler in driver.handlers:
             handler.setLevel(logging.ERROR)
+        for earlier in [h for h in driver.handlers if getattr(h, "radlab_driver_log", False)]:
+            driver.removeHandler(earlier)  # a Ray started again in this process logs to its own folder
+            earlier.close()
         to_file = logging.FileHandler(os.path.join(logs, "radlab-driver.log"), encoding="utf-8")
         to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        to_file.radlab_driver_log = True
         driver.addHandler(to_file)
         driver.setLevel(logging.INFO)
     return logs

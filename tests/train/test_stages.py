@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 from mlflow import MlflowClient
 from torch.utils.data import DistributedSampler
 
@@ -94,12 +95,45 @@ def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, to
     assert changed  # the tiny preset tunes its encoder (vision.frozen: false)
 
 
-def test_deepspeed_zero2_stage_on_cpu(ray_session, synthetic_root, tokenizer_dir, tmp_path):
-    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, ray={"deepspeed": "zero2"}), "t")
-    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
-    with checkpoint.as_directory() as folder:
-        assert load_train_state(Path(folder))["step"] == 4
-        assert load_checkpoint(Path(folder)).meta["final"]
+def _stage_metrics(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name)) for name in ("loss", "lr")}
+
+
+def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_schedule(
+        ray_session, synthetic_root, tokenizer_dir, tmp_path):
+    """ZeRO-2 on the CPU: the loss and lr of every step after the restart equal an uninterrupted run's
+    (AdamW's partitions, the warmup-cosine schedule and the step come back from the checkpoint)."""
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking)
+    experiment_id = client.create_experiment("deepspeed-resume")
+    runs = {}
+    for attempt in ("straight", "killed"):
+        experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path / attempt, ray={"deepspeed": "zero2"},
+                                                      stage1={"max_steps": 40, "checkpoint_every": 4,
+                                                              "warmup_ratio": 0.2}), "t")
+        run_id = client.create_run(experiment_id).info.run_id
+        killed: list = []
+        killer = None
+        if attempt == "killed":
+            run_dir = tmp_path / attempt / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
+            killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
+            killer.start()
+        checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, tracking, run_id)
+        if killer is not None:
+            killer.join()
+            assert killed and client.get_metric_history(run_id, "resumed_at_step"), "the stage was not restarted"
+        with checkpoint.as_directory() as folder:
+            assert load_train_state(Path(folder))["step"] == 40
+            assert load_checkpoint(Path(folder)).meta["final"]
+            assert (Path(folder) / "deepspeed" / "state").is_dir()
+        runs[attempt] = _stage_metrics(client, run_id)
+    resumed_at = int(client.get_metric_history(run_id, "resumed_at_step")[0].value)
+    straight, killed_run = runs["straight"], runs["killed"]
+    assert [step for step, _ in killed_run["lr"]] == list(range(1, 41))
+    after = slice(resumed_at, None)
+    assert [v for _, v in killed_run["lr"][after]] == pytest.approx([v for _, v in straight["lr"][after]], rel=1e-9)
+    assert [v for _, v in killed_run["loss"][after]] == pytest.approx([v for _, v in straight["loss"][after]],
+                                                                      rel=1e-5)
 
 
 def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, tokenizer_dir, tmp_path):

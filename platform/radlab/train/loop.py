@@ -32,7 +32,7 @@ from radlab.formats.batch import collate
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
 from radlab.model.checkpoint import load_checkpoint, load_train_state, newest_intact, save_checkpoint
-from radlab.train.deepspeed import deepspeed_config
+from radlab.train.deepspeed import deepspeed_config, load_engine_state, save_engine_state
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -53,14 +53,21 @@ class Plan:
         return cls(accumulation, steps_per_epoch, total)
 
 
-def report_with_checkpoint(rank: int, metrics: dict, save: Callable[[Path], None]) -> None:
-    """Report to Ray Train: rank 0 with the checkpoint `save(folder)` writes, the other ranks without."""
-    if rank != 0:
+def report_with_checkpoint(rank: int, metrics: dict, save: Callable[[Path], None],
+                           save_shard: Callable[[Path], None] | None = None) -> None:
+    """Report to Ray Train: rank 0 with the checkpoint `save(folder)` writes, the other ranks without.
+    With `save_shard` (DeepSpeed: a collective) every rank adds its own files to the same checkpoint,
+    which Ray Train gathers into one folder."""
+    if rank != 0 and save_shard is None:
         ray.train.report(metrics, checkpoint=None)
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "checkpoint"
-        save(folder)
+        if rank == 0:
+            save(folder)
+        if save_shard is not None:
+            folder.mkdir(exist_ok=True)
+            save_shard(folder)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
@@ -145,11 +152,11 @@ def validation_loss(model, loader: DataLoader, device, autocast) -> float:
     return total / max(1, batches)
 
 
-def resume_folder(folder: Path) -> Path:
+def resume_folder(folder: Path, say: bool = True) -> Path:
     """The newest intact checkpoint at or beside the one Ray Train resumes from, saying (on rank 0)
     which damaged ones were passed over."""
     intact, problems = newest_intact(folder)
-    if problems and ray.train.get_context().get_world_rank() == 0:
+    if say and problems and ray.train.get_context().get_world_rank() == 0:
         print(f"passed over damaged checkpoints ({'; '.join(problems)}); resuming from {intact}", flush=True)
     return intact
 
@@ -253,6 +260,13 @@ def train_stage(config: dict) -> None:
         if experiment.ray.deepspeed == "none":
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+        else:
+            same_world = state.get("world", world) == world
+            if not same_world and rank == 0:
+                print(f"[{stage_name}] DeepSpeed's optimizer partitions were written by {state['world']} workers, "
+                      f"resuming on {world}: AdamW's moments start afresh (weights, step and schedule kept)", flush=True)
+            with ray.train.get_checkpoint().as_directory() as folder:
+                load_engine_state(engine, resume_folder(Path(folder), say=False), optimizer_states=same_world)
 
     dtype = DTYPES[experiment.ray.precision]
     autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if dtype and experiment.ray.deepspeed == "none" else nullcontext
@@ -263,7 +277,7 @@ def train_stage(config: dict) -> None:
     unwrapped = model
 
     def save(folder: Path, final: bool) -> None:
-        train_state = {"step": step, "samples": samples, "resumed_from": resumed_from, **totals}
+        train_state = {"step": step, "samples": samples, "resumed_from": resumed_from, "world": world, **totals}
         if experiment.ray.deepspeed == "none":
             train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
@@ -337,7 +351,9 @@ def train_stage(config: dict) -> None:
                         metrics["val_loss"] = validation_loss(unwrapped, val_loader, device, autocast)
                         step_log.log({"val_loss": metrics["val_loss"]}, step)
                         trainable.train()
-                    report_with_checkpoint(rank, metrics, partial(save, final=final))
+                    report_with_checkpoint(rank, metrics, partial(save, final=final),
+                                           None if experiment.ray.deepspeed == "none" else
+                                           partial(save_engine_state, engine))
                 window_loss, window_batches, window_items, window_tokens = 0.0, 0, 0, 0
                 window_start = time.perf_counter()
             if final:

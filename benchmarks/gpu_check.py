@@ -192,7 +192,9 @@ def fused_adam_problem() -> str | None:
     try:
         FusedAdamBuilder().load(verbose=False)
     except Exception as err:  # noqa: BLE001 - any build failure is reported, and the check goes on
-        return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+        arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+        hint = f"; TORCH_CUDA_ARCH_LIST is {arch!r}, DeepSpeed's builder reads plain versions such as 9.0" if arch else ""
+        return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}{hint}"
     return None
 
 

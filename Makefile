@@ -39,8 +39,8 @@ browser:
 # The multi-node cluster tests run in a pytest process of their own: ray.cluster_utils resets
 # process-wide Ray state that the session's embedded Ray relies on.
 test: install browser radgraph-env
-	RADLAB_TEST_RADGRAPH_PYTHON=$(abspath $(RADGRAPH_VENV))/bin/python $(PY) -m pytest -q tests --ignore=tests/test_jobs.py
-	$(PY) -m pytest -q tests/test_jobs.py
+	RADLAB_TEST_RADGRAPH_PYTHON=$(abspath $(RADGRAPH_VENV))/bin/python $(PY) -m pytest -q --durations=25 tests --ignore=tests/test_jobs.py
+	$(PY) -m pytest -q --durations=10 tests/test_jobs.py
 
 # Every benchmark records its figures; the table of them all lands in benchmarks/results.md.
 BENCHMARK_RESULTS := benchmarks/results.jsonl

@@ -81,6 +81,7 @@ def test_override_into_list_items():
     ({"use_gpu": True, "accelerator": "V100", "precision": "bf16"}, "V100 has no bf16"),
     ({"precision": "fp16"}, "fp16 needs use_gpu"),
     ({"accelerator": "A100"}, "needs use_gpu"),
+    ({"use_gpu": True, "deepspeed": "zero3"}, "deepspeed zero3: a checkpoint would hold only rank 0.s partition"),
 ])
 def test_hardware_sanity_is_checked_before_start(tmp_path, ray, message):
     with pytest.raises(ConfigError, match=message):

@@ -391,6 +391,9 @@ class RayConfig(Section):
             raise ValueError("precision fp16 needs use_gpu: true (CPUs train in fp32 or bf16)")
         if self.accelerator and not self.use_gpu:
             raise ValueError(f"accelerator {self.accelerator} needs use_gpu: true")
+        if self.deepspeed == "zero3":
+            raise ValueError("deepspeed zero3: a checkpoint would hold only rank 0's partition of the weights "
+                             "(radlab does not gather ZeRO-3's parameters); use zero2, the LLaVA-Rad recipe's")
         if self.deepspeed != "none" and self.precision == "fp16" and not self.use_gpu:
             raise ValueError("deepspeed with fp16 needs GPUs")
         return self

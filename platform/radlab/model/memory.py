@@ -2,11 +2,10 @@
 
 An estimate from the model's shapes, in the terms of the ZeRO paper (Rajbhandari et al.) and of
 Korthikanti et al.'s activation count, before anything is loaded:
-- weights: every parameter at the training precision (fp32: 4 bytes, fp16/bf16: 2), sharded
-  across the workers under ZeRO-3;
-- gradients: the trainable parameters at that precision, sharded under ZeRO-2 and -3;
+- weights: every parameter at the training precision (fp32: 4 bytes, fp16/bf16: 2);
+- gradients: the trainable parameters at that precision, sharded across the workers under ZeRO-2;
 - optimizer states: AdamW's two moments plus an fp32 master copy in mixed precision (12 bytes per
-  trainable parameter, 8 in fp32), sharded under ZeRO-2 and -3;
+  trainable parameter, 8 in fp32), sharded under ZeRO-2;
 - activations per sequence of `data.max_length` tokens (the longest a padded batch can be):
   34·s·h + 5·a·s² bytes per layer at 16 bits (no FlashAttention on V100), or only each layer's
   input with gradient checkpointing plus one layer recomputed; and the logits in 16 and 32 bits;
@@ -140,20 +139,20 @@ def stage_plan(experiment: Experiment, stage_name: str) -> Plan:
     shape = model_shape(experiment.model)
     width = 4 if ray.precision == "fp32" else 2
     world = ray.min_workers or ray.workers
-    zero = {"none": 0, "zero2": 2, "zero3": 3}[ray.deepspeed]
+    sharded = world if ray.deepspeed == "zero2" else 1  # ZeRO-2 shards gradients and optimizer states
     trainable = _trainable(shape, stage, not experiment.model.vision.frozen)
     optimizer_bytes = 8 if ray.precision == "fp32" else 12
     parts = {
-        "weights": shape.total_params * width / (world if zero == 3 else 1),
-        "gradients": trainable * width / (world if zero >= 2 else 1),
-        "optimizer": trainable * optimizer_bytes / (world if zero >= 2 else 1),
+        "weights": shape.total_params * width,
+        "gradients": trainable * width / sharded,
+        "optimizer": trainable * optimizer_bytes / sharded,
         "activations": stage.micro_batch * activation_bytes(shape, experiment.data.max_length,
                                                               stage.gradient_checkpointing),
         "overhead": OVERHEAD,
     }
     fix = (f"lower {stage_name}.micro_batch (now {stage.micro_batch})"
            + ("" if stage.gradient_checkpointing else f", set {stage_name}.gradient_checkpointing: true")
-           + ("" if zero == 3 else ", use ray.deepspeed: zero3") + " or name a larger GPU in ray.gpu_memory_gb")
+           + " or name a larger GPU in ray.gpu_memory_gb")
     return Plan(stage_name, gpu_capacity(experiment), parts, fix)
 
 

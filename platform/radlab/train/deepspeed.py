@@ -17,7 +17,7 @@ def deepspeed_config(ray: RayConfig, stage: StageConfig, accumulation: int, worl
         "train_batch_size": stage.micro_batch * accumulation * world,
         "gradient_clipping": 1.0,
         "zero_optimization": {
-            "stage": {"zero2": 2, "zero3": 3}[ray.deepspeed],
+            "stage": 2,
             "overlap_comm": ray.use_gpu,
             "contiguous_gradients": True,
         },

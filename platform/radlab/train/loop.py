@@ -231,7 +231,7 @@ def train_stage(config: dict) -> None:
             return loader
 
     val_loader = None
-    if rank == 0 and stage.val_examples and experiment.ray.deepspeed != "zero3":
+    if rank == 0 and stage.val_examples:
         val = stage_dataset(experiment, tokenizer, "val", stage.template)
         val.examples = val.examples[: stage.val_examples]
         val_loader = DataLoader(val, batch_size=stage.micro_batch, collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))

@@ -60,9 +60,9 @@ def expand(raw: dict, where: str) -> list[Trial]:
     if sweep.scheduler and sweep.scheduler.metric == "val_loss":
         experiment = parse_experiment(raw, where)
         stages = [getattr(experiment, s) for s in ("stage1", "stage2") if getattr(experiment, s).enabled]
-        if experiment.ray.deepspeed == "zero3" or not any(s.val_examples for s in stages):
+        if not any(s.val_examples for s in stages):
             raise ConfigError(f"{where}: sweep.scheduler reads val_loss, which no stage reports "
-                              "(stage1/stage2.val_examples are 0, or ray.deepspeed is zero3)")
+                              "(stage1/stage2.val_examples are 0)")
     base = {k: v for k, v in raw.items() if k != "sweep"}
     paths = list(sweep.axes)
     trials = []

@@ -1,9 +1,10 @@
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from radlab.config import LoraConfig
-from radlab.model.build import ModelError, apply_lora, build_model
-from radlab.model.checkpoint import load_checkpoint, save_checkpoint
+from radlab.model.build import ModelError, apply_lora, build_model, set_trainable
+from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_trainable, save_checkpoint
 
 from .test_build import inputs, tiny
 
@@ -43,3 +44,34 @@ def test_failed_write_leaves_the_previous_checkpoint_intact(tokenizer, tmp_path)
         save_checkpoint(tmp_path / "ckpt", model, BrokenTokenizer(), tiny(), None, {"step": 2})
     assert load_checkpoint(tmp_path / "ckpt").meta["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_a_resume_point_holds_only_what_trains_and_goes_back_over_the_model_the_stage_began_from(
+        tokenizer, tmp_path):
+    lora = LoraConfig(r=4, alpha=8, dropout=0.0)
+    torch.manual_seed(0)
+    model = apply_lora(build_model(tiny(), tokenizer), lora).eval()
+    set_trainable(model, ["projector", "lora"])
+    with torch.no_grad():  # training moved what trains
+        for _, param in model.named_parameters():
+            if param.requires_grad:
+                param.normal_()
+    save_checkpoint(tmp_path / "ckpt", model, tokenizer, tiny(), lora, {"stage": "stage2", "step": 3},
+                    trainable_only=True)
+    saved = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    trains = {name for name, param in model.named_parameters() if param.requires_grad}
+    assert set(saved) == trains and all("lora_" in k or "multi_modal_projector" in k for k in saved)
+    assert sum(v.numel() for v in saved.values()) < sum(v.numel() for v in model.state_dict().values()) / 3
+    assert is_resume_point(tmp_path / "ckpt")
+    with pytest.raises(ModelError, match=r"a resume point of stage2 \(step 3\) holding only the weights it trains"):
+        load_checkpoint(tmp_path / "ckpt")
+
+    torch.manual_seed(0)  # the stage's start, rebuilt as it began
+    again = apply_lora(build_model(tiny(), tokenizer), lora).eval()
+    load_trainable(again, tmp_path / "ckpt")
+    batch = inputs(tokenizer)
+    assert torch.equal(model(**batch).logits, again(**batch).logits)
+
+    other = apply_lora(build_model(tiny(language={"hidden_size": 64}), tokenizer), lora)
+    with pytest.raises(ModelError, match="saved weights do not fit the stage's model"):
+        load_trainable(other, tmp_path / "ckpt")

@@ -8,11 +8,12 @@ from pathlib import Path
 import psutil
 import pytest
 from mlflow import MlflowClient
+from safetensors.torch import load_file
 from torch.utils.data import DistributedSampler
 
 from radlab.config import parse_experiment
 from radlab.data.dataset import split_examples
-from radlab.model.checkpoint import load_checkpoint, load_train_state
+from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_train_state
 from radlab.train.loop import Plan
 from radlab.train.stages import run_stage, stage_key
 
@@ -108,14 +109,15 @@ def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_sche
     experiment_id = client.create_experiment("deepspeed-resume")
     runs = {}
     for attempt in ("straight", "killed"):
-        experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path / attempt, ray={"deepspeed": "zero2"},
-                                                      stage1={"max_steps": 40, "checkpoint_every": 4,
-                                                              "warmup_ratio": 0.2}), "t")
+        experiment = parse_experiment(experiment_dict(
+            synthetic_root, tmp_path / attempt, ray={"deepspeed": "zero2"}, model={"vision": {"frozen": True}},
+            stage1={"max_steps": 40, "checkpoint_every": 4 if attempt == "killed" else 40, "warmup_ratio": 0.2,
+                    "train": ["projector"]}), "t")
         run_id = client.create_run(experiment_id).info.run_id
         killed: list = []
         killer = None
+        run_dir = tmp_path / attempt / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
         if attempt == "killed":
-            run_dir = tmp_path / attempt / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
             killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
             killer.start()
         checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, tracking, run_id)
@@ -126,6 +128,12 @@ def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_sche
             assert load_train_state(Path(folder))["step"] == 40
             assert load_checkpoint(Path(folder)).meta["final"]
             assert (Path(folder) / "deepspeed" / "state").is_dir()
+        if attempt == "killed":  # the resume point kept beside the final checkpoint holds the projector
+            # alone; the frozen tower and language model were rebuilt as the stage began
+            resume_points = [p for p in run_dir.glob("checkpoint_*") if p.is_dir() and is_resume_point(p)]
+            assert resume_points
+            saved = load_file(str(resume_points[0] / "model.safetensors"))
+            assert len(saved) == 4 and all("multi_modal_projector" in name for name in saved)
         runs[attempt] = _stage_metrics(client, run_id)
     resumed_at = int(client.get_metric_history(run_id, "resumed_at_step")[0].value)
     straight, killed_run = runs["straight"], runs["killed"]

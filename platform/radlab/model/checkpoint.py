@@ -2,7 +2,9 @@
 
     config.json          the LlavaConfig: the architecture, so loading needs no weight paths
     radlab.json          format version, the model section, the LoRA block (if any), stage and step
-    model.safetensors    every weight of the model (LoRA adapters unmerged, under peft's names)
+    model.safetensors    every weight of the model (LoRA adapters unmerged, under peft's names); in a
+                         stage's resume points (every checkpoint but its last) only the weights the
+                         stage trains, the frozen rest being rebuilt as the stage began
     tokenizer/           the tokenizer, <image> included
     train_state.pt       optimizer, scheduler and step (training checkpoints only)
     checksums.json       the sha256 of every other file, checked when a stage resumes from it
@@ -35,6 +37,7 @@ from radlab.model.build import ModelError, apply_lora, assemble, llava_config
 FORMAT = 1
 META = "radlab.json"
 CHECKSUMS = "checksums.json"
+PARTIAL = "trainable_only"
 
 
 @dataclass
@@ -47,11 +50,19 @@ class Loaded:
 
 
 def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config: ModelConfig,
-                    lora: LoraConfig | None, meta: dict, train_state: dict | None = None) -> Path:
+                    lora: LoraConfig | None, meta: dict, train_state: dict | None = None,
+                    trainable_only: bool = False) -> Path:
+    """Write a checkpoint folder. `trainable_only`: a resume point holding only the parameters that
+    train (a LoRA stage of a 7B model: the adapters and the projector, not 13.5 GB)."""
     with atomic_folder(dest, checksums=True) as tmp:
+        if trainable_only:
+            state = {k: p for k, p in model.named_parameters() if p.requires_grad}
+            meta = {**meta, PARTIAL: True}
+        else:
+            state = model.state_dict()
         # Own copies of every tensor: DeepSpeed's ZeRO keeps parameters as views of flat buffers,
         # which safetensors refuses to save as they are.
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         llava_config(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
@@ -142,6 +153,9 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     meta = read_meta(path)
     if meta.get("kind") == "encoder":
         raise ModelError(f"{path}: a stage 0 encoder, not a report model: name it in model.vision.path")
+    if meta.get(PARTIAL):
+        raise ModelError(f"{path}: a resume point of {meta.get('stage')} (step {meta.get('step')}) holding only the "
+                         "weights it trains; use the stage's final checkpoint or the registered model")
     model_config = ModelConfig.model_validate(meta["model"])
     if expect is not None:
         ours, theirs = expect.model_dump(), model_config.model_dump()
@@ -168,6 +182,28 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
         raise ModelError(f"{path}: weights do not fit the model: {len(missing)} missing "
                          f"({missing[:2]}), {len(unexpected)} unexpected ({unexpected[:2]})")
     return Loaded(model, tokenizer, model_config, lora, meta)
+
+
+def load_trainable(model: torch.nn.Module, path: Path) -> None:
+    """Overlay a resume point's trained weights on the model its stage began from; ModelError if a
+    saved weight has no parameter in the model or a different shape."""
+    path = Path(path)
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as err:
+        raise ModelError(f"{weights}: unreadable ({err}); verify it against {CHECKSUMS} or save it again") from None
+    params = dict(model.named_parameters())
+    misfit = [k for k, v in state.items() if k not in params or params[k].shape != v.shape]
+    if misfit:
+        raise ModelError(f"{path}: {len(misfit)} saved weights do not fit the stage's model ({misfit[:2]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def is_resume_point(path: Path) -> bool:
+    return bool(read_meta(path).get(PARTIAL))
 
 
 def load_train_state(path: Path) -> dict | None:

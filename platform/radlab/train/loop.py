@@ -31,7 +31,14 @@ from radlab.data.image_pipeline import streamed_batches
 from radlab.formats.batch import collate
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
-from radlab.model.checkpoint import load_checkpoint, load_train_state, newest_intact, save_checkpoint
+from radlab.model.checkpoint import (
+    is_resume_point,
+    load_checkpoint,
+    load_train_state,
+    load_trainable,
+    newest_intact,
+    save_checkpoint,
+)
 from radlab.train.deepspeed import deepspeed_config, load_engine_state, save_engine_state
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -162,18 +169,30 @@ def resume_folder(folder: Path, say: bool = True) -> Path:
 
 
 def _initial_model(experiment: Experiment, stage: StageConfig, init_from, vision_from, tokenizer_dir: str):
-    """(model, tokenizer, resume state) for this stage's first step."""
+    """(model, tokenizer, resume state) for this stage's first step: where the stage begins, or
+    where it stopped. A resume point holds only the trained weights: they go over the model the
+    stage began from, rebuilt as it was (the same previous stage, or the same seed)."""
     resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as folder:
-            folder = resume_folder(Path(folder))
+    if resume is None:
+        return (*_stage_start(experiment, stage, init_from, vision_from, tokenizer_dir), None)
+    with resume.as_directory() as folder:
+        folder = resume_folder(Path(folder))
+        if is_resume_point(folder):
+            model, tokenizer = _stage_start(experiment, stage, init_from, vision_from, tokenizer_dir)
+            load_trainable(model, folder)
+        else:  # a stage's final checkpoint
             loaded = load_checkpoint(folder)
-            return loaded.model, loaded.tokenizer, load_train_state(folder)
+            model, tokenizer = loaded.model, loaded.tokenizer
+        return model, tokenizer, load_train_state(folder)
+
+
+def _stage_start(experiment: Experiment, stage: StageConfig, init_from, vision_from, tokenizer_dir: str):
+    """(model, tokenizer) the stage begins from: the previous stage's model or a fresh build."""
     if init_from is not None:
         with init_from.as_directory() as folder:
             loaded = load_checkpoint(Path(folder), expect=experiment.model)
         model = apply_lora(loaded.model, stage.lora) if stage.lora and loaded.lora is None else loaded.model
-        return model, loaded.tokenizer, None
+        return model, loaded.tokenizer
     tokenizer = load_tokenizer(tokenizer_dir)
     if vision_from is not None:  # the image tower stage 0 trained
         with vision_from.as_directory() as folder:
@@ -182,7 +201,7 @@ def _initial_model(experiment: Experiment, stage: StageConfig, init_from, vision
             model = build_model(model_config, tokenizer, experiment.data.max_length)
     else:
         model = build_model(experiment.model, tokenizer, experiment.data.max_length)
-    return (apply_lora(model, stage.lora) if stage.lora else model), tokenizer, None
+    return (apply_lora(model, stage.lora) if stage.lora else model), tokenizer
 
 
 def train_stage(config: dict) -> None:
@@ -281,7 +300,8 @@ def train_stage(config: dict) -> None:
         if experiment.ray.deepspeed == "none":
             train_state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         save_checkpoint(folder, unwrapped, tokenizer, experiment.model, stage.lora,
-                        {"stage": stage_name, "step": step, "final": final, "template": stage.template}, train_state)
+                        {"stage": stage_name, "step": step, "final": final, "template": stage.template}, train_state,
+                        trainable_only=not final)
 
     trainable.train()
     samples_before = samples

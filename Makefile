@@ -47,7 +47,7 @@ BENCHMARK_RESULTS := benchmarks/results.jsonl
 benchmark: install
 	rm -f $(BENCHMARK_RESULTS)
 	for script in train_overhead judge_throughput serve_throughput contrastive scaling data_pipeline \
-	    sweep_overhead gpu_generate; do \
+	    sweep_overhead learning_curve gpu_generate; do \
 	  RADLAB_BENCHMARK_RESULTS=$(BENCHMARK_RESULTS) $(PY) benchmarks/$$script.py || exit 1; done
 	$(PY) benchmarks/table.py $(BENCHMARK_RESULTS) | tee benchmarks/results.md
 

@@ -47,13 +47,15 @@ def report(benchmark: str, measure: str, ours: list[float], baseline: list[float
 
 
 def check(benchmark: str, measure: str, values: list[float], unit: str, goal: float,
-          higher_is_better: bool = True) -> bool:
+          higher_is_better: bool = True, digits: int = 1) -> bool:
     """A figure with an absolute goal (a latency, a start-up time)."""
     median = statistics.median(values)
     met = median >= goal if higher_is_better else median <= goal
     sign = ">=" if higher_is_better else "<="
-    print(f"{measure}: {spread(values)} {unit}; goal {sign} {goal} {unit}: {'met' if met else 'NOT met'}", flush=True)
-    record({"benchmark": benchmark, "measure": measure, "ours": spread(values), "baseline": "", "unit": unit,
+    goal = round(goal, digits)
+    print(f"{measure}: {spread(values, digits)} {unit}; goal {sign} {goal} {unit}: {'met' if met else 'NOT met'}",
+          flush=True)
+    record({"benchmark": benchmark, "measure": measure, "ours": spread(values, digits), "baseline": "", "unit": unit,
             "ratio": None, "goal": f"{sign} {goal} {unit}", "met": met})
     return met
 

@@ -127,11 +127,10 @@ def main() -> None:
     for minutes in args.minutes:
         plain, radlab = at(minutes, curves["plain"]), at(minutes, curves["radlab"])
         if plain is None or radlab is None:
-            print(f"at {minutes:g} min: outside a side's measured range (plain {curves['plain']}, "
-                  f"radlab {curves['radlab']})")
+            print(f"at {minutes:g} min: outside a side's measured range of training times")
             continue
         check("learning_curve", f"significant errors per report after {minutes:g} min of training "
-              f"(plain loop {plain:.3f})", [radlab], "errors/report", plain * 1.1 + 1e-9, higher_is_better=False)
+              f"(plain loop {plain:.3f})", [radlab], "errors/report", plain * 1.1, higher_is_better=False, digits=3)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,15 @@ def test_import_names_what_is_missing_or_wrong(release, tmp_path):
     (release["adapter"] / "non_lora_trainables.bin").unlink()
     with pytest.raises(ModelError, match="non_lora_trainables.bin: not found"):
         import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
-    torch.save({"visual.proj": torch.zeros(2)}, release["vision"] / "open_clip_pytorch_model.bin")
+    weights = release["vision"] / "open_clip_pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    # A DINOv2-style trunk: LayerScale after each block's attention and MLP.
+    torch.save(state | {f"visual.trunk.blocks.{i}.ls{j}.gamma": torch.full((WIDTH,), 1e-5) for i in range(LAYERS)
+                        for j in (1, 2)}, weights)
+    with pytest.raises(ModelError, match=r"4 weights of the timm image tower have no place in transformers' ViTModel "
+                                         r"\(blocks\.0\.ls1\.gamma, blocks\.0\.ls2\.gamma, blocks\.1\.ls1\.gamma\)"):
+        import_open_clip_vision(release["vision"], tmp_path / "vit")
+    torch.save({"visual.proj": torch.zeros(2)}, weights)
     with pytest.raises(ModelError, match="no timm ViT image tower"):
         import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()

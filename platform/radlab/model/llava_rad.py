@@ -59,6 +59,16 @@ def vit_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[dict
                     f"layers.{i}.attention.v_proj.{part}": v}
             for theirs, ours in _BLOCK.items():
                 out[f"layers.{i}.{ours}.{part}"] = trunk[f"{block}{theirs}.{part}"]
+    # Every trunk weight must land somewhere: one left out (LayerScale's ls1.gamma and ls2.gamma in a
+    # DINOv2 trunk, register tokens) would silently change the features the language model sees.
+    mapped = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
+              "norm.bias"} | {f"blocks.{i}.{name}.{part}" for i in range(layers)
+                              for name in ("attn.qkv", *_BLOCK) for part in ("weight", "bias")}
+    unmapped = sorted(set(trunk) - mapped)
+    if unmapped:
+        raise ModelError(f"{where}: {len(unmapped)} weights of the timm image tower have no place in transformers' "
+                         f"ViTModel ({', '.join(unmapped[:3])}): a trunk with LayerScale or register tokens (DINOv2) "
+                         "cannot be converted to model.vision.kind vit without changing its features")
     width = trunk["cls_token"].shape[-1]
     shapes = {"hidden_size": width, "layers": layers, "heads": TIMM_HEADS.get(width, max(1, width // 64)),
               "intermediate_size": trunk["blocks.0.mlp.fc1.weight"].shape[0],

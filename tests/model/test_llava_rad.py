@@ -1,11 +1,13 @@
 """Import of the released LLaVA-Rad layout, on a tiny checkpoint written in exactly that layout."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
+from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
 from radlab.config import ModelConfig
@@ -120,3 +122,33 @@ def test_import_names_what_is_missing_or_wrong(release, tmp_path):
     with pytest.raises(ModelError, match="no timm ViT image tower"):
         import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
     assert not (tmp_path / "ckpt").exists()
+
+
+TIMM_TOWERS = Path(__file__).parent / "timm_towers"  # written by timm itself: see make.py there
+
+
+def _open_clip_folder(tmp_path: Path, name: str) -> Path:
+    """An open_clip folder holding one of the timm-made trunks, in the layout radlab imports."""
+    made = json.loads((TIMM_TOWERS / "made_with.json").read_text())
+    folder = tmp_path / name
+    folder.mkdir()
+    torch.save(load_file(str(TIMM_TOWERS / f"{name}_trunk.safetensors")), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": {
+        "timm_model_name": f"tiny_{name}", "image_size": made["size"]}}}))
+    return folder
+
+
+def test_a_converted_timm_tower_gives_the_features_timm_computes(tmp_path):
+    """Against timm's own forward (recorded by timm in timm_towers/), not a round trip: the output of
+    the second-to-last block without CLS, as LLaVA-Rad takes it."""
+    out = import_open_clip_vision(_open_clip_folder(tmp_path, "vit"), tmp_path / "converted")
+    recorded = load_file(str(TIMM_TOWERS / "vit_features.safetensors"))
+    with torch.no_grad():
+        hidden = ViTModel.from_pretrained(out).eval()(pixel_values=recorded["pixels"], output_hidden_states=True)
+    assert torch.allclose(hidden.hidden_states[-2][:, 1:], recorded["features"], atol=1e-4)
+
+
+def test_a_timm_tower_with_layer_scale_is_refused_rather_than_converted_without_it(tmp_path):
+    with pytest.raises(ModelError, match=r"6 weights of the timm image tower have no place in transformers' "
+                                         r"ViTModel \(blocks\.0\.ls1\.gamma, blocks\.0\.ls2\.gamma"):
+        import_open_clip_vision(_open_clip_folder(tmp_path, "dinov2"), tmp_path / "converted")

@@ -285,11 +285,11 @@ def import_open_clip_vision_command(
     vision: Annotated[Path, typer.Option(help="the open_clip folder: open_clip_config.json, open_clip_pytorch_model.bin")],
     out: Annotated[Path, typer.Option(help="the transformers ViT folder to write")],
 ) -> None:
-    """Convert an open_clip image tower (BiomedCLIP-CXR) for model.vision: {kind: vit, path: ...}."""
+    """Convert an open_clip image tower (BiomedCLIP-CXR: dinov2, BiomedCLIP: vit) to a transformers folder."""
     from radlab.model.llava_rad import import_open_clip_vision
 
-    folder = or_exit(import_open_clip_vision, vision, out)
-    console.print(f"[green]converted[/] {vision} to {folder}: model.vision: {{kind: vit, path: {folder}}}")
+    folder, kind = or_exit(import_open_clip_vision, vision, out)
+    console.print(f"[green]converted[/] {vision} to {folder}: model.vision: {{kind: {kind}, path: {folder}}}")
 
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Experiments running on a Ray cluster (Ray Jobs API).")

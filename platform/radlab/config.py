@@ -83,8 +83,9 @@ class DataConfig(Section):
 
 
 class VisionConfig(Section):
-    kind: Literal["clip", "siglip", "vit", "open_clip"] = Field(
-        "clip", description="vit: a transformers ViT, the form open_clip's timm towers (BiomedCLIP) are imported to")
+    kind: Literal["clip", "siglip", "vit", "dinov2", "open_clip"] = Field(
+        "clip", description="vit / dinov2: a transformers ViT or DINOv2 (with LayerScale), the forms open_clip's "
+        "timm towers are imported to (BiomedCLIP: vit; a DINOv2 trunk such as BiomedCLIP-CXR's: dinov2)")
     name: str | None = None
     path: str | None = None
     image_size: int = Field(64, ge=16)

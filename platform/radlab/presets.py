@@ -10,11 +10,12 @@ PRESETS: dict[str, dict] = {
         "language": {"hidden_size": 128, "layers": 2, "heads": 4, "intermediate_size": 512,
                      "tie_embeddings": True},
     },
-    # The LLaVA-Rad shapes: BiomedCLIP-CXR (ViT-B/14, 518 px, 37x37 patch tokens of width 768,
-    # second-to-last block; its open_clip release converts to this ViT with `radlab import
-    # open-clip-vision`), mlp2x_gelu into Vicuna-7B v1.5 (4096 wide, 32 layers).
+    # The LLaVA-Rad shapes: BiomedCLIP-CXR (a DINOv2 ViT-B/14 with LayerScale, 518 px, 37x37 patch
+    # tokens of width 768, second-to-last block; its open_clip release converts to a transformers
+    # Dinov2 folder with `radlab import open-clip-vision`), mlp2x_gelu into Vicuna-7B v1.5 (4096
+    # wide, 32 layers).
     "llava-rad-7b": {
-        "vision": {"kind": "vit", "name": "biomedclip_cxr_518", "image_size": 518, "patch_size": 14,
+        "vision": {"kind": "dinov2", "name": "biomedclip_cxr_518", "image_size": 518, "patch_size": 14,
                    "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
                    "select_layer": -2, "frozen": True},
         "projector": "mlp2x_gelu",

@@ -75,7 +75,7 @@ def test_linear_projector(tokenizer):
 
 def test_open_clip_tower_is_a_clear_error(tokenizer):
     paper = ModelConfig.model_validate({"preset": "llava-rad-7b"})
-    assert paper.vision.num_image_tokens == 1369 and paper.vision.kind == "vit"
+    assert paper.vision.num_image_tokens == 1369 and paper.vision.kind == "dinov2"
     with pytest.raises(ModelError, match="radlab import open-clip-vision"):
         build_model(ModelConfig.model_validate({"preset": "tiny", "vision": {"kind": "open_clip"}}), tokenizer)
 

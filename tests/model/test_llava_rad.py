@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
+from transformers import Dinov2Model, LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
 from radlab.config import ModelConfig
 from radlab.model.build import ModelError, build_model
@@ -93,7 +93,8 @@ def test_import_reproduces_the_released_parts(release, tmp_path):
 
 
 def test_an_open_clip_tower_converts_to_a_vit_folder_the_report_model_loads(release, tmp_path, tokenizer):
-    out = import_open_clip_vision(release["vision"], tmp_path / "vit")
+    out, kind = import_open_clip_vision(release["vision"], tmp_path / "vit")
+    assert kind == "vit"
     pixels = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
         converted = ViTModel.from_pretrained(out).eval()(pixel_values=pixels, output_hidden_states=True)
@@ -112,11 +113,9 @@ def test_import_names_what_is_missing_or_wrong(release, tmp_path):
         import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
     weights = release["vision"] / "open_clip_pytorch_model.bin"
     state = torch.load(weights, weights_only=True)
-    # A DINOv2-style trunk: LayerScale after each block's attention and MLP.
-    torch.save(state | {f"visual.trunk.blocks.{i}.ls{j}.gamma": torch.full((WIDTH,), 1e-5) for i in range(LAYERS)
-                        for j in (1, 2)}, weights)
-    with pytest.raises(ModelError, match=r"4 weights of the timm image tower have no place in transformers' ViTModel "
-                                         r"\(blocks\.0\.ls1\.gamma, blocks\.0\.ls2\.gamma, blocks\.1\.ls1\.gamma\)"):
+    torch.save(state | {"visual.trunk.reg_token": torch.zeros(1, 4, WIDTH)}, weights)  # register tokens
+    with pytest.raises(ModelError, match=r"1 weights of the timm image tower have no place in transformers' ViTModel "
+                                         r"\(reg_token\)"):
         import_open_clip_vision(release["vision"], tmp_path / "vit")
     torch.save({"visual.proj": torch.zeros(2)}, weights)
     with pytest.raises(ModelError, match="no timm ViT image tower"):
@@ -138,17 +137,29 @@ def _open_clip_folder(tmp_path: Path, name: str) -> Path:
     return folder
 
 
-def test_a_converted_timm_tower_gives_the_features_timm_computes(tmp_path):
+@pytest.mark.parametrize("name, cls", [("vit", ViTModel), ("dinov2", Dinov2Model)])
+def test_a_converted_timm_tower_gives_the_features_timm_computes(tmp_path, tokenizer, name, cls):
     """Against timm's own forward (recorded by timm in timm_towers/), not a round trip: the output of
-    the second-to-last block without CLS, as LLaVA-Rad takes it."""
-    out = import_open_clip_vision(_open_clip_folder(tmp_path, "vit"), tmp_path / "converted")
-    recorded = load_file(str(TIMM_TOWERS / "vit_features.safetensors"))
+    the second-to-last block without CLS, as LLaVA-Rad takes it; a plain ViT and a DINOv2 trunk with
+    LayerScale. The report model built on the converted folder computes the same features."""
+    out, kind = import_open_clip_vision(_open_clip_folder(tmp_path, name), tmp_path / "converted")
+    assert kind == name
+    recorded = load_file(str(TIMM_TOWERS / f"{name}_features.safetensors"))
     with torch.no_grad():
-        hidden = ViTModel.from_pretrained(out).eval()(pixel_values=recorded["pixels"], output_hidden_states=True)
+        hidden = cls.from_pretrained(out).eval()(pixel_values=recorded["pixels"], output_hidden_states=True)
     assert torch.allclose(hidden.hidden_states[-2][:, 1:], recorded["features"], atol=1e-4)
-
-
-def test_a_timm_tower_with_layer_scale_is_refused_rather_than_converted_without_it(tmp_path):
-    with pytest.raises(ModelError, match=r"6 weights of the timm image tower have no place in transformers' "
-                                         r"ViTModel \(blocks\.0\.ls1\.gamma, blocks\.0\.ls2\.gamma"):
-        import_open_clip_vision(_open_clip_folder(tmp_path, "dinov2"), tmp_path / "converted")
+    made = json.loads((TIMM_TOWERS / "made_with.json").read_text())
+    config = ModelConfig.model_validate({"preset": "tiny", "vision": {
+        "kind": name, "path": str(out), "image_size": made["size"], "patch_size": made["patch"],
+        "hidden_size": made["width"], "layers": made["depth"], "heads": made["heads"], "select_layer": -2}})
+    model = build_model(config, tokenizer, 256).eval()
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=recorded["pixels"], vision_feature_layer=-2,
+                                                  vision_feature_select_strategy="default")
+    projected = model.model.multi_modal_projector(recorded["features"])
+    other = "vit" if name == "dinov2" else "dinov2"
+    with pytest.raises(ModelError, match=f"model.vision.kind is {other} but .* holds a {name} tower: "
+                                         f"set model.vision.kind: {name}"):
+        build_model(config.model_copy(update={"vision": config.vision.model_copy(update={"kind": other})}), tokenizer)
+    features = features.pooler_output if hasattr(features, "pooler_output") else features
+    assert torch.allclose(torch.stack(list(features)), projected, atol=1e-4)

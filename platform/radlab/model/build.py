@@ -18,6 +18,8 @@ from transformers import (
     AutoModelForCausalLM,
     CLIPVisionConfig,
     CLIPVisionModel,
+    Dinov2Config,
+    Dinov2Model,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
@@ -27,7 +29,7 @@ from transformers import (
     ViTModel,
 )
 
-from radlab.config import LoraConfig, ModelConfig
+from radlab.config import LoraConfig, ModelConfig, VisionConfig
 from radlab.errors import RadlabError
 from radlab.formats.prompts import IMAGE_TOKEN
 
@@ -48,7 +50,7 @@ class LinearProjector(nn.Module):
 
 
 VISION_CLASSES = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel),
-                  "vit": (ViTConfig, ViTModel)}
+                  "vit": (ViTConfig, ViTModel), "dinov2": (Dinov2Config, Dinov2Model)}
 
 
 def vision_config(mc: ModelConfig):
@@ -56,15 +58,32 @@ def vision_config(mc: ModelConfig):
     if v.kind == "open_clip":
         raise ModelError(
             "model.vision.kind open_clip: convert the open_clip tower (BiomedCLIP, BiomedCLIP-CXR) once with "
-            "`radlab import open-clip-vision --vision <folder> --out <vit folder>`, then use "
-            "vision: {kind: vit, path: <vit folder>}"
+            "`radlab import open-clip-vision --vision <folder> --out <folder>`, then use the "
+            "vision: {kind: ..., path: <folder>} it prints"
         )
-    cls = VISION_CLASSES[v.kind][0]
     if v.path:
-        return cls.from_pretrained(v.path)
+        config = VISION_CLASSES[v.kind][0].from_pretrained(v.path)
+        if config.model_type in ("vit", "dinov2") and config.model_type != v.kind:
+            # transformers would build the other architecture from it and drop, say, LayerScale
+            raise ModelError(f"model.vision.kind is {v.kind} but {v.path} holds a {config.model_type} tower: "
+                             f"set model.vision.kind: {config.model_type}")
+        return config
+    return tower_config(v)
+
+
+def tower_config(v: VisionConfig):
+    """The transformers config of a tower built from the `model.vision` fields (timm's ViT and
+    DINOv2 conventions for `vit` and `dinov2`: qkv bias, LayerNorm eps 1e-6)."""
+    shapes = {"hidden_size": v.hidden_size, "num_hidden_layers": v.layers, "num_attention_heads": v.heads,
+              "image_size": v.image_size, "patch_size": v.patch_size, "num_channels": 3}
+    if v.kind == "dinov2":
+        if v.intermediate_size % v.hidden_size:
+            raise ModelError(f"model.vision.intermediate_size {v.intermediate_size} is not a multiple of hidden_size "
+                             f"{v.hidden_size}, as a DINOv2 tower's MLP ratio must be")
+        return Dinov2Config(mlp_ratio=v.intermediate_size // v.hidden_size, qkv_bias=True, layer_norm_eps=1e-6,
+                            **shapes)
     extra = {"qkv_bias": True, "layer_norm_eps": 1e-6} if v.kind == "vit" else {}
-    return cls(hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.layers,
-               num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size, num_channels=3, **extra)
+    return VISION_CLASSES[v.kind][0](intermediate_size=v.intermediate_size, **shapes, **extra)
 
 
 # How far a pretrained model's embedding rows may exceed its tokenizer's size: vocabularies are
@@ -175,8 +194,10 @@ def _unused_vision_keys(model: nn.Module) -> list[str]:
     config = llava_config(model)
     layers = config.vision_config.num_hidden_layers
     used = config.vision_feature_layer % (layers + 1)
-    return ["vision_tower.post_layernorm", "vision_tower.head", "vision_tower.layernorm", "vision_tower.pooler"] + [
-        f"vision_tower.{block}.{i}." for i in range(used, layers) for block in ("encoder.layers", "layers")]
+    return ["vision_tower.post_layernorm", "vision_tower.head", "vision_tower.layernorm", "vision_tower.pooler",
+            "vision_tower.embeddings.mask_token"] + [
+        f"vision_tower.{block}.{i}." for i in range(used, layers) for block in ("encoder.layers", "layers",
+                                                                                "encoder.layer")]
 
 
 def set_trainable(model: nn.Module, train: list[str]) -> int:

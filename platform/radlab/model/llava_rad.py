@@ -9,9 +9,9 @@ The release is three folders:
     vision/    open_clip_config.json and open_clip_pytorch_model.bin: BiomedCLIP-CXR, an open_clip
                model whose image tower is a timm ViT (`visual.trunk.*`)
 
-The timm ViT is remapped onto transformers' ViTModel (the same computation: CLS token, biased
-patch embedding, pre-norm blocks with fused qkv split into q, k, v), so no open_clip package is
-needed. The result loads, evaluates, serves and fine-tunes like any radlab checkpoint.
+The timm ViT is remapped onto transformers' ViTModel, or onto Dinov2Model when its blocks carry
+LayerScale (a DINOv2 trunk): the same computation (CLS token, biased patch embedding, pre-norm
+blocks with fused qkv split into q, k, v, LayerScale), so no open_clip package is needed. The result loads, evaluates, serves and fine-tunes like any radlab checkpoint.
 """
 
 from __future__ import annotations
@@ -22,17 +22,23 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, ViTConfig, ViTModel
+from transformers import AutoConfig, Dinov2Config, Dinov2Model, ViTConfig, ViTModel
 
 from radlab.config import LanguageConfig, LoraConfig, ModelConfig, VisionConfig
 from radlab.formats.tokenizer import load_tokenizer
-from radlab.model.build import ModelError, apply_lora, build_model
+from radlab.model.build import ModelError, apply_lora, build_model, tower_config
 from radlab.model.checkpoint import atomic_folder, save_checkpoint
 
 # timm's ViT widths and their head counts (for heads, which the weights do not show).
 TIMM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
-_BLOCK = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
-          "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
+# Per tower kind: transformers' name of the blocks, and of each timm block part.
+_BLOCKS = {"vit": "layers", "dinov2": "encoder.layer"}
+_BLOCK = {
+    "vit": {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
+            "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"},
+    "dinov2": {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1",
+               "mlp.fc2": "mlp.fc2"},
+}
 
 
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
@@ -41,8 +47,9 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
 
 
-def vit_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """transformers ViTModel weights and shapes from an open_clip model's `visual.trunk.*` (timm) weights."""
+def tower_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """transformers weights and the `model.vision` fields (kind, shapes) of an open_clip model's
+    `visual.trunk.*` (timm) weights: a ViTModel, or a Dinov2Model for a trunk with LayerScale."""
     trunk = {k.removeprefix("visual.trunk."): v for k, v in state.items() if k.startswith("visual.trunk.")}
     if "cls_token" not in trunk or "patch_embed.proj.weight" not in trunk:
         raise ModelError(f"{where}: no timm ViT image tower (visual.trunk.cls_token, ...) in this open_clip checkpoint")
@@ -51,62 +58,68 @@ def vit_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[dict
            "embeddings.patch_embeddings.projection.bias": trunk["patch_embed.proj.bias"],
            "layernorm.weight": trunk["norm.weight"], "layernorm.bias": trunk["norm.bias"]}
     layers = 1 + max(int(m[1]) for k in trunk if (m := re.match(r"blocks\.(\d+)\.", k)))
+    kind = "dinov2" if "blocks.0.ls1.gamma" in trunk else "vit"
+    width = trunk["cls_token"].shape[-1]
+    mapped = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
+              "norm.bias"}
+    if kind == "dinov2":
+        out["embeddings.mask_token"] = torch.zeros(1, width)  # DINOv2's masked-image training only
     for i in range(layers):
-        block = f"blocks.{i}."
+        block, ours_block = f"blocks.{i}.", f"{_BLOCKS[kind]}.{i}."
         for part in ("weight", "bias"):
             q, k, v = trunk[f"{block}attn.qkv.{part}"].chunk(3)
-            out |= {f"layers.{i}.attention.q_proj.{part}": q, f"layers.{i}.attention.k_proj.{part}": k,
-                    f"layers.{i}.attention.v_proj.{part}": v}
-            for theirs, ours in _BLOCK.items():
-                out[f"layers.{i}.{ours}.{part}"] = trunk[f"{block}{theirs}.{part}"]
-    # Every trunk weight must land somewhere: one left out (LayerScale's ls1.gamma and ls2.gamma in a
-    # DINOv2 trunk, register tokens) would silently change the features the language model sees.
-    mapped = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight",
-              "norm.bias"} | {f"blocks.{i}.{name}.{part}" for i in range(layers)
-                              for name in ("attn.qkv", *_BLOCK) for part in ("weight", "bias")}
+            out |= {f"{ours_block}attention.q_proj.{part}": q, f"{ours_block}attention.k_proj.{part}": k,
+                    f"{ours_block}attention.v_proj.{part}": v}
+            for theirs, ours in _BLOCK[kind].items():
+                out[f"{ours_block}{ours}.{part}"] = trunk[f"{block}{theirs}.{part}"]
+            mapped |= {f"{block}{name}.{part}" for name in ("attn.qkv", *_BLOCK[kind])}
+        if kind == "dinov2":
+            for scale in (1, 2):
+                out[f"{ours_block}layer_scale{scale}.lambda1"] = trunk[f"{block}ls{scale}.gamma"]
+                mapped.add(f"{block}ls{scale}.gamma")
+    # Every trunk weight must land somewhere: one left out (register tokens, say) would silently
+    # change the features the language model sees.
     unmapped = sorted(set(trunk) - mapped)
     if unmapped:
         raise ModelError(f"{where}: {len(unmapped)} weights of the timm image tower have no place in transformers' "
-                         f"ViTModel ({', '.join(unmapped[:3])}): a trunk with LayerScale or register tokens (DINOv2) "
-                         "cannot be converted to model.vision.kind vit without changing its features")
-    width = trunk["cls_token"].shape[-1]
-    shapes = {"hidden_size": width, "layers": layers, "heads": TIMM_HEADS.get(width, max(1, width // 64)),
+                         f"{'Dinov2Model' if kind == 'dinov2' else 'ViTModel'} ({', '.join(unmapped[:3])}): radlab "
+                         "cannot convert this trunk without changing its features")
+    shapes = {"kind": kind, "hidden_size": width, "layers": layers,
+              "heads": TIMM_HEADS.get(width, max(1, width // 64)),
               "intermediate_size": trunk["blocks.0.mlp.fc1.weight"].shape[0],
               "patch_size": trunk["patch_embed.proj.weight"].shape[-1]}
     return out, shapes
 
 
-def _open_clip_vit(vision: Path) -> tuple[ViTConfig, dict[str, torch.Tensor], dict]:
-    """The ViT config, ViTModel weights and shape fields of an open_clip folder's image tower."""
+def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, torch.Tensor], dict]:
+    """The transformers config, weights and `model.vision` fields of an open_clip folder's image tower."""
     vision_cfg = json.loads(_read(vision / "open_clip_config.json")).get("model_cfg", {}).get("vision_cfg", {})
     image_size = vision_cfg.get("image_size")
     if not isinstance(image_size, int):
         raise ModelError(f"{vision / 'open_clip_config.json'}: model_cfg.vision_cfg.image_size is missing")
-    tower, shapes = vit_from_open_clip(_torch_load(vision / "open_clip_pytorch_model.bin"), str(vision))
-    config = ViTConfig(hidden_size=shapes["hidden_size"], num_hidden_layers=shapes["layers"],
-                       num_attention_heads=shapes["heads"], intermediate_size=shapes["intermediate_size"],
-                       image_size=image_size, patch_size=shapes["patch_size"], qkv_bias=True, layer_norm_eps=1e-6)
-    return config, tower, {**shapes, "image_size": image_size, "name": vision_cfg.get("timm_model_name")}
+    tower, shapes = tower_from_open_clip(_torch_load(vision / "open_clip_pytorch_model.bin"), str(vision))
+    fields = {**shapes, "image_size": image_size, "name": vision_cfg.get("timm_model_name")}
+    return tower_config(VisionConfig(**fields)), tower, fields
 
 
-def import_open_clip_vision(vision: Path, out: Path) -> Path:
-    """Write an open_clip image tower (BiomedCLIP, BiomedCLIP-CXR) as a transformers ViT folder,
-    for `model.vision: {kind: vit, path: <out>}`."""
-    config, tower, _ = _open_clip_vit(Path(vision))
-    model = ViTModel(config, add_pooling_layer=False)
+def import_open_clip_vision(vision: Path, out: Path) -> tuple[Path, str]:
+    """Write an open_clip image tower as a transformers ViT or Dinov2 folder; return it and the
+    `model.vision.kind` it is (BiomedCLIP: vit, BiomedCLIP-CXR: dinov2)."""
+    config, tower, fields = _open_clip_tower(Path(vision))
+    model = ViTModel(config, add_pooling_layer=False) if fields["kind"] == "vit" else Dinov2Model(config)
     model.load_state_dict(tower)
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
-    return Path(out)
+    return Path(out), fields["kind"]
 
 
 def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_length: int = 2048) -> Path:
     adapter, base, vision = Path(adapter), Path(base), Path(vision)
-    _, tower, shapes = _open_clip_vit(vision)
+    _, tower, shapes = _open_clip_tower(vision)
     lm = AutoConfig.from_pretrained(base)
     model_config = ModelConfig(
         preset="llava-rad-7b", projector="mlp2x_gelu", tokenizer=str(base),
-        vision=VisionConfig(kind="vit", select_layer=-2, frozen=True, **shapes),
+        vision=VisionConfig(select_layer=-2, frozen=True, **shapes),
         language=LanguageConfig(path=str(base), hidden_size=lm.hidden_size, layers=lm.num_hidden_layers,
                                 heads=lm.num_attention_heads, intermediate_size=lm.intermediate_size,
                                 tie_embeddings=bool(lm.tie_word_embeddings)))
@@ -114,7 +127,7 @@ def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_len
     model = build_model(model_config, tokenizer, max_length)
     result = model.model.vision_tower.load_state_dict(tower, strict=False)
     if result.unexpected_keys or [k for k in result.missing_keys if not k.startswith("pooler.")]:
-        raise ModelError(f"{vision}: the image tower does not fit a ViT of {shapes}: "
+        raise ModelError(f"{vision}: the image tower does not fit a {shapes['kind']} tower of {shapes}: "
                          f"missing {result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]}")
     projector = _torch_load(adapter / "non_lora_trainables.bin")
     mapped = {}

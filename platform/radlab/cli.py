@@ -266,11 +266,15 @@ import_app = typer.Typer(no_args_is_help=True, help="Bring published checkpoints
 app.add_typer(import_app, name="import")
 
 
+OPEN_CLIP_FOLDER = ("the open_clip folder: the release's biomedclipcxr_518.json and biomedclipcxr_518_checkpoint.pt, "
+                    "or the Hub's open_clip_config.json and open_clip_pytorch_model.bin")
+
+
 @import_app.command("llava-rad")
 def import_llava_rad_command(
     adapter: Annotated[Path, typer.Option(help="the release's folder: adapter_config.json, adapter_model.*, non_lora_trainables.bin")],
     base: Annotated[Path, typer.Option(help="the Vicuna-7B v1.5 folder (LlamaForCausalLM and tokenizer)")],
-    vision: Annotated[Path, typer.Option(help="the open_clip folder: open_clip_config.json, open_clip_pytorch_model.bin")],
+    vision: Annotated[Path, typer.Option(help=OPEN_CLIP_FOLDER)],
     out: Annotated[Path, typer.Option(help="the radlab checkpoint folder to write")],
 ) -> None:
     """Import the released LLaVA-Rad model: evaluate, serve, fine-tune or sweep from it."""
@@ -282,8 +286,8 @@ def import_llava_rad_command(
 
 @import_app.command("open-clip-vision")
 def import_open_clip_vision_command(
-    vision: Annotated[Path, typer.Option(help="the open_clip folder: open_clip_config.json, open_clip_pytorch_model.bin")],
-    out: Annotated[Path, typer.Option(help="the transformers ViT folder to write")],
+    vision: Annotated[Path, typer.Option(help=OPEN_CLIP_FOLDER)],
+    out: Annotated[Path, typer.Option(help="the transformers ViT or Dinov2 folder to write")],
 ) -> None:
     """Convert an open_clip image tower (BiomedCLIP-CXR: dinov2, BiomedCLIP: vit) to a transformers folder."""
     from radlab.model.llava_rad import import_open_clip_vision

@@ -117,6 +117,14 @@ def test_import_names_what_is_missing_or_wrong(release, tmp_path):
     with pytest.raises(ModelError, match=r"1 weights of the timm image tower have no place in transformers' ViTModel "
                                          r"\(reg_token\)"):
         import_open_clip_vision(release["vision"], tmp_path / "vit")
+    config = release["vision"] / "open_clip_config.json"
+    config.rename(release["vision"] / "a.json")
+    (release["vision"] / "b.json").write_text("{}")
+    with pytest.raises(ModelError, match=r"expected open_clip_config.json or one open_clip model config "
+                                         r"\(\*.json\), found a.json, b.json"):
+        import_open_clip_vision(release["vision"], tmp_path / "vit")
+    (release["vision"] / "b.json").unlink()
+    (release["vision"] / "a.json").rename(config)
     torch.save({"visual.proj": torch.zeros(2)}, weights)
     with pytest.raises(ModelError, match="no timm ViT image tower"):
         import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
@@ -127,13 +135,21 @@ TIMM_TOWERS = Path(__file__).parent / "timm_towers"  # written by timm itself: s
 
 
 def _open_clip_folder(tmp_path: Path, name: str) -> Path:
-    """An open_clip folder holding one of the timm-made trunks, in the layout radlab imports."""
+    """An open_clip folder holding one of the timm-made trunks: the plain ViT under the Hub's names,
+    the DINOv2 one as LLaVA-Rad releases BiomedCLIP-CXR (an open_clip model config and a training
+    checkpoint, weights under state_dict with DDP's module. prefix)."""
     made = json.loads((TIMM_TOWERS / "made_with.json").read_text())
     folder = tmp_path / name
     folder.mkdir()
-    torch.save(load_file(str(TIMM_TOWERS / f"{name}_trunk.safetensors")), folder / "open_clip_pytorch_model.bin")
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": {
-        "timm_model_name": f"tiny_{name}", "image_size": made["size"]}}}))
+    trunk = load_file(str(TIMM_TOWERS / f"{name}_trunk.safetensors"))
+    vision_cfg = {"timm_model_name": f"tiny_{name}", "timm_model_pretrained": False, "image_size": made["size"]}
+    if name == "vit":
+        torch.save(trunk, folder / "open_clip_pytorch_model.bin")
+        (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"vision_cfg": vision_cfg}}))
+    else:
+        torch.save({"epoch": 10, "name": "biomedclipcxr", "state_dict": {f"module.{k}": v for k, v in trunk.items()}},
+                   folder / "biomedclipcxr_518_checkpoint.pt")
+        (folder / "biomedclipcxr_518.json").write_text(json.dumps({"embed_dim": 32, "vision_cfg": vision_cfg}))
     return folder
 
 

@@ -6,8 +6,11 @@ The release is three folders:
                base, keys `base_model.model.model.layers.N....lora_A.weight`; non_lora_trainables.bin:
                the projector, keys `base_model.model.model.mm_projector.{0,2}.{weight,bias}`
     base/      the Vicuna-7B v1.5 folder (LlamaForCausalLM and its tokenizer)
-    vision/    open_clip_config.json and open_clip_pytorch_model.bin: BiomedCLIP-CXR, an open_clip
-               model whose image tower is a timm ViT (`visual.trunk.*`)
+    vision/    BiomedCLIP-CXR, an open_clip model whose image tower is a timm ViT (`visual.trunk.*`):
+               the release's biomedclipcxr_518.json (an open_clip model config) and
+               biomedclipcxr_518_checkpoint.pt (an open_clip training checkpoint, weights under
+               `state_dict`, `module.` prefixed), or the Hub's open_clip_config.json and
+               open_clip_pytorch_model.bin
 
 The timm ViT is remapped onto transformers' ViTModel, or onto Dinov2Model when its blocks carry
 LayerScale (a DINOv2 trunk): the same computation (CLS token, biased patch embedding, pre-norm
@@ -91,13 +94,31 @@ def tower_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[di
     return out, shapes
 
 
+def _open_clip_file(vision: Path, hub_name: str, patterns: tuple[str, ...], what: str) -> Path:
+    """The Hub's file name if the folder has it, else the folder's one file of its kind."""
+    if (vision / hub_name).is_file():
+        return vision / hub_name
+    found = sorted({p for pattern in patterns for p in vision.glob(pattern)})
+    if len(found) != 1:
+        raise ModelError(f"{vision}: expected {hub_name} or one {what} ({', '.join(patterns)}), found "
+                         f"{', '.join(p.name for p in found) or 'none'}")
+    return found[0]
+
+
 def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, torch.Tensor], dict]:
     """The transformers config, weights and `model.vision` fields of an open_clip folder's image tower."""
-    vision_cfg = json.loads(_read(vision / "open_clip_config.json")).get("model_cfg", {}).get("vision_cfg", {})
+    config_file = _open_clip_file(vision, "open_clip_config.json", ("*.json",), "open_clip model config")
+    raw = json.loads(_read(config_file))
+    vision_cfg = raw.get("model_cfg", raw).get("vision_cfg", {})
     image_size = vision_cfg.get("image_size")
     if not isinstance(image_size, int):
-        raise ModelError(f"{vision / 'open_clip_config.json'}: model_cfg.vision_cfg.image_size is missing")
-    tower, shapes = tower_from_open_clip(_torch_load(vision / "open_clip_pytorch_model.bin"), str(vision))
+        raise ModelError(f"{config_file}: vision_cfg.image_size is missing")
+    checkpoint = _open_clip_file(vision, "open_clip_pytorch_model.bin", ("*.pt", "*.bin", "*.safetensors"),
+                                 "checkpoint")
+    state = _torch_load(checkpoint)
+    state = state.get("state_dict", state)  # an open_clip training checkpoint, as open_clip loads it
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    tower, shapes = tower_from_open_clip(state, str(checkpoint))
     fields = {**shapes, "image_size": image_size, "name": vision_cfg.get("timm_model_name")}
     return tower_config(VisionConfig(**fields)), tower, fields
 

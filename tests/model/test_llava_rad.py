@@ -124,7 +124,14 @@ def test_import_names_what_is_missing_or_wrong(release, tmp_path):
                                          r"\(\*.json\), found a.json, b.json"):
         import_open_clip_vision(release["vision"], tmp_path / "vit")
     (release["vision"] / "b.json").unlink()
-    (release["vision"] / "a.json").rename(config)
+    (release["vision"] / "a.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"a.json: not valid JSON"):
+        import_open_clip_vision(release["vision"], tmp_path / "vit")
+    (release["vision"] / "a.json").unlink()
+    config.write_text(json.dumps({"model_cfg": {"vision_cfg": {"image_size": SIZE}}}))
+    weights.write_bytes(b"truncated")
+    with pytest.raises(ModelError, match=r"open_clip_pytorch_model.bin: not a readable weights file"):
+        import_open_clip_vision(release["vision"], tmp_path / "vit")
     torch.save({"visual.proj": torch.zeros(2)}, weights)
     with pytest.raises(ModelError, match="no timm ViT image tower"):
         import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")

@@ -14,7 +14,8 @@ The release is three folders:
 
 The timm ViT is remapped onto transformers' ViTModel, or onto Dinov2Model when its blocks carry
 LayerScale (a DINOv2 trunk): the same computation (CLS token, biased patch embedding, pre-norm
-blocks with fused qkv split into q, k, v, LayerScale), so no open_clip package is needed. The result loads, evaluates, serves and fine-tunes like any radlab checkpoint.
+blocks with fused qkv split into q, k, v, LayerScale), so no open_clip package is needed. The
+result loads, evaluates, serves and fine-tunes like any radlab checkpoint.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ _BLOCK = {
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelError(f"{path}: not found (the LLaVA-Rad release layout is described in radlab.model.llava_rad)")
-    return load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever the file holds, the error names it
+        raise ModelError(f"{path}: not a readable weights file ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())[:200]})") from None
 
 
 def tower_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -108,9 +115,13 @@ def _open_clip_file(vision: Path, hub_name: str, patterns: tuple[str, ...], what
 def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, torch.Tensor], dict]:
     """The transformers config, weights and `model.vision` fields of an open_clip folder's image tower."""
     config_file = _open_clip_file(vision, "open_clip_config.json", ("*.json",), "open_clip model config")
-    raw = json.loads(_read(config_file))
-    vision_cfg = raw.get("model_cfg", raw).get("vision_cfg", {})
-    image_size = vision_cfg.get("image_size")
+    try:
+        raw = json.loads(_read(config_file))
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{config_file}: not valid JSON ({err})") from None
+    model_cfg = raw.get("model_cfg", raw) if isinstance(raw, dict) else {}
+    vision_cfg = model_cfg.get("vision_cfg", {}) if isinstance(model_cfg, dict) else {}
+    image_size = vision_cfg.get("image_size") if isinstance(vision_cfg, dict) else None
     if not isinstance(image_size, int):
         raise ModelError(f"{config_file}: vision_cfg.image_size is missing")
     checkpoint = _open_clip_file(vision, "open_clip_pytorch_model.bin", ("*.pt", "*.bin", "*.safetensors"),

@@ -26,6 +26,7 @@ from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.train.contrastive import train_encoder  # noqa: E402
+from radlab.train.recipe import StageJob  # noqa: E402
 
 
 def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, steps: int) -> dict:
@@ -41,8 +42,7 @@ def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, step
     }, "bench")
     trainer = TorchTrainer(
         train_encoder,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "stage": "stage0",
-                           "tokenizer": str(tokenizer_dir), "tracking_uri": "", "run_id": None},
+        train_loop_config={"job": StageJob(experiment, "stage0", str(tokenizer_dir))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=f"contrastive-{workers}", storage_path=str(root / "ray")),

@@ -24,7 +24,8 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
-from radlab.train.loop import train_stage  # noqa: E402
+from radlab.train.findings import train_stage  # noqa: E402
+from radlab.train.recipe import StageJob  # noqa: E402
 
 V100_FP16_TFLOPS = 125.0     # SXM2 tensor-core peak
 ASSUMED_MFU = 0.35           # model FLOPs utilisation typical of 7B fine-tuning with ZeRO-2 on V100s
@@ -42,8 +43,7 @@ def tiny_rate(root: Path, workers: int, steps: int) -> float:
     }, "bench")
     trainer = TorchTrainer(
         train_stage,
-        train_loop_config={"experiment": experiment.model_dump(mode="json"), "stage": "stage1", "init_from": None,
-                           "tokenizer": str(root / "tokenizer"), "tracking_uri": "", "run_id": None},
+        train_loop_config={"job": StageJob(experiment, "stage1", str(root / "tokenizer"))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=f"scaling-{workers}", storage_path=str(root / "ray")),

@@ -165,8 +165,9 @@ class StageConfig(Section):
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    keep_last: int = Field(2, ge=1, description="checkpoints of the stage kept in ray.storage_path, the newest")
     val_examples: int = Field(64, ge=0, description="validation loss on this many val examples at each checkpoint "
-                              "(the metric a sweep's ASHA scheduler reads); 0: none; not computed under ZeRO-3")
+                              "(the metric a sweep's ASHA scheduler reads); 0: none")
     gradient_checkpointing: bool = False
     log_every: int = Field(10, ge=1)
 
@@ -216,6 +217,7 @@ class Stage0Config(Section):
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     weight_decay: float = Field(0.1, ge=0)
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")
+    keep_last: int = Field(2, ge=1, description="checkpoints of the stage kept in ray.storage_path, the newest")
     log_every: int = Field(10, ge=1)
 
     @model_validator(mode="after")

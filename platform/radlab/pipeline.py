@@ -24,6 +24,7 @@ from radlab.model.memory import experiment_plans
 from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
+from radlab.train.recipe import StageJob
 from radlab.train.stages import STAGES, finished_stage, run_stage, stage_key, stage_steps, storage_path
 
 
@@ -105,10 +106,12 @@ def _materialise(checkpoint, folder: Path) -> Path:
     return folder.resolve()
 
 
-def run_experiment(experiment: Experiment, yaml_text: str, console: Console | None = None,
+def run_experiment(experiment: Experiment, submitted: str, console: Console | None = None,
                    parent_run_id: str | None = None, register: bool = True, report_to_tune: bool = False,
                    verbose: bool = False) -> RunSummary:
     """Train, evaluate, log; register a new model version unless `register` is off (sweep trials).
+    `submitted`: the experiment as the user gave it (the YAML file's text; a sweep trial's resolved
+    config), logged to the parent run as experiment.yaml.
     The metrics hold each stage's last validation loss (`stage2/val_loss`) besides the evaluation's.
     `verbose` shows the workers' and Ray's own output; otherwise it stays in Ray's log folder."""
     console = console or Console()
@@ -132,7 +135,7 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
     if logs and not verbose:
         console.print(f"Ray's own logs: {logs} (--verbose shows them here)", highlight=False, soft_wrap=True)
     check_resources(experiment.ray)
-    parent = tracker.open_parent(yaml_text, data_digest, parent_run_id=parent_run_id)
+    parent = tracker.open_parent(submitted, data_digest, parent_run_id=parent_run_id)
     checkpoint = encoder = child = None
     metrics: dict[str, float] = {}
     version = None
@@ -148,26 +151,26 @@ def run_experiment(experiment: Experiment, yaml_text: str, console: Console | No
             if not getattr(experiment, stage).enabled:
                 continue
             console.rule(stage)
-            finished = finished_stage(experiment, stage)
-            if finished is not None:  # an earlier run trained it: reused, with no new stage run
-                result, trained_in = finished
-                console.print(f"{stage} finished earlier" + (f" (MLflow run {trained_in})" if trained_in else "")
-                              + f": reusing {result.path}", highlight=False, soft_wrap=True)
+            result = finished_stage(experiment, stage)
+            if result is not None:  # an earlier run trained it: reused, with no new stage run
+                console.print(f"{stage} finished earlier" + (f" (MLflow run {result.run_id})" if result.run_id else "")
+                              + f": reusing {result.checkpoint.path}", highlight=False, soft_wrap=True)
             else:
-                child = trained_in = tracker.open_child(parent, stage)
+                child = tracker.open_child(parent, stage)
+                job = StageJob(experiment, stage, str(tokenizer_dir), tracker.uri, child,
+                               init_from=checkpoint if stage != "stage0" else None,
+                               vision_from=encoder if checkpoint is None else None)
                 with stage_progress(console, stage, stage_steps(experiment, stage),
                                     partial(tracker.latest_report, child), partial(tracker.resumes, child),
                                     partial(tracker.failures, child)):
-                    result = run_stage(experiment, stage, checkpoint if stage != "stage0" else None, tokenizer_dir,
-                                       tracker.uri, child, vision_from=encoder if checkpoint is None else None,
-                                       report_to_tune=report_to_tune and stage != "stage0")
+                    result = run_stage(job, report_to_tune=report_to_tune and stage != "stage0")
                 tracker.finish(child)
                 child = None
             if stage == "stage0":
-                encoder = result
+                encoder = result.checkpoint
             else:
-                checkpoint = result
-            metrics |= tracker.stage_done(parent, stage, trained_in)
+                checkpoint = result.checkpoint
+            metrics |= tracker.stage_done(parent, stage, result.run_id, result.metrics)
         if encoder is not None:
             final = _materialise(encoder, encoder_folder(experiment))
             console.print(f"encoder [bold]{final}[/]: name it in model.vision.path to build on it")

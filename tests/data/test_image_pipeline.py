@@ -16,6 +16,7 @@ from radlab.data.ingest.common import ingest
 from radlab.formats.batch import collate
 from radlab.formats.images import load_image, square_pixels
 from radlab.model.checkpoint import load_train_state
+from radlab.train.recipe import StageJob
 from radlab.train.stages import run_stage
 
 from ..conftest import experiment_dict
@@ -92,7 +93,7 @@ def test_preprocess_writes_shards_and_counts_unreadable_images(ray_session, tmp_
 
 def test_a_tiny_stage_trains_from_the_streamed_pipeline(ray_session, synthetic_root, tokenizer_dir, tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, data={"stream": True}), "t")
-    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
+    checkpoint = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir))).checkpoint
     with checkpoint.as_directory() as folder:
         state = load_train_state(Path(folder))
     assert state["step"] == 4 and state["samples"] == 4 * 8 and state["skipped"] == 0

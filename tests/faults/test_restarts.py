@@ -11,6 +11,7 @@ from radlab.config import parse_experiment
 from radlab.model.build import build_model
 from radlab.model.checkpoint import save_checkpoint
 from radlab.tracking.runs import Tracker
+from radlab.train.recipe import StageJob
 from radlab.train.stages import StageFailed, run_stage
 
 from ..conftest import experiment_dict
@@ -29,7 +30,7 @@ def test_the_same_error_twice_in_a_row_stops_the_stage_with_it(ray_session, synt
     run_id = client.create_run(client.create_experiment("restarts")).info.run_id
     with pytest.raises(StageFailed, match=r"stage2 stopped: two attempts in a row failed with "
                        r".*stage1-final/model.safetensors: unreadable"):
-        run_stage(experiment, "stage2", Checkpoint(str(folder)), tokenizer_dir, tracking, run_id)
+        run_stage(StageJob(experiment, "stage2", str(tokenizer_dir), tracking, run_id, init_from=Checkpoint(str(folder))))
     # Each failed attempt is in the stage's run with its cause; no retry is left unseen.
     assert client.get_run(run_id).data.metrics["worker_group_failures"] == 2
     causes = Tracker.failures(SimpleNamespace(client=client), run_id)

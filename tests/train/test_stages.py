@@ -14,7 +14,8 @@ from torch.utils.data import DistributedSampler
 from radlab.config import parse_experiment
 from radlab.data.dataset import split_examples
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_train_state
-from radlab.train.loop import Plan
+from radlab.train.findings import FindingsStage
+from radlab.train.recipe import StageJob
 from radlab.train.stages import run_stage, stage_key
 
 from ..conftest import experiment_dict
@@ -23,7 +24,7 @@ from ..conftest import experiment_dict
 def test_plan_accumulates_to_the_global_batch(synthetic_root, tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage1={
         "max_steps": None, "epochs": 2, "global_batch": 32, "micro_batch": 4}), "t")
-    plan = Plan.of(experiment.stage1, examples=96, world=2)
+    plan = FindingsStage.plan_for(experiment.stage1, examples=96, world=2)
     assert plan.accumulation == 4            # 4 micro-batches x 4 x 2 workers = 32
     assert plan.steps_per_epoch == 3 and plan.total_steps == 6
 
@@ -55,7 +56,8 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
 def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session, synthetic_root, tokenizer_dir,
                                                                      tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage1={
-        "max_steps": 120, "global_batch": 2, "micro_batch": 1, "checkpoint_every": 10, "log_every": 10}), "t")
+        "max_steps": 120, "global_batch": 2, "micro_batch": 1, "checkpoint_every": 10, "log_every": 10,
+        "keep_last": 3}), "t")
     run_dir = tmp_path / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking)
@@ -63,7 +65,8 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
     killer.start()
-    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, tracking, run_id)
+    result = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, run_id))
+    checkpoint = result.checkpoint
     killer.join()
     assert killed, "no worker was alive to kill"
     # The steps replayed after the restart are not logged twice.
@@ -77,15 +80,21 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     assert meta["final"] and state["step"] == 120
     assert state["resumed_from"] and all(step % 10 == 0 and 0 < step < 120 for step in state["resumed_from"])
     assert state["samples"] == 120 * 2  # every optimizer step counted once, across the restart
-    # A second run of the same stage reuses the finished result instead of training again.
-    again = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
-    assert again.path == checkpoint.path
+    assert len(list(run_dir.glob("checkpoint_*"))) == 3  # keep_last: the newest three of twelve
+    # A second run of the same stage reuses the finished result instead of training again, also when
+    # it would keep another number of checkpoints.
+    kept_fewer = experiment.model_copy(update={"stage1": experiment.stage1.model_copy(update={"keep_last": 1})})
+    again = run_stage(StageJob(kept_fewer, "stage1", str(tokenizer_dir)))
+    assert again.checkpoint.path == checkpoint.path
+    # The last validation loss comes back with the result (the one logged at the final step) and
+    # with the reused result too.
+    assert result.metrics == again.metrics == {"val_loss": client.get_run(run_id).data.metrics["val_loss"]}
 
 
 def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, tokenizer_dir, tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path), "t")
-    first = run_stage(experiment, "stage1", None, tokenizer_dir, "", None)
-    second = run_stage(experiment, "stage2", first, tokenizer_dir, "", None)
+    first = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir))).checkpoint
+    second = run_stage(StageJob(experiment, "stage2", str(tokenizer_dir), init_from=first)).checkpoint
     with first.as_directory() as one, second.as_directory() as two:
         a, b = load_checkpoint(Path(one)), load_checkpoint(Path(two))
     assert a.lora is None and b.lora.r == 4 and b.meta["stage"] == "stage2"
@@ -120,7 +129,7 @@ def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_sche
         if attempt == "killed":
             killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
             killer.start()
-        checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, tracking, run_id)
+        checkpoint = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, run_id)).checkpoint
         if killer is not None:
             killer.join()
             assert killed and client.get_metric_history(run_id, "resumed_at_step"), "the stage was not restarted"
@@ -162,7 +171,7 @@ def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, t
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking)
     run_id = client.create_run(client.create_experiment("skips")).info.run_id
-    checkpoint = run_stage(experiment, "stage1", None, tokenizer_dir, tracking, run_id)
+    checkpoint = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, run_id)).checkpoint
     with checkpoint.as_directory() as folder:
         assert load_train_state(Path(folder))["skipped"] == sum(per_rank)
     metrics = client.get_run(run_id).data.metrics

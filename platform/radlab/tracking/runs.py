@@ -135,7 +135,7 @@ class Tracker:
                     self.client.set_tag(stopped.info.run_id, "radlab.trial_status", "stopped early by the scheduler")
                     self.client.set_terminated(stopped.info.run_id, "KILLED")
 
-    def open_parent(self, yaml_text: str, data_digest: str, stage: str = "experiment", digest: str | None = None,
+    def open_parent(self, submitted: str, data_digest: str, stage: str = "experiment", digest: str | None = None,
                     parent_run_id: str | None = None) -> str:
         """The run of an experiment (or of a sweep, or of a sweep's trial under `parent_run_id`)."""
         digest = digest or self.experiment.digest()
@@ -153,7 +153,7 @@ class Tracker:
         items = [Param(k, v[:6000]) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
-        self.client.log_text(run_id, yaml_text, "experiment.yaml")
+        self.client.log_text(run_id, submitted, "experiment.yaml")
         return run_id
 
     def log_datasets(self, run_id: str, cards: list) -> None:
@@ -182,21 +182,24 @@ class Tracker:
             self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in sorted(params.items())])
         return run.info.run_id
 
-    def stage_done(self, parent_id: str, stage: str, trained_in: str | None) -> dict[str, float]:
-        """Point the parent run at the run that trained `stage` (tag radlab.<stage>.run) and copy its
-        failed worker groups and last validation loss to the parent (<stage>/worker_group_failures,
-        <stage>/val_loss and val_loss); return those."""
-        if trained_in is None:
-            return {}
-        self.client.set_tag(parent_id, f"radlab.{stage}.run", trained_in)
-        try:
-            stage_metrics = self.client.get_run(trained_in).data.metrics
-        except MlflowException:  # trained under another tracking store
-            return {}
-        copied = {f"{stage}/worker_group_failures": stage_metrics.get("worker_group_failures", 0.0)}
+    def stage_done(self, parent_id: str, stage: str, trained_in: str | None,
+                   stage_metrics: dict[str, float]) -> dict[str, float]:
+        """Point the parent run at the run that trained `stage` (tag radlab.<stage>.run) and log on
+        the parent its failed worker groups (from that run) and the last validation loss of the
+        stage's `stage_metrics` (<stage>/worker_group_failures, <stage>/val_loss and val_loss);
+        return those."""
+        copied = {}
+        if trained_in is not None:
+            self.client.set_tag(parent_id, f"radlab.{stage}.run", trained_in)
+            try:
+                failures = self.client.get_run(trained_in).data.metrics.get("worker_group_failures", 0.0)
+                copied[f"{stage}/worker_group_failures"] = failures
+            except MlflowException:  # trained under another tracking store
+                pass
         if "val_loss" in stage_metrics:
             copied |= {f"{stage}/val_loss": stage_metrics["val_loss"], "val_loss": stage_metrics["val_loss"]}
-        self.log_metrics(parent_id, copied)
+        if copied:
+            self.log_metrics(parent_id, copied)
         return copied
 
     def finish(self, run_id: str, ok: bool = True, interrupted: bool = False) -> None:
@@ -279,3 +282,50 @@ class Tracker:
     def describe(self, run_id: str, text: str) -> None:
         """The run's description, shown at the top of its MLflow page."""
         self.client.set_tag(run_id, "mlflow.note.content", text)
+
+    def open_run(self, stage: str, source: str) -> str:
+        """A run of its own for work outside an experiment run (`radlab eval` of a checkpoint or a
+        predictions file): tag radlab.stage `stage`, radlab.source what it worked on."""
+        return self.client.create_run(self.experiment_id, tags={STAGE_TAG: stage, MLFLOW_RUN_NAME: stage,
+                                                                "radlab.source": source}).info.run_id
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def log_file(self, run_id: str, path: Path, folder: str) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_figure(self, run_id: str, figure, path: str) -> None:
+        self.client.log_figure(run_id, figure, path)
+
+    def metrics(self, run_id: str) -> dict[str, float]:
+        """A run's metrics, each at its latest value."""
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def artifact_uri(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.artifact_uri
+
+    def move_alias(self, alias: str, version: str, metric: str, mode: str, value: float) -> bool:
+        """Give `alias` of `tracking.register_as` to `version` (tagged radlab.objective
+        `metric=value`) unless its holder scored better on the same metric."""
+        name = self.config.register_as
+        try:
+            held = self.client.get_model_version_by_alias(name, alias).tags.get("radlab.objective", "")
+        except MlflowException:  # the alias has no holder yet
+            held = ""
+        held_metric, _, held_value = held.partition("=")
+        if held_metric == metric and held_value:
+            better = value < float(held_value) if mode == "min" else value > float(held_value)
+            if not better:
+                return False
+        self.client.set_registered_model_alias(name, alias, version)
+        return True
+
+
+def check_model_reference(reference: str, uri: str) -> None:
+    """Refuse a `models:/...` reference that names no version in the registry at `uri`."""
+    model_version(MlflowClient(uri, registry_uri=uri), reference)

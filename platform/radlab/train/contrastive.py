@@ -1,4 +1,4 @@
-"""Stage 0: contrastive image-report training of the dual encoder on Ray Train.
+"""Stage 0: contrastive image-report training of the dual encoder, as a kind of stage of the recipe.
 
 The contrastive batch spans the workers: each worker embeds its share, the embeddings are
 all-gathered with gradients, and each worker scores its own images and reports against the whole
@@ -8,35 +8,26 @@ batch. With DDP averaging the gradients, the result equals one big batch on one 
 from __future__ import annotations
 
 import math
-import time
 from functools import partial
 from pathlib import Path
 
-import ray.train
-import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
-from transformers import get_cosine_schedule_with_warmup
 
-from radlab.config import Experiment
+from radlab.config import Stage0Config
 from radlab.data.dataset import split_examples
 from radlab.data.pairs import PairDataset, collate_pairs
 from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.formats.tokenizer import load_tokenizer
-from radlab.model.checkpoint import load_train_state
 from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
-from radlab.train.loop import RankCounts, StepLog, report_with_checkpoint, resume_folder, use_worker_cpus
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+from radlab.train.recipe import Plan, StageJob, StageKind, Step, Window, distributed, min_across, run_recipe
 
 
 def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every worker's rows, with gradients flowing back to their owners; and where ours start."""
-    if not _distributed():
+    if not distributed():
         return x, 0
     from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
 
@@ -64,142 +55,100 @@ def siglip_loss(images: torch.Tensor, texts: torch.Tensor, logit_scale: torch.Te
     return -F.logsigmoid(signs * logits).sum() / len(images)
 
 
-def _mean_across(value: float) -> float:
-    if not _distributed():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(tensor)
-    return float(tensor) / dist.get_world_size()
+class ContrastiveStage(StageKind):
+    """Stage 0: the image and text towers (or the parts `stage0.train` names) learn to match images
+    with their reports. Trains in fp32 with AdamW, whatever the run's precision and DeepSpeed."""
 
+    truncated_metric = "truncated_reports"
+    mixed_precision = False
 
-def _min_across(value: int) -> int:
-    if not _distributed():
-        return value
-    tensor = torch.tensor([value])
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return int(tensor)
+    @staticmethod
+    def plan_for(s0: Stage0Config, examples: int) -> Plan:
+        return Plan.of(s0.epochs, s0.max_steps, examples // s0.batch, 1)
+
+    @property
+    def config(self) -> Stage0Config:
+        return self.experiment.stage0
+
+    def setup(self, resume: Path | None) -> None:
+        if resume is not None:
+            loaded = load_encoder(resume)
+            self.model, self.tokenizer = loaded.encoder, loaded.tokenizer
+        else:
+            self.tokenizer = load_tokenizer(self.job.tokenizer)
+            self.model = build_encoder(self.experiment.model, self.config, self.tokenizer)
+        trainable = set_encoder_trainable(self.model, self.config)
+        if self.rank == 0:
+            print(f"[stage0] training {trainable:,} parameters; contrastive batch {self.config.batch} "
+                  f"= {self.world} workers x {self.config.batch // self.world}", flush=True)
+
+    def data(self) -> None:
+        s0, vision = self.config, self.experiment.model.vision
+        dataset = PairDataset(split_examples(self.experiment.data, "train"), self.tokenizer, vision.image_size,
+                              s0.text.max_length)
+        size = min_across(len(dataset), self.device)
+        if size < s0.batch:
+            raise ValueError(f"stage0.batch {s0.batch} exceeds the {size} training pairs")
+        dataset.examples = dataset.examples[:size]
+        self.plan = self.plan_for(s0, size)
+        self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=0,
+                                          drop_last=True)
+        self.loader = DataLoader(dataset, batch_size=s0.batch // self.world, sampler=self.sampler, drop_last=True,
+                                 collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_token_id))
+        self.val = split_examples(self.experiment.data, "val") if self.rank == 0 else []
+        self.contrastive_batch = 0  # the last batch's, after trimming to the smallest worker's share
+
+    def epoch_batches(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        return self.loader
+
+    def parameter_groups(self) -> list[dict]:
+        # As CLIP: no weight decay on gains, biases, embeddings' scalars and the temperature.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.config.weight_decay},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+    def loss(self, module, batch: dict) -> Step | None:
+        # Unreadable images shrink a batch; every worker trims to the smallest so the gather lines up.
+        keep = min_across(len(batch.get("input_ids", [])), self.device)
+        if keep < 2:
+            return None
+        self.contrastive_batch = keep * self.world
+        images, texts = module(*[batch[k][:keep].to(self.device) for k in ("pixel_values", "input_ids",
+                                                                           "attention_mask")])
+        scale = self.model.clip.logit_scale
+        loss = clip_loss(images, texts, scale) if self.config.loss == "clip" else \
+            siglip_loss(images, texts, scale, self.model.logit_bias)
+        return Step(loss, keep)
+
+    def after_step(self) -> None:
+        with torch.no_grad():  # CLIP's clamp: a temperature below 1/100 destabilises training
+            self.model.clip.logit_scale.clamp_(0, math.log(100))
+
+    def validates(self, step: int, final: bool, checkpointing: bool) -> bool:
+        return final or step % self.plan.steps_per_epoch == 0  # retrieval at each epoch's end
+
+    def validate(self, autocast) -> dict[str, float]:
+        self.model.eval()
+        found = evaluate_retrieval(self.model, self.val, self.tokenizer, self.experiment.model.vision.image_size,
+                                   self.config.text.max_length)
+        return {f"val/{k}": v for k, v in found.items()}
+
+    def metrics(self, window: Window, elapsed: float, wall_rate: float) -> dict[str, float]:
+        return {"temperature": self.model.temperature, "pairs_per_s": window.examples / elapsed,
+                "contrastive_batch": self.contrastive_batch}
+
+    def line(self, step: int, metrics: dict) -> str:
+        recall = metrics.get("val/retrieval/i2t_R1")
+        return (f"loss {metrics['loss']:.4f} temperature {metrics['temperature']:.4f} "
+                f"{metrics['pairs_per_s']:.0f} pairs/s" + (f" val i2t R1 {recall:.3f}" if recall is not None else ""))
+
+    def save(self, folder: Path, final: bool, step: int, train_state: dict) -> None:
+        save_encoder(folder, self.model, self.tokenizer, self.experiment.model, self.config,
+                     {"stage": "stage0", "step": step, "final": final}, train_state)
 
 
 def train_encoder(config: dict) -> None:
-    """Ray Train entry point of stage 0; `config` as for `radlab.train.loop.train_stage`."""
-    experiment = Experiment.model_validate(config["experiment"])
-    s0, vision = experiment.stage0, experiment.model.vision
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
-    use_worker_cpus(experiment)
-    device = ray.train.torch.get_device()
-
-    state = None
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as folder:
-            folder = resume_folder(Path(folder))
-            loaded = load_encoder(folder)
-            encoder, tokenizer, state = loaded.encoder, loaded.tokenizer, load_train_state(folder)
-    else:
-        tokenizer = load_tokenizer(config["tokenizer"])
-        encoder = build_encoder(experiment.model, s0, tokenizer)
-    trainable_count = set_encoder_trainable(encoder, s0)
-    if rank == 0:
-        print(f"[stage0] training {trainable_count:,} parameters; contrastive batch {s0.batch} "
-              f"= {world} workers x {s0.batch // world}", flush=True)
-    dataset = PairDataset(split_examples(experiment.data, "train"), tokenizer, vision.image_size, s0.text.max_length)
-    per_worker = s0.batch // world
-    size = _min_across(len(dataset))
-    if size < s0.batch:
-        raise ValueError(f"stage0.batch {s0.batch} exceeds the {size} training pairs")
-    dataset.examples = dataset.examples[:size]
-    steps_per_epoch = max(1, size // s0.batch)
-    total_steps = s0.max_steps or max(1, math.ceil(s0.epochs * steps_per_epoch))
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=0, drop_last=True)
-    loader = DataLoader(dataset, batch_size=per_worker, sampler=sampler, drop_last=True,
-                        collate_fn=partial(collate_pairs, pad_id=tokenizer.pad_token_id))
-    encoder.to(device)
-    model = ray.train.torch.prepare_model(encoder, move_to_device=False)
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    # As CLIP: no weight decay on gains, biases, embeddings' scalars and the temperature.
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": s0.weight_decay},
-                                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=s0.lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(s0.warmup_ratio * total_steps), total_steps)
-    step, pairs, resumed_from = 0, 0, []
-    counts = RankCounts(("skipped", "truncated"), state, device)
-    totals = counts.start
-    if state is not None:
-        step, pairs = state["step"], state["pairs"]
-        resumed_from = state["resumed_from"] + [step]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if rank == 0:
-            print(f"[stage0] resuming at step {step}/{total_steps}", flush=True)
-    step_log = StepLog(config, rank)
-    if state is not None:  # a restart (or a rerun) is reported, not absorbed: the driver shows it
-        step_log.resumed(step, world)
-    val = split_examples(experiment.data, "val") if rank == 0 else []
-
-    def save(folder: Path, final: bool) -> None:
-        train_state = {"step": step, "pairs": pairs, "resumed_from": resumed_from, **totals,
-                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        save_encoder(folder, encoder, tokenizer, experiment.model, s0, {"stage": "stage0", "step": step, "final": final},
-                     train_state)
-
-    window_loss, window_batches, window_pairs, window_start = 0.0, 0, 0, time.perf_counter()
-    while step < total_steps:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch)
-        model.train()
-        for index, batch in enumerate(loader):
-            if index < done_in_epoch:
-                continue  # trained on before the restart
-            if index >= steps_per_epoch:
-                break
-            counts.add(batch)
-            # Unreadable images shrink a batch; every worker trims to the smallest so the gather lines up.
-            keep = _min_across(len(batch.get("input_ids", [])))
-            if keep < 2:
-                continue
-            inputs = [batch[k][:keep].to(device) for k in ("pixel_values", "input_ids", "attention_mask")]
-            images, texts = model(*inputs)
-            if s0.loss == "clip":
-                loss = clip_loss(images, texts, encoder.clip.logit_scale)
-            else:
-                loss = siglip_loss(images, texts, encoder.clip.logit_scale, encoder.logit_bias)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            with torch.no_grad():  # CLIP's clamp: a temperature below 1/100 destabilises training
-                encoder.clip.logit_scale.clamp_(0, math.log(100))
-            step += 1
-            pairs += keep * world
-            window_loss += loss.item()
-            window_batches += 1
-            window_pairs += keep * world
-            final = step >= total_steps
-            epoch_end = step % steps_per_epoch == 0
-            if step % s0.log_every == 0 or final or epoch_end or step % s0.checkpoint_every == 0:
-                elapsed = time.perf_counter() - window_start
-                totals = counts.totals()
-                metrics = {"loss": _mean_across(window_loss / max(1, window_batches)),
-                           "temperature": encoder.temperature, "lr": optimizer.param_groups[0]["lr"],
-                           "pairs_per_s": window_pairs / elapsed, "contrastive_batch": keep * world,
-                           "skipped_images": totals["skipped"], "truncated_reports": totals["truncated"], "step": step,
-                           "epoch": step / steps_per_epoch}
-                if rank == 0 and (epoch_end or final):
-                    encoder.eval()
-                    metrics |= {f"val/{k}": v for k, v in evaluate_retrieval(
-                        encoder, val, tokenizer, vision.image_size, s0.text.max_length).items()}
-                    encoder.train()
-                step_log.log(metrics, step)
-                if rank == 0:
-                    recall = metrics.get("val/retrieval/i2t_R1")
-                    print(f"[stage0] step {step}/{total_steps} loss {metrics['loss']:.4f} temperature "
-                          f"{metrics['temperature']:.4f} {metrics['pairs_per_s']:.0f} pairs/s"
-                          + (f" val i2t R1 {recall:.3f}" if recall is not None else ""), flush=True)
-                if final or step % s0.checkpoint_every == 0:
-                    report_with_checkpoint(rank, metrics, partial(save, final=final))
-                window_loss, window_batches, window_pairs, window_start = 0.0, 0, 0, time.perf_counter()
-            if final:
-                break
-    step_log.close()
+    """Ray Train entry point of stage 0: `config["job"]` is its StageJob."""
+    job: StageJob = config["job"]
+    run_recipe(ContrastiveStage, job)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray.data import ExecutionOptions
@@ -22,17 +22,22 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from radlab.config import Experiment
 from radlab.errors import RadlabError
 from radlab.runtime import own_signal_handlers
-from radlab.train.contrastive import train_encoder
-from radlab.train.loop import train_stage
+from radlab.tracking.steps import record_failure
+from radlab.train.contrastive import ContrastiveStage, train_encoder
+from radlab.train.findings import FindingsStage, train_stage
+from radlab.train.recipe import StageJob
 
 STAGES = ("stage0", "stage1", "stage2")
 
 
 def stage_key(experiment: Experiment, stage: str) -> str:
     """What a stage's result depends on: a rerun with the same key reuses the finished stage.
-    Settings that only change how data is read (data.stream) or what later stages do with the
-    tower (model.vision.frozen, for stage 0) are left out."""
+    Settings that only change how data is read (data.stream), how many checkpoints are kept
+    (keep_last) or what later stages do with the tower (model.vision.frozen, for stage 0) are left
+    out."""
     dump = experiment.model_dump(mode="json")
+    for name in STAGES:  # how many checkpoints are kept does not change what a stage trains
+        dump[name].pop("keep_last")
     upto = STAGES[: STAGES.index(stage) + 1]
     data = {k: v for k, v in dump["data"].items() if k != "stream"}
     if stage == "stage0":
@@ -48,16 +53,12 @@ def stage_key(experiment: Experiment, stage: str) -> str:
 
 def stage_steps(experiment: Experiment, stage: str) -> int:
     """The optimizer steps a stage will run, as its workers will count them."""
-    import math
-
     from radlab.data.dataset import split_examples
-    from radlab.train.loop import Plan
 
     examples = len(split_examples(experiment.data, "train"))
     if stage == "stage0":
-        s0 = experiment.stage0
-        return s0.max_steps or max(1, math.ceil(s0.epochs * max(1, examples // s0.batch)))
-    return Plan.of(getattr(experiment, stage), examples, experiment.ray.workers).total_steps
+        return ContrastiveStage.plan_for(experiment.stage0, examples).total_steps
+    return FindingsStage.plan_for(getattr(experiment, stage), examples, experiment.ray.workers).total_steps
 
 
 class StageFailed(RadlabError, RuntimeError):
@@ -109,27 +110,12 @@ class FailureWatch(UserCallback):
 
     def after_exception(self, run_context, worker_exceptions: dict[int, BaseException]) -> None:
         if self.run_id:
-            self._record(failure_cause(worker_exceptions))
+            record_failure(self.tracking_uri, self.run_id, self.stage, failure_cause(worker_exceptions))
         current = error_signature(worker_exceptions)
         if current is not None and current == self.previous:
             raise StageFailed(f"{self.stage} stopped: two attempts in a row failed with {current} (the workers' "
                               "tracebacks are in Ray's logs; --verbose shows them)")
         self.previous = current
-
-
-    def _record(self, cause: str) -> None:
-        """The failure in the stage's run. Bookkeeping never stops training: where the store cannot
-        be written (a lost node took the controller's working folder with it), the cause goes to
-        Ray's log, and the resumed stage's own resumed_at_step still shows the restart."""
-        from mlflow import MlflowClient
-
-        try:
-            client = MlflowClient(self.tracking_uri)
-            count = len(client.get_metric_history(self.run_id, "worker_group_failures")) + 1
-            client.log_metric(self.run_id, "worker_group_failures", count, step=count)
-            client.set_tag(self.run_id, f"radlab.failure.{count}", cause[:4000])
-        except Exception as err:  # noqa: BLE001 - any store error; the restart itself must go on
-            print(f"[{self.stage}] worker group failed ({cause}); not recorded in MLflow: {err!r}", file=sys.stderr)
 
 
 def stage_failure(error: BaseException) -> StageFailed | None:
@@ -153,16 +139,24 @@ def stage_run_name(experiment: Experiment, stage: str) -> str:
     return f"{experiment.name}-{stage}-{stage_key(experiment, stage)}"
 
 
-def finished_stage(experiment: Experiment, stage: str) -> tuple[Checkpoint, str | None] | None:
-    """(final checkpoint, the MLflow run that trained it) of a stage an earlier run finished with
-    the same key, or None."""
+@dataclass
+class StageResult:
+    """A finished stage: its final checkpoint, the MLflow run that trained it, and the metrics of its
+    last report (`val_loss` where the stage validates)."""
+    checkpoint: Checkpoint
+    run_id: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def finished_stage(experiment: Experiment, stage: str) -> StageResult | None:
+    """What an earlier run that finished this stage with the same key left, or None."""
     if "://" in experiment.ray.storage_path:
         return None
     done = Path(storage_path(experiment)) / stage_run_name(experiment, stage) / DONE
     if not done.is_file():
         return None
     record = json.loads(done.read_text())
-    return Checkpoint(record["checkpoint"]), record.get("run_id")
+    return StageResult(Checkpoint(record["checkpoint"]), record.get("run_id"), record.get("metrics", {}))
 
 
 def _streamed_images(experiment: Experiment) -> dict:
@@ -175,31 +169,21 @@ def _streamed_images(experiment: Experiment) -> dict:
     return {"train": image_dataset([str(e.image) for e in examples], experiment.model.vision.image_size)}
 
 
-def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, tokenizer_dir: Path,
-              tracking_uri: str, run_id: str | None, vision_from: Checkpoint | None = None,
-              report_to_tune: bool = False) -> Checkpoint:
-    """Train one stage to completion (resuming a previous attempt) and return its final checkpoint.
-    `init_from`: the previous stage's model; `vision_from`: a stage 0 encoder for a fresh model;
+def run_stage(job: StageJob, report_to_tune: bool = False) -> StageResult:
+    """Train one stage to completion (resuming a previous attempt) and return what it left.
     `report_to_tune`: inside a sweep trial, pass each checkpoint's metrics (val_loss) on to Tune,
     whose scheduler may stop the trial early."""
+    experiment, stage = job.experiment, job.stage
     finished = finished_stage(experiment, stage)
     if finished is not None:
-        return finished[0]
+        return finished
     name = stage_run_name(experiment, stage)
     ray_config = experiment.ray
     # Ray Train hands this to its controller: how long a (re)start waits for the workers' resources.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ray_config.node_wait_s)
     trainer = TorchTrainer(
         train_encoder if stage == "stage0" else train_stage,
-        train_loop_config={
-            "experiment": experiment.model_dump(mode="json"),
-            "stage": stage,
-            "init_from": init_from,
-            "vision_from": vision_from,
-            "tokenizer": str(tokenizer_dir),
-            "tracking_uri": tracking_uri,
-            "run_id": run_id,
-        },
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(
             num_workers=(ray_config.min_workers, ray_config.workers) if ray_config.min_workers else ray_config.workers,
             use_gpu=ray_config.use_gpu,
@@ -214,8 +198,9 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             name=name,
             storage_path=storage_path(experiment),
             failure_config=FailureConfig(max_failures=ray_config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[FailureWatch(stage, tracking_uri, run_id)] + ([TuneReportCallback()] if report_to_tune else []),
+            checkpoint_config=CheckpointConfig(num_to_keep=getattr(experiment, stage).keep_last),
+            callbacks=[FailureWatch(stage, job.tracking_uri, job.run_id)]
+            + ([TuneReportCallback()] if report_to_tune else []),
         ),
     )
     with own_signal_handlers():
@@ -228,7 +213,8 @@ def run_stage(experiment: Experiment, stage: str, init_from: Checkpoint | None, 
             raise StageFailed(str(stopped)) from err
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint (see the Ray Train logs above)")
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items() if k == "val_loss"}
     if "://" not in experiment.ray.storage_path:
         done = Path(storage_path(experiment)) / name / DONE
-        done.write_text(json.dumps({"checkpoint": result.checkpoint.path, "run_id": run_id}))
-    return result.checkpoint
+        done.write_text(json.dumps({"checkpoint": result.checkpoint.path, "run_id": job.run_id, "metrics": metrics}))
+    return StageResult(result.checkpoint, job.run_id, metrics)

@@ -34,7 +34,7 @@ from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 from radlab.config import load_experiment, with_absolute_paths  # noqa: E402
 from radlab.data.dataset import stage_dataset, synthetic_root, training_texts  # noqa: E402
 from radlab.evaluation.generate import generate_findings  # noqa: E402
-from radlab.evaluation.run import score  # noqa: E402
+from radlab.evaluation.scoring import score  # noqa: E402
 from radlab.formats.batch import collate  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model, set_trainable  # noqa: E402

@@ -26,7 +26,8 @@ from radlab.config import ConfigError, ModelConfig
 from radlab.model.build import build_model
 from radlab.model.checkpoint import save_checkpoint
 from radlab.model.generation import pick_device_dtype
-from radlab.serve.app import ReportServer, ServeArgs, build_app, deploy_failure, with_auth_for
+from radlab.serve.app import ReportServer, ServeArgs, build_app
+from radlab.serve.deploy import deploy_failure, with_auth_for
 
 from ..conftest import ROOT, free_port
 

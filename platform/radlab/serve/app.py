@@ -35,7 +35,6 @@ from ray import serve
 from ray.serve import metrics
 from transformers import TextIteratorStreamer
 
-from radlab.config import ConfigError, is_loopback_host, read_yaml
 from radlab.formats.images import ImageError, decode_image, to_tensor
 from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
 from radlab.model.checkpoint import load_checkpoint
@@ -375,44 +374,6 @@ class ReportServer:
                                               "created": int(time.time()), "model": self.args.model_name,
                                               "choices": [], "usage": self._usage(human, generated)}) + "\n\n"
         yield "data: [DONE]\n\n"
-
-
-def deploy_failure(app_name: str) -> str:
-    """Why an application failed to deploy, from Serve's status (the replica's own error)."""
-    status = serve.status().applications.get(app_name)
-    if status is None:
-        return f"application {app_name} is not known to Serve"
-    return "\n".join([status.message] + [d.message for d in status.deployments.values() if d.message])
-
-
-TOKEN_ENV = "RADLAB_SERVE_TOKEN"
-
-
-def read_serve_config(path: Path) -> tuple[dict, str, dict]:
-    """(the first application's args, the HTTP host, its deployment's ray_actor_options) of a Serve
-    config file; ConfigError naming the file for one that is not UTF-8, not YAML, or holds no
-    application."""
-    raw = read_yaml(path)
-    applications = raw.get("applications") if isinstance(raw, dict) else None
-    if not applications or not isinstance(applications[0], dict):
-        raise ConfigError(f"{path}: a Serve config needs applications: [{{import_path: ..., args: ...}}]")
-    http = raw.get("http_options") or {}
-    deployments = applications[0].get("deployments") or [{}]
-    actor = deployments[0].get("ray_actor_options") if isinstance(deployments[0], dict) else None
-    return dict(applications[0].get("args") or {}), str(http.get("host", "127.0.0.1")), dict(actor or {})
-
-
-def with_auth_for(host: str, args: dict) -> dict:
-    """The application's args for an HTTP listener on `host`: on loopback as given; on any other
-    host auth is on, with the token in `args.api_key_env` (RADLAB_SERVE_TOKEN where unset), which
-    must hold one."""
-    if is_loopback_host(host):
-        return args
-    variable = args.get("api_key_env") or TOKEN_ENV
-    if not os.environ.get(variable):
-        raise ConfigError(f"host {host} is not loopback, so requests need a bearer token: export {variable}=<token> "
-                          "(args.api_key_env names another variable)")
-    return {**args, "api_key_env": variable}
 
 
 def build_app(args: dict) -> serve.Application:

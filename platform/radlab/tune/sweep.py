@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
@@ -41,7 +42,8 @@ def _set(raw: dict, path: str, value) -> dict:
 def expand(raw: dict, where: str) -> list[Trial]:
     """The grid cells (one trial each, or one Optuna study each), validated: a path that does not
     exist in the schema, or a value it refuses, is an error naming the axis."""
-    sweep = parse_experiment(raw, where).sweep
+    experiment = parse_experiment(raw, where)
+    sweep = experiment.sweep
     if sweep is None:
         raise ConfigError(f"{where}: no sweep: block (use radlab run for a single experiment)")
     found = score_of(sweep.objective.metric)
@@ -53,37 +55,34 @@ def expand(raw: dict, where: str) -> list[Trial]:
         better = "higher" if objective.higher_is_better else "lower"
         raise ConfigError(f"{where}: sweep.objective.mode {sweep.objective.mode}: {objective.key} is better "
                           f"{better}; set mode: {'max' if objective.higher_is_better else 'min'}")
-    evaluated = parse_experiment(raw, where).eval.metrics
+    evaluated = experiment.eval.metrics
     if metric_name not in evaluated:
         raise ConfigError(f"{where}: sweep.objective.metric {objective.key} comes from {metric_name}, which "
                           f"eval.metrics ({', '.join(evaluated)}) leaves out: add it")
     if sweep.scheduler and sweep.scheduler.metric == "val_loss":
-        experiment = parse_experiment(raw, where)
         stages = [getattr(experiment, s) for s in ("stage1", "stage2") if getattr(experiment, s).enabled]
         if not any(s.val_examples for s in stages):
             raise ConfigError(f"{where}: sweep.scheduler reads val_loss, which no stage reports "
                               "(stage1/stage2.val_examples are 0)")
     base = {k: v for k, v in raw.items() if k != "sweep"}
+    resolved = experiment.model_dump(mode="json")
     paths = list(sweep.axes)
+    for path in paths + (list(sweep.search.params) if sweep.search else []):
+        _check_path(resolved, path, where)
     trials = []
     for values in itertools.product(*(sweep.axes[p] for p in paths)):
         overrides = dict(zip(paths, values))
         cell = copy.deepcopy(base)
         for path, value in overrides.items():
-            _check_path(base, path, where)
             cell = _set(cell, path, value)
         parse_experiment(cell, f"{where} (sweep cell {overrides})")
         name = "_".join(f"{p.split('.')[-1]}={v}" for p, v in overrides.items()) or "base"
         trials.append(Trial(name.replace(" ", ""), overrides))
-    if sweep.search:
-        for path in sweep.search.params:
-            _check_path(base, path, where)
     return trials
 
 
-def _check_path(raw: dict, path: str, where: str) -> None:
-    """A path must name a field of the schema: set it to its own resolved value and validate."""
-    resolved = Experiment.model_validate(raw).model_dump(mode="json")
+def _check_path(resolved: dict, path: str, where: str) -> None:
+    """A path must name a field of the schema: one of the resolved experiment's."""
     node = resolved
     for key in path.split("."):
         if isinstance(node, list) and key.isdigit() and int(key) < len(node):
@@ -117,7 +116,7 @@ def trial_experiment(base: dict, overrides: dict) -> Experiment:
 def run_trial(config: dict) -> dict:
     """The Tune trainable: one whole experiment; reports the objective and every metric (and, with a
     scheduler, each checkpoint's validation loss on the way)."""
-    from radlab.evaluation.run import logged_scores
+    from radlab.evaluation.reporting import logged_scores
     from radlab.pipeline import run_experiment
 
     # Run in the sweep driver's folder, so relative paths in the YAML (data, tracking store,
@@ -130,7 +129,7 @@ def run_trial(config: dict) -> dict:
     done = tracker.finished_trial(config["sweep_run"])
     if done is not None:
         return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}
-    summary = run_experiment(experiment, json.dumps(experiment.model_dump(mode="json")),
+    summary = run_experiment(experiment, yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False),
                              parent_run_id=config["sweep_run"], register=False,
                              report_to_tune=config.get("report_to_tune", False))
     return {**summary.metrics, "trial_run_id": summary.parent_run_id}
@@ -273,7 +272,6 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
             baseline_name: str) -> dict | None:
     sweep = experiment.sweep
     metric = sweep.objective.metric
-    client = tracker.client
     ok = [row for row in results if row["status"] == "ok" and metric in row]
     versus_baseline(tracker, ok, baseline_name, metric, experiment.eval.bootstrap)
     flat = [{**{k: v for k, v in row.items() if k != "vs_baseline"},
@@ -284,43 +282,27 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
     if ok:
         for figure, artifact in ((_objective_plot(ok, list(sweep.axes), metric), "sweep/objective_by_axis.png"),
                                  (_error_types_plot(ok), "sweep/error_types_by_trial.png")):
-            client.log_figure(sweep_run, figure, artifact)
+            tracker.log_figure(sweep_run, figure, artifact)
             plt.close(figure)
     if not ok:
         return None
     pick = min if sweep.objective.mode == "min" else max
     best = pick(ok, key=lambda row: row[metric])
     tracker.log_metrics(sweep_run, {f"sweep/best/{metric}": best[metric]})
-    client.set_tag(sweep_run, "radlab.best_trial", best["trial"])
+    tracker.set_tags(sweep_run, {"radlab.best_trial": best["trial"]})
     if best["trial"] == baseline_name:
         best["vs_baseline"] = {"verdict": f"the baseline cell {baseline_name} scored best: no trial beat it"}
-    client.set_tag(sweep_run, "radlab.best_vs_baseline", best["vs_baseline"]["verdict"])
+    tracker.set_tags(sweep_run, {"radlab.best_vs_baseline": best["vs_baseline"]["verdict"]})
     tracker.log_metrics(sweep_run, {f"sweep/best_vs_baseline/{key}": float(best["vs_baseline"][key])
                                     for key in TESTED if key in best["vs_baseline"]})
     name = experiment.tracking.register_as
     if name:
-        source = f"{client.get_run(best['run_id']).info.artifact_uri}/model"
+        source = f"{tracker.artifact_uri(best['run_id'])}/model"
         version = tracker.register(best["run_id"], source, tags={"radlab.objective": f"{metric}={best[metric]}"})
         best["version"] = version
-        best["alias_moved"] = _move_alias(tracker, name, sweep.alias, version, metric, sweep.objective.mode, best[metric])
+        best["alias_moved"] = tracker.move_alias(sweep.alias, version, metric, sweep.objective.mode,
+                                                 best[metric])
     return best
-
-
-def _move_alias(tracker: Tracker, name: str, alias: str, version: str, metric: str, mode: str, value: float) -> bool:
-    """Give `alias` to `version` unless its holder scored better on the same metric."""
-    client = tracker.client
-    try:
-        holder = client.get_model_version_by_alias(name, alias)
-        held = holder.tags.get("radlab.objective", "")
-        held_metric, _, held_value = held.partition("=")
-        if held_metric == metric and held_value:
-            better = value < float(held_value) if mode == "min" else value > float(held_value)
-            if not better:
-                return False
-    except Exception:  # MlflowException: the alias has no holder yet
-        pass
-    client.set_registered_model_alias(name, alias, version)
-    return True
 
 
 def _objective_plot(rows: list[dict], axes: list[str], metric: str):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from radlab.cli import app
 from radlab.data.synthetic import Finding, write_findings
 
-from .conftest import experiment_dict, free_port
+from ..conftest import experiment_dict, free_port
 
 runner = CliRunner()
 EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
@@ -71,8 +71,8 @@ def test_version_and_errors_that_are_bugs_keep_their_traceback():
     import pytest
     import typer
 
+    from radlab.cli.common import or_exit
     from radlab.errors import RadlabError
-    from radlab.terminal import or_exit
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("radlab ")

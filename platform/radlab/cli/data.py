@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from radlab.terminal import console, err_console, or_exit
+from radlab.cli.common import console, err_console, or_exit
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic, ingest, stats, structure, preprocess.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Turn a downloaded dataset into radlab manifests.")

@@ -1,0 +1,3 @@
+from radlab.cli import app
+
+app()

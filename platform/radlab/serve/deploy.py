@@ -1,0 +1,123 @@
+"""Deploying the report application with Ray Serve from the command line (`radlab serve`): the
+application's args from a Serve config and the options given, auth wherever the listener is not
+loopback, the deployment itself (with the replica's own error where it fails), and a one-off
+request for `radlab serve --once`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import httpx
+import ray
+from ray import serve
+
+from radlab.config import ConfigError, RayConfig, TrackingConfig, is_loopback_host, read_yaml
+from radlab.errors import RadlabError
+from radlab.runtime import init_ray
+from radlab.serve.app import report_app
+from radlab.tracking.runs import check_model_reference, tracking_uri
+
+APP_NAME = "radlab"
+LOCAL_SERVE = Path("serving/local.yaml")
+
+
+class DeployError(RadlabError):
+    """The application did not deploy, or did not answer a request; the message says why."""
+
+
+def deploy_failure(app_name: str) -> str:
+    """Why an application failed to deploy, from Serve's status (the replica's own error)."""
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return f"application {app_name} is not known to Serve"
+    return "\n".join([status.message] + [d.message for d in status.deployments.values() if d.message])
+
+
+TOKEN_ENV = "RADLAB_SERVE_TOKEN"
+
+
+def read_serve_config(path: Path) -> tuple[dict, str, dict]:
+    """(the first application's args, the HTTP host, its deployment's ray_actor_options) of a Serve
+    config file; ConfigError naming the file for one that is not UTF-8, not YAML, or holds no
+    application."""
+    raw = read_yaml(path)
+    applications = raw.get("applications") if isinstance(raw, dict) else None
+    if not applications or not isinstance(applications[0], dict):
+        raise ConfigError(f"{path}: a Serve config needs applications: [{{import_path: ..., args: ...}}]")
+    http = raw.get("http_options") or {}
+    deployments = applications[0].get("deployments") or [{}]
+    actor = deployments[0].get("ray_actor_options") if isinstance(deployments[0], dict) else None
+    return dict(applications[0].get("args") or {}), str(http.get("host", "127.0.0.1")), dict(actor or {})
+
+
+def with_auth_for(host: str, args: dict) -> dict:
+    """The application's args for an HTTP listener on `host`: on loopback as given; on any other
+    host auth is on, with the token in `args.api_key_env` (RADLAB_SERVE_TOKEN where unset), which
+    must hold one."""
+    if is_loopback_host(host):
+        return args
+    variable = args.get("api_key_env") or TOKEN_ENV
+    if not os.environ.get(variable):
+        raise ConfigError(f"host {host} is not loopback, so requests need a bearer token: export {variable}=<token> "
+                          "(args.api_key_env names another variable)")
+    return {**args, "api_key_env": variable}
+
+
+def application_args(model: str | None, config: Path | None, host: str | None) -> tuple[dict, str, dict]:
+    """(the application's args, the host to listen on, the replica's ray_actor_options): a Serve
+    config's (serving/local.yaml where none is named and it exists), `model` over its args.model,
+    the host given, else the config's, else loopback. A registry reference that names nothing fails
+    here, before anything deploys."""
+    if config is not None and not config.is_file():
+        raise ConfigError(f"--config {config}: no such Serve config file")
+    config = config or (LOCAL_SERVE if LOCAL_SERVE.is_file() else None)
+    args, config_host, actor_options = read_serve_config(config) if config else ({}, "127.0.0.1", {})
+    host = host or config_host
+    args = with_auth_for(host, args)
+    if model:
+        args["model"] = model
+    args.setdefault("tracking_uri", tracking_uri(TrackingConfig()))
+    if "model" not in args:
+        raise ConfigError("--model is required (or a --config whose application has args.model)")
+    if args["model"].startswith("models:/"):
+        check_model_reference(args["model"], args["tracking_uri"])
+    return args, host, actor_options
+
+
+def deploy(args: dict, actor_options: dict, host: str, port: int, verbose: bool = False) -> tuple[str, str | None]:
+    """Start Ray (local unless RAY_ADDRESS says otherwise) and Serve on `host`:`port`, deploy the
+    application and wait until it answers; return (its URL, the folder of Ray's own logs where
+    they are kept off the console). A replica that fails to start is a DeployError with its error,
+    and Serve is left running for whatever else it serves."""
+    logs = init_ray(RayConfig(), verbose)
+    if not verbose:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's own Serve notes
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        serve.run(report_app(args, actor_options), name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError:
+        failure = deploy_failure(APP_NAME)
+        serve.delete(APP_NAME)
+        raise DeployError(f"deploy failed\n{failure}") from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}", logs
+
+
+def undeploy() -> None:
+    """Delete this application (on a cluster, others keep serving) and disconnect from Ray."""
+    serve.delete(APP_NAME)
+    ray.shutdown()
+
+
+def report_once(url: str, image: Path, indication: str, args: dict) -> dict:
+    """POST one image to /v1/reports, with the bearer token where the args ask for one; the answer."""
+    key = os.environ.get(args["api_key_env"], "") if args.get("api_key_env") else ""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with open(image, "rb") as fh:
+        reply = httpx.post(f"{url}/v1/reports", files={"image": (image.name, fh)}, data={"indication": indication},
+                           headers=headers, timeout=120)
+    if reply.status_code != 200:
+        raise DeployError(f"{reply.status_code} {reply.text}")
+    return reply.json()

@@ -34,7 +34,7 @@ from common import alternate, report  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from radlab.data.image_pipeline import BATCH, image_dataset  # noqa: E402
-from radlab.formats.images import load_image, square_pixels  # noqa: E402
+from radlab.formats.images import ImageTransform, load_image  # noqa: E402
 
 SIZE = 518
 
@@ -92,14 +92,14 @@ class PeakMemory:
 def plain_loop(paths: list[Path]) -> float:
     start = time.perf_counter()
     for path in paths:
-        square_pixels(load_image(path), SIZE)
+        ImageTransform(SIZE).pixels(load_image(path))
     return len(paths) / (time.perf_counter() - start)
 
 
 def thread_pool(paths: list[Path]) -> float:
     start = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        for _ in pool.map(lambda path: square_pixels(load_image(path), SIZE), paths):
+        for _ in pool.map(lambda path: ImageTransform(SIZE).pixels(load_image(path)), paths):
             pass
     return len(paths) / (time.perf_counter() - start)
 
@@ -107,7 +107,7 @@ def thread_pool(paths: list[Path]) -> float:
 def pipeline(paths: list[Path]) -> tuple[float, int]:
     start = time.perf_counter()
     rows = 0
-    for batch in image_dataset([str(p) for p in paths], SIZE).iter_batches(batch_size=64, batch_format="numpy"):
+    for batch in image_dataset([str(p) for p in paths], ImageTransform(SIZE)).iter_batches(batch_size=64, batch_format="numpy"):
         rows += len(batch["index"])
     return rows / (time.perf_counter() - start), rows
 

@@ -38,6 +38,7 @@ from radlab.evaluation.scoring import score  # noqa: E402
 from radlab.formats.batch import collate  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model, set_trainable  # noqa: E402
+from radlab.model.towers import image_transform  # noqa: E402
 from radlab.pipeline import run_experiment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ def plain_point(experiment, tokenizer) -> tuple[float, float]:
     keys = ("input_ids", "attention_mask", "pixel_values", "labels")
     for stage in (experiment.stage1, experiment.stage2):
         set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
-        dataset = stage_dataset(experiment, tokenizer, "train", stage.template)
+        dataset = stage_dataset(experiment, tokenizer, "train", stage.template, image_transform(experiment.model.vision))
         loader = DataLoader(dataset, batch_size=stage.global_batch, shuffle=True, drop_last=True,
                             collate_fn=lambda items: collate(items, tokenizer.pad_token_id))
         params = [p for p in model.parameters() if p.requires_grad]
@@ -93,7 +94,8 @@ def plain_point(experiment, tokenizer) -> tuple[float, float]:
                 if step == stage.max_steps:
                     break
     seconds = time.perf_counter() - started
-    predictions = generate_findings(model.eval(), tokenizer, experiment, experiment.eval.split, experiment.eval.limit)
+    predictions = generate_findings(model.eval(), tokenizer, experiment, image_transform(experiment.model.vision),
+                                    experiment.eval.split, experiment.eval.limit)
     return seconds, score(experiment, predictions).metrics[METRIC]
 
 

@@ -34,7 +34,7 @@ from ray import serve  # noqa: E402
 from radlab.config import ModelConfig, parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.data.synthetic import draw_findings, render  # noqa: E402
-from radlab.formats.images import decode_image, to_tensor  # noqa: E402
+from radlab.formats.images import ImageTransform, decode_image  # noqa: E402
 from radlab.formats.prompts import findings_prompt  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
@@ -77,7 +77,7 @@ def plain_generate(model, tokenizer, payloads: list[bytes], batch: int, max_new_
     start = time.perf_counter()
     for first in range(0, len(payloads), batch):
         chunk = payloads[first:first + batch]
-        pixels = [to_tensor(decode_image(p, "x.png"), 64) for p in chunk]
+        pixels = [ImageTransform(64)(decode_image(p, "x.png")) for p in chunk]
         generate_batch(model, tokenizer, pixels, [findings_prompt("")] * len(chunk), "vicuna_v1",
                        Sampling(max_new_tokens))
     return len(payloads) / (time.perf_counter() - start)

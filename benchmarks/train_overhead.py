@@ -34,6 +34,7 @@ from radlab.data.dataset import stage_dataset, training_texts  # noqa: E402
 from radlab.formats.batch import collate  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model, set_trainable  # noqa: E402
+from radlab.model.towers import image_transform  # noqa: E402
 from radlab.pipeline import run_experiment  # noqa: E402
 
 GLOBAL_BATCH = 32
@@ -60,7 +61,7 @@ def plain_loop(experiment, tokenizer, steps: int) -> float:
     torch.manual_seed(0)
     model = build_model(experiment.model, tokenizer)
     set_trainable(model, ["projector", "language"])
-    dataset = stage_dataset(experiment, tokenizer, "train", "plain")
+    dataset = stage_dataset(experiment, tokenizer, "train", "plain", image_transform(experiment.model.vision))
     batches = [collate([dataset[(i * GLOBAL_BATCH + j) % len(dataset)] for j in range(GLOBAL_BATCH)],
                        tokenizer.pad_token_id) for i in range(steps)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)

@@ -150,7 +150,7 @@ def test_eval_of_a_checkpoint_that_names_nothing_leaves_no_run(tmp_path, monkeyp
     result = runner.invoke(app, ["eval", "e.yaml", "--checkpoint", "models:/nothing@candidate"])
     assert result.exit_code == 2 and "the registry has no versions of 'nothing'" in result.output
     client = MlflowClient(f"sqlite:///{tmp_path}/radlab_runs/mlflow.db")
-    assert client.search_runs([client.get_experiment_by_name("e").experiment_id]) == []
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def test_run_prints_each_thing_once_and_ends_saying_where_everything_is(synthetic_root, tmp_path):

@@ -7,6 +7,7 @@ from radlab.config import ConfigError, parse_experiment
 from radlab.data.dataset import DataError, ReportDataset, load_examples, read_manifest, split_examples
 from radlab.data.stats import experiment_cards, left_out_lines
 from radlab.formats.batch import collate
+from radlab.formats.images import ImageTransform
 from radlab.formats.prompts import IGNORE_INDEX, encode_example
 
 RECORD = {"id": "a", "image": "img.png", "generate_method": "gpt4", "view": "PA", "indication": "cough",
@@ -81,7 +82,7 @@ def test_corrupt_image_is_skipped_and_counted(synthetic_root, tokenizer, tmp_pat
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG garbage")
     examples[1].image = broken
-    dataset = ReportDataset(examples, tokenizer, "plain", 64, 64, 512)
+    dataset = ReportDataset(examples, tokenizer, "plain", 64, ImageTransform(64), 512)
     batch = collate([dataset[i] for i in range(3)], tokenizer.pad_token_id)
     assert batch["skipped"] == 1
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape == (2, 3, 64, 64)

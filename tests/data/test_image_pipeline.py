@@ -14,7 +14,7 @@ from radlab.data.image_pipeline import image_dataset, preprocess_folder, streame
 from radlab.data.ingest import mimic
 from radlab.data.ingest.common import ingest
 from radlab.formats.batch import collate
-from radlab.formats.images import load_image, square_pixels
+from radlab.formats.images import SIGLIP_MEAN, SIGLIP_STD, ImageTransform, load_image
 from radlab.model.checkpoint import load_train_state
 from radlab.train.recipe import StageJob
 from radlab.train.stages import run_stage
@@ -27,17 +27,18 @@ def test_pipeline_decodes_like_the_plain_loader_and_keeps_errors(ray_session, sy
     paths = sorted((synthetic_root / "images" / "train").glob("*.png"))[:20]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    rows = sorted(image_dataset([*map(str, paths), str(broken)], 32).take_all(), key=lambda r: r["index"])
+    rows = sorted(image_dataset([*map(str, paths), str(broken)], ImageTransform(32)).take_all(), key=lambda r: r["index"])
     assert [r["index"] for r in rows] == list(range(21))
     for row, path in zip(rows, paths):
-        assert row["error"] == "" and np.array_equal(row["pixels"], square_pixels(load_image(path), 32))
+        assert row["error"] == "" and np.array_equal(row["pixels"], ImageTransform(32).pixels(load_image(path)))
     assert "broken.png: not a readable" in rows[-1]["error"]
 
 
 def test_streamed_batches_equal_the_dataloader_batches(ray_session, synthetic_root, tokenizer):
     examples = load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:8]
-    dataset = ReportDataset(examples, tokenizer, "vicuna_v1", 16, 64, 512)
-    shard = image_dataset([str(e.image) for e in examples], 64).iterator()
+    transform = ImageTransform(64, SIGLIP_MEAN, SIGLIP_STD)  # a tower's own statistics reach the streamed batches
+    dataset = ReportDataset(examples, tokenizer, "vicuna_v1", 16, transform, 512)
+    shard = image_dataset([str(e.image) for e in examples], transform).iterator()
     streamed = list(streamed_batches(shard, dataset, 8, tokenizer.pad_token_id, epoch=0))
     assert len(streamed) == 1
     order = streamed[0]["input_ids"].tolist()
@@ -58,13 +59,13 @@ def test_a_streamed_epoch_repeats_batch_for_batch(ray_session, synthetic_root, t
     from ray.data import DataContext
 
     examples = load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:40]
-    dataset = ReportDataset(examples, tokenizer, "vicuna_v1", 16, 64, 512)
+    dataset = ReportDataset(examples, tokenizer, "vicuna_v1", 16, ImageTransform(64), 512)
     options = DataContext.get_current().execution_options
     kept, options.preserve_order = options.preserve_order, True
 
     def read(epoch: int) -> list[list[torch.Tensor]]:
         images = [str(e.image) for e in examples]
-        shards = image_dataset(images, 32, batch=4).streaming_split(2, equal=True)  # tasks of at most 4 images
+        shards = image_dataset(images, ImageTransform(32), batch=4).streaming_split(2, equal=True)  # tasks of at most 4 images
         with ThreadPoolExecutor(2) as pool:  # a split streams only while every worker reads
             return list(pool.map(lambda shard: [b["input_ids"] for b in streamed_batches(
                 shard, dataset, 4, tokenizer.pad_token_id, epoch)], shards))
@@ -82,12 +83,12 @@ def test_preprocess_writes_shards_and_counts_unreadable_images(ray_session, tmp_
     jpg, reports = mimic_layout(tmp_path / "mimic")
     ingest(mimic.read(jpg, reports, ["AP", "PA"]), tmp_path / "ds", "mimic-cxr")
     (jpg / "files/p10/p10000032/s53189527/d3.jpg").write_bytes(b"\xff\xd8 truncated")
-    summary = preprocess_folder(tmp_path / "ds", jpg, 48, tmp_path / "shards")
+    summary = preprocess_folder(tmp_path / "ds", jpg, ImageTransform(48), tmp_path / "shards")
     assert summary["splits"] == {"train": {"images": 2, "unreadable": 1}, "test": {"images": 1, "unreadable": 0}}
     assert "d3.jpg" in summary["unreadable_examples"][0]
     table = pq.read_table(tmp_path / "shards" / "train")
     good = next(r for r in table.to_pylist() if r["image"].endswith("d1.jpg"))
-    assert np.asarray(good["pixels"]).shape == (48, 48)
+    assert np.array_equal(np.asarray(good["pixels"]), ImageTransform(48).pixels(load_image(jpg / good["image"])))
     assert json.loads((tmp_path / "shards" / "preprocess_summary.json").read_text())["size"] == 48
 
 

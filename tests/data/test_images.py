@@ -1,12 +1,14 @@
 import io
+import json
 
 import numpy as np
 import pydicom
 import pytest
+import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from radlab.formats.images import ImageError, decode_image, load_image, to_tensor
+from radlab.formats.images import SIGLIP_MEAN, ImageError, ImageTransform, decode_image, load_image
 
 
 def test_real_dicom_radiograph_monochrome1_is_inverted():
@@ -18,7 +20,7 @@ def test_real_dicom_radiograph_monochrome1_is_inverted():
     pixels = raw.pixel_array.astype(float)
     brightest_raw = np.unravel_index(pixels.argmax(), pixels.shape)
     assert np.asarray(image)[brightest_raw] < 30  # the stored maximum is displayed dark
-    tensor = to_tensor(image, 64)
+    tensor = ImageTransform(64)(image)
     assert tensor.shape == (3, 64, 64)
 
 
@@ -26,10 +28,41 @@ def test_png_and_jpeg_decode_and_pad_to_square():
     for fmt in ("PNG", "JPEG"):
         buf = io.BytesIO()
         Image.fromarray(np.full((40, 80), 255, np.uint8)).save(buf, fmt)
-        tensor = to_tensor(decode_image(buf.getvalue(), f"x.{fmt}"), 32)
+        tensor = ImageTransform(32, resize="pad")(decode_image(buf.getvalue(), f"x.{fmt}"))
         assert tensor.shape == (3, 32, 32)
         # Padded rows at the top and bottom are black; the middle is the white image.
         assert tensor[0, 0, 16] < tensor[0, 16, 16]
+
+
+def _radiograph(width: int, height: int) -> Image.Image:
+    """A grayscale image with structure everywhere, so that any shift or blur shows."""
+    y, x = np.mgrid[0:height, 0:width]
+    return Image.fromarray(((x * 7 + y * 13 + (x * y) % 31) % 256).astype(np.uint8), mode="L")
+
+
+@pytest.mark.parametrize("width, height", [(96, 128), (200, 120)])
+def test_the_crop_transform_is_transformers_clip_processor_on_non_square_images(width, height, tmp_path):
+    """Against transformers' own CLIP image processor, built from the preprocessor_config.json the
+    transform writes: the short side resized to the size (bicubic), the centre kept, each channel
+    normalised by the tower's mean and std (SigLIP's here)."""
+    from transformers import AutoImageProcessor
+
+    transform = ImageTransform(32, SIGLIP_MEAN, (0.25, 0.5, 0.75))
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(transform.processor_config()))
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    image = _radiograph(width, height)
+    theirs = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+    assert torch.allclose(transform(image), theirs, atol=1e-5)
+    assert ImageTransform.from_processor_config(transform.processor_config(), 32) == transform
+
+
+def test_the_centre_crop_rounds_as_torchvision_does():
+    """open_clip's CenterCrop (torchvision) puts the crop at round((excess) / 2), half to even: with
+    one spare row (33 x 32 after resizing a 66 x 64 image) it starts at row 0, with three at row 2."""
+    for height, top in ((66, 0), (70, 2)):
+        image = _radiograph(64, height)
+        resized = np.asarray(image.resize((32, int(32 * height / 64)), Image.Resampling.BICUBIC))
+        assert np.array_equal(ImageTransform(32).pixels(image), resized[top:top + 32])
 
 
 def test_undecodable_inputs_name_the_file(tmp_path):

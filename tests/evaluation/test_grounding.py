@@ -5,6 +5,7 @@ from radlab.data.synthetic import Finding, write_findings
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.grounding import attribute_errors, flip_scores, grounding_checks, lateral_sentences
 from radlab.model.build import build_model
+from radlab.model.towers import image_transform
 
 from ..conftest import experiment_dict
 
@@ -42,8 +43,9 @@ def test_a_model_that_ignores_the_image_is_caught(tokenizer, synthetic_root, tmp
     with torch.no_grad():  # a projector that maps every image to the same embeddings
         for parameter in model.model.multi_modal_projector.parameters():
             parameter.zero_()
-    predictions = generate_findings(model, tokenizer, experiment, "test", 3)
-    metrics, table = grounding_checks(model, tokenizer, experiment, predictions)
+    transform = image_transform(experiment.model.vision)
+    predictions = generate_findings(model, tokenizer, experiment, transform, "test", 3)
+    metrics, table = grounding_checks(model, tokenizer, experiment, transform, predictions)
     assert metrics["grounding/blank_image_identical_share"] == 1.0
     assert metrics["grounding/blank_image_rouge_l"] == 100.0
     assert table["blank_image"] == table["generated"] == [p["candidate"] for p in predictions]

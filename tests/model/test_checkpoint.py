@@ -3,6 +3,7 @@ import torch
 from safetensors.torch import load_file
 
 from radlab.config import LoraConfig
+from radlab.formats.images import ImageTransform
 from radlab.model.build import ModelError, apply_lora, build_model, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_trainable, save_checkpoint
 
@@ -30,6 +31,22 @@ def test_checkpoint_of_another_model_is_refused(tokenizer, tmp_path):
         load_checkpoint(tmp_path / "ckpt", expect=other)
     with pytest.raises(ModelError, match="not a radlab checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_keeps_the_image_transform_it_was_trained_with(tokenizer, tmp_path):
+    """Its preprocessor_config.json; a checkpoint written before radlab saved one padded its images
+    to a square with CLIP's statistics, and says so (model.vision.resize pad), so that a stage
+    continuing it with cropped images is refused as a different model."""
+    padded = tiny(vision={"resize": "pad"})
+    save_checkpoint(tmp_path / "pad", build_model(padded, tokenizer), tokenizer, padded, None, {})
+    assert load_checkpoint(tmp_path / "pad").transform == ImageTransform(64, resize="pad")
+    folder = save_checkpoint(tmp_path / "old", build_model(tiny(), tokenizer), tokenizer, tiny(), None, {})
+    assert load_checkpoint(folder).transform == ImageTransform(64, resize="crop")
+    (folder / "preprocessor_config.json").unlink()
+    old = load_checkpoint(folder)
+    assert old.transform == ImageTransform(64, resize="pad") and old.model_config.vision.resize == "pad"
+    with pytest.raises(ModelError, match=r"model.vision.resize differ"):
+        load_checkpoint(folder, expect=tiny())
 
 
 def test_failed_write_leaves_the_previous_checkpoint_intact(tokenizer, tmp_path):

@@ -3,10 +3,10 @@ import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from radlab.config import LoraConfig, ModelConfig
-from radlab.formats.images import load_image, to_tensor
+from radlab.formats.images import load_image
 from radlab.formats.prompts import encode_prompt, render_prompt
 from radlab.model.build import ModelError, apply_lora, build_model
-from radlab.model.checkpoint import save_checkpoint
+from radlab.model.checkpoint import load_checkpoint, save_checkpoint
 from radlab.model.export import export_hf
 from radlab.model.generation import generate_texts
 
@@ -32,14 +32,15 @@ def test_export_loads_in_transformers_and_generates_the_same_tokens(lora_checkpo
     out = export_hf(folder, tmp_path / "hf")
     exported = LlavaForConditionalGeneration.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
-    image = load_image(synthetic_root / "images/test/000000.png")
+    # Not square (64 x 40), so that the processor must resize the short side and crop as radlab does.
+    image = load_image(synthetic_root / "images/test/000000.png").crop((0, 0, 64, 40))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": HUMAN}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
     # The processor reproduces radlab's inputs: the same ids (image tokens expanded) and pixels.
     ours = encode_prompt(tokenizer, render_prompt("vicuna_v1", HUMAN), 16)
     assert inputs["input_ids"][0].tolist() == ours
-    pixels = to_tensor(image, 64)
+    pixels = load_checkpoint(folder).transform(image)
     assert torch.allclose(inputs["pixel_values"][0], pixels, atol=1e-5)
     with torch.no_grad():
         theirs = exported.generate(**inputs, max_new_tokens=12, do_sample=False)
@@ -69,6 +70,10 @@ def test_projectors_without_a_transformers_equivalent_are_refused(tokenizer, tmp
     with pytest.raises(ModelError, match="projector linear has no transformers LLaVA equivalent"):
         export_hf(folder, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+    padded = ModelConfig.model_validate({"preset": "tiny", "vision": {"resize": "pad"}})
+    folder = save_checkpoint(tmp_path / "pad", build_model(padded, tokenizer, 256), tokenizer, padded, None, {})
+    with pytest.raises(ModelError, match=r"padded to a square \(model.vision.resize pad\), which transformers' CLIP"):
+        export_hf(folder, tmp_path / "hf")
 
 
 def test_cli_export_and_its_errors(lora_checkpoint, tmp_path):

@@ -10,10 +10,12 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from transformers import Dinov2Model, LlamaConfig, LlamaForCausalLM, ViTConfig, ViTModel
 
-from radlab.config import ModelConfig
+from radlab.config import ModelConfig, VisionConfig
+from radlab.formats.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from radlab.model.build import ModelError, build_model
 from radlab.model.checkpoint import load_checkpoint
 from radlab.model.llava_rad import import_llava_rad, import_open_clip_vision
+from radlab.model.towers import image_transform
 
 WIDTH, LAYERS, PATCH, SIZE = 64, 2, 14, 28
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -105,6 +107,26 @@ def test_an_open_clip_tower_converts_to_a_vit_folder_the_report_model_loads(rele
     model = build_model(config, tokenizer, 256)
     assert torch.equal(model.model.vision_tower.state_dict()["layers.1.mlp.fc1.weight"],
                        release["vit"].state_dict()["layers.1.mlp.fc1.weight"])
+
+
+def test_the_open_clip_image_transform_goes_with_the_tower(release, tmp_path):
+    """The open_clip config's preprocess_cfg mean and std (open_clip's defaults, CLIP's, where it
+    names none) become the converted tower's preprocessor_config.json, which a model on that tower
+    and the imported LLaVA-Rad checkpoint use; a resize other than open_clip's default is refused."""
+    vision = VisionConfig(kind="vit", image_size=SIZE, patch_size=PATCH)
+    out, _ = import_open_clip_vision(release["vision"], tmp_path / "plain")
+    assert image_transform(vision.model_copy(update={"path": str(out)})) == ImageTransform(SIZE, CLIP_MEAN, CLIP_STD)
+    config = release["vision"] / "open_clip_config.json"
+    raw = json.loads(config.read_text())
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    config.write_text(json.dumps({**raw, "preprocess_cfg": {"mean": mean, "std": std}}))
+    out, _ = import_open_clip_vision(release["vision"], tmp_path / "own")
+    assert image_transform(vision.model_copy(update={"path": str(out)})) == ImageTransform(SIZE, mean, std, "crop")
+    checkpoint = import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
+    assert load_checkpoint(checkpoint).transform == ImageTransform(SIZE, mean, std, "crop")
+    config.write_text(json.dumps({**raw, "preprocess_cfg": {"resize_mode": "squash"}}))
+    with pytest.raises(ModelError, match=r"open_clip_config.json: preprocess_cfg resizes squash/bicubic"):
+        import_open_clip_vision(release["vision"], tmp_path / "squashed")
 
 
 def test_import_names_what_is_missing_or_wrong(release, tmp_path):

@@ -105,8 +105,8 @@ def test_a_tiny_stage0_on_ray_improves_retrieval_and_feeds_stage1(ray_session, s
     examples = split_examples(experiment.data, "train")
     torch.manual_seed(0)
     untrained = build_encoder(experiment.model, experiment.stage0, trained.tokenizer)
-    before = evaluate_retrieval(untrained, examples, trained.tokenizer, 64, 96)
-    after = evaluate_retrieval(trained.encoder, examples, trained.tokenizer, 64, 96)
+    before = evaluate_retrieval(untrained, examples, trained.tokenizer, trained.transform, 96)
+    after = evaluate_retrieval(trained.encoder, examples, trained.tokenizer, trained.transform, 96)
     for key in ("retrieval/i2t_R1", "retrieval/i2t_R5", "retrieval/label_i2t_R1"):
         assert after[key] > before[key] + 0.1, (key, before[key], after[key])
     # Stage 1 starts from the stage 0 tower; frozen, it comes out of stage 1 unchanged.

@@ -193,18 +193,24 @@ def structure(folder: Annotated[Path, typer.Argument(help="an ingested dataset f
 def preprocess(folder: Annotated[Path, typer.Argument(help="an ingested dataset folder")],
                image_root: Annotated[Path, typer.Option(help="the folder the manifests' image paths start from")],
                size: Annotated[int, typer.Option(help="the encoder's input size (518 for BiomedCLIP-CXR)")] = 518,
+               resize: Annotated[str, typer.Option(help="crop: the short side to --size and the centre kept (as "
+                                                        "model.vision.resize); pad: padded to a square first")] = "crop",
                out: Annotated[Path, typer.Option(help="folder for the Parquet shards")] = None,
                address: Annotated[str, typer.Option(help="a Ray cluster to run on (default: a local one)")] = None) -> None:
     """Decode and resize every image once, in parallel on Ray Data, into Parquet shards."""
     from radlab.config import RayConfig
     from radlab.data.image_pipeline import preprocess_folder
+    from radlab.formats.images import ImageTransform
     from radlab.runtime import init_ray
 
+    if resize not in ("crop", "pad"):
+        err_console.print(f"--resize {resize}: expected crop or pad")
+        raise typer.Exit(2)
     init_ray(RayConfig(address=address))
     # Resolved here: Ray Data's tasks write from folders of their own, where a relative path means another place.
     folder, image_root = folder.resolve(), image_root.resolve()
     out = (out or folder.with_name(f"{folder.name}_{size}px")).resolve()
-    summary = or_exit(preprocess_folder, folder, image_root, size, out)
+    summary = or_exit(preprocess_folder, folder, image_root, ImageTransform(size, resize=resize), out)
     for split, counts in summary["splits"].items():
         console.print(f"{split}: {counts['images']} images, {counts['unreadable']} unreadable")
     for example in summary["unreadable_examples"]:

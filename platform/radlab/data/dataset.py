@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from radlab.config import DataConfig, Experiment
 from radlab.data import synthetic
 from radlab.errors import RadlabError
-from radlab.formats.images import ImageError, load_image, to_tensor
+from radlab.formats.images import ImageError, ImageTransform, load_image
 from radlab.formats.prompts import SPLIT_FILES, encode_example
 
 log = logging.getLogger(__name__)
@@ -189,9 +189,9 @@ class ImageDataset(Dataset):
     """Examples with their images; an image that will not decode yields None, which the collate
     functions drop and count."""
 
-    def __init__(self, examples: list[Example], image_size: int):
+    def __init__(self, examples: list[Example], transform: ImageTransform):
         self.examples = examples
-        self.image_size = image_size
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -199,7 +199,7 @@ class ImageDataset(Dataset):
     def pixels(self, index: int) -> torch.Tensor | None:
         example = self.examples[index]
         try:
-            return to_tensor(load_image(example.image), self.image_size)
+            return self.transform(load_image(example.image))
         except ImageError as err:
             log.warning("skipping example %s: %s", example.id, err)
             return None
@@ -209,8 +209,8 @@ class ReportDataset(ImageDataset):
     """(image, prompt, findings) examples encoded for one stage's template."""
 
     def __init__(self, examples: list[Example], tokenizer, template: str, num_image_tokens: int,
-                 image_size: int, max_length: int):
-        super().__init__(examples, image_size)
+                 transform: ImageTransform, max_length: int):
+        super().__init__(examples, transform)
         self.tokenizer = tokenizer
         self.template = template
         self.num_image_tokens = num_image_tokens
@@ -229,10 +229,11 @@ class ReportDataset(ImageDataset):
                 "truncated": encoded.truncated}
 
 
-def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str) -> ReportDataset:
-    vision = experiment.model.vision
+def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str,
+                  transform: ImageTransform) -> ReportDataset:
+    """A split's examples encoded for `template`, their images by the tower's `transform`."""
     return ReportDataset(split_examples(experiment.data, split), tokenizer, template,
-                         vision.num_image_tokens, vision.image_size, experiment.data.max_length)
+                         experiment.model.vision.num_image_tokens, transform, experiment.data.max_length)
 
 
 def manifest_digest(config: DataConfig) -> str:

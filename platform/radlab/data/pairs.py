@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from radlab.data.dataset import Example, ImageDataset
+from radlab.formats.images import ImageTransform
 
 
 def encode_report(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
@@ -17,8 +18,8 @@ def encode_report(tokenizer, text: str, max_length: int) -> tuple[list[int], boo
 class PairDataset(ImageDataset):
     """(image, findings) pairs for the contrastive stage and retrieval."""
 
-    def __init__(self, examples: list[Example], tokenizer, image_size: int, max_length: int):
-        super().__init__(examples, image_size)
+    def __init__(self, examples: list[Example], tokenizer, transform: ImageTransform, max_length: int):
+        super().__init__(examples, transform)
         self.tokenizer = tokenizer
         self.max_length = max_length
 

@@ -10,17 +10,17 @@ from PIL import Image
 
 from radlab.config import Experiment
 from radlab.data.dataset import DataError, read_jsonl, split_examples
-from radlab.formats.images import ImageError, load_image, to_tensor
+from radlab.formats.images import ImageError, ImageTransform, load_image
 from radlab.model.generation import generate_texts
 
 
-def generate_findings(model, tokenizer, experiment: Experiment, split: str, limit: int | None = None,
-                      batch_size: int | None = None, max_new_tokens: int | None = None,
+def generate_findings(model, tokenizer, experiment: Experiment, transform: ImageTransform, split: str,
+                      limit: int | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
                       progress: Callable[[int], None] | None = None,
-                      transform: Callable[[Image.Image], Image.Image] | None = None) -> list[dict]:
-    """Predictions `{id, image, indication, reference, candidate}` for the split's examples;
-    `progress(n)` after each batch of n; `transform` changes each image first (the grounding checks
-    mirror or blank it).
+                      alter: Callable[[Image.Image], Image.Image] | None = None) -> list[dict]:
+    """Predictions `{id, image, indication, reference, candidate}` for the split's examples, their
+    images by the model's `transform`; `progress(n)` after each batch of n; `alter` changes each
+    image first (the grounding checks mirror or blank it).
 
     An image that does not decode yields a record with `error` set and no candidate, so it is
     counted rather than silently dropped.
@@ -35,7 +35,7 @@ def generate_findings(model, tokenizer, experiment: Experiment, split: str, limi
         for example in chunk:
             try:
                 image = load_image(example.image)
-                pixels.append(to_tensor(transform(image) if transform else image, experiment.model.vision.image_size))
+                pixels.append(transform(alter(image) if alter else image))
                 humans.append(example.human)
             except ImageError as err:
                 errors[example.id] = str(err)

@@ -26,6 +26,7 @@ from radlab.data.synthetic import parse_findings
 from radlab.evaluation.chexprompt import bootstrap
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.metrics import rouge_l_scores
+from radlab.formats.images import ImageTransform
 
 SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 OTHER_SIDE = {"left": "right", "right": "left"}
@@ -74,16 +75,16 @@ def attribute_errors(references: list[str], candidates: list[str]) -> dict[str, 
     return {f"grounding/attribute_errors/{a}": counts[a] / total for a in ATTRIBUTES} if total else {}
 
 
-def grounding_checks(model, tokenizer, experiment: Experiment, predictions: list[dict],
+def grounding_checks(model, tokenizer, experiment: Experiment, transform: ImageTransform, predictions: list[dict],
                      progress: Callable[[int], None] | None = None) -> tuple[dict[str, float], dict[str, list]]:
     """(the grounding metrics with 95% intervals, a per-report table) for `predictions`, the
-    model's generations on the evaluation split."""
+    model's generations on the evaluation split (its images by `transform`)."""
     cfg = experiment.eval
     kept = [p for p in predictions if "candidate" in p]
     generated = {}
-    for name, transform in (("mirrored", ImageOps.mirror), ("blank", blank)):
-        runs = generate_findings(model, tokenizer, experiment, cfg.split, cfg.limit, progress=progress,
-                                 transform=transform)
+    for name, alter in (("mirrored", ImageOps.mirror), ("blank", blank)):
+        runs = generate_findings(model, tokenizer, experiment, transform, cfg.split, cfg.limit, progress=progress,
+                                 alter=alter)
         generated[name] = {r["id"]: r.get("candidate", "") for r in runs}
     originals = [p["candidate"] for p in kept]
     mirrored = [generated["mirrored"][p["id"]] for p in kept]

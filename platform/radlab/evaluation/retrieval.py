@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from radlab.data.dataset import Example
 from radlab.data.pairs import PairDataset, collate_pairs, encode_report, text_batch
+from radlab.formats.images import ImageTransform
 from radlab.model.encoder import DualEncoder
 
 KS = (1, 5, 10)
@@ -32,11 +33,11 @@ ZERO_SHOT_PROMPTS = {
 
 
 @torch.no_grad()
-def embed_pairs(encoder: DualEncoder, examples: list[Example], tokenizer, image_size: int, max_length: int,
-                batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
+def embed_pairs(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,
+                max_length: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[int], int]:
     """(image embeddings, report embeddings, indices of the examples kept, reports truncated)."""
     encoder.eval()
-    loader = DataLoader(PairDataset(examples, tokenizer, image_size, max_length), batch_size=batch_size,
+    loader = DataLoader(PairDataset(examples, tokenizer, transform, max_length), batch_size=batch_size,
                         collate_fn=lambda items: collate_pairs(items, tokenizer.pad_token_id))
     images, texts, kept, truncated = [], [], [], 0
     for batch in loader:
@@ -91,9 +92,9 @@ def zero_shot_auroc(encoder: DualEncoder, images: torch.Tensor, labels: list[fro
     return out
 
 
-def evaluate_retrieval(encoder: DualEncoder, examples: list[Example], tokenizer, image_size: int,
+def evaluate_retrieval(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,
                        max_length: int) -> dict[str, float]:
-    images, texts, kept, truncated = embed_pairs(encoder, examples, tokenizer, image_size, max_length)
+    images, texts, kept, truncated = embed_pairs(encoder, examples, tokenizer, transform, max_length)
     reports = [examples[i].findings for i in kept]
     labels = [examples[i].labels for i in kept]
     metrics = retrieval_metrics(images, texts, reports, labels)

@@ -42,12 +42,13 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
     reports = len(split_examples(experiment.data, cfg.split)[: cfg.limit])
     model = inference_model(loaded.model, *pick_device_dtype("auto", "auto"))
     with counted(console, f"generating findings ({cfg.split})", reports) as advance:
-        trained = generate_findings(model, loaded.tokenizer, experiment, cfg.split, cfg.limit, progress=advance)
+        trained = generate_findings(model, loaded.tokenizer, experiment, loaded.transform, cfg.split, cfg.limit,
+                                    progress=advance)
     with counted(console, "judging", sum("candidate" in p for p in trained)) as advance:
         scored = score(experiment, trained, advance)
     if experiment.runs_grounding:
         with counted(console, "grounding: generating on mirrored and blank images", 2 * reports) as advance:
-            grounding, table = grounding_checks(model, loaded.tokenizer, experiment, trained, advance)
+            grounding, table = grounding_checks(model, loaded.tokenizer, experiment, loaded.transform, trained, advance)
         scored.metrics |= grounding
         tracker.log_table(run_id, table, "eval/trained/grounding.json")
     log_evaluation(tracker, run_id, experiment, trained, scored)
@@ -57,8 +58,8 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
         untrained_model = inference_model(build_model(experiment.model, loaded.tokenizer, experiment.data.max_length),
                                           *pick_device_dtype("auto", "auto"))
         with counted(console, "generating findings (untrained model)", reports) as advance:
-            untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, cfg.split, cfg.limit,
-                                          progress=advance)
+            untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, loaded.transform, cfg.split,
+                                          cfg.limit, progress=advance)
         with counted(console, "judging (untrained model)", sum("candidate" in p for p in untrained)) as advance:
             base = score(experiment, untrained, advance)
         log_evaluation(tracker, run_id, experiment, untrained, base, "untrained/")
@@ -91,15 +92,15 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
     """Retrieval and zero-shot readouts of a stage 0 encoder (and the untrained one), logged."""
     loaded = load_encoder(folder)
     examples = split_examples(experiment.data, experiment.eval.split)
-    size, length = experiment.model.vision.image_size, loaded.stage0.text.max_length
+    transform, length = loaded.transform, loaded.stage0.text.max_length
     with console.status(f"embedding the {experiment.eval.split} split"):
-        metrics = evaluate_retrieval(loaded.encoder, examples, loaded.tokenizer, size, length)
+        metrics = evaluate_retrieval(loaded.encoder, examples, loaded.tokenizer, transform, length)
     tracker.log_metrics(run_id, metrics)
     columns = {"trained": metrics}
     if experiment.eval.compares_untrained:
         torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
         untrained = build_encoder(experiment.model, loaded.stage0, loaded.tokenizer)
-        columns["untrained"] = evaluate_retrieval(untrained, examples, loaded.tokenizer, size, length)
+        columns["untrained"] = evaluate_retrieval(untrained, examples, loaded.tokenizer, transform, length)
         tracker.log_metrics(run_id, {f"untrained/{k}": v for k, v in columns["untrained"].items()})
     table = Table("metric", *columns, title=f"retrieval on {experiment.eval.split} ({int(metrics['retrieval/n_pairs'])} pairs)")
     for key in RETRIEVAL_SUMMARY:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -11,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from radlab.errors import RadlabError
 
-# CLIP's normalisation, used by CLIP, BiomedCLIP and the tiny tower alike.
+# CLIP's normalisation (open_clip's default, which BiomedCLIP keeps) and SigLIP's.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
@@ -83,20 +85,53 @@ def load_image(path: str | Path) -> Image.Image:
     return decode_image(data, str(path))
 
 
-def square_pixels(image: Image.Image, size: int) -> np.ndarray:
-    """Pad to a square (keeping the aspect ratio, as LLaVA-Rad does) and resize: (size, size) uint8."""
-    w, h = image.size
-    side = max(w, h)
-    square = Image.new("L", (side, side), 0)
-    square.paste(image, ((side - w) // 2, (side - h) // 2))
-    return np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+@dataclass(frozen=True)
+class ImageTransform:
+    """How an image becomes a tower's input: `crop` resizes the short side to `size` (bicubic) and
+    takes the centre square, as open_clip's transform (LLaVA-Rad's) and transformers' CLIP processor
+    do; `pad` first pads to a square with black, then resizes. Then each of the three channels is
+    normalised by the tower's `mean` and `std`: radiographs are grayscale, so the channels differ
+    only by their mean and std."""
+    size: int
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    resize: Literal["crop", "pad"] = "crop"
 
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The grayscale `image` resized as (size, size) uint8."""
+        w, h = image.size
+        if self.resize == "pad":
+            side = max(w, h)
+            square = Image.new("L", (side, side), 0)
+            square.paste(image, ((side - w) // 2, (side - h) // 2))
+            return np.asarray(square.resize((self.size, self.size), Image.Resampling.BICUBIC), dtype=np.uint8)
+        # the long side as torchvision and transformers compute it
+        new_w, new_h = (self.size, int(self.size * h / w)) if w <= h else (int(self.size * w / h), self.size)
+        resized = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        # torchvision's CenterCrop (open_clip's): the offset rounded half to even
+        top, left = round((new_h - self.size) / 2.0), round((new_w - self.size) / 2.0)
+        return np.asarray(resized.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
 
-def normalise(pixels: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    """(size, size) uint8 -> the encoder's normalised (3, size, size) input."""
-    tensor = torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(0).expand(3, -1, -1)
-    return (tensor - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    def normalise(self, pixels: np.ndarray) -> torch.Tensor:
+        """(size, size) uint8 -> the normalised (3, size, size) float tensor."""
+        tensor = torch.from_numpy(pixels.astype(np.float32) / 255.0).unsqueeze(0).expand(3, -1, -1)
+        return (tensor - torch.tensor(self.mean).view(3, 1, 1)) / torch.tensor(self.std).view(3, 1, 1)
 
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalise(self.pixels(image))
 
-def to_tensor(image: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    return normalise(square_pixels(image, size), mean, std)
+    def processor_config(self) -> dict:
+        """As transformers' CLIPImageProcessor reads it (preprocessor_config.json); `pad` is radlab's
+        own key, which transformers does not apply."""
+        config = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "resample": 3,
+                  "size": {"shortest_edge": self.size}, "do_center_crop": True,
+                  "crop_size": {"height": self.size, "width": self.size}, "do_rescale": True,
+                  "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(self.mean),
+                  "image_std": list(self.std), "do_convert_rgb": True}
+        return config | ({"radlab_pad_to_square": True} if self.resize == "pad" else {})
+
+    @classmethod
+    def from_processor_config(cls, config: dict, size: int) -> ImageTransform:
+        """The transform of a preprocessor_config.json (a tower folder's or a checkpoint's) at `size`."""
+        return cls(size, tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)),
+                   "pad" if config.get("radlab_pad_to_square") else "crop")

@@ -14,28 +14,11 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from torch import nn
-from transformers import (
-    AutoModelForCausalLM,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    Dinov2Config,
-    Dinov2Model,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    SiglipVisionConfig,
-    SiglipVisionModel,
-    ViTConfig,
-    ViTModel,
-)
+from transformers import AutoModelForCausalLM, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from radlab.config import LoraConfig, ModelConfig, VisionConfig
-from radlab.errors import RadlabError
+from radlab.config import LoraConfig, ModelConfig
 from radlab.formats.prompts import IMAGE_TOKEN
-
-
-class ModelError(RadlabError, ValueError):
-    """A model section that cannot be built, or a checkpoint that does not fit it."""
+from radlab.model.towers import TOWERS, ModelError, vision_config
 
 
 class LinearProjector(nn.Module):
@@ -47,43 +30,6 @@ class LinearProjector(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.linear_1(features)
-
-
-VISION_CLASSES = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel),
-                  "vit": (ViTConfig, ViTModel), "dinov2": (Dinov2Config, Dinov2Model)}
-
-
-def vision_config(mc: ModelConfig):
-    v = mc.vision
-    if v.kind == "open_clip":
-        raise ModelError(
-            "model.vision.kind open_clip: convert the open_clip tower (BiomedCLIP, BiomedCLIP-CXR) once with "
-            "`radlab import open-clip-vision --vision <folder> --out <folder>`, then use the "
-            "vision: {kind: ..., path: <folder>} it prints"
-        )
-    if v.path:
-        config = VISION_CLASSES[v.kind][0].from_pretrained(v.path)
-        if config.model_type in ("vit", "dinov2") and config.model_type != v.kind:
-            # transformers would build the other architecture from it and drop, say, LayerScale
-            raise ModelError(f"model.vision.kind is {v.kind} but {v.path} holds a {config.model_type} tower: "
-                             f"set model.vision.kind: {config.model_type}")
-        return config
-    return tower_config(v)
-
-
-def tower_config(v: VisionConfig):
-    """The transformers config of a tower built from the `model.vision` fields (timm's ViT and
-    DINOv2 conventions for `vit` and `dinov2`: qkv bias, LayerNorm eps 1e-6)."""
-    shapes = {"hidden_size": v.hidden_size, "num_hidden_layers": v.layers, "num_attention_heads": v.heads,
-              "image_size": v.image_size, "patch_size": v.patch_size, "num_channels": 3}
-    if v.kind == "dinov2":
-        if v.intermediate_size % v.hidden_size:
-            raise ModelError(f"model.vision.intermediate_size {v.intermediate_size} is not a multiple of hidden_size "
-                             f"{v.hidden_size}, as a DINOv2 tower's MLP ratio must be")
-        return Dinov2Config(mlp_ratio=v.intermediate_size // v.hidden_size, qkv_bias=True, layer_norm_eps=1e-6,
-                            **shapes)
-    extra = {"qkv_bias": True, "layer_norm_eps": 1e-6} if v.kind == "vit" else {}
-    return VISION_CLASSES[v.kind][0](intermediate_size=v.intermediate_size, **shapes, **extra)
 
 
 # How far a pretrained model's embedding rows may exceed its tokenizer's size: vocabularies are
@@ -133,15 +79,14 @@ def build_model(mc: ModelConfig, tokenizer, max_length: int = 2048) -> LlavaForC
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         vision_feature_layer=mc.vision.select_layer,
-        # CLIP and ViT towers carry a CLS token that LLaVA drops; SigLIP towers have none.
-        vision_feature_select_strategy="full" if mc.vision.kind == "siglip" else "default",
+        vision_feature_select_strategy=TOWERS[mc.vision.kind].features,
         projector_hidden_act="gelu",
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
     model = assemble(config, mc.projector)
     if mc.vision.path:
         # A CLIP/SigLIP/ViT folder, a vision tower's folder, or a radlab stage 0 encoder.
-        tower = VISION_CLASSES[mc.vision.kind][1].from_pretrained(mc.vision.path)
+        tower = TOWERS[mc.vision.kind].model_class.from_pretrained(mc.vision.path)
         model.model.vision_tower.load_state_dict(tower.state_dict())
     if mc.language.path:
         lm = AutoModelForCausalLM.from_pretrained(mc.language.path)

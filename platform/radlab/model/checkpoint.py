@@ -6,6 +6,9 @@
                          stage's resume points (every checkpoint but its last) only the weights the
                          stage trains, the frozen rest being rebuilt as the stage began
     tokenizer/           the tokenizer, <image> included
+    preprocessor_config.json  how an image becomes the tower's input (transformers' CLIPImageProcessor
+                         keys: size, crop, mean, std), the one transform evaluation, serving and
+                         export use
     train_state.pt       optimizer, scheduler and step (training checkpoints only)
     checksums.json       the sha256 of every other file, checked when a stage resumes from it
 
@@ -31,8 +34,10 @@ from safetensors.torch import load_file, save_file
 from transformers import LlavaConfig
 
 from radlab.config import LoraConfig, ModelConfig
+from radlab.formats.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import ModelError, apply_lora, assemble, llava_config
+from radlab.model.towers import PROCESSOR_FILE, image_transform
 
 FORMAT = 1
 META = "radlab.json"
@@ -47,13 +52,17 @@ class Loaded:
     model_config: ModelConfig
     lora: LoraConfig | None
     meta: dict
+    transform: ImageTransform
 
 
 def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config: ModelConfig,
                     lora: LoraConfig | None, meta: dict, train_state: dict | None = None,
-                    trainable_only: bool = False) -> Path:
+                    trainable_only: bool = False, transform: ImageTransform | None = None) -> Path:
     """Write a checkpoint folder. `trainable_only`: a resume point holding only the parameters that
-    train (a LoRA stage of a 7B model: the adapters and the projector, not 13.5 GB)."""
+    train (a LoRA stage of a 7B model: the adapters and the projector, not 13.5 GB). `transform`:
+    the images' transform the model was trained with, where `model_config.vision` does not say it
+    (an imported tower's own mean and std)."""
+    transform = transform or image_transform(model_config.vision)
     with atomic_folder(dest, checksums=True) as tmp:
         if trainable_only:
             state = {k: p for k, p in model.named_parameters() if p.requires_grad}
@@ -66,6 +75,7 @@ def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         llava_config(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
+        write_transform(tmp, transform)
         info = {"format": FORMAT, "model": model_config.model_dump(mode="json"),
                 "lora": lora.model_dump(mode="json") if lora else None, **meta}
         (tmp / META).write_text(json.dumps(info, indent=2))
@@ -136,6 +146,21 @@ def atomic_folder(dest: Path, checksums: bool = False) -> Iterator[Path]:
         raise
 
 
+def write_transform(folder: Path, transform: ImageTransform) -> None:
+    (Path(folder) / PROCESSOR_FILE).write_text(json.dumps(transform.processor_config(), indent=2))
+
+
+def read_transform(folder: Path, model_config: ModelConfig) -> tuple[ImageTransform, ModelConfig]:
+    """The transform a checkpoint's model was trained with, and its model section saying so. A
+    checkpoint written before radlab saved it padded its images to a square, with CLIP's mean/std."""
+    processor = Path(folder) / PROCESSOR_FILE
+    size = model_config.vision.image_size
+    if processor.is_file():
+        return ImageTransform.from_processor_config(json.loads(processor.read_text()), size), model_config
+    vision = model_config.vision.model_copy(update={"resize": "pad"})
+    return ImageTransform(size, CLIP_MEAN, CLIP_STD, "pad"), model_config.model_copy(update={"vision": vision})
+
+
 def read_meta(path: Path) -> dict:
     path = Path(path)
     meta_file = path / META
@@ -156,7 +181,7 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     if meta.get(PARTIAL):
         raise ModelError(f"{path}: a resume point of {meta.get('stage')} (step {meta.get('step')}) holding only the "
                          "weights it trains; use the stage's final checkpoint or the registered model")
-    model_config = ModelConfig.model_validate(meta["model"])
+    transform, model_config = read_transform(path, ModelConfig.model_validate(meta["model"]))
     if expect is not None:
         ours, theirs = expect.model_dump(), model_config.model_dump()
         diff = [f"{section}.{key}" for section in ("vision", "language") for key in ours[section]
@@ -181,7 +206,7 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not fit the model: {len(missing)} missing "
                          f"({missing[:2]}), {len(unexpected)} unexpected ({unexpected[:2]})")
-    return Loaded(model, tokenizer, model_config, lora, meta)
+    return Loaded(model, tokenizer, model_config, lora, meta, transform)
 
 
 def load_trainable(model: torch.nn.Module, path: Path) -> None:

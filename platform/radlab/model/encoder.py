@@ -24,9 +24,10 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionModel
 
 from radlab.config import ModelConfig, Stage0Config
+from radlab.formats.images import ImageTransform
 from radlab.formats.tokenizer import load_tokenizer
-from radlab.model.build import ModelError, vision_config
-from radlab.model.checkpoint import FORMAT, META, atomic_folder, read_meta
+from radlab.model.checkpoint import FORMAT, META, atomic_folder, read_meta, read_transform, write_transform
+from radlab.model.towers import ModelError, image_transform, vision_config
 
 
 class DualEncoder(nn.Module):
@@ -118,6 +119,7 @@ def save_encoder(dest: Path, encoder: DualEncoder, tokenizer, model_config: Mode
     with atomic_folder(dest, checksums=True) as tmp:
         encoder.clip.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
+        write_transform(tmp, image_transform(model_config.vision))
         info = {"format": FORMAT, "kind": "encoder", "model": model_config.model_dump(mode="json"),
                 "stage0": s0.model_dump(mode="json"), "logit_bias": float(encoder.logit_bias.detach()), **meta}
         (tmp / META).write_text(json.dumps(info, indent=2))
@@ -132,6 +134,7 @@ class LoadedEncoder:
     tokenizer: object
     stage0: Stage0Config
     meta: dict
+    transform: ImageTransform
 
 
 def load_encoder(path: Path) -> LoadedEncoder:
@@ -142,5 +145,7 @@ def load_encoder(path: Path) -> LoadedEncoder:
     clip = CLIPModel(CLIPConfig.from_pretrained(path))
     clip.load_state_dict(load_file(str(path / "model.safetensors")))
     encoder = DualEncoder(clip, meta["logit_bias"])
-    return LoadedEncoder(encoder, load_tokenizer(path / "tokenizer"), Stage0Config.model_validate(meta["stage0"]), meta)
+    transform, _ = read_transform(path, ModelConfig.model_validate(meta["model"]))
+    return LoadedEncoder(encoder, load_tokenizer(path / "tokenizer"), Stage0Config.model_validate(meta["stage0"]), meta,
+                         transform)
 

@@ -2,8 +2,8 @@
 
 The folder loads with `LlavaForConditionalGeneration.from_pretrained` and `AutoProcessor`
 alone: config, safetensors (LoRA merged into the language model), tokenizer with the chat
-template of the checkpoint's last stage, and a processor whose image side does what radlab's
-does for square inputs (resize to the tower's size, CLIP normalisation).
+template of the checkpoint's last stage, and a processor whose image side is the checkpoint's own
+transform (the short side resized to the tower's size, the centre kept, the tower's mean and std).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 from transformers import LlavaProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from radlab.formats.images import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD
 from radlab.formats.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
 from radlab.model.build import ModelError, llava_config
 from radlab.model.checkpoint import atomic_folder, load_checkpoint
@@ -39,6 +38,10 @@ def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
     if loaded.model_config.projector != "mlp2x_gelu":
         raise ModelError(f"{checkpoint}: projector {loaded.model_config.projector} has no transformers LLaVA "
                          "equivalent (its projector is mlp2x_gelu); keep radlab's format for this model")
+    transform = loaded.transform
+    if transform.resize != "crop":
+        raise ModelError(f"{checkpoint}: trained on images padded to a square (model.vision.resize {transform.resize}), "
+                         "which transformers' CLIP image processor does not do; keep radlab's format for this model")
     model = loaded.model
     if loaded.lora is not None:
         if not merge_lora:
@@ -48,8 +51,8 @@ def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
     vision = config.vision_config
     siglip = vision.model_type.startswith("siglip")
     image_processor = CLIPImageProcessorPil(
-        size={"height": vision.image_size, "width": vision.image_size}, do_center_crop=False, resample=3,
-        image_mean=list(SIGLIP_MEAN if siglip else CLIP_MEAN), image_std=list(SIGLIP_STD if siglip else CLIP_STD))
+        size={"shortest_edge": transform.size}, crop_size={"height": transform.size, "width": transform.size},
+        do_center_crop=True, resample=3, image_mean=list(transform.mean), image_std=list(transform.std))
     tokenizer = loaded.tokenizer
     tokenizer.chat_template = CHAT_TEMPLATES[loaded.meta.get("template", "vicuna_v1")]
     processor = LlavaProcessor(

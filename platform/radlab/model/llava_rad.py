@@ -15,7 +15,9 @@ The release is three folders:
 The timm ViT is remapped onto transformers' ViTModel, or onto Dinov2Model when its blocks carry
 LayerScale (a DINOv2 trunk): the same computation (CLS token, biased patch embedding, pre-norm
 blocks with fused qkv split into q, k, v, LayerScale), so no open_clip package is needed. The
-result loads, evaluates, serves and fine-tunes like any radlab checkpoint.
+open_clip config's image transform (its preprocess_cfg mean and std; the short side resized and
+the centre cropped) goes with the tower as its preprocessor_config.json. The result loads,
+evaluates, serves and fine-tunes like any radlab checkpoint.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, Dinov2Config, Dinov2Model, ViTConfig, ViTModel
 
 from radlab.config import LanguageConfig, LoraConfig, ModelConfig, VisionConfig
+from radlab.formats.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from radlab.formats.tokenizer import load_tokenizer
-from radlab.model.build import ModelError, apply_lora, build_model, tower_config
-from radlab.model.checkpoint import atomic_folder, save_checkpoint
+from radlab.model.build import apply_lora, build_model
+from radlab.model.checkpoint import atomic_folder, save_checkpoint, write_transform
+from radlab.model.towers import ModelError, tower_config
 
 # timm's ViT widths and their head counts (for heads, which the weights do not show).
 TIMM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -112,8 +116,9 @@ def _open_clip_file(vision: Path, hub_name: str, patterns: tuple[str, ...], what
     return found[0]
 
 
-def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, torch.Tensor], dict]:
-    """The transformers config, weights and `model.vision` fields of an open_clip folder's image tower."""
+def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, torch.Tensor], dict, ImageTransform]:
+    """The transformers config, weights, `model.vision` fields and image transform of an open_clip
+    folder's image tower."""
     config_file = _open_clip_file(vision, "open_clip_config.json", ("*.json",), "open_clip model config")
     try:
         raw = json.loads(_read(config_file))
@@ -131,23 +136,37 @@ def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, 
     state = {k.removeprefix("module."): v for k, v in state.items()}
     tower, shapes = tower_from_open_clip(state, str(checkpoint))
     fields = {**shapes, "image_size": image_size, "name": vision_cfg.get("timm_model_name")}
-    return tower_config(VisionConfig(**fields)), tower, fields
+    return tower_config(VisionConfig(**fields)), tower, fields, _open_clip_transform(raw, model_cfg, config_file,
+                                                                                     image_size)
+
+
+def _open_clip_transform(raw: dict, model_cfg: dict, config_file: Path, size: int) -> ImageTransform:
+    """open_clip's image transform of the config: its `preprocess_cfg` mean and std (open_clip's
+    defaults, CLIP's, where it names none); a resize other than open_clip's default (the short side,
+    bicubic, then the centre crop) is refused rather than approximated."""
+    preprocess = raw.get("preprocess_cfg") or model_cfg.get("preprocess_cfg") or {}
+    mode, interpolation = preprocess.get("resize_mode", "shortest"), preprocess.get("interpolation", "bicubic")
+    if mode != "shortest" or interpolation != "bicubic":
+        raise ModelError(f"{config_file}: preprocess_cfg resizes {mode}/{interpolation}; radlab's towers take the "
+                         "short side resized bicubic and the centre crop (open_clip's default)")
+    return ImageTransform(size, tuple(preprocess.get("mean", CLIP_MEAN)), tuple(preprocess.get("std", CLIP_STD)))
 
 
 def import_open_clip_vision(vision: Path, out: Path) -> tuple[Path, str]:
     """Write an open_clip image tower as a transformers ViT or Dinov2 folder; return it and the
     `model.vision.kind` it is (BiomedCLIP: vit, BiomedCLIP-CXR: dinov2)."""
-    config, tower, fields = _open_clip_tower(Path(vision))
+    config, tower, fields, transform = _open_clip_tower(Path(vision))
     model = ViTModel(config, add_pooling_layer=False) if fields["kind"] == "vit" else Dinov2Model(config)
     model.load_state_dict(tower)
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
+        write_transform(tmp, transform)
     return Path(out), fields["kind"]
 
 
 def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_length: int = 2048) -> Path:
     adapter, base, vision = Path(adapter), Path(base), Path(vision)
-    _, tower, shapes = _open_clip_tower(vision)
+    _, tower, shapes, transform = _open_clip_tower(vision)
     lm = AutoConfig.from_pretrained(base)
     model_config = ModelConfig(
         preset="llava-rad-7b", projector="mlp2x_gelu", tokenizer=str(base),
@@ -190,7 +209,8 @@ def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_len
         raise ModelError(f"{adapter}: the adapter does not fit the base: weights for no layer "
                          f"{result.unexpected_keys[:2]}, layers without weights {untouched[:2]}")
     return save_checkpoint(out, model, tokenizer, model_config, lora,
-                           {"stage": "imported", "step": 0, "template": "vicuna_v1", "source": "llava-rad"})
+                           {"stage": "imported", "step": 0, "template": "vicuna_v1", "source": "llava-rad"},
+                           transform=transform)
 
 
 def _read(path: Path) -> str:

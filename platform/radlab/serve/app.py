@@ -35,7 +35,7 @@ from ray import serve
 from ray.serve import metrics
 from transformers import TextIteratorStreamer
 
-from radlab.formats.images import ImageError, decode_image, to_tensor
+from radlab.formats.images import ImageError, decode_image
 from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
 from radlab.model.checkpoint import load_checkpoint
 from radlab.model.generation import (
@@ -105,7 +105,7 @@ class ReportServer:
         self.model = inference_model(loaded.model, self.device, self.dtype)
         self.tokenizer = loaded.tokenizer
         self.template = loaded.meta.get("template", "vicuna_v1")
-        self.image_size = loaded.model_config.vision.image_size
+        self.transform = loaded.transform
         self.version = f"{loaded.meta.get('stage', '?')}@{loaded.meta.get('step', '?')}"
         self.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
         if self.args.api_key_env and not self.api_key:
@@ -165,7 +165,7 @@ class ReportServer:
         if len(data) > self.args.max_body_bytes:
             raise RequestError(413, f"{name}: {len(data)} bytes exceeds {self.args.max_body_bytes}")
         try:
-            return to_tensor(decode_image(data, name, self.args.max_pixels), self.image_size)
+            return self.transform(decode_image(data, name, self.args.max_pixels))
         except ImageError as err:
             raise RequestError(422, str(err)) from None
 

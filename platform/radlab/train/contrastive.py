@@ -22,6 +22,7 @@ from radlab.data.pairs import PairDataset, collate_pairs
 from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
+from radlab.model.towers import image_transform
 from radlab.train.recipe import Plan, StageJob, StageKind, Step, Window, distributed, min_across, run_recipe
 
 
@@ -83,8 +84,9 @@ class ContrastiveStage(StageKind):
                   f"= {self.world} workers x {self.config.batch // self.world}", flush=True)
 
     def data(self) -> None:
-        s0, vision = self.config, self.experiment.model.vision
-        dataset = PairDataset(split_examples(self.experiment.data, "train"), self.tokenizer, vision.image_size,
+        s0 = self.config
+        self.transform = image_transform(self.experiment.model.vision)
+        dataset = PairDataset(split_examples(self.experiment.data, "train"), self.tokenizer, self.transform,
                               s0.text.max_length)
         size = min_across(len(dataset), self.device)
         if size < s0.batch:
@@ -130,8 +132,7 @@ class ContrastiveStage(StageKind):
 
     def validate(self, autocast) -> dict[str, float]:
         self.model.eval()
-        found = evaluate_retrieval(self.model, self.val, self.tokenizer, self.experiment.model.vision.image_size,
-                                   self.config.text.max_length)
+        found = evaluate_retrieval(self.model, self.val, self.tokenizer, self.transform, self.config.text.max_length)
         return {f"val/{k}": v for k, v in found.items()}
 
     def metrics(self, window: Window, elapsed: float, wall_rate: float) -> dict[str, float]:

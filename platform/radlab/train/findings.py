@@ -24,6 +24,7 @@ from radlab.formats.batch import collate
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_trainable, save_checkpoint
+from radlab.model.towers import image_transform
 from radlab.train.recipe import Plan, StageJob, StageKind, Step, Window, min_across, run_recipe
 
 INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
@@ -82,7 +83,8 @@ class FindingsStage(StageKind):
 
     def data(self) -> None:
         experiment, stage, pad = self.experiment, self.config, self.tokenizer.pad_token_id
-        dataset = stage_dataset(experiment, self.tokenizer, "train", stage.template)
+        transform = image_transform(experiment.model.vision)
+        dataset = stage_dataset(experiment, self.tokenizer, "train", stage.template, transform)
         # Every rank must run the same number of steps (each report is a barrier): agree on the
         # smallest view of the data, should one rank have read a different manifest snapshot.
         size = min_across(len(dataset), self.device)
@@ -98,7 +100,7 @@ class FindingsStage(StageKind):
                                      collate_fn=partial(collate, pad_id=pad))
         self.val_loader = None
         if self.rank == 0 and stage.val_examples:
-            val = stage_dataset(experiment, self.tokenizer, "val", stage.template)
+            val = stage_dataset(experiment, self.tokenizer, "val", stage.template, transform)
             val.examples = val.examples[: stage.val_examples]
             self.val_loader = DataLoader(val, batch_size=stage.micro_batch, collate_fn=partial(collate, pad_id=pad))
 

@@ -164,9 +164,10 @@ def _streamed_images(experiment: Experiment) -> dict:
     the same example list."""
     from radlab.data.dataset import split_examples
     from radlab.data.image_pipeline import image_dataset
+    from radlab.model.towers import image_transform
 
     examples = split_examples(experiment.data, "train")
-    return {"train": image_dataset([str(e.image) for e in examples], experiment.model.vision.image_size)}
+    return {"train": image_dataset([str(e.image) for e in examples], image_transform(experiment.model.vision))}
 
 
 def run_stage(job: StageJob, report_to_tune: bool = False) -> StageResult:

@@ -68,6 +68,12 @@ def test_overrides_are_validated_like_the_file():
         load_experiment(path, ["stage2.lr=fast"])
     with pytest.raises(ConfigError, match="expected path=value"):
         load_experiment(path, ["stage2.lr"])
+    # Fields that must agree change together: validated once all overrides are in.
+    quickstart = load_experiment(path)
+    batch = 3 * quickstart.ray.workers  # not a multiple of the YAML's micro_batch x workers
+    assert batch % (quickstart.stage1.micro_batch * quickstart.ray.workers)
+    changed = load_experiment(path, [f"stage1.global_batch={batch}", "stage1.micro_batch=3"])
+    assert changed.stage1.global_batch == batch and changed.stage1.micro_batch == 3
 
 
 def test_override_into_list_items():

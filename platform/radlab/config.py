@@ -717,8 +717,8 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     parse_experiment(raw, str(path))
     for assignment in overrides:
         raw = apply_override(raw, assignment)
-        parse_experiment(raw, f"{path} (--set {assignment})")
-    return parse_experiment(raw, str(path))
+    # Validated together: fields that must agree (global_batch, micro_batch, workers) can change at once.
+    return parse_experiment(raw, f"{path} ({' '.join(f'--set {a}' for a in overrides)})" if overrides else str(path))
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, str]:

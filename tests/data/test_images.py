@@ -56,13 +56,22 @@ def test_the_crop_transform_is_transformers_clip_processor_on_non_square_images(
     assert ImageTransform.from_processor_config(transform.processor_config(), 32) == transform
 
 
-def test_the_centre_crop_rounds_as_torchvision_does():
+def test_the_centre_crop_rounds_as_torchvision_does(tmp_path):
     """open_clip's CenterCrop (torchvision) puts the crop at round((excess) / 2), half to even: with
-    one spare row (33 x 32 after resizing a 66 x 64 image) it starts at row 0, with three at row 2."""
-    for height, top in ((66, 0), (70, 2)):
+    one spare row (33 x 32 after resizing a 66 x 64 image) it starts at row 0, with three at row 2.
+    transformers' PIL image processor starts at excess // 2, one row off for the three (row 1): the
+    limit of an export's processor that the README states."""
+    from transformers import AutoImageProcessor
+
+    transform = ImageTransform(32)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(transform.processor_config()))
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+    for height, top, theirs in ((66, 0, 0), (70, 2, 1)):
         image = _radiograph(64, height)
         resized = np.asarray(image.resize((32, int(32 * height / 64)), Image.Resampling.BICUBIC))
-        assert np.array_equal(ImageTransform(32).pixels(image), resized[top:top + 32])
+        assert np.array_equal(transform.pixels(image), resized[top:top + 32])
+        hf = processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"][0]
+        assert torch.allclose(hf, transform.normalise(resized[theirs:theirs + 32]), atol=1e-5)
 
 
 def test_undecodable_inputs_name_the_file(tmp_path):

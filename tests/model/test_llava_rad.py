@@ -163,7 +163,7 @@ def test_import_names_what_is_missing_or_wrong(release, tmp_path):
 TIMM_TOWERS = Path(__file__).parent / "timm_towers"  # written by timm itself: see make.py there
 
 
-def _open_clip_folder(tmp_path: Path, name: str) -> Path:
+def open_clip_folder(tmp_path: Path, name: str) -> Path:
     """An open_clip folder holding one of the timm-made trunks: the plain ViT under the Hub's names,
     the DINOv2 one as LLaVA-Rad releases BiomedCLIP-CXR (an open_clip model config and a training
     checkpoint, weights under state_dict with DDP's module. prefix)."""
@@ -187,7 +187,7 @@ def test_a_converted_timm_tower_gives_the_features_timm_computes(tmp_path, token
     """Against timm's own forward (recorded by timm in timm_towers/), not a round trip: the output of
     the second-to-last block without CLS, as LLaVA-Rad takes it; a plain ViT and a DINOv2 trunk with
     LayerScale. The report model built on the converted folder computes the same features."""
-    out, kind = import_open_clip_vision(_open_clip_folder(tmp_path, name), tmp_path / "converted")
+    out, kind = import_open_clip_vision(open_clip_folder(tmp_path, name), tmp_path / "converted")
     assert kind == name
     recorded = load_file(str(TIMM_TOWERS / f"{name}_features.safetensors"))
     with torch.no_grad():

@@ -2,34 +2,64 @@
 
 The folder loads with `LlavaForConditionalGeneration.from_pretrained` and `AutoProcessor`
 alone: config, safetensors (LoRA merged into the language model), tokenizer with the chat
-template of the checkpoint's last stage, and a processor whose image side is the checkpoint's own
-transform (the short side resized to the tower's size, the centre kept, the tower's mean and std).
+template of the checkpoint's last stage (checked to give the prompt ids radlab trains with), and a
+processor whose image side is the checkpoint's own transform (the short side resized to the
+tower's size, the centre kept, the tower's mean and std).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
 from transformers import LlavaProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from radlab.formats.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
+from radlab.formats.prompts import IMAGE_TOKEN, VICUNA_SYSTEM, encode_prompt, render_prompt
 from radlab.model.build import ModelError, llava_config
 from radlab.model.checkpoint import atomic_folder, load_checkpoint
 
-# The templates of radlab.formats.prompts.render_prompt, for `apply_chat_template`: the user turn's
-# text after "<image>\n", then the assistant's findings.
-CHAT_TEMPLATES = {
-    "vicuna_v1": (
-        "{{ bos_token }}" + VICUNA_SYSTEM + " "
-        "{% for message in messages %}{% if message['role'] == 'user' %}USER: <image>\n"
-        "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-        "{% endfor %} ASSISTANT:{% else %}"
-        "{% for part in message['content'] %}{% if part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
-        "{% endfor %}{{ eos_token }}{% endif %}{% endfor %}"
-    ),
-    "plain": "{{ bos_token }}<image>",
-}
+PROBE = "Provide a description of the findings in the radiology image."
+
+
+def chat_template(template: str, bos: bool, junction: str) -> str:
+    """radlab's prompt (`formats.prompts.render_prompt`) as a chat template for `apply_chat_template`:
+    the user turn's text after "<image>\n", then the assistant's findings. `bos`: a BOS token, for a
+    tokenizer that does not add one itself. `junction`: text after <image> that makes transformers'
+    whole-text tokenization give radlab's ids: radlab, as LLaVA's tokenizer_image_token, tokenizes
+    the text after <image> as a piece of its own, which a SentencePiece tokenizer starts with "▁"."""
+    start = "{{ bos_token }}" if bos else ""
+    if template == "plain":
+        return start + IMAGE_TOKEN
+    return (start + VICUNA_SYSTEM + " {% for message in messages %}{% if message['role'] == 'user' %}USER: "
+            + IMAGE_TOKEN + junction + "\n"
+            "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+            "{% endfor %} ASSISTANT:{% else %}"
+            "{% for part in message['content'] %}{% if part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
+            "{% endfor %}{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def matching_processor(checkpoint: Path, tokenizer, image_processor, config, template: str,
+                       num_image_tokens: int) -> LlavaProcessor:
+    """The LlavaProcessor whose chat template gives, for a probe prompt, the ids radlab trains and
+    generates with; ModelError where no template does."""
+    bos = tokenizer("x").input_ids[:1] != [tokenizer.bos_token_id]  # the tokenizer does not add BOS itself
+    expected = encode_prompt(tokenizer, render_prompt(template, PROBE), num_image_tokens)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROBE}]}]
+    size = image_processor.crop_size["height"]
+    siglip = config.vision_config.model_type.startswith("siglip")
+    for junction in ("", " "):
+        tokenizer.chat_template = chat_template(template, bos, junction)
+        processor = LlavaProcessor(
+            image_processor=image_processor, tokenizer=tokenizer, patch_size=config.vision_config.patch_size,
+            vision_feature_select_strategy=config.vision_feature_select_strategy, image_token=IMAGE_TOKEN,
+            num_additional_image_tokens=0 if siglip else 1, chat_template=tokenizer.chat_template)
+        text = processor.apply_chat_template(messages, add_generation_prompt=True)
+        ids = processor(images=Image.new("RGB", (size, size)), text=text)["input_ids"][0]
+        if list(ids) == expected:
+            return processor
+    raise ModelError(f"{checkpoint}: transformers' LLaVA processor cannot tokenize the prompt as radlab does with "
+                     "this tokenizer; keep radlab's format for this model")
 
 
 def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
@@ -48,17 +78,12 @@ def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
             raise ModelError(f"{checkpoint}: a LoRA model exports to transformers only merged (--merge-lora)")
         model = model.merge_and_unload()
     config = llava_config(model)
-    vision = config.vision_config
-    siglip = vision.model_type.startswith("siglip")
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": transform.size}, crop_size={"height": transform.size, "width": transform.size},
         do_center_crop=True, resample=3, image_mean=list(transform.mean), image_std=list(transform.std))
     tokenizer = loaded.tokenizer
-    tokenizer.chat_template = CHAT_TEMPLATES[loaded.meta.get("template", "vicuna_v1")]
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=vision.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy, image_token=IMAGE_TOKEN,
-        num_additional_image_tokens=0 if siglip else 1, chat_template=tokenizer.chat_template)
+    processor = matching_processor(checkpoint, tokenizer, image_processor, config, loaded.meta.get("template", "vicuna_v1"),
+                                   loaded.model_config.vision.num_image_tokens)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     with atomic_folder(out) as tmp:

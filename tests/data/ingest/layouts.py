@@ -12,9 +12,11 @@ from PIL import Image
 from radlab.formats.prompts import CHEXPERT
 
 
-def image(path: Path, fmt: str = "JPEG") -> None:
+def image(path: Path, fmt: str = "JPEG", size: tuple[int, int] = (40, 32)) -> None:
+    """A grayscale image of `size` (width, height) with random pixels."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 40), dtype=np.uint8)).save(path, fmt)
+    width, height = size
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (height, width), dtype=np.uint8)).save(path, fmt)
 
 
 def write_csv(path: Path, rows: list[dict], gz: bool = False) -> None:

@@ -152,7 +152,7 @@ class LoraConfig(Section):
     )
 
 
-Trainable = Literal["projector", "lora", "language", "vision"]
+Trainable = Literal["projector", "lora", "embeddings", "language", "vision"]
 
 
 class StageConfig(Section):

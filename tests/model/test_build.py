@@ -58,6 +58,9 @@ def test_stage_freeze_rules(tokenizer):
     assert lora and all("language_model" in n for n in lora)
     assert names - lora and all("multi_modal_projector" in n for n in names - lora)
     assert not any("vision_tower" in n for n in names)
+    set_trainable(model, ["projector", "lora", "embeddings"])
+    assert {n for n in trainable_names(model) - names} == {
+        "base_model.model.model.language_model.embed_tokens.weight"}
 
 
 def test_lora_regex_must_stay_in_the_language_model(tokenizer):

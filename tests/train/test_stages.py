@@ -94,7 +94,7 @@ def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, to
                                                                                    "keep_last": 3}), "t")
     first = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir))).checkpoint
     run_dir = tmp_path / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
-    assert len(list(run_dir.glob("checkpoint_*"))) == 3  # keep_last: the newest three of four
+    assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 3  # keep_last: the newest three of four
     second = run_stage(StageJob(experiment, "stage2", str(tokenizer_dir), init_from=first)).checkpoint
     with first.as_directory() as one, second.as_directory() as two:
         a, b = load_checkpoint(Path(one)), load_checkpoint(Path(two))

@@ -124,6 +124,9 @@ _PARTS = {
     "vision": ("vision_tower",),
     "language": ("language_model", "lm_head"),
     "lora": ("lora_",),
+    # the language model's token embeddings: beside LoRA, for tokens a language model built from a
+    # config has never been trained on (the chat template's, after a stage 1 on the plain one)
+    "embeddings": ("embed_tokens",),
 }
 
 

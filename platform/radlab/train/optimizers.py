@@ -85,7 +85,7 @@ class DeepSpeedOptimizer:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=stage.model, model_parameters=params,
                                                                  config=config)
         self.module = self.engine
-        self.accumulation, self.world, self.name = plan.accumulation, stage.world, stage.name
+        self.accumulation, self.rank, self.world, self.name = plan.accumulation, stage.rank, stage.world, stage.name
         self.save_shard = partial(save_engine_state, self.engine)
 
     @property
@@ -104,7 +104,7 @@ class DeepSpeedOptimizer:
 
     def restore(self, state: dict, folder: Path) -> None:
         same_world = state.get("world", self.world) == self.world
-        if not same_world and torch.distributed.get_rank() == 0:
+        if not same_world and self.rank == 0:
             print(f"[{self.name}] DeepSpeed's optimizer partitions were written by {state['world']} workers, "
                   f"resuming on {self.world}: AdamW's moments start afresh (weights, step and schedule kept)",
                   flush=True)

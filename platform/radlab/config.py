@@ -96,9 +96,11 @@ class VisionConfig(Section):
     intermediate_size: int = Field(384, ge=8)
     select_layer: int = -1
     frozen: bool = True
-    resize: Literal["crop", "pad"] = Field(
+    resize: Literal["crop", "squash", "pad"] = Field(
         "crop", description="crop: the short side resized to image_size and the centre kept (open_clip's and "
-        "transformers' CLIP transform, LLaVA-Rad's); pad: padded to a square with the mean colour first (LLaVA-1.5)")
+        "transformers' CLIP transform, LLaVA-Rad's); squash: both sides resized to image_size (SigLIP's "
+        "processor); pad: padded to a square with black first. A tower folder's preprocessor_config.json "
+        "must agree")
 
     @model_validator(mode="after")
     def _shapes(self) -> VisionConfig:

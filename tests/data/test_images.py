@@ -41,13 +41,14 @@ def _radiograph(width: int, height: int) -> Image.Image:
 
 
 @pytest.mark.parametrize("width, height", [(96, 128), (200, 120)])
-def test_the_crop_transform_is_transformers_clip_processor_on_non_square_images(width, height, tmp_path):
+@pytest.mark.parametrize("resize", ["crop", "squash"])
+def test_the_transform_is_transformers_clip_processor_on_non_square_images(width, height, resize, tmp_path):
     """Against transformers' own CLIP image processor, built from the preprocessor_config.json the
-    transform writes: the short side resized to the size (bicubic), the centre kept, each channel
-    normalised by the tower's mean and std (SigLIP's here)."""
+    transform writes: the short side resized to the size (bicubic) and the centre kept, or both
+    sides resized; each channel normalised by the tower's mean and std (SigLIP's here)."""
     from transformers import AutoImageProcessor
 
-    transform = ImageTransform(32, SIGLIP_MEAN, (0.25, 0.5, 0.75))
+    transform = ImageTransform(32, SIGLIP_MEAN, (0.25, 0.5, 0.75), resize)
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(transform.processor_config()))
     processor = AutoImageProcessor.from_pretrained(tmp_path)
     image = _radiograph(width, height)

@@ -124,6 +124,9 @@ def test_the_open_clip_image_transform_goes_with_the_tower(release, tmp_path):
     assert image_transform(vision.model_copy(update={"path": str(out)})) == ImageTransform(SIZE, mean, std, "crop")
     checkpoint = import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "ckpt")
     assert load_checkpoint(checkpoint).transform == ImageTransform(SIZE, mean, std, "crop")
+    with pytest.raises(ModelError, match=r"model.vision.resize is squash but .*own/preprocessor_config.json resizes "
+                                         r"crop: set model.vision.resize: crop"):
+        image_transform(vision.model_copy(update={"path": str(out), "resize": "squash"}))
     config.write_text(json.dumps({**raw, "preprocess_cfg": {"resize_mode": "squash"}}))
     with pytest.raises(ModelError, match=r"open_clip_config.json: preprocess_cfg resizes squash/bicubic"):
         import_open_clip_vision(release["vision"], tmp_path / "squashed")

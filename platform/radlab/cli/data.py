@@ -194,7 +194,8 @@ def preprocess(folder: Annotated[Path, typer.Argument(help="an ingested dataset 
                image_root: Annotated[Path, typer.Option(help="the folder the manifests' image paths start from")],
                size: Annotated[int, typer.Option(help="the encoder's input size (518 for BiomedCLIP-CXR)")] = 518,
                resize: Annotated[str, typer.Option(help="crop: the short side to --size and the centre kept (as "
-                                                        "model.vision.resize); pad: padded to a square first")] = "crop",
+                                                        "model.vision.resize); squash: both sides to --size; "
+                                                        "pad: padded to a square first")] = "crop",
                out: Annotated[Path, typer.Option(help="folder for the Parquet shards")] = None,
                address: Annotated[str, typer.Option(help="a Ray cluster to run on (default: a local one)")] = None) -> None:
     """Decode and resize every image once, in parallel on Ray Data, into Parquet shards."""
@@ -203,8 +204,8 @@ def preprocess(folder: Annotated[Path, typer.Argument(help="an ingested dataset 
     from radlab.formats.images import ImageTransform
     from radlab.runtime import init_ray
 
-    if resize not in ("crop", "pad"):
-        err_console.print(f"--resize {resize}: expected crop or pad")
+    if resize not in ("crop", "squash", "pad"):
+        err_console.print(f"--resize {resize}: expected crop, squash or pad")
         raise typer.Exit(2)
     init_ray(RayConfig(address=address))
     # Resolved here: Ray Data's tasks write from folders of their own, where a relative path means another place.

@@ -89,17 +89,20 @@ def load_image(path: str | Path) -> Image.Image:
 class ImageTransform:
     """How an image becomes a tower's input: `crop` resizes the short side to `size` (bicubic) and
     takes the centre square, as open_clip's transform (LLaVA-Rad's) and transformers' CLIP processor
-    do; `pad` first pads to a square with black, then resizes. Then each of the three channels is
+    do; `squash` resizes both sides to `size` (SigLIP's processor); `pad` first pads to a square with
+    black, then resizes. Then each of the three channels is
     normalised by the tower's `mean` and `std`: radiographs are grayscale, so the channels differ
     only by their mean and std."""
     size: int
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
-    resize: Literal["crop", "pad"] = "crop"
+    resize: Literal["crop", "squash", "pad"] = "crop"
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """The grayscale `image` resized as (size, size) uint8."""
         w, h = image.size
+        if self.resize == "squash":
+            return np.asarray(image.resize((self.size, self.size), Image.Resampling.BICUBIC), dtype=np.uint8)
         if self.resize == "pad":
             side = max(w, h)
             square = Image.new("L", (side, side), 0)
@@ -123,15 +126,25 @@ class ImageTransform:
     def processor_config(self) -> dict:
         """As transformers' CLIPImageProcessor reads it (preprocessor_config.json); `pad` is radlab's
         own key, which transformers does not apply."""
+        square = {"height": self.size, "width": self.size}
         config = {"image_processor_type": "CLIPImageProcessor", "do_resize": True, "resample": 3,
-                  "size": {"shortest_edge": self.size}, "do_center_crop": True,
-                  "crop_size": {"height": self.size, "width": self.size}, "do_rescale": True,
+                  "size": square if self.resize == "squash" else {"shortest_edge": self.size},
+                  "do_center_crop": self.resize != "squash", "crop_size": square, "do_rescale": True,
                   "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(self.mean),
                   "image_std": list(self.std), "do_convert_rgb": True}
         return config | ({"radlab_pad_to_square": True} if self.resize == "pad" else {})
+
+    @staticmethod
+    def resize_of(config: dict) -> str:
+        """How a preprocessor_config.json resizes: crop (the short side, then the centre), squash
+        (both sides, as SigLIP's processor) or pad (radlab's own key)."""
+        if config.get("radlab_pad_to_square"):
+            return "pad"
+        size = config.get("size") or {}
+        return "crop" if "shortest_edge" in size and config.get("do_center_crop", True) else "squash"
 
     @classmethod
     def from_processor_config(cls, config: dict, size: int) -> ImageTransform:
         """The transform of a preprocessor_config.json (a tower folder's or a checkpoint's) at `size`."""
         return cls(size, tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)),
-                   "pad" if config.get("radlab_pad_to_square") else "crop")
+                   cls.resize_of(config))

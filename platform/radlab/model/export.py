@@ -4,7 +4,7 @@ The folder loads with `LlavaForConditionalGeneration.from_pretrained` and `AutoP
 alone: config, safetensors (LoRA merged into the language model), tokenizer with the chat
 template of the checkpoint's last stage (checked to give the prompt ids radlab trains with), and a
 processor whose image side is the checkpoint's own transform (the short side resized to the
-tower's size, the centre kept, the tower's mean and std).
+tower's size and the centre kept, or both sides resized; the tower's mean and std).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ def matching_processor(checkpoint: Path, tokenizer, image_processor, config, tem
     bos = tokenizer("x").input_ids[:1] != [tokenizer.bos_token_id]  # the tokenizer does not add BOS itself
     expected = encode_prompt(tokenizer, render_prompt(template, PROBE), num_image_tokens)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROBE}]}]
-    size = image_processor.crop_size["height"]
     siglip = config.vision_config.model_type.startswith("siglip")
     for junction in ("", " "):
         tokenizer.chat_template = chat_template(template, bos, junction)
@@ -55,7 +54,7 @@ def matching_processor(checkpoint: Path, tokenizer, image_processor, config, tem
             vision_feature_select_strategy=config.vision_feature_select_strategy, image_token=IMAGE_TOKEN,
             num_additional_image_tokens=0 if siglip else 1, chat_template=tokenizer.chat_template)
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        ids = processor(images=Image.new("RGB", (size, size)), text=text)["input_ids"][0]
+        ids = processor(images=Image.new("RGB", (48, 40)), text=text)["input_ids"][0]  # any image: it is resized
         if list(ids) == expected:
             return processor
     raise ModelError(f"{checkpoint}: transformers' LLaVA processor cannot tokenize the prompt as radlab does with "
@@ -69,8 +68,8 @@ def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
         raise ModelError(f"{checkpoint}: projector {loaded.model_config.projector} has no transformers LLaVA "
                          "equivalent (its projector is mlp2x_gelu); keep radlab's format for this model")
     transform = loaded.transform
-    if transform.resize != "crop":
-        raise ModelError(f"{checkpoint}: trained on images padded to a square (model.vision.resize {transform.resize}), "
+    if transform.resize == "pad":
+        raise ModelError(f"{checkpoint}: trained on images padded to a square (model.vision.resize pad), "
                          "which transformers' CLIP image processor does not do; keep radlab's format for this model")
     model = loaded.model
     if loaded.lora is not None:
@@ -78,9 +77,9 @@ def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
             raise ModelError(f"{checkpoint}: a LoRA model exports to transformers only merged (--merge-lora)")
         model = model.merge_and_unload()
     config = llava_config(model)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": transform.size}, crop_size={"height": transform.size, "width": transform.size},
-        do_center_crop=True, resample=3, image_mean=list(transform.mean), image_std=list(transform.std))
+    settings = {k: v for k, v in transform.processor_config().items()
+                if k in ("size", "crop_size", "do_center_crop", "resample", "image_mean", "image_std")}
+    image_processor = CLIPImageProcessorPil(**settings)
     tokenizer = loaded.tokenizer
     processor = matching_processor(checkpoint, tokenizer, image_processor, config, loaded.meta.get("template", "vicuna_v1"),
                                    loaded.model_config.vision.num_image_tokens)

@@ -56,11 +56,17 @@ PROCESSOR_FILE = "preprocessor_config.json"
 def image_transform(v: VisionConfig) -> ImageTransform:
     """How an image becomes this tower's input: the mean and std of the tower folder's
     preprocessor_config.json where it has one, else the kind's; resized to `image_size` by
-    `model.vision.resize`."""
+    `model.vision.resize`, which must be how that file resizes (a tower trained on squashed images
+    fed cropped ones would be silently wrong)."""
     mean, std = TOWERS[v.kind].mean, TOWERS[v.kind].std
-    if v.path and (Path(v.path) / PROCESSOR_FILE).is_file():
-        own = json.loads((Path(v.path) / PROCESSOR_FILE).read_text())
+    processor = Path(v.path) / PROCESSOR_FILE if v.path else None
+    if processor is not None and processor.is_file():
+        own = json.loads(processor.read_text())
         mean, std = tuple(own.get("image_mean", mean)), tuple(own.get("image_std", std))
+        theirs = ImageTransform.resize_of(own)
+        if theirs != v.resize:
+            raise ModelError(f"model.vision.resize is {v.resize} but {processor} resizes {theirs}: set "
+                             f"model.vision.resize: {theirs}")
     return ImageTransform(v.image_size, mean, std, v.resize)
 
 

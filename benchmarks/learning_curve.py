@@ -1,15 +1,18 @@
 """Does radlab cost learning? The quickstart trained through radlab (`run_experiment`: Ray Train,
-checkpoints, MLflow) and through a plain PyTorch loop (one process, torch on all threads, batches of
-the same examples, the same model, tokenizer, templates, optimizer and schedule), both evaluated
-by the same code: findings generated on the test split, judged by the reference judge.
+checkpoints, MLflow) and through a plain PyTorch loop (one process, torch on all threads, the same
+model, tokenizer, templates, optimizer and schedule, and in each step the same examples as radlab's
+workers draw for the same training seed), both evaluated by the same code: findings generated on
+the test split, judged by the reference judge.
 
-    python benchmarks/learning_curve.py [--fractions 0.25 0.5 1] [--minutes 1 2 4]
+    python benchmarks/learning_curve.py [--fractions 0.25 0.5 1] [--minutes 1 2 4] [--seeds 0 1]
 
 Each side trains the quickstart's recipe (stage 1 on the plain template, stage 2 on the chat one)
-with its steps scaled by each fraction; the training wall time of each run (radlab: its stages'
-MLflow runs from start to end, start-up and checkpoints included) and its significant errors per
-report make a curve, read at 1, 2 and 4 minutes of training (between measured points, linearly).
-Goal: radlab's significant errors within 10% of the plain loop's at each point.
+with its steps scaled by each fraction, once per training seed; the training wall time of each run
+(radlab: its stages' MLflow runs from start to end, start-up and checkpoints included) and its
+significant errors per report make a curve per seed, read at 1, 2 and 4 minutes of training
+(between measured points, linearly). At each fraction the two sides are compared paired on the test
+reports (difference, 95% bootstrap interval, permutation p-value).
+Goal: radlab's significant errors within 10% of the plain loop's at each point (medians over seeds).
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import check  # noqa: E402
+from common import report  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from rich.console import Console  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DistributedSampler  # noqa: E402
 from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
 from radlab.config import load_experiment, with_absolute_paths  # noqa: E402
 from radlab.data.dataset import stage_dataset, synthetic_root, training_texts  # noqa: E402
+from radlab.evaluation.compare import paired, per_report_scores, scores_from_table  # noqa: E402
 from radlab.evaluation.generate import generate_findings  # noqa: E402
 from radlab.evaluation.scoring import score  # noqa: E402
 from radlab.formats.batch import collate  # noqa: E402
@@ -40,63 +44,80 @@ from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model, set_trainable  # noqa: E402
 from radlab.model.towers import image_transform  # noqa: E402
 from radlab.pipeline import run_experiment  # noqa: E402
+from radlab.tracking.runs import Tracker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC = "chexprompt/significant_mean"
+PER_REPORT = "chexprompt/significant"
 
 
-def quickstart(root: Path, fraction: float, name: str):
+def quickstart(root: Path, fraction: float, name: str, seed: int):
     base = load_experiment(ROOT / "experiments/quickstart.yaml")
     steps = {stage: max(1, round(getattr(base, stage).max_steps * fraction)) for stage in ("stage1", "stage2")}
     return with_absolute_paths(load_experiment(ROOT / "experiments/quickstart.yaml", [
-        f"name={name}", f"data.synthetic.root={ROOT / 'data/synthetic'}", "eval.compare_untrained=false", "eval.grounding=false",
+        f"name={name}", f"seed={seed}", f"data.synthetic.root={ROOT / 'data/synthetic'}", "eval.compare_untrained=false", "eval.grounding=false",
         f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/artifacts",
         "tracking.register_as=null", f"ray.storage_path={root}/ray-{name}",
         *(f"{stage}.max_steps={n}" for stage, n in steps.items()),
         *(f"{stage}.checkpoint_every={n}" for stage, n in steps.items())]))
 
 
-def radlab_point(experiment) -> tuple[float, float]:
-    """(training wall time in s, significant errors per report) of one `run_experiment`."""
+def radlab_point(experiment) -> tuple[float, float, dict]:
+    """(training wall time in s, significant errors per report, per-report scores) of one
+    `run_experiment`."""
     summary = run_experiment(experiment, "", Console(quiet=True))
     client = MlflowClient(experiment.tracking.uri)
     tags = client.get_run(summary.parent_run_id).data.tags
     runs = [client.get_run(tags[f"radlab.{stage}.run"]).info for stage in ("stage1", "stage2")]
-    return (runs[-1].end_time - runs[0].start_time) / 1000, summary.metrics[METRIC]
+    table = Tracker(experiment).read_table(summary.parent_run_id, "eval/trained/per_report.json")
+    return (runs[-1].end_time - runs[0].start_time) / 1000, summary.metrics[METRIC], scores_from_table(table)
 
 
-def plain_point(experiment, tokenizer) -> tuple[float, float]:
-    """The same recipe in a plain loop: (training wall time in s, significant errors per report)."""
+def step_batches(dataset, stage, world: int, seed: int, pad_id: int):
+    """Each optimizer step's examples as radlab's `world` workers draw them (each rank's
+    DistributedSampler, epoch after epoch), collated as one batch."""
+    per_rank = stage.global_batch // world
+    epoch = 0
+    while True:
+        orders = []
+        for rank in range(world):
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                         drop_last=True)
+            sampler.set_epoch(epoch)
+            orders.append(list(sampler))
+        for start in range(0, len(orders[0]) - per_rank + 1, per_rank):
+            yield collate([dataset[i] for order in orders for i in order[start:start + per_rank]], pad_id)
+        epoch += 1
+
+
+def plain_point(experiment, tokenizer) -> tuple[float, float, dict]:
+    """The same recipe in a plain loop: (training wall time in s, significant errors per report,
+    per-report scores)."""
     torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(experiment.data.synthetic.seed)
+    torch.manual_seed(experiment.seed)
     started = time.perf_counter()
     model = build_model(experiment.model, tokenizer, experiment.data.max_length)
     keys = ("input_ids", "attention_mask", "pixel_values", "labels")
     for stage in (experiment.stage1, experiment.stage2):
         set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
         dataset = stage_dataset(experiment, tokenizer, "train", stage.template, image_transform(experiment.model.vision))
-        loader = DataLoader(dataset, batch_size=stage.global_batch, shuffle=True, drop_last=True,
-                            collate_fn=lambda items: collate(items, tokenizer.pad_token_id))
+        batches = step_batches(dataset, stage, experiment.ray.workers, experiment.seed, tokenizer.pad_token_id)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         schedule = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup_ratio * stage.max_steps),
                                                    stage.max_steps)
         model.train()
-        step = 0
-        while step < stage.max_steps:
-            for batch in loader:
-                model(**{k: batch[k] for k in keys}).loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step == stage.max_steps:
-                    break
+        for _, batch in zip(range(stage.max_steps), batches, strict=False):
+            model(**{k: batch[k] for k in keys}).loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
     predictions = generate_findings(model.eval(), tokenizer, experiment, image_transform(experiment.model.vision),
                                     experiment.eval.split, experiment.eval.limit)
-    return seconds, score(experiment, predictions).metrics[METRIC]
+    scored = score(experiment, predictions)
+    return seconds, scored.metrics[METRIC], per_report_scores(predictions, scored)
 
 
 def at(minutes: float, curve: list[tuple[float, float]]) -> float | None:
@@ -111,28 +132,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
-    curves: dict[str, list[tuple[float, float]]] = {"radlab": [], "plain": []}
+    curves = {(side, seed): [] for side in ("plain", "radlab") for seed in args.seeds}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        tokenizer = None
         for index, fraction in enumerate(args.fractions):
-            experiment = quickstart(root, fraction, f"curve-{index}")
-            synthetic_root(experiment.data)
-            if index == 0:
-                tokenizer = train_tokenizer(training_texts(experiment.data), root / "tokenizer",
-                                            experiment.model.language.vocab_size)
-            for side in ("plain", "radlab"):
-                seconds, errors = plain_point(experiment, tokenizer) if side == "plain" else radlab_point(experiment)
-                curves[side].append((seconds, errors))
-                print(f"{side:6s} {fraction:.2f} of the quickstart's steps: {seconds:6.1f} s of training, "
-                      f"{errors:.3f} significant errors per report", flush=True)
+            for seed in args.seeds:
+                experiment = quickstart(root, fraction, f"curve-{index}-seed{seed}", seed)
+                synthetic_root(experiment.data)
+                if tokenizer is None:
+                    tokenizer = train_tokenizer(training_texts(experiment.data), root / "tokenizer",
+                                                experiment.model.language.vocab_size)
+                scores = {}
+                for side in ("plain", "radlab"):
+                    seconds, errors, scores[side] = (plain_point(experiment, tokenizer) if side == "plain"
+                                                     else radlab_point(experiment))
+                    curves[side, seed].append((seconds, errors))
+                    print(f"{side:6s} {fraction:.2f} of the quickstart's steps, seed {seed}: {seconds:6.1f} s of "
+                          f"training, {errors:.3f} significant errors per report", flush=True)
+                ids = [i for i in scores["radlab"] if i in scores["plain"]]
+                versus = paired([scores["radlab"][i].get(PER_REPORT, np.nan) for i in ids],
+                                [scores["plain"][i].get(PER_REPORT, np.nan) for i in ids])
+                print(f"  radlab - plain, paired on {versus.n} reports: {versus.difference:+.3f} "
+                      f"[{versus.low:+.3f}, {versus.high:+.3f}], p {versus.p_value:.2f}", flush=True)
     for minutes in args.minutes:
-        plain, radlab = at(minutes, curves["plain"]), at(minutes, curves["radlab"])
-        if plain is None or radlab is None:
+        points = {side: [at(minutes, curves[side, seed]) for seed in args.seeds] for side in ("plain", "radlab")}
+        if None in points["plain"] + points["radlab"]:
             print(f"at {minutes:g} min: outside a side's measured range of training times")
             continue
-        check("learning_curve", f"significant errors per report after {minutes:g} min of training "
-              f"(plain loop {plain:.3f})", [radlab], "errors/report", plain * 1.1, higher_is_better=False, digits=3)
+        report("learning_curve", f"significant errors per report after {minutes:g} min of training",
+               points["radlab"], points["plain"], "plain loop", "errors/report", 1.1, higher_is_better=False)
 
 
 if __name__ == "__main__":

@@ -482,6 +482,8 @@ class Experiment(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     sweep: SweepConfig | None = None
+    seed: int = Field(0, ge=0, description="training's seed: the weights a stage builds and the order of its batches "
+                      "(the synthetic set has its own, data.synthetic.seed); a sweep axis for repeated runs")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Experiment:

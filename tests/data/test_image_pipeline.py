@@ -39,7 +39,7 @@ def test_streamed_batches_equal_the_dataloader_batches(ray_session, synthetic_ro
     transform = ImageTransform(64, SIGLIP_MEAN, SIGLIP_STD)  # a tower's own statistics reach the streamed batches
     dataset = ReportDataset(examples, tokenizer, "vicuna_v1", 16, transform, 512)
     shard = image_dataset([str(e.image) for e in examples], transform).iterator()
-    streamed = list(streamed_batches(shard, dataset, 8, tokenizer.pad_token_id, epoch=0))
+    streamed = list(streamed_batches(shard, dataset, 8, tokenizer.pad_token_id, seed=0, epoch=0))
     assert len(streamed) == 1
     order = streamed[0]["input_ids"].tolist()
     direct = collate([dataset[i] for i in range(8)], tokenizer.pad_token_id)
@@ -53,7 +53,8 @@ def test_streamed_batches_equal_the_dataloader_batches(ray_session, synthetic_ro
 def test_a_streamed_epoch_repeats_batch_for_batch(ray_session, synthetic_root, tokenizer):
     """A resumed streamed stage skips the batches it already trained on: right only when each
     worker's shard (split as Ray Train splits it, order preserved) yields the same batches in the
-    same order every time the epoch is read again, however its decode tasks finish."""
+    same order every time the epoch is read again, however its decode tasks finish; another epoch or
+    training seed shuffles otherwise."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ray.data import DataContext
@@ -63,20 +64,21 @@ def test_a_streamed_epoch_repeats_batch_for_batch(ray_session, synthetic_root, t
     options = DataContext.get_current().execution_options
     kept, options.preserve_order = options.preserve_order, True
 
-    def read(epoch: int) -> list[list[torch.Tensor]]:
+    def read(seed: int, epoch: int) -> list[list[torch.Tensor]]:
         images = [str(e.image) for e in examples]
         shards = image_dataset(images, ImageTransform(32), batch=4).streaming_split(2, equal=True)  # tasks of at most 4 images
         with ThreadPoolExecutor(2) as pool:  # a split streams only while every worker reads
             return list(pool.map(lambda shard: [b["input_ids"] for b in streamed_batches(
-                shard, dataset, 4, tokenizer.pad_token_id, epoch)], shards))
+                shard, dataset, 4, tokenizer.pad_token_id, seed, epoch)], shards))
 
     try:
-        first, again, next_epoch = read(0), read(0), read(1)
+        first, again, next_epoch, other_seed = read(0, 0), read(0, 0), read(0, 1), read(1, 0)
     finally:
         options.preserve_order = kept
     assert [len(worker) for worker in first] == [5, 5]
     assert all(torch.equal(a, b) for w1, w2 in zip(first, again) for a, b in zip(w1, w2))
-    assert not all(torch.equal(a, b) for w1, w2 in zip(first, next_epoch) for a, b in zip(w1, w2))
+    for other in (next_epoch, other_seed):
+        assert not all(torch.equal(a, b) for w1, w2 in zip(first, other) for a, b in zip(w1, w2))
 
 
 def test_preprocess_writes_shards_and_counts_unreadable_images(ray_session, tmp_path):

@@ -3,18 +3,25 @@ import shutil
 import signal
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from mlflow import MlflowClient
 from safetensors.torch import load_file
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
+from transformers import get_cosine_schedule_with_warmup
 
 from radlab.config import parse_experiment
-from radlab.data.dataset import split_examples
+from radlab.data.dataset import split_examples, stage_dataset
+from radlab.formats.batch import collate
+from radlab.formats.tokenizer import load_tokenizer
+from radlab.model.build import apply_lora, build_model, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_train_state
-from radlab.train.findings import FindingsStage
+from radlab.model.towers import image_transform
+from radlab.train.findings import INPUTS, FindingsStage
 from radlab.train.recipe import StageJob
 from radlab.train.stages import run_stage, stage_key
 
@@ -39,6 +46,8 @@ def test_stage_keys_change_only_downstream(synthetic_root, tmp_path):
     frozen = parse_experiment(experiment_dict(synthetic_root, tmp_path, model={"vision": {"frozen": True}}), "t")
     assert stage_key(base, "stage0") == stage_key(frozen, "stage0")
     assert stage_key(base, "stage1") != stage_key(frozen, "stage1")
+    reseeded = base.model_copy(update={"seed": 1})
+    assert all(stage_key(base, s) != stage_key(reseeded, s) for s in ("stage0", "stage1", "stage2"))
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
@@ -89,15 +98,63 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     assert result.metrics == again.metrics == {"val_loss": client.get_run(run_id).data.metrics["val_loss"]}
 
 
+def _plain_loop_losses(model, experiment, tokenizer, stage_name: str, world: int) -> list[float]:
+    """The stage written as a plain PyTorch loop, the ranks' micro-batches taken in one process:
+    each step's loss as radlab logs it (the mean of the ranks' losses)."""
+    stage = getattr(experiment, stage_name)
+    set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
+    dataset = stage_dataset(experiment, tokenizer, "train", stage.template, image_transform(experiment.model.vision))
+    ranks = []
+    for rank in range(world):
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=experiment.seed,
+                                     drop_last=True)
+        ranks.append(iter(DataLoader(dataset, batch_size=stage.micro_batch, sampler=sampler,
+                                     collate_fn=partial(collate, pad_id=tokenizer.pad_token_id))))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": params, "weight_decay": stage.weight_decay}], lr=stage.lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup_ratio * stage.max_steps), stage.max_steps)
+    model.train()
+    losses = []
+    for _ in range(stage.max_steps):
+        per_rank = [model(**{k: batch[k] for k in INPUTS}).loss for batch in (next(r) for r in ranks)]
+        (sum(per_rank) / world).backward()  # DDP's gradient: the mean of the ranks'
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(sum(loss.item() for loss in per_rank) / world)
+    return losses
+
+
 def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, tokenizer_dir, tmp_path):
+    """Stages 1 and 2 on two Ray Train workers, stage 2 from stage 1's checkpoint with LoRA added,
+    train step for step as a plain PyTorch loop over the same batches does (same losses), and stage 2
+    tunes the encoder the tiny preset leaves unfrozen."""
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage1={"checkpoint_every": 1,
                                                                                    "keep_last": 3}), "t")
-    first = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir))).checkpoint
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking)
+    experiment_id = client.create_experiment("stages")
+    runs = {stage: client.create_run(experiment_id).info.run_id for stage in ("stage1", "stage2")}
+    first = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, runs["stage1"])).checkpoint
     run_dir = tmp_path / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
     assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 3  # keep_last: the newest three of four
-    second = run_stage(StageJob(experiment, "stage2", str(tokenizer_dir), init_from=first)).checkpoint
+    second = run_stage(StageJob(experiment, "stage2", str(tokenizer_dir), tracking, runs["stage2"],
+                                init_from=first)).checkpoint
     with first.as_directory() as one, second.as_directory() as two:
         a, b = load_checkpoint(Path(one)), load_checkpoint(Path(two))
+        tokenizer = load_tokenizer(tokenizer_dir)
+        torch.manual_seed(experiment.seed)
+        plain = build_model(experiment.model, tokenizer, experiment.data.max_length)
+        plain_losses = {"stage1": _plain_loop_losses(plain, experiment, tokenizer, "stage1", 2)}
+        torch.manual_seed(experiment.seed)  # stage 2's LoRA weights are drawn as its workers draw them
+        continued = apply_lora(load_checkpoint(Path(one)).model, experiment.stage2.lora)
+        plain_losses["stage2"] = _plain_loop_losses(continued, experiment, tokenizer, "stage2", 2)
+    for stage, run_id in runs.items():
+        logged = [m.value for m in sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)]
+        assert logged == pytest.approx(plain_losses[stage], rel=1e-4), stage
+    assert plain.state_dict().keys() == a.model.state_dict().keys()
+    assert all(torch.allclose(v, a.model.state_dict()[k], atol=1e-5) for k, v in plain.state_dict().items())
     assert a.lora is None and b.lora.r == 4 and b.meta["stage"] == "stage2"
     vision_a = {k: v for k, v in a.model.state_dict().items() if "vision_tower" in k}
     vision_b = {k.replace("base_model.model.", ""): v for k, v in b.model.state_dict().items() if "vision_tower" in k}

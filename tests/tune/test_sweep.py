@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from radlab.config import ConfigError, parse_experiment
-from radlab.tune.sweep import describe, expand, run_sweep
+from radlab.tune.sweep import describe, expand, run_sweep, trial_experiment
 
 from ..conftest import ROOT, experiment_dict
 
@@ -32,6 +32,8 @@ def test_matrix_expansion(synthetic_root, tmp_path):
                                                                 "samples": 3}), "t")
     assert rows[0]["optuna_samples"] == 3 and rows[0]["search"] == ["stage2.lr"]
     assert rows[0]["resources"]["workers"] == 2
+    repeated = sweep_raw(synthetic_root, tmp_path, axes={"seed": [0, 1]})  # one configuration, two training seeds
+    assert [trial_experiment(repeated, t.overrides).seed for t in expand(repeated, "t")] == [0, 1]
 
 
 @pytest.mark.parametrize("sweep, message", [

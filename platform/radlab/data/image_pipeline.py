@@ -63,14 +63,15 @@ def task_sizes(images: int, cores: int, batch: int = BATCH) -> tuple[int, int]:
     return tasks, max(1, math.ceil(images / tasks))
 
 
-def streamed_batches(shard, dataset, micro_batch: int, pad_id: int, epoch: int):
-    """One epoch of collated training batches from a Ray Train worker's shard of `image_dataset`;
-    the text of each row comes from `dataset` (a ReportDataset over the same example list, with the
-    same transform)."""
+def streamed_batches(shard, dataset, micro_batch: int, pad_id: int, seed: int, epoch: int):
+    """One epoch of collated training batches from a Ray Train worker's shard of `image_dataset`,
+    shuffled locally by the training `seed` and the epoch; the text of each row comes from `dataset`
+    (a ReportDataset over the same example list, with the same transform)."""
     from radlab.formats.batch import collate
 
+    shuffle_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     for batch in shard.iter_batches(batch_size=micro_batch, batch_format="numpy",
-                                    local_shuffle_buffer_size=4 * micro_batch, local_shuffle_seed=epoch):
+                                    local_shuffle_buffer_size=4 * micro_batch, local_shuffle_seed=shuffle_seed):
         items = [None if error else dataset.item(int(index), dataset.transform.normalise(pixels))
                  for index, pixels, error in zip(batch["index"], batch["pixels"], batch["error"])]
         yield collate(items, pad_id)

@@ -98,7 +98,7 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
     tracker.log_metrics(run_id, metrics)
     columns = {"trained": metrics}
     if experiment.eval.compares_untrained:
-        torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
+        torch.manual_seed(experiment.seed)
         untrained = build_encoder(experiment.model, loaded.stage0, loaded.tokenizer)
         columns["untrained"] = evaluate_retrieval(untrained, examples, loaded.tokenizer, transform, length)
         tracker.log_metrics(run_id, {f"untrained/{k}": v for k, v in columns["untrained"].items()})

@@ -93,8 +93,8 @@ class ContrastiveStage(StageKind):
             raise ValueError(f"stage0.batch {s0.batch} exceeds the {size} training pairs")
         dataset.examples = dataset.examples[:size]
         self.plan = self.plan_for(s0, size)
-        self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=0,
-                                          drop_last=True)
+        self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                          seed=self.experiment.seed, drop_last=True)
         self.loader = DataLoader(dataset, batch_size=s0.batch // self.world, sampler=self.sampler, drop_last=True,
                                  collate_fn=partial(collate_pairs, pad_id=self.tokenizer.pad_token_id))
         self.val = split_examples(self.experiment.data, "val") if self.rank == 0 else []

@@ -94,8 +94,8 @@ class FindingsStage(StageKind):
         if experiment.data.stream:  # images decoded by the Ray Data pipeline the trainer was given
             self.shard = ray.train.get_dataset_shard("train")
         else:
-            self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True, seed=0,
-                                              drop_last=True)
+            self.sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank, shuffle=True,
+                                              seed=experiment.seed, drop_last=True)
             self.loader = DataLoader(dataset, batch_size=stage.micro_batch, sampler=self.sampler,
                                      collate_fn=partial(collate, pad_id=pad))
         self.val_loader = None
@@ -107,7 +107,7 @@ class FindingsStage(StageKind):
     def epoch_batches(self, epoch: int):
         if self.experiment.data.stream:
             return streamed_batches(self.shard, self.dataset, self.config.micro_batch, self.tokenizer.pad_token_id,
-                                    epoch)
+                                    self.experiment.seed, epoch)
         self.sampler.set_epoch(epoch)
         return self.loader
 

@@ -241,7 +241,7 @@ def run_recipe(kind: type[StageKind], job: StageJob) -> None:
     experiment = job.experiment
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(experiment.data.synthetic.seed if experiment.data.synthetic else 0)
+    torch.manual_seed(experiment.seed)
     use_worker_cpus(experiment)
     stage = kind(job, rank, world, ray.train.torch.get_device())
 

@@ -46,7 +46,7 @@ def stage_key(experiment: Experiment, stage: str) -> str:
     else:
         model = dump["model"]
     parts = {"data": data, "model": model, **{s: dump[s] for s in upto},
-             "precision": dump["ray"]["precision"]}
+             "precision": dump["ray"]["precision"], "seed": dump["seed"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
 

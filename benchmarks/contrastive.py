@@ -25,8 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
-from radlab.train.contrastive import train_encoder  # noqa: E402
-from radlab.train.recipe import StageJob  # noqa: E402
+from radlab.train.stages import StageJob, train_on_worker  # noqa: E402
 
 
 def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, steps: int) -> dict:
@@ -41,7 +40,7 @@ def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, step
         "ray": {"workers": workers},
     }, "bench")
     trainer = TorchTrainer(
-        train_encoder,
+        train_on_worker,
         train_loop_config={"job": StageJob(experiment, "stage0", str(tokenizer_dir))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),

@@ -30,18 +30,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import report  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
+from plain_loop import train_stage  # noqa: E402
 from rich.console import Console  # noqa: E402
-from torch.utils.data import DistributedSampler  # noqa: E402
-from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
 from radlab.config import load_experiment, with_absolute_paths  # noqa: E402
-from radlab.data.dataset import stage_dataset, synthetic_root, training_texts  # noqa: E402
+from radlab.data.dataset import synthetic_root, training_texts  # noqa: E402
 from radlab.evaluation.compare import paired, per_report_scores, scores_from_table  # noqa: E402
 from radlab.evaluation.generate import generate_findings  # noqa: E402
 from radlab.evaluation.scoring import score  # noqa: E402
-from radlab.formats.batch import collate  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
-from radlab.model.build import build_model, set_trainable  # noqa: E402
+from radlab.model.build import build_model  # noqa: E402
 from radlab.model.towers import image_transform  # noqa: E402
 from radlab.pipeline import run_experiment  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
@@ -73,23 +71,6 @@ def radlab_point(experiment) -> tuple[float, float, dict]:
     return (runs[-1].end_time - runs[0].start_time) / 1000, summary.metrics[METRIC], scores_from_table(table)
 
 
-def step_batches(dataset, stage, world: int, seed: int, pad_id: int):
-    """Each optimizer step's examples as radlab's `world` workers draw them (each rank's
-    DistributedSampler, epoch after epoch), collated as one batch."""
-    per_rank = stage.global_batch // world
-    epoch = 0
-    while True:
-        orders = []
-        for rank in range(world):
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                         drop_last=True)
-            sampler.set_epoch(epoch)
-            orders.append(list(sampler))
-        for start in range(0, len(orders[0]) - per_rank + 1, per_rank):
-            yield collate([dataset[i] for order in orders for i in order[start:start + per_rank]], pad_id)
-        epoch += 1
-
-
 def plain_point(experiment, tokenizer) -> tuple[float, float, dict]:
     """The same recipe in a plain loop: (training wall time in s, significant errors per report,
     per-report scores)."""
@@ -97,22 +78,8 @@ def plain_point(experiment, tokenizer) -> tuple[float, float, dict]:
     torch.manual_seed(experiment.seed)
     started = time.perf_counter()
     model = build_model(experiment.model, tokenizer, experiment.data.max_length)
-    keys = ("input_ids", "attention_mask", "pixel_values", "labels")
-    for stage in (experiment.stage1, experiment.stage2):
-        set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
-        dataset = stage_dataset(experiment, tokenizer, "train", stage.template, image_transform(experiment.model.vision))
-        batches = step_batches(dataset, stage, experiment.ray.workers, experiment.seed, tokenizer.pad_token_id)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
-        schedule = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup_ratio * stage.max_steps),
-                                                   stage.max_steps)
-        model.train()
-        for _, batch in zip(range(stage.max_steps), batches, strict=False):
-            model(**{k: batch[k] for k in keys}).loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+    for stage in ("stage1", "stage2"):
+        train_stage(model, experiment, stage, tokenizer)
     seconds = time.perf_counter() - started
     predictions = generate_findings(model.eval(), tokenizer, experiment, image_transform(experiment.model.vision),
                                     experiment.eval.split, experiment.eval.limit)

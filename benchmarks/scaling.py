@@ -24,8 +24,7 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
-from radlab.train.findings import train_stage  # noqa: E402
-from radlab.train.recipe import StageJob  # noqa: E402
+from radlab.train.stages import StageJob, train_on_worker  # noqa: E402
 
 V100_FP16_TFLOPS = 125.0     # SXM2 tensor-core peak
 ASSUMED_MFU = 0.35           # model FLOPs utilisation typical of 7B fine-tuning with ZeRO-2 on V100s
@@ -42,7 +41,7 @@ def tiny_rate(root: Path, workers: int, steps: int) -> float:
         "ray": {"workers": workers},
     }, "bench")
     trainer = TorchTrainer(
-        train_stage,
+        train_on_worker,
         train_loop_config={"job": StageJob(experiment, "stage1", str(root / "tokenizer"))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),

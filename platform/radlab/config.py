@@ -65,6 +65,9 @@ class DataConfig(Section):
     max_length: int = Field(2048, ge=16)
     stream: bool = Field(False, description="stages 1-2 decode images in a Ray Data pipeline streamed into the "
                          "workers (parallel, bounded memory) instead of a DataLoader inside each worker")
+    cache_mb: int = Field(1024, ge=0, description="each training worker keeps the examples it has prepared "
+                          "(decoded images, token ids) in memory up to this many MiB, so later epochs skip "
+                          "that work; 0: none")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:

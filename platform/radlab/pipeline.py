@@ -24,8 +24,7 @@ from radlab.model.memory import experiment_plans
 from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
-from radlab.train.recipe import StageJob
-from radlab.train.stages import STAGES, finished_stage, run_stage, stage_key, stage_steps, storage_path
+from radlab.train.stages import STAGES, StageJob, finished_stage, run_stage, stage_key, stage_steps, storage_path
 
 
 @dataclass

@@ -2,6 +2,7 @@ import json
 from collections import Counter
 
 import pytest
+import torch
 
 from radlab.config import ConfigError, parse_experiment
 from radlab.data.dataset import DataError, ReportDataset, load_examples, read_manifest, split_examples
@@ -89,6 +90,29 @@ def test_corrupt_image_is_skipped_and_counted(synthetic_root, tokenizer, tmp_pat
     assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
     left = collate([dataset[0], dataset[2]], tokenizer.pad_token_id, left_pad=True)
     assert (left["attention_mask"][:, -1] == 1).all()
+
+
+def test_prepared_examples_are_kept_up_to_the_cache_size(synthetic_root, tokenizer, tmp_path):
+    """The examples a cache keeps come back identical after their images are gone; the ones past
+    its size are read again (here: no longer there, skipped)."""
+    originals = load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:4]
+    for example in originals:
+        copy = tmp_path / example.image.name
+        copy.write_bytes(example.image.read_bytes())
+        example.image = copy
+    plain = ReportDataset(originals, tokenizer, "plain", 64, ImageTransform(64), 512)
+    first = [plain[i] for i in range(4)]
+    two = sum(64 * 64 + 36 * (len(item["input_ids"]) + len(item["labels"])) for item in first[:2])  # uint8 image, ids
+    cached = ReportDataset(originals, tokenizer, "plain", 64, ImageTransform(64), 512, cache_bytes=two)
+    assert all(torch.equal(cached[i]["pixel_values"], first[i]["pixel_values"]) for i in range(4))
+    assert sorted(cached.decoded) == [0, 1] and sorted(cached.encoded) == [0, 1]
+    for example in originals:
+        example.image.unlink()
+    again = [cached[i] for i in range(4)]
+    for kept, item in zip(again[:2], first[:2]):
+        assert torch.equal(kept["pixel_values"], item["pixel_values"]) and kept["input_ids"] == item["input_ids"]
+        assert kept["labels"] == item["labels"]
+    assert again[2:] == [None, None] and [plain[i] for i in range(4)] == [None] * 4
 
 
 def _mimic_records(patients: int, studies: int = 2) -> list[dict]:

@@ -16,8 +16,7 @@ from radlab.data.ingest.common import ingest
 from radlab.formats.batch import collate
 from radlab.formats.images import SIGLIP_MEAN, SIGLIP_STD, ImageTransform, load_image
 from radlab.model.checkpoint import load_train_state
-from radlab.train.recipe import StageJob
-from radlab.train.stages import run_stage
+from radlab.train.stages import StageJob, run_stage
 
 from ..conftest import experiment_dict
 from tests.data.ingest.layouts import mimic as mimic_layout

@@ -11,8 +11,7 @@ from radlab.config import parse_experiment
 from radlab.model.build import build_model
 from radlab.model.checkpoint import save_checkpoint
 from radlab.tracking.runs import Tracker
-from radlab.train.recipe import StageJob
-from radlab.train.stages import StageFailed, run_stage
+from radlab.train.stages import StageFailed, StageJob, run_stage
 
 from ..conftest import experiment_dict
 

@@ -12,8 +12,7 @@ from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.model.checkpoint import load_checkpoint
 from radlab.model.encoder import build_encoder, load_encoder
 from radlab.train.contrastive import clip_loss, siglip_loss
-from radlab.train.recipe import StageJob
-from radlab.train.stages import run_stage
+from radlab.train.stages import StageJob, run_stage
 
 from ..conftest import experiment_dict, free_port
 

@@ -1,6 +1,8 @@
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from functools import partial
@@ -22,8 +24,7 @@ from radlab.model.build import apply_lora, build_model, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_train_state
 from radlab.model.towers import image_transform
 from radlab.train.findings import INPUTS, FindingsStage
-from radlab.train.recipe import StageJob
-from radlab.train.stages import run_stage, stage_key
+from radlab.train.stages import StageJob, run_stage, stage_key
 
 from ..conftest import experiment_dict
 
@@ -34,6 +35,13 @@ def test_plan_accumulates_to_the_global_batch(synthetic_root, tmp_path):
     plan = FindingsStage.plan_for(experiment.stage1, examples=96, world=2)
     assert plan.accumulation == 4            # 4 micro-batches x 4 x 2 workers = 32
     assert plan.steps_per_epoch == 3 and plan.total_steps == 6
+
+
+def test_the_module_ray_trains_controller_unpickles_does_not_import_torch():
+    """Ray Train's controller imports radlab.train.stages to unpickle the job, the workers' function
+    and the failure callback: torch, transformers and peft there would cost seconds per stage."""
+    code = "import sys, radlab.train.stages; print(sorted({'torch', 'transformers', 'peft', 'mlflow'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_stage_keys_change_only_downstream(synthetic_root, tmp_path):

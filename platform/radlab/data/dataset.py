@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -19,10 +20,11 @@ from radlab.config import DataConfig, Experiment
 from radlab.data import synthetic
 from radlab.errors import RadlabError
 from radlab.formats.images import ImageError, ImageTransform, load_image
-from radlab.formats.prompts import SPLIT_FILES, encode_example
+from radlab.formats.prompts import SPLIT_FILES, Encoded, encode_example
 
 log = logging.getLogger(__name__)
 METHODS = {"rule": "rule-based", "llm": "gpt4"}
+ID_BYTES = 36  # a token id in a Python list: its pointer and its int object
 
 
 class DataError(RadlabError, ValueError):
@@ -187,34 +189,52 @@ def training_texts(config: DataConfig) -> list[str]:
 
 class ImageDataset(Dataset):
     """Examples with their images; an image that will not decode yields None, which the collate
-    functions drop and count."""
+    functions drop and count. What an example costs to prepare (its decoded image, its encoding) is
+    kept in memory up to `cache_bytes`, first come first kept, so that the epochs after the first
+    skip that work for the examples kept. (A dict, not functools' caches: those bound entries, not
+    bytes, and an image's bytes depend on the tower's size.)"""
 
-    def __init__(self, examples: list[Example], transform: ImageTransform):
+    def __init__(self, examples: list[Example], transform: ImageTransform, cache_bytes: int = 0):
         self.examples = examples
         self.transform = transform
+        self.cache_left = cache_bytes
+        self.decoded: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def keeps(self, nbytes: int) -> bool:
+        """Whether `nbytes` more fit in the cache; if so, they are counted against it."""
+        if nbytes > self.cache_left:
+            return False
+        self.cache_left -= nbytes
+        return True
+
     def pixels(self, index: int) -> torch.Tensor | None:
-        example = self.examples[index]
-        try:
-            return self.transform(load_image(example.image))
-        except ImageError as err:
-            log.warning("skipping example %s: %s", example.id, err)
-            return None
+        decoded = self.decoded.get(index)
+        if decoded is None:
+            example = self.examples[index]
+            try:
+                decoded = self.transform.pixels(load_image(example.image))
+            except ImageError as err:
+                log.warning("skipping example %s: %s", example.id, err)
+                return None
+            if self.keeps(decoded.nbytes):
+                self.decoded[index] = decoded
+        return self.transform.normalise(decoded)
 
 
 class ReportDataset(ImageDataset):
     """(image, prompt, findings) examples encoded for one stage's template."""
 
     def __init__(self, examples: list[Example], tokenizer, template: str, num_image_tokens: int,
-                 transform: ImageTransform, max_length: int):
-        super().__init__(examples, transform)
+                 transform: ImageTransform, max_length: int, cache_bytes: int = 0):
+        super().__init__(examples, transform, cache_bytes)
         self.tokenizer = tokenizer
         self.template = template
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
+        self.encoded: dict[int, Encoded] = {}
 
     def __getitem__(self, index: int) -> dict | None:
         pixels = self.pixels(index)
@@ -222,18 +242,24 @@ class ReportDataset(ImageDataset):
 
     def item(self, index: int, pixels: torch.Tensor) -> dict:
         """Example `index` with its already decoded image."""
-        example = self.examples[index]
-        encoded = encode_example(self.tokenizer, self.template, example.human, example.findings,
-                                 self.num_image_tokens, self.max_length)
+        encoded = self.encoded.get(index)
+        if encoded is None:
+            example = self.examples[index]
+            encoded = encode_example(self.tokenizer, self.template, example.human, example.findings,
+                                     self.num_image_tokens, self.max_length)
+            if self.keeps(ID_BYTES * (len(encoded.input_ids) + len(encoded.labels))):
+                self.encoded[index] = encoded
         return {"input_ids": encoded.input_ids, "labels": encoded.labels, "pixel_values": pixels,
                 "truncated": encoded.truncated}
 
 
 def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str,
                   transform: ImageTransform) -> ReportDataset:
-    """A split's examples encoded for `template`, their images by the tower's `transform`."""
+    """A split's examples encoded for `template`, their images by the tower's `transform`, kept in
+    memory up to `data.cache_mb`."""
     return ReportDataset(split_examples(experiment.data, split), tokenizer, template,
-                         experiment.model.vision.num_image_tokens, transform, experiment.data.max_length)
+                         experiment.model.vision.num_image_tokens, transform, experiment.data.max_length,
+                         experiment.data.cache_mb * 2**20)
 
 
 def manifest_digest(config: DataConfig) -> str:

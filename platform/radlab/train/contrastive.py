@@ -23,7 +23,7 @@ from radlab.evaluation.retrieval import evaluate_retrieval
 from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
 from radlab.model.towers import image_transform
-from radlab.train.recipe import Plan, StageJob, StageKind, Step, Window, distributed, min_across, run_recipe
+from radlab.train.recipe import Plan, StageKind, Step, Window, distributed, min_across
 
 
 def gather(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -147,9 +147,3 @@ class ContrastiveStage(StageKind):
     def save(self, folder: Path, final: bool, step: int, train_state: dict) -> None:
         save_encoder(folder, self.model, self.tokenizer, self.experiment.model, self.config,
                      {"stage": "stage0", "step": step, "final": final}, train_state)
-
-
-def train_encoder(config: dict) -> None:
-    """Ray Train entry point of stage 0: `config["job"]` is its StageJob."""
-    job: StageJob = config["job"]
-    run_recipe(ContrastiveStage, job)

@@ -25,7 +25,7 @@ from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_trainable, save_checkpoint
 from radlab.model.towers import image_transform
-from radlab.train.recipe import Plan, StageJob, StageKind, Step, Window, min_across, run_recipe
+from radlab.train.recipe import Plan, StageKind, Step, Window, min_across
 
 INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")
 
@@ -149,9 +149,3 @@ class FindingsStage(StageKind):
         save_checkpoint(folder, self.model, self.tokenizer, self.experiment.model, stage.lora,
                         {"stage": self.name, "step": step, "final": final, "template": stage.template}, train_state,
                         trainable_only=not final)
-
-
-def train_stage(config: dict) -> None:
-    """Ray Train entry point of stages 1 and 2: `config["job"]` is its StageJob."""
-    job: StageJob = config["job"]
-    run_recipe(FindingsStage, job)

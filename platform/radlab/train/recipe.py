@@ -35,20 +35,7 @@ from radlab.config import Experiment
 from radlab.model.checkpoint import load_train_state, newest_intact
 from radlab.tracking.steps import StepLog
 from radlab.train.optimizers import build_optimizer
-
-
-@dataclass(frozen=True)
-class StageJob:
-    """What one stage's workers are given (Ray Train's `train_loop_config["job"]`): the experiment,
-    which stage, the tokenizer folder, the stage's MLflow run, and the checkpoints it starts from:
-    `init_from` the previous stage's model, `vision_from` a stage 0 encoder for a fresh model."""
-    experiment: Experiment
-    stage: str
-    tokenizer: str
-    tracking_uri: str = ""
-    run_id: str | None = None
-    init_from: ray.train.Checkpoint | None = None
-    vision_from: ray.train.Checkpoint | None = None
+from radlab.train.stages import StageJob
 
 
 @dataclass

@@ -3,6 +3,10 @@
 Each stage's Ray Train run is named by the experiment and a hash of everything that determines
 its result (data, model, this stage and the stages before it), so running the same experiment
 again resumes or reuses it, while changing `stage2.lr` retrains stage 2 only.
+
+Ray Train's controller unpickles what this module hands it (the job, the workers' function, the
+failure callback), importing this module to do so: it imports torch, transformers and peft only
+inside the functions that need them, which saves the controller seconds of imports per stage.
 """
 
 from __future__ import annotations
@@ -13,33 +17,53 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ray.data import ExecutionOptions
 from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2.api.callback import UserCallback
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from radlab.config import Experiment
 from radlab.errors import RadlabError
 from radlab.runtime import own_signal_handlers
-from radlab.tracking.steps import record_failure
-from radlab.train.contrastive import ContrastiveStage, train_encoder
-from radlab.train.findings import FindingsStage, train_stage
-from radlab.train.recipe import StageJob
 
 STAGES = ("stage0", "stage1", "stage2")
 
 
+@dataclass(frozen=True)
+class StageJob:
+    """What one stage's workers are given (Ray Train's `train_loop_config["job"]`): the experiment,
+    which stage, the tokenizer folder, the stage's MLflow run, and the checkpoints it starts from:
+    `init_from` the previous stage's model, `vision_from` a stage 0 encoder for a fresh model."""
+    experiment: Experiment
+    stage: str
+    tokenizer: str
+    tracking_uri: str = ""
+    run_id: str | None = None
+    init_from: Checkpoint | None = None
+    vision_from: Checkpoint | None = None
+
+
+def train_on_worker(config: dict) -> None:
+    """Ray Train's function on each worker: the one recipe with the stage's kind (stage 0's
+    contrastive encoder, or stages 1-2's report model); `config["job"]` is its StageJob."""
+    from radlab.train.recipe import run_recipe
+
+    job: StageJob = config["job"]
+    if job.stage == "stage0":
+        from radlab.train.contrastive import ContrastiveStage as kind
+    else:
+        from radlab.train.findings import FindingsStage as kind
+    run_recipe(kind, job)
+
+
 def stage_key(experiment: Experiment, stage: str) -> str:
     """What a stage's result depends on: a rerun with the same key reuses the finished stage.
-    Settings that only change how data is read (data.stream), how many checkpoints are kept
+    Settings that only change how data is read (data.stream, data.cache_mb), how many checkpoints are kept
     (keep_last) or what later stages do with the tower (model.vision.frozen, for stage 0) are left
     out."""
     dump = experiment.model_dump(mode="json")
     for name in STAGES:  # how many checkpoints are kept does not change what a stage trains
         dump[name].pop("keep_last")
     upto = STAGES[: STAGES.index(stage) + 1]
-    data = {k: v for k, v in dump["data"].items() if k != "stream"}
+    data = {k: v for k, v in dump["data"].items() if k not in ("stream", "cache_mb")}
     if stage == "stage0":
         vision = {k: v for k, v in dump["model"]["vision"].items() if k != "frozen"}
         model = {"vision": vision, "tokenizer": dump["model"]["tokenizer"]}
@@ -57,7 +81,11 @@ def stage_steps(experiment: Experiment, stage: str) -> int:
 
     examples = len(split_examples(experiment.data, "train"))
     if stage == "stage0":
+        from radlab.train.contrastive import ContrastiveStage
+
         return ContrastiveStage.plan_for(experiment.stage0, examples).total_steps
+    from radlab.train.findings import FindingsStage
+
     return FindingsStage.plan_for(getattr(experiment, stage), examples, experiment.ray.workers).total_steps
 
 
@@ -109,6 +137,8 @@ class FailureWatch(UserCallback):
         self.stage, self.tracking_uri, self.run_id, self.previous = stage, tracking_uri, run_id, None
 
     def after_exception(self, run_context, worker_exceptions: dict[int, BaseException]) -> None:
+        from radlab.tracking.steps import record_failure
+
         if self.run_id:
             record_failure(self.tracking_uri, self.run_id, self.stage, failure_cause(worker_exceptions))
         current = error_signature(worker_exceptions)
@@ -174,6 +204,10 @@ def run_stage(job: StageJob, report_to_tune: bool = False) -> StageResult:
     """Train one stage to completion (resuming a previous attempt) and return what it left.
     `report_to_tune`: inside a sweep trial, pass each checkpoint's metrics (val_loss) on to Tune,
     whose scheduler may stop the trial early."""
+    from ray.data import ExecutionOptions
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     experiment, stage = job.experiment, job.stage
     finished = finished_stage(experiment, stage)
     if finished is not None:
@@ -183,7 +217,7 @@ def run_stage(job: StageJob, report_to_tune: bool = False) -> StageResult:
     # Ray Train hands this to its controller: how long a (re)start waits for the workers' resources.
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = str(ray_config.node_wait_s)
     trainer = TorchTrainer(
-        train_encoder if stage == "stage0" else train_stage,
+        train_on_worker,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(
             num_workers=(ray_config.min_workers, ray_config.workers) if ray_config.min_workers else ray_config.workers,

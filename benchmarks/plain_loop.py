@@ -37,9 +37,10 @@ def step_batches(dataset, global_batch: int, world: int, seed: int, pad_id: int)
         epoch += 1
 
 
-def train_stage(model, experiment, stage_name: str, tokenizer, prepared: bool = False) -> float:
+def train_stage(model, experiment, stage_name: str, tokenizer, prepared: bool = False, timed_from: int = 1) -> float:
     """Train `model` through the experiment's stage; with `prepared`, every batch is decoded and
-    collated before the first step. Returns samples/s over the steps after the first."""
+    collated before the first step. Returns samples/s over the steps from the `timed_from`-th
+    (counted from 0; the steps before warm the loop up)."""
     stage = getattr(experiment, stage_name)
     set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
     dataset = stage_dataset(experiment, tokenizer, "train", stage.template, image_transform(experiment.model.vision))
@@ -53,11 +54,11 @@ def train_stage(model, experiment, stage_name: str, tokenizer, prepared: bool = 
     model.train()
     started = time.perf_counter()
     for index, batch in enumerate(batches):
-        if index == 1:
+        if index == timed_from:
             started = time.perf_counter()
         model(**{k: batch[k] for k in INPUTS}).loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-    return (stage.max_steps - 1) * stage.global_batch / (time.perf_counter() - started)
+    return (stage.max_steps - timed_from) * stage.global_batch / (time.perf_counter() - started)

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -6,6 +7,9 @@ from typer.testing import CliRunner
 
 from radlab.cli import app
 from radlab.config import ConfigError, apply_override, load_experiment, parse_experiment
+from radlab.formats.images import ImageTransform
+from radlab.model.towers import ModelError
+from radlab.pipeline import run_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -110,6 +114,16 @@ def test_cli_validate_exit_codes(tmp_path):
     bad = runner.invoke(app, ["validate", str(write(tmp_path, {**BASE, "eval": {"limt": 3}}))])
     assert bad.exit_code == 2
     assert "eval.limt: unknown key" in bad.output
+    tower = tmp_path / "siglip"  # a tower folder whose processor squashes to a square, as SigLIP's does
+    tower.mkdir()
+    (tower / "preprocessor_config.json").write_text(json.dumps(ImageTransform(64, resize="squash").processor_config()))
+    cropped = write(tmp_path, {**BASE, "model": {"vision": {"kind": "siglip", "path": str(tower)}}})
+    refused = runner.invoke(app, ["validate", str(cropped)])
+    assert refused.exit_code == 2
+    assert f"model.vision.resize is crop but {tower}/preprocessor_config.json resizes squash: set " \
+           "model.vision.resize: squash" in refused.output.replace("\n", "")
+    with pytest.raises(ModelError, match="set model.vision.resize: squash"):  # before anything starts
+        run_experiment(load_experiment(cropped), "")
 
 
 def test_stage0_rules(tmp_path):

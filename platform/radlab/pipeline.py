@@ -21,6 +21,7 @@ from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
 from radlab.model.build import check_tokenizer_fits, embedding_rows
 from radlab.model.memory import experiment_plans
+from radlab.model.towers import image_transform
 from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
@@ -120,6 +121,7 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
     missing = [line for line in missing_inputs(experiment) if line.startswith(("data.", "model.", "eval.judge."))]
     if missing:
         raise ConfigError("missing here: " + "; ".join(missing))
+    image_transform(experiment.model.vision)  # a tower folder that resizes otherwise stops the run here
     tracker = Tracker(experiment)
     check_memory(experiment)
     if experiment.eval.enabled and experiment.trains_report_model:

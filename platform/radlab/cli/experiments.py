@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from radlab.cli.common import Overrides, console, err_console, load
+from radlab.cli.common import Overrides, console, err_console, load, or_exit
 from radlab.config import ConfigError, Experiment, with_absolute_paths
 from radlab.errors import RadlabError
 
@@ -24,6 +24,7 @@ def validate(path: Path, overrides: Overrides = None,
     the memory plan; print the resolved config or what is wrong."""
     from radlab.config import missing_inputs
     from radlab.model.memory import experiment_plans
+    from radlab.model.towers import image_transform
 
     experiment = load(path, overrides)
     missing = [] if skip_files else missing_inputs(with_absolute_paths(experiment))
@@ -31,6 +32,8 @@ def validate(path: Path, overrides: Overrides = None,
         err_console.print(f"[red]{path}: missing here[/] (--skip-files to check the rest only)\n" + "\n".join(missing),
                           highlight=False)
         raise typer.Exit(2)
+    if not skip_files:  # the tower folder's own preprocessor_config.json must resize as model.vision.resize says
+        or_exit(image_transform, with_absolute_paths(experiment).model.vision)
     plans = experiment_plans(experiment)
     for plan in plans:
         console.print(("[green]" if plan.fits else "[red]") + f"memory[/] {plan.line()}", highlight=False)

@@ -64,8 +64,8 @@ def experiment_raw(root: Path, steps: int, workers: int, round_number: int) -> d
 
 
 def plain_loop(experiment, tokenizer) -> float:
-    """Samples/s of the plain loop on prepared batches, torch on all the cores this process has."""
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    """Samples/s of the plain loop on prepared batches, torch on all the machine's cores."""
+    torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(experiment.seed)
     return plain.train_stage(build_model(experiment.model, tokenizer), experiment, "stage1", tokenizer, prepared=True,
                              timed_from=LOG_EVERY)

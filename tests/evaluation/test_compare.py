@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from radlab.cli import app
 from radlab.data.synthetic import Finding, write_findings
-from radlab.evaluation.compare import compare_systems, paired, scores_from_table, versus
+from radlab.evaluation.compare import compare_systems, paired, scores_from_table, versus, versus_over_seeds
 
 EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
 NODULE = write_findings([Finding("nodule", "right", "upper", None)])
@@ -88,3 +89,32 @@ def test_a_trial_beats_its_baseline_only_when_the_paired_test_says_so():
     assert not reverse["significant"]  # worse, however clearly
     same = versus(first, first, "rouge_l_f1", higher_is_better=True)
     assert same["p_value"] == 1 and not same["significant"]
+
+
+def _runs(differences_by_seed: dict[int, float], studies: int = 100):
+    """Per-report scores of two configurations over seeds: the second is noise around 1, the first
+    the second plus each seed's own shift."""
+    rng = np.random.default_rng(7)
+    first, second = {}, {}
+    for seed, shift in differences_by_seed.items():
+        base = rng.normal(1.0, 0.3, studies)
+        second[seed] = {str(i): {"s": float(v)} for i, v in enumerate(base)}
+        first[seed] = {str(i): {"s": float(v + shift + rng.normal(0, 0.05))} for i, v in enumerate(base)}
+    return first, second
+
+
+def test_a_difference_over_seeds_counts_only_when_the_seeds_agree():
+    # Every seed's pair of runs differs by about -0.2: fewer errors, significantly, over seeds and studies.
+    first, second = _runs({0: -0.2, 1: -0.25, 2: -0.15})
+    agreed = versus_over_seeds(first, second, "s", higher_is_better=False, resamples=500)
+    assert agreed["seeds"] == 3 and agreed["n"] == 100 and agreed["significant"]
+    assert agreed["ci_high"] < 0 and agreed["p_value"] < 0.01
+    assert agreed["per_seed"] == pytest.approx({0: -0.2, 1: -0.25, 2: -0.15}, abs=0.02)
+    # The seeds disagree (one run much better, another much worse): the seed-averaged scores still
+    # differ consistently across studies (p tiny), but the interval over seeds holds zero, so no verdict.
+    first, second = _runs({0: -0.6, 1: +0.3, 2: +0.1})
+    split = versus_over_seeds(first, second, "s", higher_is_better=False, resamples=500)
+    assert split["p_value"] < 0.01 and split["ci_low"] < 0 < split["ci_high"] and not split["significant"]
+    # One seed per side: the single paired test, as before.
+    one = versus_over_seeds({0: first[0]}, {0: second[0]}, "s", higher_is_better=False)
+    assert one["seeds"] == 1 and one["significant"] and one["per_seed"] == {0: one["difference"]}

@@ -86,9 +86,10 @@ def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_serve
     raw = sweep_experiment(synthetic_root, tmp_path, tracking={"uri": mlflow_server, "register_as": "radlab-sweep-test"},
                           eval={"compare_untrained": False, "judge": {"cache": "judge.sqlite"}}, ray={"workers": 1})
     raw["name"] = "sweep-test"
-    raw["sweep"] = {"axes": {"stage1.enabled": [True, False]}}
+    raw["sweep"] = {"axes": {"stage1.enabled": [True, False], "seed": [1]}}
     raw = parse_experiment(raw, "t").model_dump(mode="json")
     result = run_sweep(raw, "t")
+    assert [row["trial"] for row in result["trials"]] == ["enabled=True_seed=1", "enabled=False_seed=1"]
     assert [row["status"] for row in result["trials"]] == ["ok", "ok"]
     # Trials ran in the driver's folder: their relative paths (here the judge cache) land there.
     assert (tmp_path / "judge.sqlite").is_file()
@@ -101,18 +102,24 @@ def test_small_sweep_tracks_trials_and_moves_the_alias(ray_session, mlflow_serve
     stage_runs = [client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{t.info.run_id}'") for t in trials]
     assert sorted(len(runs) for runs in stage_runs) == [1, 2]   # stage 1 off: only stage 2
     assert {a.path for a in client.list_artifacts(result["sweep_run"], "sweep")} >= {
-        "sweep/trials.json", "sweep/objective_by_axis.png", "sweep/error_types_by_trial.png"}
+        "sweep/trials.json", "sweep/configurations.json", "sweep/objective_by_axis.png",
+        "sweep/error_types_by_trial.png"}
     best = result["best"]
-    # The best trial is tested against the baseline cell (stage1.enabled=True) and the sweep says how it went.
+    # The best configuration (the seed is not part of it) is tested against the baseline one
+    # (stage1.enabled=True) and the sweep says how it went.
+    assert [(row["configuration"], row["seeds"]) for row in best["configurations"]] == [
+        ("enabled=True", [1]), ("enabled=False", [1])]
     verdict = best["vs_baseline"]["verdict"]
     assert sweep_run.data.tags["radlab.best_vs_baseline"] == verdict
-    if best["trial"] == "enabled=True":
-        assert verdict == "the baseline cell enabled=True scored best: no trial beat it"
+    assert sweep_run.data.tags["radlab.best_configuration"] == best["configuration"]
+    if best["configuration"] == "enabled=True":
+        assert verdict == "the baseline enabled=True scored best: no configuration beat it"
     else:
         assert "the baseline enabled=True significantly on chexprompt/significant_mean" in verdict
+        assert "one training run each" in verdict
         assert 0 <= best["vs_baseline"]["p_value"] <= 1 and best["vs_baseline"]["n"] == 4
     # Every trial is tested against the baseline, in the printed table and in sweep/trials.json.
-    other = next(row for row in result["trials"] if row["trial"] == "enabled=False")
+    other = next(row for row in result["trials"] if row["trial"] == "enabled=False_seed=1")
     assert 0 <= other["vs_baseline"]["p_value"] <= 1 and other["vs_baseline"]["n"] == 4
     trials_table = json.loads(Path(client.download_artifacts(result["sweep_run"], "sweep/trials.json",
                                                              str(tmp_path))).read_text())

@@ -142,9 +142,21 @@ def sweep(path: Path, overrides: Overrides = None,
                         versus, "-" if loss is None else f"{loss:.3f}")
     console.print(summary)
     best = result["best"]
+    if best and any(len(row["seeds"]) > 1 for row in best["configurations"]):
+        pooled = Table("configuration", "seeds", f"{metric} mean (min-max)", "vs baseline [95% CI], p",
+                       title="configurations over training seeds")
+        for row in best["configurations"]:
+            versus = (f"{row['vs_baseline_difference']:+.3f} [{row['vs_baseline_ci_low']:+.2f}, "
+                      f"{row['vs_baseline_ci_high']:+.2f}], p {row['vs_baseline_p_value']:.3g}"
+                      if "vs_baseline_p_value" in row else "-")
+            pooled.add_row(row["configuration"], ", ".join(map(str, row["seeds"])),
+                           f"{row[metric]:.3f} ({row[metric + '_min']:.3f}-{row[metric + '_max']:.3f})", versus)
+        console.print(pooled)
     if best:
         moved = "took" if best.get("alias_moved") else "did not take (the holder is better)"
-        console.print(f"best: {best['trial']}; registered version {best.get('version')} {moved} "
+        chosen = best["trial"] if best["trial"] == best["configuration"] else (
+            f"{best['configuration']} (mean over seeds {', '.join(map(str, best['seeds']))}), its best run {best['trial']}")
+        console.print(f"best: {chosen}; registered version {best.get('version')} {moved} "
                       f"alias '{experiment.sweep.alias}'")
         console.print(best["vs_baseline"]["verdict"], highlight=False, soft_wrap=True)
 

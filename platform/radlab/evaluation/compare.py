@@ -117,3 +117,40 @@ def versus(first: dict[str, dict[str, float]], second: dict[str, dict[str, float
                     resamples).row(score)
     better = result["difference"] > 0 if higher_is_better else result["difference"] < 0
     return result | {"significant": bool(better and result["p_value"] < 0.05)}
+
+
+def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dict[int, dict[str, dict[str, float]]],
+                      score: str, higher_is_better: bool, resamples: int = 1000, seed: int = 0) -> dict:
+    """Two configurations, each trained with several training seeds (seed -> that run's per-report
+    scores), compared on one per-report score, first minus second, over the seeds both ran and the
+    studies every one of those runs scored. Two sources of chance make a difference: the studies
+    and the training seed, which alone can move a run more than a configuration does. So the 95%
+    interval resamples both (seeds, then studies, with replacement: a two-level bootstrap), the
+    p-value is the paired permutation test over studies of the seed-averaged scores, and the first
+    is significantly better only when both agree (p < 0.05 and an interval on the better side of
+    zero). `per_seed` holds the mean difference of each seed's pair of runs."""
+    seeds = sorted(set(first) & set(second))
+    if len(seeds) == 1:
+        one = versus(first[seeds[0]], second[seeds[0]], score, higher_is_better, resamples)
+        return one | {"seeds": 1, "per_seed": {seeds[0]: one["difference"]}}
+    runs = [first[s] for s in seeds] + [second[s] for s in seeds]
+    ids = [i for i in (first[seeds[0]] if seeds else {})
+           if all(not math.isnan(run.get(i, {}).get(score, math.nan)) for run in runs)]
+    if len(ids) < 2:
+        return {"metric": score, "n": len(ids), "seeds": len(seeds), "difference": math.nan, "ci_low": math.nan,
+                "ci_high": math.nan, "p_value": math.nan, "significant": False, "per_seed": {}}
+    a = np.array([[first[s][i][score] for i in ids] for s in seeds])
+    b = np.array([[second[s][i][score] for i in ids] for s in seeds])
+    differences = a - b  # (seeds, studies)
+    rng = np.random.default_rng(seed)
+    studies = rng.integers(len(ids), size=(resamples, len(ids)))
+    per_seed_resampled = differences[:, studies].mean(axis=2)  # (seeds, resamples)
+    picked = rng.integers(len(seeds), size=(resamples, len(seeds)))
+    means = np.take_along_axis(per_seed_resampled.T, picked, axis=1).mean(axis=1)
+    low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
+    p_value = paired(a.mean(axis=0), b.mean(axis=0), resamples, seed).p_value
+    difference = float(differences.mean())
+    better = (low > 0) if higher_is_better else (high < 0)
+    return {"metric": score, "n": len(ids), "seeds": len(seeds), "difference": difference, "ci_low": low,
+            "ci_high": high, "p_value": p_value, "significant": bool(better and p_value < 0.05),
+            "per_seed": {s: float(d) for s, d in zip(seeds, differences.mean(axis=1))}}

@@ -22,11 +22,11 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
-from radlab.evaluation.compare import scores_from_table, versus  # noqa: E402
 from radlab.evaluation.metrics import score_of  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
+from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name, versus_baseline  # noqa: E402
 
 
 @dataclass
@@ -76,8 +76,7 @@ def expand(raw: dict, where: str) -> list[Trial]:
         for path, value in overrides.items():
             cell = _set(cell, path, value)
         parse_experiment(cell, f"{where} (sweep cell {overrides})")
-        name = "_".join(f"{p.split('.')[-1]}={v}" for p, v in overrides.items()) or "base"
-        trials.append(Trial(name.replace(" ", ""), overrides))
+        trials.append(Trial(setting_name(overrides), overrides))
     return trials
 
 
@@ -231,67 +230,45 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
                                            if isinstance(v, (int, float)) and ("/" in k or k == "val_loss")},
                            run_id=metrics["trial_run_id"])
             results.append(row)
-    best = _finish(tracker, sweep_run, experiment, results, trials[0].name)
+    best = _finish(tracker, sweep_run, experiment, results, trials[0].overrides)
     tracker.finish(sweep_run)
     return {"trials": results, "best": best, "sweep_run": sweep_run}
 
 
-def versus_baseline(tracker: Tracker, rows: list[dict], baseline_name: str, metric: str, resamples: int) -> None:
-    """Test every finished trial against the baseline cell (every axis at its first value): a
-    paired permutation test of the objective's per-report score on the studies both were judged
-    on. Each row gets `vs_baseline` (the verdict, and difference, interval, p-value, significant)."""
-    baseline = next((row for row in rows if row["trial"] == baseline_name), None)
-    score = score_of(metric)[1]
-    base_scores = None
-    if baseline is not None and score.per_report is not None:
-        table = tracker.read_table(baseline["run_id"], "eval/trained/per_report.json")
-        base_scores = scores_from_table(table) if table else None
-    for row in rows:
-        if row is baseline:
-            row["vs_baseline"] = {"verdict": f"{baseline_name} is the baseline cell"}
-        elif baseline is None:
-            row["vs_baseline"] = {"verdict": f"no result of the baseline cell {baseline_name} to test against"}
-        elif score.per_report is None:
-            row["vs_baseline"] = {"verdict": f"{metric} is corpus-level: no paired test against {baseline_name}"}
-        elif base_scores is None or (table := tracker.read_table(row["run_id"], "eval/trained/per_report.json")) is None:
-            row["vs_baseline"] = {"verdict": f"no per-report scores logged to test against {baseline_name}"}
-        else:
-            tested = versus(scores_from_table(table), base_scores, score.per_report, score.higher_is_better, resamples)
-            said = "beat" if tested["significant"] else "did not beat"
-            tested["verdict"] = (
-                f"{row['trial']} {said} the baseline {baseline_name} significantly on {metric}: difference "
-                f"{tested['difference']:+.3f} [{tested['ci_low']:+.3f}, {tested['ci_high']:+.3f}] per report, "
-                f"p = {tested['p_value']:.3g} (paired permutation test, {tested['n']} studies)")
-            row["vs_baseline"] = tested
-
-
-TESTED = ("difference", "ci_low", "ci_high", "p_value", "significant")
-
-
-def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: list[dict],
-            baseline_name: str) -> dict | None:
+def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: list[dict], baseline: dict) -> dict | None:
     sweep = experiment.sweep
     metric = sweep.objective.metric
     ok = [row for row in results if row["status"] == "ok" and metric in row]
-    versus_baseline(tracker, ok, baseline_name, metric, experiment.eval.bootstrap)
+    configs = configurations(ok, list(sweep.axes), experiment.seed)
+    base = versus_baseline(tracker, configs, {k: v for k, v in baseline.items() if k != SEED_AXIS}, metric,
+                           experiment.eval.bootstrap)
+    for config in configs:
+        for row in config.runs.values():
+            row["vs_baseline"] = config.vs_baseline
     flat = [{**{k: v for k, v in row.items() if k != "vs_baseline"},
              **{f"vs_baseline_{k}": v for k, v in row.get("vs_baseline", {}).items() if k in TESTED}} for row in results]
     columns = sorted({k for row in flat for k in row})
     tracker.log_table(sweep_run, {c: [row.get(c) for row in flat] for c in columns}, "sweep/trials.json")
     tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
-    if ok:
-        for figure, artifact in ((_objective_plot(ok, list(sweep.axes), metric), "sweep/objective_by_axis.png"),
-                                 (_error_types_plot(ok), "sweep/error_types_by_trial.png")):
-            tracker.log_figure(sweep_run, figure, artifact)
-            plt.close(figure)
     if not ok:
         return None
+    for figure, artifact in ((_objective_plot(ok, list(sweep.axes), metric), "sweep/objective_by_axis.png"),
+                             (_error_types_plot(ok), "sweep/error_types_by_trial.png")):
+        tracker.log_figure(sweep_run, figure, artifact)
+        plt.close(figure)
+    pooled = [config.row(metric) for config in configs]
+    tracker.log_table(sweep_run, {c: [row.get(c) for row in pooled] for c in sorted({k for r in pooled for k in r})},
+                      "sweep/configurations.json")
     pick = min if sweep.objective.mode == "min" else max
-    best = pick(ok, key=lambda row: row[metric])
-    tracker.log_metrics(sweep_run, {f"sweep/best/{metric}": best[metric]})
-    tracker.set_tags(sweep_run, {"radlab.best_trial": best["trial"]})
-    if best["trial"] == baseline_name:
-        best["vs_baseline"] = {"verdict": f"the baseline cell {baseline_name} scored best: no trial beat it"}
+    winner = pick(configs, key=lambda config: config.mean(metric))
+    best = {**winner.best_run(metric, sweep.objective.mode), "configuration": winner.name,
+            "configuration_mean": winner.mean(metric), "seeds": sorted(winner.runs)}
+    tracker.log_metrics(sweep_run, {f"sweep/best/{metric}": best[metric],
+                                    f"sweep/best_configuration/{metric}": best["configuration_mean"]})
+    tracker.set_tags(sweep_run, {"radlab.best_trial": best["trial"], "radlab.best_configuration": winner.name})
+    if winner is base:
+        over = f" (mean over {len(base.runs)} training seeds)" if len(base.runs) > 1 else ""
+        best["vs_baseline"] = {"verdict": f"the baseline {base.name} scored best{over}: no configuration beat it"}
     tracker.set_tags(sweep_run, {"radlab.best_vs_baseline": best["vs_baseline"]["verdict"]})
     tracker.log_metrics(sweep_run, {f"sweep/best_vs_baseline/{key}": float(best["vs_baseline"][key])
                                     for key in TESTED if key in best["vs_baseline"]})
@@ -302,7 +279,7 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
         best["version"] = version
         best["alias_moved"] = tracker.move_alias(sweep.alias, version, metric, sweep.objective.mode,
                                                  best[metric])
-    return best
+    return {**best, "configurations": pooled}
 
 
 def _objective_plot(rows: list[dict], axes: list[str], metric: str):

@@ -1,0 +1,108 @@
+"""What a sweep concludes: each configuration against the baseline configuration (every axis at its
+first value), with an interval and a paired test on the objective's per-report score.
+
+A trial is one configuration trained with one training seed. The seed alone can move a run more
+than a configuration does, so one run per side compares two trained models, not two
+configurations, and the verdict says so. With a `seed` axis the runs of a configuration are pooled:
+`versus_over_seeds` resamples seeds and studies for the interval and tests the seed-averaged scores,
+and the best configuration is the one with the best mean over its seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+
+from radlab.evaluation.compare import scores_from_table, versus_over_seeds
+from radlab.evaluation.metrics import score_of
+from radlab.tracking.runs import Tracker
+
+SEED_AXIS = "seed"
+TESTED = ("difference", "ci_low", "ci_high", "p_value", "significant")
+
+
+@dataclass
+class Configuration:
+    name: str
+    settings: dict  # the axes but the seed, and the searched parameters
+    runs: dict[int, dict] = field(default_factory=dict)  # training seed -> its trial's row
+    vs_baseline: dict = field(default_factory=dict)
+
+    def mean(self, metric: str) -> float:
+        return statistics.fmean(row[metric] for row in self.runs.values())
+
+    def best_run(self, metric: str, mode: str) -> dict:
+        pick = min if mode == "min" else max
+        return pick(self.runs.values(), key=lambda row: row[metric])
+
+    def row(self, metric: str) -> dict:
+        values = [row[metric] for row in self.runs.values()]
+        return {"configuration": self.name, "seeds": sorted(self.runs), metric: self.mean(metric),
+                f"{metric}_min": min(values), f"{metric}_max": max(values),
+                **{f"vs_baseline_{k}": v for k, v in self.vs_baseline.items() if k in TESTED}}
+
+
+def setting_name(settings: dict) -> str:
+    """A cell's name: each overridden field's last part and its value ("base" for none)."""
+    return "_".join(f"{path.split('.')[-1]}={value}" for path, value in settings.items()).replace(" ", "") or "base"
+
+
+def configurations(rows: list[dict], axes: list[str], default_seed: int) -> list[Configuration]:
+    """The finished trials grouped by configuration, in the order they first appear; a trial's seed
+    is its `seed` axis value, else the experiment's."""
+    found: dict[str, Configuration] = {}
+    for row in rows:
+        settings = {path: row[path] for path in axes if path != SEED_AXIS} | {
+            key: value for key, value in row.items() if key.startswith("search.")}
+        key = json.dumps(settings, sort_keys=True, default=str)
+        configuration = found.setdefault(key, Configuration(setting_name(settings), settings))
+        configuration.runs[int(row.get(SEED_AXIS, default_seed))] = row
+    return list(found.values())
+
+
+def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: dict, metric: str,
+                    resamples: int) -> Configuration | None:
+    """Test every configuration against the baseline one (the first whose axes are `baseline`):
+    sets each one's `vs_baseline` (the verdict, and difference, interval, p-value, significant) and
+    returns the baseline configuration (None when none of its trials finished)."""
+    base = next((c for c in configs if all(c.settings.get(k) == v for k, v in baseline.items())), None)
+    base_name = base.name if base else setting_name(baseline)
+    score = score_of(metric)[1]
+    tables: dict[str, dict | None] = {}
+
+    def scores(config: Configuration) -> dict[int, dict] | None:
+        for row in config.runs.values():
+            tables.setdefault(row["run_id"], tracker.read_table(row["run_id"], "eval/trained/per_report.json"))
+        found = {seed: tables[row["run_id"]] for seed, row in config.runs.items()}
+        return None if any(t is None for t in found.values()) else {s: scores_from_table(t) for s, t in found.items()}
+
+    base_scores = scores(base) if base is not None and score.per_report is not None else None
+    for config in configs:
+        if config is base:
+            config.vs_baseline = {"verdict": f"{base_name} is the baseline"}
+        elif base is None:
+            config.vs_baseline = {"verdict": f"no result of the baseline {base_name} to test against"}
+        elif score.per_report is None:
+            config.vs_baseline = {"verdict": f"{metric} is corpus-level: no paired test against {base_name}"}
+        elif base_scores is None or (mine := scores(config)) is None:
+            config.vs_baseline = {"verdict": f"no per-report scores logged to test against {base_name}"}
+        else:
+            tested = versus_over_seeds(mine, base_scores, score.per_report, score.higher_is_better, resamples)
+            tested["verdict"] = _verdict(config.name, base_name, metric, tested)
+            config.vs_baseline = tested
+    return base
+
+
+def _verdict(name: str, base_name: str, metric: str, tested: dict) -> str:
+    said = "beat" if tested["significant"] else "did not beat"
+    interval = f"{tested['difference']:+.3f} [{tested['ci_low']:+.3f}, {tested['ci_high']:+.3f}] per report"
+    if tested["seeds"] < 2:
+        return (f"{name} {said} the baseline {base_name} significantly on {metric}: difference {interval}, "
+                f"p = {tested['p_value']:.3g} (paired permutation test, {tested['n']} studies); one training run "
+                f"each, so this compares two trained models, not the configurations: train each with several "
+                f"seeds (sweep.axes.seed: [0, 1, 2]) to compare those")
+    per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in tested["per_seed"].items())
+    return (f"{name} {said} the baseline {base_name} significantly on {metric} over {tested['seeds']} training "
+            f"seeds: difference {interval} (seeds and studies resampled), p = {tested['p_value']:.3g} (paired "
+            f"permutation test on {tested['n']} studies, scores averaged over seeds); per seed: {per_seed}")

@@ -1,0 +1,66 @@
+"""A sweep's verdict over training seeds, on per-report tables logged to a real MLflow store."""
+
+import json
+
+import numpy as np
+
+from radlab.config import parse_experiment
+from radlab.tracking.runs import Tracker
+from radlab.tune.verdict import configurations, versus_baseline
+
+from ..conftest import experiment_dict
+
+METRIC = "chexprompt/significant_mean"
+
+
+def _trial(tracker: Tracker, errors: np.ndarray, **cell) -> dict:
+    """A finished trial's row, its run holding the per-report table evaluation logs."""
+    run_id = tracker.open_parent("trial", "d", digest=json.dumps(cell, sort_keys=True))
+    table = {"id": [f"s{i}" for i in range(len(errors))], "judge_status": ["ok"] * len(errors),
+             "significant_A": [int(e) for e in errors]} | {
+        f"{kind}_{x}": [0] * len(errors) for kind in ("significant", "insignificant") for x in "ABCDEF"
+        if (kind, x) != ("significant", "A")}
+    tracker.log_table(run_id, table, "eval/trained/per_report.json")
+    return {"trial": "-", "status": "ok", "run_id": run_id, METRIC: float(errors.mean()), **cell}
+
+
+def test_configurations_are_compared_over_their_seeds(synthetic_root, tmp_path):
+    tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t"))
+    rng = np.random.default_rng(0)
+    studies = 60
+    baseline = {seed: rng.poisson(1.0, studies) for seed in (0, 1, 2)}
+    # "lora" makes fewer errors with every seed; "linear" is far better with seed 0, worse with 1, the same with 2.
+    lora = {seed: np.maximum(errors - (rng.random(studies) < 0.5), 0) for seed, errors in baseline.items()}
+    linear = {0: np.zeros(studies, int), 1: baseline[1] + 1, 2: baseline[2]}
+    rows = [_trial(tracker, errors, **{"stage2.train": name, "seed": seed})
+            for name, runs in (("full", baseline), ("lora", lora), ("linear", linear)) for seed, errors in runs.items()]
+    configs = configurations(rows, ["stage2.train", "seed"], default_seed=0)
+    assert [(c.name, sorted(c.runs)) for c in configs] == [("train=full", [0, 1, 2]), ("train=lora", [0, 1, 2]),
+                                                           ("train=linear", [0, 1, 2])]
+    base = versus_baseline(tracker, configs, {"stage2.train": "full"}, METRIC, resamples=500)
+    full, lora_config, linear_config = configs
+    assert base is full and full.vs_baseline["verdict"] == "train=full is the baseline"
+    assert lora_config.vs_baseline["significant"] and lora_config.vs_baseline["seeds"] == 3
+    assert "train=lora beat the baseline train=full significantly on chexprompt/significant_mean over 3 training " \
+           "seeds" in lora_config.vs_baseline["verdict"]
+    # Averaged over seeds linear looks better (seed 0 makes no error at all), but its seeds disagree.
+    assert linear_config.mean(METRIC) < full.mean(METRIC)
+    assert not linear_config.vs_baseline["significant"]
+    assert linear_config.vs_baseline["ci_low"] < 0 < linear_config.vs_baseline["ci_high"]
+    assert linear_config.vs_baseline["per_seed"][0] < 0 < linear_config.vs_baseline["per_seed"][1]
+
+
+def test_one_run_per_configuration_is_said_to_compare_models_not_configurations(synthetic_root, tmp_path):
+    tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t"))
+    rng = np.random.default_rng(1)
+    errors = rng.poisson(1.0, 60)
+    rows = [_trial(tracker, errors, **{"stage1.enabled": True}),
+            _trial(tracker, np.maximum(errors - 1, 0), **{"stage1.enabled": False})]
+    configs = configurations(rows, ["stage1.enabled"], default_seed=4)
+    assert [sorted(c.runs) for c in configs] == [[4], [4]]   # the experiment's own seed
+    versus_baseline(tracker, configs, {"stage1.enabled": True}, METRIC, resamples=500)
+    verdict = configs[1].vs_baseline["verdict"]
+    assert verdict.startswith("enabled=False beat the baseline enabled=True significantly")
+    assert "one training run each, so this compares two trained models, not the configurations" in verdict

@@ -77,9 +77,10 @@ def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
     return logs
 
 
-def check_resources(config: RayConfig) -> None:
+def check_resources(config: RayConfig, reserved_cpu: float = 0.0) -> None:
     """On an embedded Ray (no autoscaler can add nodes), refuse workers that no node can hold, before
-    anything starts: Ray would otherwise wait for them forever. Errors name the fields."""
+    anything starts: Ray would otherwise wait for them forever. `reserved_cpu` is taken by something
+    else for the whole run (a sweep's trial actors). Errors name the fields."""
     import ray
 
     if config.address or os.environ.get("RAY_ADDRESS"):
@@ -91,10 +92,11 @@ def check_resources(config: RayConfig) -> None:
     holds = 0
     for node in ray.nodes():
         if node.get("Alive"):
-            have = node["Resources"]
+            have = {**node["Resources"], "CPU": node["Resources"].get("CPU", 0.0) - reserved_cpu}
             holds += int(min(have.get(k, 0.0) / v for k, v in need.items() if v) + 1e-9)
     if holds < wanted:
         asked = ", ".join(f"{k}: {v:g}" for k, v in need.items() if v)
         fields = "ray.use_gpu / ray.accelerator" if config.use_gpu or config.accelerator else "ray.cpus_per_worker"
-        raise ConfigError(f"ray.workers={wanted} x {{{asked}}}: this machine's Ray can hold {holds} such workers "
-                         f"({fields}); lower them, or join a cluster with ray.address / --address")
+        beside = f" beside {reserved_cpu:g} CPU its trials' actors take" if reserved_cpu else ""
+        raise ConfigError(f"ray.workers={wanted} x {{{asked}}}: this machine's Ray can hold {holds} such workers"
+                         f"{beside} ({fields}); lower them, or join a cluster with ray.address / --address")

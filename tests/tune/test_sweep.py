@@ -209,6 +209,20 @@ def test_resources_no_node_can_give_fail_before_anything_starts(ray_session, syn
     assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None
 
 
+def test_a_trial_asking_for_every_cpu_is_refused_instead_of_waiting_forever(ray_session, synthetic_root, tmp_path,
+                                                                            monkeypatch):
+    # The session's Ray has 4 CPUs; a trial's actor holds 0.01 of one while its stages run, so
+    # stages asking for all 4 would wait for it forever.
+    monkeypatch.chdir(tmp_path)
+    raw = sweep_experiment(synthetic_root, tmp_path, ray={"workers": 2, "cpus_per_worker": 2},
+                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    raw["sweep"] = {"axes": {"stage2.lr": [1e-3]}}
+    with pytest.raises(ConfigError, match=r"t: ray.workers=2 x \{CPU: 2\}: this machine's Ray can hold 1 such workers "
+                                          r"beside 0.01 CPU its trials' actors take \(ray.cpus_per_worker\)"):
+        run_sweep(raw, "t")
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None
+
+
 def test_a_dataset_mixture_is_an_axis(tmp_path):
     manifest, test = tmp_path / "m.jsonl", tmp_path / "test.jsonl"
     manifest.write_text("")

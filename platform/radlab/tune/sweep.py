@@ -28,6 +28,8 @@ from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
 from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name, versus_baseline  # noqa: E402
 
+TRIAL_CPU = 0.01  # what a trial's own actor asks for: its stages ask Ray Train for the workers' CPUs
+
 
 @dataclass
 class Trial:
@@ -173,7 +175,9 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
     sweep = experiment.sweep
     init_ray(experiment.ray)
     try:
-        check_resources(experiment.ray)
+        # Each running trial's actor holds TRIAL_CPU for the whole trial: a stage asking for every
+        # CPU would wait for it forever.
+        check_resources(experiment.ray, reserved_cpu=TRIAL_CPU * sweep.max_concurrent_trials)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
     tracker = Tracker(experiment)
@@ -185,7 +189,7 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
     results = []
     for name, group in _tuners(experiment, trials, key):
         path = str(Path(storage_path(experiment)) / name)
-        trainable = tune.with_resources(run_trial, {"cpu": 0.01})
+        trainable = tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
         cells = [trial.overrides for trial in group]
         param_space = {"base": raw, "cell": cells[0] if len(cells) == 1 else tune.grid_search(cells),
                        "sweep_run": sweep_run, "folder": os.getcwd(), "report_to_tune": sweep.scheduler is not None}

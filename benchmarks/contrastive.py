@@ -1,16 +1,17 @@
 """Stage 0 scaling: image-report pairs per second of contrastive training with 1 and 2 Ray Train
 workers, and the contrastive batch each reaches, measured side by side in one run.
 
-    python benchmarks/contrastive.py [--steps 40] [--per-worker 128]
+    python benchmarks/contrastive.py [--steps 40] [--per-worker 128] [--rounds 3]
 
 Each worker embeds `--per-worker` pairs per step; the embeddings are all-gathered, so with two
-workers every image is contrasted against twice as many reports. Goal: 2 workers reach twice
-the contrastive batch at >= 1.6x the pairs per second of one.
+workers every image is contrasted against twice as many reports. The two sides alternate over
+rounds. Goal: 2 workers reach twice the contrastive batch at >= 1.6x the pairs per second of one.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
+from common import alternate, report  # noqa: E402
 from ray.train import RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
@@ -28,10 +30,10 @@ from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.train.stages import StageJob, train_on_worker  # noqa: E402
 
 
-def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, steps: int) -> dict:
+def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, steps: int, name: str) -> dict:
     """Train stage 0 for `steps` steps on `workers` workers; return the metrics of the second half."""
     experiment = parse_experiment({
-        "name": f"bench-contrastive-{workers}",
+        "name": f"bench-contrastive-{name}",
         "data": {"synthetic": {"root": str(root / "synthetic"), "n_train": 2 * per_worker * 10,
                                "n_val": 50, "n_test": 1}},
         "stage0": {"enabled": True, "max_steps": steps, "batch": per_worker * workers,
@@ -44,7 +46,7 @@ def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, step
         train_loop_config={"job": StageJob(experiment, "stage0", str(tokenizer_dir))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name=f"contrastive-{workers}", storage_path=str(root / "ray")),
+        run_config=RunConfig(name=f"contrastive-{name}", storage_path=str(root / "ray")),
     )
     return trainer.fit().metrics
 
@@ -53,23 +55,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--per-worker", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         experiment = parse_experiment({"name": "bench", "data": {"synthetic": {
             "root": str(root / "synthetic"), "n_train": 2 * args.per_worker * 10, "n_val": 50, "n_test": 1}}}, "b")
         train_tokenizer(training_texts(experiment.data), root / "tokenizer")
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-        rows = {w: measure(root, root / "tokenizer", w, args.per_worker, args.steps) for w in (1, 2)}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        last: dict[int, dict] = {}
+        runs = itertools.count()  # each measurement its own Ray Train run, so none resumes another
+
+        def side(workers: int):
+            def run() -> float:
+                name = f"{workers}-{next(runs)}"
+                last[workers] = measure(root, root / "tokenizer", workers, args.per_worker, args.steps, name)
+                return last[workers]["pairs_per_s"]
+            return run
+
+        rates = alternate({"1 worker": side(1), "2 workers": side(2)}, args.rounds)
         ray.shutdown()
-    one, two = rows[1], rows[2]
-    for workers, m in rows.items():
-        print(f"{workers} worker{'s' if workers > 1 else ' '}: {m['pairs_per_s']:7.1f} pairs/s   "
-              f"contrastive batch {m['contrastive_batch']:4d}   loss {m['loss']:.3f}")
-    speedup = two["pairs_per_s"] / one["pairs_per_s"]
-    batch = two["contrastive_batch"] / one["contrastive_batch"]
-    print(f"2 vs 1 worker: {speedup:.2f}x pairs/s, {batch:.1f}x contrastive batch   "
-          f"(goal >= 1.6x at 2x: {'met' if speedup >= 1.6 and batch >= 2 else 'NOT met'})")
+    for workers, m in last.items():
+        print(f"{workers} worker{'s' if workers > 1 else ' '}: contrastive batch {m['contrastive_batch']:4d}, "
+              f"last round's loss {m['loss']:.3f}")
+    batch = last[2]["contrastive_batch"] / last[1]["contrastive_batch"]
+    report("contrastive", f"stage 0 image-report pairs/s, 2 workers (contrastive batch {batch:.0f}x one's)",
+           rates["2 workers"], rates["1 worker"], "1 worker", "pairs/s", 1.6)
 
 
 if __name__ == "__main__":

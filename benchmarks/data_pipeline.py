@@ -6,7 +6,8 @@
    input) by a single-process loop, by a thread pool with a thread per core (Pillow releases the
    GIL: the best plain baseline) and by the Ray Data pipeline on every core, alternating over
    rounds. Goals on 2 cores: the pipeline at least 1.9x the single process and at least the
-   thread pool's rate.
+   thread pool's rate. Then each side's CPU time per image, in this process and in Ray's
+   processes, says where the cores went.
 2. Memory: a set whose decoded images (full resolution, as float32 the way a naive loader keeps
    them) are several times this machine's RAM streams through the pipeline; the peak resident
    memory of the driver and every Ray process stays bounded.
@@ -89,6 +90,27 @@ class PeakMemory:
         self._thread.join()
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds of this process, of its descendants: the Ray processes) so far."""
+    me = psutil.Process()
+    own = sum(me.cpu_times()[:2])
+    others = 0.0
+    for process in me.children(recursive=True):
+        try:
+            others += sum(process.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return own, others
+
+
+def cpu_per_image(side, paths: list[Path]) -> tuple[float, float]:
+    """(ms of CPU per image in this process, in the Ray processes) while `side` runs over `paths`."""
+    before = cpu_seconds()
+    side(paths)
+    after = cpu_seconds()
+    return tuple(1000 * (b - a) / len(paths) for a, b in zip(before, after))
+
+
 def plain_loop(paths: list[Path]) -> float:
     start = time.perf_counter()
     for path in paths:
@@ -140,6 +162,13 @@ def main() -> None:
                "single process", "images/s", 1.9)
         report("data_pipeline", "images/s decoded and resized", rates["Ray Data"], rates["thread pool"],
                f"thread pool of {cores}", "images/s", 1.0)
+        # Where the cores go: the same decoding costs the same CPU on every side, so what the
+        # pipeline spends beyond the single loop is its own (Ray Data's driver side, the raylet,
+        # Ray's and Ray Data's actors).
+        for name, side in (("single process", plain_loop), ("thread pool", thread_pool), ("Ray Data", pipeline)):
+            own, ray_side = cpu_per_image(side, paths)
+            print(f"  CPU per image, {name}: {own + ray_side:.2f} ms (this process {own:.2f}, Ray's processes "
+                  f"{ray_side:.2f})", flush=True)
         if not args.memory_images:
             ray.shutdown()
             return

@@ -1,14 +1,15 @@
 """Data-parallel scaling: samples per second of the tiny model's stage 1 with 1 and 2 Ray Train
-workers on this machine, side by side; then an estimate of the paper recipe's steps per second
+workers on this machine, the two alternating over rounds; then an estimate of the paper recipe's steps per second
 on 4 and 8 V100s from the per-example FLOPs of the paper-shaped model, counted by PyTorch's
 FlopCounterMode on the meta device (no weights are allocated).
 
-    python benchmarks/scaling.py [--steps 40]
+    python benchmarks/scaling.py [--steps 40] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import ray  # noqa: E402
 import torch  # noqa: E402
+from common import alternate, report  # noqa: E402
 from ray.train import RunConfig, ScalingConfig  # noqa: E402
 from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
@@ -31,9 +33,9 @@ ASSUMED_MFU = 0.35           # model FLOPs utilisation typical of 7B fine-tuning
 FINDINGS_TOKENS = 200        # prompt and findings text beside the 1,369 image tokens
 
 
-def tiny_rate(root: Path, workers: int, steps: int) -> float:
+def tiny_rate(root: Path, workers: int, steps: int, name: str) -> float:
     experiment = parse_experiment({
-        "name": f"bench-scaling-{workers}",
+        "name": f"bench-scaling-{name}",
         "data": {"synthetic": {"root": str(root / "synthetic"), "n_train": 2048, "n_val": 1, "n_test": 1}},
         "stage1": {"max_steps": steps, "global_batch": 32, "micro_batch": 16,
                    "train": ["projector", "language"], "log_every": steps // 2, "checkpoint_every": steps},
@@ -45,7 +47,7 @@ def tiny_rate(root: Path, workers: int, steps: int) -> float:
         train_loop_config={"job": StageJob(experiment, "stage1", str(root / "tokenizer"))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
-        run_config=RunConfig(name=f"scaling-{workers}", storage_path=str(root / "ray")),
+        run_config=RunConfig(name=f"scaling-{name}", storage_path=str(root / "ray")),
     )
     return trainer.fit().metrics["samples_per_s"]
 
@@ -71,17 +73,21 @@ def paper_forward_flops() -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         experiment = parse_experiment({"name": "b", "data": {"synthetic": {
             "root": str(root / "synthetic"), "n_train": 2048, "n_val": 1, "n_test": 1}}}, "b")
         train_tokenizer(training_texts(experiment.data), root / "tokenizer")
-        ray.init(address="local", num_cpus=2, include_dashboard=False)
-        rates = {w: tiny_rate(root, w, args.steps) for w in (1, 2)}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        runs = itertools.count()  # each measurement its own Ray Train run, so none resumes another
+        rates = alternate({f"{w} worker{'s' if w > 1 else ''}": lambda w=w: tiny_rate(root, w, args.steps,
+                                                                                     f"{w}-{next(runs)}")
+                           for w in (1, 2)}, args.rounds)
         ray.shutdown()
-    print(f"tiny model, stage 1: 1 worker {rates[1]:.1f} samples/s, 2 workers {rates[2]:.1f} samples/s, "
-          f"{rates[2] / rates[1]:.2f}x")
+    report("scaling", "tiny model stage 1 samples/s of steps 21-40 (first epoch, decoding included), 2 workers",
+           rates["2 workers"], rates["1 worker"], "1 worker", "samples/s", None)
     tower, lm = paper_forward_flops()
     # The frozen tower runs forward only; the LM runs forward, backward for activation gradients
     # (LoRA's own weight gradients are negligible) and the forward again under gradient checkpointing.

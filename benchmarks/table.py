@@ -14,13 +14,13 @@ def main(path: str) -> None:
         rows = [json.loads(line) for line in fh if line.strip()]
     if not rows:
         sys.exit(f"{path}: no figures recorded")
-    print(f"Measured {rows[0]['date']} on {rows[0]['cpus']} CPU cores; medians (min-max) over alternating rounds.\n")
-    print("| benchmark | measure | radlab | baseline | ratio | goal | met |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"Measured on {rows[0]['cpus']} CPU cores; medians (min-max) over alternating rounds.\n")
+    print("| benchmark | measure | radlab | baseline | ratio | goal | met | date |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = "" if r["ratio"] is None else f"{r['ratio']:.2f}x"
         print(f"| {r['benchmark']} | {r['measure']} | {r['ours']} {r['unit']} | {r['baseline']} | {ratio} | "
-              f"{r['goal']} | {'' if r['met'] is None else 'yes' if r['met'] else '**no**'} |")
+              f"{r['goal']} | {'' if r['met'] is None else 'yes' if r['met'] else '**no**'} | {r['date']} |")
 
 
 if __name__ == "__main__":

@@ -198,27 +198,22 @@ def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthet
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]  # nothing left RUNNING
 
 
-def test_resources_no_node_can_give_fail_before_anything_starts(ray_session, synthetic_root, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    raw = sweep_experiment(synthetic_root, tmp_path, ray={"use_gpu": True, "accelerator": "V100"},
-                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
-    raw["sweep"] = {"axes": {"stage2.lr": [1e-3]}}
-    with pytest.raises(ConfigError, match=r"t: ray.workers=2 x \{CPU: 1, GPU: 1, accelerator_type:V100: 0.001\}: "
-                                          r"this machine's Ray can hold 0 such workers"):
-        run_sweep(raw, "t")
-    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None
-
-
-def test_a_trial_asking_for_every_cpu_is_refused_instead_of_waiting_forever(ray_session, synthetic_root, tmp_path,
-                                                                            monkeypatch):
+@pytest.mark.parametrize("ray_section, message", [
+    ({"use_gpu": True, "accelerator": "V100"},
+     r"t: ray.workers=2 x \{CPU: 1, GPU: 1, accelerator_type:V100: 0.001\}: this machine's Ray can hold 0 such "
+     r"workers"),
     # The session's Ray has 4 CPUs; a trial's actor holds 0.01 of one while its stages run, so
     # stages asking for all 4 would wait for it forever.
+    ({"workers": 2, "cpus_per_worker": 2},
+     r"t: ray.workers=2 x \{CPU: 2\}: this machine's Ray can hold 1 such workers beside 0.01 CPU its trials' "
+     r"actors take \(ray.cpus_per_worker\)"),
+])
+def test_resources_no_node_can_give_fail_before_anything_starts(ray_session, synthetic_root, tmp_path, monkeypatch,
+                                                                ray_section, message):
     monkeypatch.chdir(tmp_path)
-    raw = sweep_experiment(synthetic_root, tmp_path, ray={"workers": 2, "cpus_per_worker": 2},
-                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    raw = sweep_experiment(synthetic_root, tmp_path, ray=ray_section, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
     raw["sweep"] = {"axes": {"stage2.lr": [1e-3]}}
-    with pytest.raises(ConfigError, match=r"t: ray.workers=2 x \{CPU: 2\}: this machine's Ray can hold 1 such workers "
-                                          r"beside 0.01 CPU its trials' actors take \(ray.cpus_per_worker\)"):
+    with pytest.raises(ConfigError, match=message):
         run_sweep(raw, "t")
     assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None
 

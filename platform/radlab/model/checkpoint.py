@@ -184,11 +184,13 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     transform, model_config = read_transform(path, ModelConfig.model_validate(meta["model"]))
     if expect is not None:
         ours, theirs = expect.model_dump(), model_config.model_dump()
-        diff = [f"{section}.{key}" for section in ("vision", "language") for key in ours[section]
-                if key not in ("path", "frozen") and ours[section][key] != theirs[section][key]]
-        diff += ["projector"] if ours["projector"] != theirs["projector"] else []
+        diff = [(f"{section}.{key}", theirs[section][key], ours[section][key]) for section in ("vision", "language")
+                for key in ours[section] if key not in ("path", "frozen") and ours[section][key] != theirs[section][key]]
+        diff += [("projector", theirs["projector"], ours["projector"])] if ours["projector"] != theirs["projector"] else []
         if diff:
-            raise ModelError(f"{path}: checkpoint is of a different model (model.{', model.'.join(diff)} differ)")
+            said = "; ".join(f"model.{field} is {saved} in the checkpoint, {wanted} here" for field, saved, wanted in diff)
+            raise ModelError(f"{path}: checkpoint is of a different model ({said}): set "
+                             f"{', '.join(f'model.{field}: {saved}' for field, saved, _ in diff)} to use it")
     tokenizer = load_tokenizer(path / "tokenizer")
     # The architecture comes from the saved LlavaConfig and the weights from the checkpoint, so
     # loading needs none of the original weight paths.

@@ -63,4 +63,19 @@ def test_one_run_per_configuration_is_said_to_compare_models_not_configurations(
     versus_baseline(tracker, configs, {"stage1.enabled": True}, METRIC, resamples=500)
     verdict = configs[1].vs_baseline["verdict"]
     assert verdict.startswith("enabled=False beat the baseline enabled=True significantly")
-    assert "one training run each, so this compares two trained models, not the configurations" in verdict
+    assert "one training run each, so this compares two trained models, not the configurations: train each with " \
+           "several seeds" in verdict
+
+
+def test_a_seed_that_finished_on_one_side_only_is_not_pooled(synthetic_root, tmp_path):
+    tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t"))
+    rng = np.random.default_rng(2)
+    errors = {seed: rng.poisson(1.0, 40) for seed in (0, 1)}
+    rows = [_trial(tracker, errors[0], **{"stage1.enabled": True, "seed": 0}),
+            _trial(tracker, errors[1], **{"stage1.enabled": True, "seed": 1}),
+            _trial(tracker, errors[0] + 1, **{"stage1.enabled": False, "seed": 0})]  # seed 1 of this one failed
+    configs = configurations(rows, ["stage1.enabled", "seed"], default_seed=0)
+    versus_baseline(tracker, configs, {"stage1.enabled": True}, METRIC, resamples=200)
+    assert configs[1].vs_baseline["seeds"] == 1 and configs[1].vs_baseline["per_seed"] == {0: 1.0}
+    assert "only one seed finished on both sides: rerun the failed trials" in configs[1].vs_baseline["verdict"]

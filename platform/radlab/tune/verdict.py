@@ -69,12 +69,10 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
     base = next((c for c in configs if all(c.settings.get(k) == v for k, v in baseline.items())), None)
     base_name = base.name if base else setting_name(baseline)
     score = score_of(metric)[1]
-    tables: dict[str, dict | None] = {}
 
     def scores(config: Configuration) -> dict[int, dict] | None:
-        for row in config.runs.values():
-            tables.setdefault(row["run_id"], tracker.read_table(row["run_id"], "eval/trained/per_report.json"))
-        found = {seed: tables[row["run_id"]] for seed, row in config.runs.items()}
+        found = {seed: tracker.read_table(row["run_id"], "eval/trained/per_report.json")
+                 for seed, row in config.runs.items()}
         return None if any(t is None for t in found.values()) else {s: scores_from_table(t) for s, t in found.items()}
 
     base_scores = scores(base) if base is not None and score.per_report is not None else None
@@ -89,19 +87,21 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
             config.vs_baseline = {"verdict": f"no per-report scores logged to test against {base_name}"}
         else:
             tested = versus_over_seeds(mine, base_scores, score.per_report, score.higher_is_better, resamples)
-            tested["verdict"] = _verdict(config.name, base_name, metric, tested)
+            tested["verdict"] = _verdict(config.name, base_name, metric, tested, max(len(config.runs), len(base.runs)))
             config.vs_baseline = tested
     return base
 
 
-def _verdict(name: str, base_name: str, metric: str, tested: dict) -> str:
+def _verdict(name: str, base_name: str, metric: str, tested: dict, most_runs: int) -> str:
+    """The verdict's sentence; `most_runs` is the most seeds either side finished."""
     said = "beat" if tested["significant"] else "did not beat"
     interval = f"{tested['difference']:+.3f} [{tested['ci_low']:+.3f}, {tested['ci_high']:+.3f}] per report"
     if tested["seeds"] < 2:
+        remedy = ("only one seed finished on both sides: rerun the failed trials (radlab sweep --resume)"
+                  if most_runs > 1 else "train each with several seeds (sweep.axes.seed: [0, 1, 2])")
         return (f"{name} {said} the baseline {base_name} significantly on {metric}: difference {interval}, "
                 f"p = {tested['p_value']:.3g} (paired permutation test, {tested['n']} studies); one training run "
-                f"each, so this compares two trained models, not the configurations: train each with several "
-                f"seeds (sweep.axes.seed: [0, 1, 2]) to compare those")
+                f"each, so this compares two trained models, not the configurations: {remedy} to compare those")
     per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in tested["per_seed"].items())
     return (f"{name} {said} the baseline {base_name} significantly on {metric} over {tested['seeds']} training "
             f"seeds: difference {interval} (seeds and studies resampled), p = {tested['p_value']:.3g} (paired "

@@ -56,6 +56,10 @@ def test_stage_keys_change_only_downstream(synthetic_root, tmp_path):
     assert stage_key(base, "stage1") != stage_key(frozen, "stage1")
     reseeded = base.model_copy(update={"seed": 1})
     assert all(stage_key(base, s) != stage_key(reseeded, s) for s in ("stage0", "stage1", "stage2"))
+    zero2 = base.model_copy(update={"ray": base.ray.model_copy(update={"deepspeed": "zero2"})})
+    assert all(stage_key(base, s) != stage_key(zero2, s) for s in ("stage0", "stage1", "stage2"))
+    regrouped = base.model_copy(update={"ray": base.ray.model_copy(update={"workers": 1})})
+    assert all(stage_key(base, s) == stage_key(regrouped, s) for s in ("stage0", "stage1", "stage2"))
 
 
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:

@@ -69,8 +69,10 @@ def stage_key(experiment: Experiment, stage: str) -> str:
         model = {"vision": vision, "tokenizer": dump["model"]["tokenizer"]}
     else:
         model = dump["model"]
+    # How the optimizer runs (DeepSpeed's ZeRO or DDP's AdamW, and in which precision) is part of
+    # what a stage trains; how many workers share the global batch is not.
     parts = {"data": data, "model": model, **{s: dump[s] for s in upto},
-             "precision": dump["ray"]["precision"], "seed": dump["seed"]}
+             "precision": dump["ray"]["precision"], "deepspeed": dump["ray"]["deepspeed"], "seed": dump["seed"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
 

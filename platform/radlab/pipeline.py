@@ -16,6 +16,7 @@ from rich.console import Console
 from radlab.config import ConfigError, Experiment, ModelConfig, missing_inputs, with_absolute_paths
 from radlab.data.dataset import manifest_digest, training_texts
 from radlab.data.stats import experiment_cards, left_out_lines
+from radlab.evaluation.metrics import unavailable
 from radlab.evaluation.preflight import evaluation_plan
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
@@ -129,6 +130,10 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
             plan = evaluation_plan(experiment)  # a judge that cannot answer stops the run before training
         for line in plan.lines() if plan else []:
             console.print(line, highlight=False, soft_wrap=True)
+        for name in experiment.eval.metrics:  # said before training, not only in the summary after it
+            reason = unavailable(name, experiment.eval, experiment.data.synthetic is not None)
+            if reason:
+                console.print(f"[yellow]will skip[/] {name}: {reason}", highlight=False, soft_wrap=True)
     with console.status("preparing data and tokenizer"):
         data_digest = manifest_digest(experiment.data)
         tokenizer_dir = prepare_tokenizer(experiment, data_digest)

@@ -67,7 +67,7 @@ def test_bertscore_with_a_local_encoder_and_skipped_without(tmp_path):
     values, skipped, _ = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": None}), False)
     assert not values and "eval.bertscore_model" in skipped["bertscore"]
     _, skipped, _ = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": tmp_path / "absent"}), False)
-    assert "no encoder at eval.bertscore_model" in skipped["bertscore"]
+    assert "eval.bertscore_model: no encoder folder at" in skipped["bertscore"]
 
 
 def test_corpus_metrics_carry_intervals_that_hold_their_point():

@@ -49,6 +49,9 @@ def test_matrix_expansion(synthetic_root, tmp_path):
     ({"axes": {"stage2.lr": [1e-3]}, "objective": {"metric": "clinical/radgraph_f1", "mode": "max"}},
      r"clinical/radgraph_f1 comes from radgraph_f1, which eval.metrics \(chexprompt, rouge_l, bleu, label_f1\) "
      "leaves out: add it"),
+    ({"axes": {"stage2.lr": [1e-3]}, "objective": {"metric": "clinical/chexbert_f1_micro_14", "mode": "max"},
+      "_eval": {"metrics": ["chexbert_f1"]}},
+     "comes from chexbert_f1, which this experiment cannot score: set eval.chexbert_weights"),
     ({"search": {"params": {"stage2.lr": {"loguniform": [1e-3, 1e-4]}}}}, "low < high"),
     ({"axes": {"stage2.lr": [1e-3]}, "scheduler": {"metric": "val_loss"}, "_stages": {"val_examples": 0}},
      "scheduler reads val_loss, which no stage reports"),
@@ -56,7 +59,7 @@ def test_matrix_expansion(synthetic_root, tmp_path):
 def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep, message):
     sweep = dict(sweep)
     stages = sweep.pop("_stages", {})
-    raw = sweep_experiment(synthetic_root, tmp_path, stage1=stages, stage2=stages)
+    raw = sweep_experiment(synthetic_root, tmp_path, stage1=stages, stage2=stages, eval=sweep.pop("_eval", {}))
     raw["sweep"] = sweep
     with pytest.raises(ConfigError, match=message):
         expand(raw, "t")
@@ -65,9 +68,16 @@ def test_bad_sweeps_fail_before_anything_starts(synthetic_root, tmp_path, sweep,
 def test_every_registered_score_may_be_a_sweep_objective(synthetic_root, tmp_path):
     from radlab.metric_specs import METRICS
 
+    scorer_files = {}  # where each scorer's files would be: present, so that the metric can be scored
+    for field in ("bertscore_model", "chexbert_bert", "radgraph_weights"):
+        scorer_files[field] = str(tmp_path / field)
+        (tmp_path / field).mkdir()
+    for field in ("chexbert_weights", "radgraph_python"):
+        scorer_files[field] = str(tmp_path / field)
+        (tmp_path / field).touch()
     for spec in METRICS.values():
         for score in spec.scores:
-            raw = sweep_experiment(synthetic_root, tmp_path, eval={"metrics": [spec.name]})
+            raw = sweep_experiment(synthetic_root, tmp_path, eval={"metrics": [spec.name], **scorer_files})
             raw["sweep"] = {"axes": {"stage2.lr": [1e-3, 2e-3]},
                             "objective": {"metric": score.key, "mode": "max" if score.higher_is_better else "min"}}
             assert len(expand(raw, "t")) == 2, score.key

@@ -119,28 +119,16 @@ def score_bleu(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) 
 
 
 def score_bertscore(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
-    model = cfg.bertscore_model
-    if model is None or not model.is_dir():
-        results.skipped["bertscore"] = (f"no encoder at eval.bertscore_model ({model})" if model else
-                                        "set eval.bertscore_model to a local encoder folder (nothing is downloaded)")
-        return
-    scores, per_pair = bertscore(pairs, model, cfg.bertscore_layers, cfg.bootstrap)
+    scores, per_pair = bertscore(pairs, cfg.bertscore_model, cfg.bertscore_layers, cfg.bootstrap)
     results.values.update(scores)
     results.per_report["bertscore_f1"] = per_pair.tolist()
 
 
 def score_label_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
-    if synthetic:
-        results.values.update(label_f1(pairs, cfg.bootstrap))
-    else:
-        results.skipped["label_f1"] = "exact labels exist for the synthetic set only"
+    results.values.update(label_f1(pairs, cfg.bootstrap))
 
 
 def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
-    if cfg.chexbert_weights is None or cfg.chexbert_bert is None:
-        results.skipped["chexbert_f1"] = ("set eval.chexbert_weights to the RRG_scorers chexbert.pth and "
-                                          "eval.chexbert_bert to a local bert-base-uncased folder")
-        return
     try:  # the other metrics of this evaluation are kept
         reference, candidate = chexbert_labels(pairs, cfg.chexbert_weights, cfg.chexbert_bert)
     except ScorerError as err:
@@ -159,10 +147,6 @@ def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricRe
 
 
 def score_radgraph_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
-    if cfg.radgraph_python is None or cfg.radgraph_weights is None:
-        results.skipped["radgraph_f1"] = ("set eval.radgraph_python to an interpreter with the radgraph package and "
-                                          "eval.radgraph_weights to an extracted RRG_scorers RadGraph model")
-        return
     try:
         rewards = radgraph_rewards(pairs, cfg.radgraph_python, cfg.radgraph_weights, cfg.radgraph_model,
                                    cfg.radgraph_bert)
@@ -177,6 +161,45 @@ Scorer = Callable[[list[tuple[str, str]], EvalConfig, bool, MetricResults], None
 # Each registered metric's scorer, by the name its entry gives; a name without a function here
 # stops radlab at import.
 SCORERS: dict[str, Scorer] = {spec.name: globals()[spec.scorer] for spec in METRICS.values() if spec.scorer}
+
+
+class ScorerFiles(NamedTuple):
+    """The settings a scorer reads its files from: those it needs, those it reads when set, and
+    what to set where a needed one is left out."""
+    needed: tuple[str, ...]
+    optional: tuple[str, ...]
+    advice: str
+
+
+SCORER_FILES: dict[str, ScorerFiles] = {
+    "bertscore": ScorerFiles(("bertscore_model",), (), "set eval.bertscore_model to a local encoder folder (nothing "
+                             "is downloaded)"),
+    "chexbert_f1": ScorerFiles(("chexbert_weights", "chexbert_bert"), (), "set eval.chexbert_weights to the "
+                               "RRG_scorers chexbert.pth and eval.chexbert_bert to a local bert-base-uncased folder"),
+    "radgraph_f1": ScorerFiles(("radgraph_python", "radgraph_weights"), ("radgraph_bert",), "set eval.radgraph_python "
+                               "to an interpreter with the radgraph package and eval.radgraph_weights to an "
+                               "extracted RRG_scorers RadGraph model"),
+}
+
+
+FILE_KINDS = {"bertscore_model": "encoder folder", "chexbert_weights": "file", "chexbert_bert": "folder",
+              "radgraph_python": "Python interpreter", "radgraph_weights": "folder", "radgraph_bert": "folder"}
+
+
+def unavailable(name: str, cfg: EvalConfig, synthetic: bool) -> str | None:
+    """Why metric `name` cannot be scored with these settings and data, known before any report is
+    generated (a scorer may still fail on its files' contents, saying so); None where nothing is missing."""
+    if name == "label_f1" and not synthetic:
+        return "exact labels exist for the synthetic set only"
+    if name not in SCORER_FILES:
+        return None
+    files = SCORER_FILES[name]
+    if any(getattr(cfg, field) is None for field in files.needed):
+        return files.advice
+    paths = {field: getattr(cfg, field) for field in files.needed + files.optional if getattr(cfg, field) is not None}
+    absent = [f"eval.{field}: no {FILE_KINDS[field]} at {path}" for field, path in paths.items()
+              if not (path.is_dir() if FILE_KINDS[field].endswith("folder") else path.exists())]
+    return "; ".join(absent) or None
 
 
 def score_of(key: str) -> tuple[str, Score] | None:
@@ -196,8 +219,9 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig, synthetic: 
     for name in cfg.metrics:
         if name not in SCORERS:
             continue
-        if not pairs:
-            results.skipped[name] = "no pairs to score"
+        reason = "no pairs to score" if not pairs else unavailable(name, cfg, synthetic)
+        if reason:
+            results.skipped[name] = reason
         else:
             SCORERS[name](pairs, cfg, synthetic, results)
     return results

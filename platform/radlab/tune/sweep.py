@@ -22,7 +22,7 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
-from radlab.evaluation.metrics import score_of  # noqa: E402
+from radlab.evaluation.metrics import score_of, unavailable  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import storage_path  # noqa: E402
@@ -61,6 +61,10 @@ def expand(raw: dict, where: str) -> list[Trial]:
     if metric_name not in evaluated:
         raise ConfigError(f"{where}: sweep.objective.metric {objective.key} comes from {metric_name}, which "
                           f"eval.metrics ({', '.join(evaluated)}) leaves out: add it")
+    reason = unavailable(metric_name, experiment.eval, experiment.data.synthetic is not None)
+    if reason:  # every trial would train and then skip the metric the sweep compares them by
+        raise ConfigError(f"{where}: sweep.objective.metric {objective.key} comes from {metric_name}, which this "
+                          f"experiment cannot score: {reason}")
     if sweep.scheduler and sweep.scheduler.metric == "val_loss":
         stages = [getattr(experiment, s) for s in ("stage1", "stage2") if getattr(experiment, s).enabled]
         if not any(s.val_examples for s in stages):

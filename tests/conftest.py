@@ -73,8 +73,10 @@ def experiment_dict(synthetic_root: Path, workdir: Path, **sections) -> dict:
 def ray_session():
     import ray
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False, runtime_env={"env_vars": {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "HF_HUB_OFFLINE": "1"}})
+    from radlab.runtime import embedded_ray_env
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False,
+             runtime_env={"env_vars": embedded_ray_env() | {"HF_HUB_OFFLINE": "1"}})
     yield ray
     ray.shutdown()
 

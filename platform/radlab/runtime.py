@@ -13,6 +13,16 @@ from contextlib import contextmanager
 from radlab.config import ConfigError, RayConfig
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default);
+# a report with a checkpoint waits for that poll, and so does the end of every stage. On the
+# embedded Ray a poll is a local call, so it polls every 0.25 s: 3-4 s less per stage of one
+# checkpoint on two cores. A value already in the environment is kept.
+EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+
+
+def embedded_ray_env() -> dict[str, str]:
+    """The variables every process of an embedded Ray gets."""
+    return LOOPBACK_ENV | {key: os.environ.get(key, value) for key, value in EMBEDDED_TRAIN_ENV.items()}
 
 
 def end_on_sigterm() -> None:
@@ -59,7 +69,7 @@ def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
         cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
         # address="local": a Ray of its own, even where another Ray runs on this machine.
         context = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
-                           runtime_env={"env_vars": LOOPBACK_ENV}, logging_level=level)
+                           runtime_env={"env_vars": embedded_ray_env()}, logging_level=level)
     end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
     logs = os.path.join(context.address_info["session_dir"], "logs")
     if not verbose:

@@ -298,8 +298,8 @@ def run_recipe(kind: type[StageKind], job: StageJob) -> None:
                 step_log.log(metrics, step)
                 if rank == 0:
                     print(f"[{stage.name}] step {step}/{plan.total_steps} {stage.line(step, metrics)}", flush=True)
-                # Ray Train V2's report is a round trip to the controller (about a second here),
-                # so it comes with checkpoints only; step metrics go straight to MLflow.
+                # Ray Train V2's report waits for its controller's next poll of the workers, so
+                # it comes with checkpoints only; step metrics go straight to MLflow.
                 if checkpointing:
                     report_with_checkpoint(rank, metrics, partial(save, final=final), optimizer.save_shard)
                 window = Window(time.perf_counter())

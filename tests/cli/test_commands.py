@@ -188,3 +188,34 @@ def test_run_prints_each_thing_once_and_ends_saying_where_everything_is(syntheti
     assert served.returncode == 0, served.stdout
     lines = served.stdout.splitlines()
     assert len(lines) <= 5 and f"{image} -> " in served.stdout and "(model radlab stage1@4" in lines[-1], served.stdout
+
+
+def test_sweep_tables_say_a_trial_row_shows_its_configuration_when_seeds_are_pooled():
+    from rich.console import Console
+
+    from radlab.cli.experiments import sweep_tables
+
+    metric = "chexprompt/significant_mean"
+    pooled_test = {"difference": 0.5, "ci_low": 0.3, "ci_high": 0.68, "p_value": 0.002}
+
+    def trial(name, seed, value):
+        return {"trial": f"{name}_seed={seed}", "status": "ok", metric: value, "val_loss": 1.0,
+                "vs_baseline": pooled_test if name == "off" else {"verdict": "baseline"}}
+
+    def rendered(result):
+        console = Console(record=True, width=200)
+        for table in sweep_tables(result, metric):
+            console.print(table)
+        return console.export_text()
+
+    configurations = [{"configuration": "on", "seeds": [0, 1], metric: 0.1, f"{metric}_min": 0.05, f"{metric}_max": 0.15},
+                      {"configuration": "off", "seeds": [0, 1], metric: 0.6, f"{metric}_min": 0.55, f"{metric}_max": 0.65,
+                       **{f"vs_baseline_{k}": v for k, v in pooled_test.items()}}]
+    result = {"trials": [trial("on", 0, 0.05), trial("on", 1, 0.15), trial("off", 0, 0.55), trial("off", 1, 0.65)],
+              "best": {"configurations": configurations}}
+    text = rendered(result)
+    assert "its configuration vs baseline" in text and "configurations over training seeds" in text
+    assert text.count("+0.500 [+0.30, +0.68], p 0.002") == 3  # both seeds' rows and the configuration's
+    single = {"trials": result["trials"][:1], "best": {"configurations": [{**configurations[0], "seeds": [0]}]}}
+    text = rendered(single)
+    assert "its configuration" not in text and "configurations over training seeds" not in text

@@ -130,28 +130,9 @@ def sweep(path: Path, overrides: Overrides = None,
         err_console.print(f"[red]{err}[/]", highlight=False)
         raise typer.Exit(2) from None
     metric = experiment.sweep.objective.metric
-    summary = Table("trial", "status", f"{metric} [95% CI]", "vs baseline [95% CI], p", "val_loss", title="sweep")
-    for row in result["trials"]:
-        value, low, high = (row.get(f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
-        shown = "-" if value is None else f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
-        tested = row.get("vs_baseline", {})
-        versus = (f"{tested['difference']:+.3f} [{tested['ci_low']:+.2f}, {tested['ci_high']:+.2f}], "
-                  f"p {tested['p_value']:.3g}" if "p_value" in tested else "-")
-        loss = row.get("val_loss")
-        summary.add_row(row["trial"], row["status"] + (f": {row['error']}" if row.get("error") else ""), shown,
-                        versus, "-" if loss is None else f"{loss:.3f}")
-    console.print(summary)
+    for table in sweep_tables(result, metric):
+        console.print(table)
     best = result["best"]
-    if best and any(len(row["seeds"]) > 1 for row in best["configurations"]):
-        pooled = Table("configuration", "seeds", f"{metric} mean (min-max)", "vs baseline [95% CI], p",
-                       title="configurations over training seeds")
-        for row in best["configurations"]:
-            versus = (f"{row['vs_baseline_difference']:+.3f} [{row['vs_baseline_ci_low']:+.2f}, "
-                      f"{row['vs_baseline_ci_high']:+.2f}], p {row['vs_baseline_p_value']:.3g}"
-                      if "vs_baseline_p_value" in row else "-")
-            pooled.add_row(row["configuration"], ", ".join(map(str, row["seeds"])),
-                           f"{row[metric]:.3f} ({row[metric + '_min']:.3f}-{row[metric + '_max']:.3f})", versus)
-        console.print(pooled)
     if best:
         moved = "took" if best.get("alias_moved") else "did not take (the holder is better)"
         chosen = best["trial"] if best["trial"] == best["configuration"] else (
@@ -162,3 +143,38 @@ def sweep(path: Path, overrides: Overrides = None,
 
 
 COMMANDS = {"validate": validate, "schema": schema, "run": run, "sweep": sweep, "ui": ui}
+
+
+def _versus(difference: float, low: float, high: float, p: float) -> str:
+    return f"{difference:+.3f} [{low:+.2f}, {high:+.2f}], p {p:.3g}"
+
+
+def sweep_tables(result: dict, metric: str) -> list:
+    """The sweep's tables: every trial, and with a seed axis its configurations over their seeds.
+    With seeds, a trial's comparison with the baseline is its configuration's (pooled over seeds),
+    and the trials table says so."""
+    from rich.table import Table
+
+    best = result["best"]
+    over_seeds = bool(best) and any(len(row["seeds"]) > 1 for row in best["configurations"])
+    versus_header = ("its configuration " if over_seeds else "") + "vs baseline [95% CI], p"
+    trials = Table("trial", "status", f"{metric} [95% CI]", versus_header, "val_loss", title="sweep")
+    for row in result["trials"]:
+        value, low, high = (row.get(f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
+        shown = "-" if value is None else f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
+        tested = row.get("vs_baseline", {})
+        versus = (_versus(tested["difference"], tested["ci_low"], tested["ci_high"], tested["p_value"])
+                  if "p_value" in tested else "-")
+        loss = row.get("val_loss")
+        trials.add_row(row["trial"], row["status"] + (f": {row['error']}" if row.get("error") else ""), shown,
+                       versus, "-" if loss is None else f"{loss:.3f}")
+    if not over_seeds:
+        return [trials]
+    pooled = Table("configuration", "seeds", f"{metric} mean (min-max)", "vs baseline [95% CI], p",
+                   title="configurations over training seeds")
+    for row in best["configurations"]:
+        versus = (_versus(row["vs_baseline_difference"], row["vs_baseline_ci_low"], row["vs_baseline_ci_high"],
+                          row["vs_baseline_p_value"]) if "vs_baseline_p_value" in row else "-")
+        pooled.add_row(row["configuration"], ", ".join(map(str, row["seeds"])),
+                       f"{row[metric]:.3f} ({row[metric + '_min']:.3f}-{row[metric + '_max']:.3f})", versus)
+    return [trials, pooled]

@@ -30,6 +30,10 @@ def test_checkpoint_of_another_model_is_refused(tokenizer, tmp_path):
     with pytest.raises(ModelError, match=r"different model \(model.language.hidden_size is 128 in the checkpoint, 64 "
                                          r"here\): set model.language.hidden_size: 128 to use it"):
         load_checkpoint(tmp_path / "ckpt", expect=other)
+    named = tiny(vision={"name": "biomedclip_cxr_518"})  # a field the checkpoint left unset: YAML's null
+    with pytest.raises(ModelError, match=r"model.vision.name is null in the checkpoint, biomedclip_cxr_518 here\): "
+                                         r"set model.vision.name: null to use it"):
+        load_checkpoint(tmp_path / "ckpt", expect=named)
     with pytest.raises(ModelError, match="not a radlab checkpoint"):
         load_checkpoint(tmp_path)
 

@@ -172,6 +172,11 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
+def _as_yaml(value) -> str:
+    """A setting's value as it is written in an experiment YAML (null, true, false; the rest as is)."""
+    return json.dumps(value) if value is None or isinstance(value, bool) else str(value)
+
+
 def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
     """Load a checkpoint folder; with `expect`, refuse one trained for a different model."""
     path = Path(path)
@@ -188,9 +193,10 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
                 for key in ours[section] if key not in ("path", "frozen") and ours[section][key] != theirs[section][key]]
         diff += [("projector", theirs["projector"], ours["projector"])] if ours["projector"] != theirs["projector"] else []
         if diff:
-            said = "; ".join(f"model.{field} is {saved} in the checkpoint, {wanted} here" for field, saved, wanted in diff)
-            raise ModelError(f"{path}: checkpoint is of a different model ({said}): set "
-                             f"{', '.join(f'model.{field}: {saved}' for field, saved, _ in diff)} to use it")
+            said = "; ".join(f"model.{field} is {_as_yaml(saved)} in the checkpoint, {_as_yaml(wanted)} here"
+                             for field, saved, wanted in diff)
+            settings = ", ".join(f"model.{field}: {_as_yaml(saved)}" for field, saved, _ in diff)
+            raise ModelError(f"{path}: checkpoint is of a different model ({said}): set {settings} to use it")
     tokenizer = load_tokenizer(path / "tokenizer")
     # The architecture comes from the saved LlavaConfig and the weights from the checkpoint, so
     # loading needs none of the original weight paths.

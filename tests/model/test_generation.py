@@ -3,7 +3,9 @@ import torch
 
 from radlab.config import ModelConfig
 from radlab.model.build import build_model
-from radlab.model.generation import Sampling, generate_batch, until_stop
+from radlab.formats.batch import collate
+from radlab.formats.prompts import encode_prompt, render_prompt
+from radlab.model.generation import Sampling, generate_batch, num_image_tokens, until_stop
 
 HUMAN = "<image>\nDescribe the findings."
 
@@ -51,3 +53,35 @@ def test_greedy_is_deterministic_and_temperature_samples(model, tokenizer):
     greedy = {sample(model, tokenizer, pixels, Sampling(12), seed)[0].text for seed in range(2)}
     sampled = {sample(model, tokenizer, pixels, Sampling(12, temperature=1.5), seed)[0].text for seed in range(4)}
     assert len(greedy) == 1 and len(sampled) > 1
+
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "plain"])
+def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(model, tokenizer, template):
+    """Evaluation and serving batch prompts of different lengths (indications differ): the padding
+    must change nothing, neither the positions nor what the model attends to. Compared on every
+    generated step's logits, and on the texts generate_batch returns."""
+    torch.manual_seed(1)
+    pixels = [torch.randn(3, 64, 64) for _ in range(3)]
+    humans = ["<image>\nProvide a description of the findings in the radiology image.",
+              "<image>\nProvide a description of the findings in the radiology image given the following "
+              "indication: shortness of breath and cough for three days",
+              "<image>\nDescribe."]
+    tokens = num_image_tokens(model)
+
+    def scores(indices: list[int]) -> torch.Tensor:
+        batch = collate([{"input_ids": encode_prompt(tokenizer, render_prompt(template, humans[i]), tokens),
+                          "pixel_values": pixels[i]} for i in indices], tokenizer.pad_token_id, left_pad=True)
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             pixel_values=batch["pixel_values"], max_new_tokens=6, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True)
+        return torch.stack(out.scores, dim=1)  # (batch, step, vocab)
+
+    batched = scores([0, 1, 2])
+    if template == "vicuna_v1":  # the prompts differ in length: the batch is padded
+        assert len({len(encode_prompt(tokenizer, render_prompt(template, h), tokens)) for h in humans}) == 3
+    for i in range(3):
+        torch.testing.assert_close(batched[i], scores([i])[0], atol=1e-4, rtol=1e-4)
+    texts = generate_batch(model, tokenizer, pixels, humans, template, Sampling(16))
+    assert texts == [generate_batch(model, tokenizer, [p], [h], template, Sampling(16))[0]
+                     for p, h in zip(pixels, humans)]

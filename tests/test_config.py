@@ -189,6 +189,27 @@ def test_paths_are_resolved_once_on_the_driver(tmp_path):
     assert resolved.ray.storage_path == str(tmp_path / "radlab_runs/ray")
 
 
+def test_paths_under_home_are_expanded_not_made_relative(tmp_path, monkeypatch):
+    from radlab.config import missing_inputs, with_absolute_paths
+
+    home = tmp_path / "home"
+    (home / "weights" / "tower").mkdir(parents=True)
+    (home / "data").mkdir()
+    (home / "data" / "test.jsonl").write_text("")
+    monkeypatch.setenv("HOME", str(home))
+    raw = {**BASE, "data": {"synthetic": {"root": "~/data/synthetic"}, "eval_manifest": "~/data/test.jsonl"},
+           "model": {"preset": "tiny", "vision": {"path": "~/weights/tower"}},
+           "ray": {"storage_path": "~/runs/ray"}, "tracking": {"artifact_root": "~/runs/artifacts"}}
+    experiment = parse_experiment(raw, "t")
+    assert experiment.data.eval_manifest == home / "data/test.jsonl"
+    assert not [line for line in missing_inputs(experiment) if "eval_manifest" in line]
+    resolved = with_absolute_paths(experiment, tmp_path / "elsewhere")
+    assert resolved.data.synthetic.root == home / "data/synthetic"
+    assert resolved.model.vision.path == str(home / "weights/tower")
+    assert resolved.ray.storage_path == str(home / "runs/ray")
+    assert resolved.tracking.artifact_root == str(home / "runs/artifacts")
+
+
 def test_an_unknown_key_suggests_the_nearest_one(tmp_path):
     with pytest.raises(ConfigError, match=r"stage2.lrr: unknown key \(did you mean lr\?\)"):
         load_experiment(write(tmp_path, {**BASE, "stage2": {"lrr": 1}}))

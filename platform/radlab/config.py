@@ -19,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from radlab.errors import RadlabError
 from radlab.metric_specs import METRICS
@@ -32,6 +32,13 @@ class ConfigError(RadlabError, ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        """A path starting with `~` is under the home folder, as in a shell (the folders named as
+        text, which may also be hub ids or URLs, are expanded by `with_absolute_paths`)."""
+        return value.expanduser() if isinstance(value, Path) else value
 
 
 class SyntheticData(Section):
@@ -555,9 +562,17 @@ def _absolute(section: Section, base: Path) -> None:
                     _absolute(item, base)
 
 
+def _home(value: str) -> str:
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
 def _local_path(value: str | None, base: Path) -> str | None:
-    """A folder name that exists relative to `base`, made absolute; hub ids and URLs stay as they are."""
-    if value is None or "://" in value or Path(value).is_absolute() or not (base / value).exists():
+    """A folder name that exists relative to `base` (or under `~`), made absolute; hub ids and URLs
+    stay as they are."""
+    if value is None or "://" in value:
+        return value
+    value = _home(value)
+    if Path(value).is_absolute() or not (base / value).exists():
         return value
     return str((base / value).resolve())
 
@@ -575,9 +590,9 @@ def with_absolute_paths(experiment: Experiment, base: Path | None = None) -> Exp
     model.language.path = _local_path(model.language.path, base)
     out.stage0.text.path = _local_path(out.stage0.text.path, base)
     if "://" not in out.ray.storage_path:
-        out.ray.storage_path = str((base / out.ray.storage_path).resolve())
+        out.ray.storage_path = str((base / _home(out.ray.storage_path)).resolve())
     if "://" not in out.tracking.artifact_root:
-        out.tracking.artifact_root = str((base / out.tracking.artifact_root).resolve())
+        out.tracking.artifact_root = str((base / _home(out.tracking.artifact_root)).resolve())
     return out
 
 

@@ -6,11 +6,12 @@ import time
 from radlab.serve.batching import AdaptiveBatcher
 
 
-def batcher(max_size=8, idle_s=0.02, max_wait_s=0.5, fail_on=None):
+def batcher(max_size=8, idle_s=0.02, max_wait_s=0.5, fail_on=None, run_s=0.0):
     sizes = []
 
     async def run(items):
         sizes.append(len(items))
+        await asyncio.sleep(run_s)  # generation's time
         if fail_on is not None and fail_on in items:
             raise RuntimeError(f"item {fail_on}")
         return [item * 10 for item in items]
@@ -29,6 +30,23 @@ def test_a_lone_request_waits_only_the_idle_gap():
     started = time.perf_counter()
     assert asyncio.run(arrivals(b, 1, 0)) == [0]
     assert time.perf_counter() - started < 0.5 and sizes == [1]
+
+
+def test_after_a_lone_request_the_next_goes_at_once_and_a_burst_batches_again():
+    b, sizes = batcher(max_size=8, idle_s=0.3, max_wait_s=2.0, run_s=0.05)
+
+    async def scenario():
+        timings = []
+        for i in range(3):  # a client sending one request after another
+            started = time.perf_counter()
+            await b.submit(i)
+            timings.append(time.perf_counter() - started)
+        burst = await arrivals(b, 9, 0.002)  # the first goes alone, the rest arrive while it runs
+        return timings, burst
+    timings, burst = asyncio.run(scenario())
+    assert timings[0] >= 0.3  # the first request waits the idle gap: nothing says the load is light yet
+    assert max(timings[1:]) < 0.2  # after a batch of one, the next goes at once
+    assert burst == [i * 10 for i in range(9)] and sizes[:3] == [1, 1, 1] and sizes[3:] == [1, 8]
 
 
 def test_requests_arriving_closer_than_the_gap_fill_the_batch():

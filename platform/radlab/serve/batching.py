@@ -1,8 +1,10 @@
 """Adaptive request batching for a replica.
 
 A batch goes when it is full, when no request has arrived for `idle_s`, or `max_wait_s` after its
-first request, whichever comes first: a lone request waits only `idle_s`, while under load the
-batch keeps filling as requests arrive. Ray Serve's `@serve.batch` waits a fixed window from the
+first request, whichever comes first: under load the batch keeps filling as requests arrive. After
+a batch of one (light load: nothing came within `idle_s` of the last request) the next request goes
+at once, as a lone client's would otherwise wait `idle_s` every time for company that does not come;
+the first request of a burst after such a lull goes alone, and the rest batch behind it. Ray Serve's `@serve.batch` waits a fixed window from the
 first request instead: a short window closes before the requests still being read arrive (batches
 of a third of their size at concurrency 32), a long one delays every lone request by all of it.
 """
@@ -23,6 +25,7 @@ class AdaptiveBatcher(Generic[Item, Result]):
                  max_wait_s: float, on_batch: Callable[[int], None] | None = None):
         self.run, self.max_size, self.idle_s, self.max_wait_s = run, max_size, idle_s, max_wait_s
         self.on_batch = on_batch
+        self.last_size = 0  # the size of the batch before; 0: none yet
         self.queue: asyncio.Queue[tuple[Item, asyncio.Future]] | None = None
         self.collector: asyncio.Task | None = None
 
@@ -36,15 +39,20 @@ class AdaptiveBatcher(Generic[Item, Result]):
 
     async def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
         batch = [await self.queue.get()]
+        idle_s = 0.0 if self.last_size == 1 else self.idle_s
         deadline = time.monotonic() + self.max_wait_s
         while len(batch) < self.max_size:
-            wait = min(self.idle_s, deadline - time.monotonic())
+            if not self.queue.empty():  # what has arrived joins without waiting
+                batch.append(self.queue.get_nowait())
+                continue
+            wait = min(idle_s, deadline - time.monotonic())
             if wait <= 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(self.queue.get(), wait))
             except TimeoutError:
                 break
+        self.last_size = len(batch)
         return batch
 
     async def _collect(self) -> None:

@@ -131,3 +131,31 @@ def test_a_tokenizer_that_does_not_match_the_embeddings_is_refused(tokenizer, tm
     raw = experiment_dict(synthetic_root, tmp_path, model={"language": {"path": str(vicuna_sized)}})
     with pytest.raises(ModelError, match="32000 embedding rows"):
         prepare_tokenizer(parse_experiment(raw, "t"), "digest")
+
+
+def test_a_pretrained_language_model_computes_as_transformers_loads_it(tokenizer, tmp_path):
+    """Built around a pretrained language model saved in fp16 (as Vicuna's weights are), the model
+    holds it in fp16 as transformers' own LlamaForCausalLM loads it from the same folder, computes
+    what that model computes, and builds and initialises the tower and projector in fp32; nothing
+    is left on the meta device."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    folder = tmp_path / "vicuna"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=2)).to(torch.float16).save_pretrained(folder)
+    model = build_model(tiny(language={"path": str(folder)}, projector="mlp2x_gelu"), tokenizer).eval()
+    reference = LlamaForCausalLM.from_pretrained(folder).eval()
+    assert {p.dtype for p in model.model.language_model.parameters()} == {torch.float16} == {reference.dtype}
+    assert {p.dtype for p in [*model.model.vision_tower.parameters(),
+                              *model.model.multi_modal_projector.parameters()]} == {torch.float32}
+    assert not [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    ids = tokenizer("There is a small left pleural effusion.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)
+    projector = model.model.multi_modal_projector.linear_1
+    assert 0.01 < projector.weight.std().item() < 0.03 and not projector.bias.any()
+    batch = inputs(tokenizer)  # the image path, outside autocast: the head shares the base's dtype
+    loss = model.train()(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    assert torch.isfinite(loss) and projector.weight.grad.abs().sum() > 0

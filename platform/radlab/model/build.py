@@ -14,7 +14,8 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 from torch import nn
-from transformers import AutoModelForCausalLM, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from radlab.config import LoraConfig, ModelConfig
 from radlab.formats.prompts import IMAGE_TOKEN
@@ -83,25 +84,47 @@ def build_model(mc: ModelConfig, tokenizer, max_length: int = 2048) -> LlavaForC
         projector_hidden_act="gelu",
         tie_word_embeddings=text_config.tie_word_embeddings,
     )
-    model = assemble(config, mc.projector)
+    model = around_pretrained(config, mc.projector, mc.language.path) if mc.language.path else \
+        assemble(config, mc.projector)
     if mc.vision.path:
         # A CLIP/SigLIP/ViT folder, a vision tower's folder, or a radlab stage 0 encoder.
         tower = TOWERS[mc.vision.kind].model_class.from_pretrained(mc.vision.path)
         model.model.vision_tower.load_state_dict(tower.state_dict())
-    if mc.language.path:
-        lm = AutoModelForCausalLM.from_pretrained(mc.language.path)
-        lm.resize_token_embeddings(text_config.vocab_size)
-        model.model.language_model.load_state_dict(lm.model.state_dict())
-        model.lm_head.load_state_dict(lm.lm_head.state_dict())
     return model
+
+
+def around_pretrained(config: LlavaConfig, projector: str, language_path: str) -> LlavaForConditionalGeneration:
+    """The model with the pretrained language model read once from its folder, in the dtype the
+    folder holds (Vicuna's fp16: the frozen base at half precision, as the memory plan counts it;
+    DeepSpeed casts the rest). The model is first laid out on the meta device, so the language
+    model is never also built with random weights to be overwritten, which cost every worker a
+    second copy of it and minutes of initialisation; the tower and projector are then built and
+    initialised as `assemble` builds them, in fp32."""
+    with torch.device("meta"):
+        model = assemble(config, projector)
+    lm = AutoModelForCausalLM.from_pretrained(language_path)
+    lm.resize_token_embeddings(config.text_config.vocab_size)
+    model.model.language_model, model.lm_head = lm.model, lm.lm_head
+    model.model.vision_tower = AutoModel.from_config(config.vision_config, dtype=torch.float32)
+    model.model.multi_modal_projector = _projector(config, projector).float()
+    model.model.multi_modal_projector.apply(model._init_weights)
+    on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
+    if on_meta:
+        raise RuntimeError(f"parts left unbuilt around {language_path}: {', '.join(on_meta[:5])}")
+    return model
+
+
+def _projector(config: LlavaConfig, projector: str) -> nn.Module:
+    if projector == "linear":
+        return LinearProjector(config.vision_config.hidden_size, config.text_config.hidden_size)
+    return LlavaMultiModalProjector(config)
 
 
 def assemble(config: LlavaConfig, projector: str) -> LlavaForConditionalGeneration:
     """The model of a LlavaConfig with randomly initialised weights and the chosen projector."""
     model = LlavaForConditionalGeneration(config)
     if projector == "linear":
-        model.model.multi_modal_projector = LinearProjector(config.vision_config.hidden_size,
-                                                            config.text_config.hidden_size)
+        model.model.multi_modal_projector = _projector(config, projector)
     return model
 
 

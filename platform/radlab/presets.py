@@ -2,7 +2,9 @@
 
 PRESETS: dict[str, dict] = {
     # A 0.8M-parameter LLaVA that learns the synthetic task on a CPU in minutes. Patch 16 gives
-    # 16 image tokens: on this task it learns faster per second than patch 8 (64 tokens).
+    # 16 image tokens. Measured on the quickstart (2 CPU cores, 2026-12-04, seed 0, the same steps):
+    # patch 8 (64 tokens) trained stage 1 at about half the samples/s, ended it at loss 0.061
+    # against 0.0066 and scored 1.365 significant errors per report against 0.195.
     "tiny": {
         "vision": {"kind": "clip", "image_size": 64, "patch_size": 16, "hidden_size": 96, "layers": 2,
                    "heads": 4, "intermediate_size": 384, "select_layer": -1, "frozen": False},

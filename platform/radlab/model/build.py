@@ -106,7 +106,7 @@ def around_pretrained(config: LlavaConfig, projector: str, language_path: str) -
     lm.resize_token_embeddings(config.text_config.vocab_size)
     model.model.language_model, model.lm_head = lm.model, lm.lm_head
     model.model.vision_tower = AutoModel.from_config(config.vision_config, dtype=torch.float32)
-    model.model.multi_modal_projector = _projector(config, projector).float()
+    model.model.multi_modal_projector = _projector(config, projector)
     model.model.multi_modal_projector.apply(model._init_weights)
     on_meta = [name for name, tensor in [*model.named_parameters(), *model.named_buffers()] if tensor.is_meta]
     if on_meta:

@@ -3,10 +3,11 @@
 A batch goes when it is full, when no request has arrived for `idle_s`, or `max_wait_s` after its
 first request, whichever comes first: under load the batch keeps filling as requests arrive. After
 a batch of one (light load: nothing came within `idle_s` of the last request) the next request goes
-at once, as a lone client's would otherwise wait `idle_s` every time for company that does not come;
-the first request of a burst after such a lull goes alone, and the rest batch behind it. Ray Serve's `@serve.batch` waits a fixed window from the
-first request instead: a short window closes before the requests still being read arrive (batches
-of a third of their size at concurrency 32), a long one delays every lone request by all of it.
+at once, as a lone client's would otherwise wait `idle_s` every time for company that does not
+come; the first request of a burst after such a lull goes alone, and the rest batch behind it.
+Ray Serve's `@serve.batch` waits a fixed window from the first request instead: a short window
+closes before the requests still being read arrive (batches of a third of their size at
+concurrency 32), a long one delays every lone request by all of it.
 """
 
 from __future__ import annotations

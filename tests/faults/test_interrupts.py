@@ -33,7 +33,13 @@ def test_an_interrupt_during_evaluation_ends_the_run_and_registers_nothing(synth
     # The console shows each stage once, not the workers' and Ray's own output (--verbose does).
     assert len(seen) < 30 and not any("PlacementGroupCleaner" in line or "RayTrainWorker" in line for line in seen)
     assert any(line.startswith("[stage2] step 4/4 loss") for line in seen), "".join(seen)
-    time.sleep(2)  # inside generation
+    # Inside evaluation: the trained model's findings are generated, judging, grounding and the
+    # untrained model's findings are still to come (a fixed sleep could outlast them all).
+    for line in run.stdout:
+        seen.append(line)
+        if line.startswith("generating findings (test):"):
+            break
+        assert time.time() < deadline, "".join(seen[-30:])
     run.send_signal(sig)
     try:
         tail = run.communicate(timeout=120)[0]

@@ -13,6 +13,12 @@ from mlflow import MlflowClient
 from ..conftest import experiment_dict
 
 
+def like_a_foreground_command() -> None:
+    """The command takes SIGINT as one started from a terminal does, even where the tests run as a
+    background job (whose children inherit SIGINT ignored, and Python then leaves it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_an_interrupt_during_evaluation_ends_the_run_and_registers_nothing(synthetic_root, tmp_path, sig, status):
     # Generation long enough to be interrupted in: every test report, up to 96 tokens each.
@@ -22,7 +28,8 @@ def test_an_interrupt_during_evaluation_ends_the_run_and_registers_nothing(synth
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(raw))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "COLUMNS": "200"}
     run = subprocess.Popen([sys.executable, "-m", "radlab.cli", "run", "exp.yaml"], cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                           preexec_fn=like_a_foreground_command)
     seen = []
     deadline = time.time() + 300
     for line in run.stdout:

@@ -98,7 +98,7 @@ def around_pretrained(config: LlavaConfig, projector: str, language_path: str) -
     folder holds (Vicuna's fp16: the frozen base at half precision, as the memory plan counts it;
     DeepSpeed casts the rest). The model is first laid out on the meta device, so the language
     model is never also built with random weights to be overwritten, which cost every worker a
-    second copy of it and minutes of initialisation; the tower and projector are then built and
+    second copy of it and its random initialisation; the tower and projector are then built and
     initialised as `assemble` builds them, in fp32."""
     with torch.device("meta"):
         model = assemble(config, projector)

@@ -55,7 +55,6 @@ def test_greedy_is_deterministic_and_temperature_samples(model, tokenizer):
     assert len(greedy) == 1 and len(sampled) > 1
 
 
-
 @pytest.mark.parametrize("template", ["vicuna_v1", "plain"])
 def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(model, tokenizer, template):
     """Evaluation and serving batch prompts of different lengths (indications differ): the padding

@@ -189,6 +189,24 @@ def test_paths_are_resolved_once_on_the_driver(tmp_path):
     assert resolved.ray.storage_path == str(tmp_path / "radlab_runs/ray")
 
 
+@pytest.mark.parametrize("uri, expected", [
+    ("sqlite:///runs/mlflow.db", "sqlite:///{base}/runs/mlflow.db"),
+    ("sqlite:///~/mlflow.db", "sqlite:///{home}/mlflow.db"),
+    ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
+    ("mlruns", "{base}/mlruns"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("databricks", "databricks"),
+])
+def test_a_local_tracking_store_is_resolved_on_the_driver(tmp_path, monkeypatch, uri, expected):
+    """Workers log each step to the stage's run from folders of their own: a relative store there
+    would be a new, empty one."""
+    from radlab.config import with_absolute_paths
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    resolved = with_absolute_paths(parse_experiment({**BASE, "tracking": {"uri": uri}}, "t"), tmp_path / "base")
+    assert resolved.tracking.uri == expected.format(base=tmp_path / "base", home=tmp_path / "home")
+
+
 def test_paths_under_home_are_expanded_not_made_relative(tmp_path, monkeypatch):
     from radlab.config import missing_inputs, with_absolute_paths
 

@@ -593,7 +593,23 @@ def with_absolute_paths(experiment: Experiment, base: Path | None = None) -> Exp
         out.ray.storage_path = str((base / _home(out.ray.storage_path)).resolve())
     if "://" not in out.tracking.artifact_root:
         out.tracking.artifact_root = str((base / _home(out.tracking.artifact_root)).resolve())
+    out.tracking.uri = _local_store(out.tracking.uri, base)
     return out
+
+
+def _local_store(uri: str | None, base: Path) -> str | None:
+    """A tracking store on this filesystem (`sqlite:///runs.db`, `sqlite:///~/runs.db`, a bare
+    folder) made absolute: the workers log to it from folders of their own, where a relative one
+    would be another, empty store. Servers (http://, databricks, ...) stay as they are."""
+    servers = ("databricks", "databricks-uc")
+    if uri is None:
+        return None
+    if uri.startswith("sqlite:///"):
+        path = _home(uri.removeprefix("sqlite:///"))
+        return path if path == ":memory:" else f"sqlite:///{(base / path).resolve()}"
+    if "://" not in uri and uri not in servers and ":" not in uri.split("/")[0]:
+        return str((base / _home(uri)).resolve())
+    return uri
 
 
 def _looks_local(value: str | None) -> bool:

@@ -20,7 +20,7 @@ from radlab.evaluation.metrics import unavailable
 from radlab.evaluation.preflight import evaluation_plan
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
 from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
-from radlab.model.build import check_tokenizer_fits, embedding_rows
+from radlab.model.build import check_half_weights_stepped, check_tokenizer_fits, embedding_rows
 from radlab.model.memory import experiment_plans
 from radlab.model.towers import image_transform
 from radlab.progress import stage_progress
@@ -125,6 +125,7 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
     image_transform(experiment.model.vision)  # a tower folder that resizes otherwise stops the run here
     tracker = Tracker(experiment)
     check_memory(experiment)
+    check_half_weights_stepped(experiment)
     if experiment.eval.enabled and experiment.trains_report_model:
         with console.status("checking the judge"):
             plan = evaluation_plan(experiment)  # a judge that cannot answer stops the run before training

@@ -159,3 +159,43 @@ def test_a_pretrained_language_model_computes_as_transformers_loads_it(tokenizer
     loss = model.train()(**batch, labels=batch["input_ids"]).loss
     loss.backward()
     assert torch.isfinite(loss) and projector.weight.grad.abs().sum() > 0
+
+
+def test_a_ddp_stage_may_not_step_half_precision_weights(tokenizer, tmp_path, synthetic_root):
+    """Vicuna's folder holds fp16 weights, which the model keeps: full fine-tuning under DDP would
+    step them in fp16. Refused by `radlab validate` and before a run starts, with what to set;
+    LoRA, DeepSpeed and an fp32 folder are not."""
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from typer.testing import CliRunner
+
+    from radlab.cli import app
+    from radlab.config import parse_experiment
+    from radlab.model.build import check_half_weights_stepped
+
+    from ..conftest import experiment_dict
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2)
+    LlamaForCausalLM(config).to(torch.float16).save_pretrained(tmp_path / "vicuna")
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "fp32")
+
+    def experiment(folder, **sections):
+        raw = experiment_dict(synthetic_root, tmp_path, model={"language": {"path": str(tmp_path / folder)}},
+                              stage1={"train": ["projector"]})
+        return parse_experiment({**raw, **{k: {**raw.get(k, {}), **v} for k, v in sections.items()}}, "t")
+
+    full = {"stage2": {"train": ["projector", "language"], "lora": None}}
+    with pytest.raises(ModelError, match=r"stage2.train: language under DDP would step the float16 weights of "
+                                         r"model.language.path .*vicuna in float16: set ray.deepspeed: zero2"):
+        check_half_weights_stepped(experiment("vicuna", **full))
+    with pytest.raises(ModelError, match=r"stage1.train: language and embeddings under DDP"):
+        check_half_weights_stepped(experiment("vicuna", stage1={"train": ["projector", "language", "embeddings"]}))
+    check_half_weights_stepped(experiment("vicuna"))  # the projector, then LoRA
+    check_half_weights_stepped(experiment("vicuna", ray={"deepspeed": "zero2"}, **full))
+    check_half_weights_stepped(experiment("fp32", **full))
+    raw = experiment_dict(synthetic_root, tmp_path, model={"language": {"path": str(tmp_path / "vicuna")}},
+                          stage1={"train": ["projector"]}, **full)
+    (tmp_path / "x.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "x.yaml")])
+    assert result.exit_code == 2 and "stage2.train: language under DDP" in result.output

@@ -23,6 +23,7 @@ def validate(path: Path, overrides: Overrides = None,
     """Check an experiment YAML (and overrides): the schema, the files it names, the judge's key,
     the memory plan; print the resolved config or what is wrong."""
     from radlab.config import missing_inputs
+    from radlab.model.build import check_half_weights_stepped
     from radlab.model.memory import experiment_plans
     from radlab.model.towers import image_transform
 
@@ -32,8 +33,10 @@ def validate(path: Path, overrides: Overrides = None,
         err_console.print(f"[red]{path}: missing here[/] (--skip-files to check the rest only)\n" + "\n".join(missing),
                           highlight=False)
         raise typer.Exit(2)
-    if not skip_files:  # the tower folder's own preprocessor_config.json must resize as model.vision.resize says
+    if not skip_files:  # the tower folder's own preprocessor_config.json must resize as model.vision.resize says,
+        # and a DDP stage may not step the language model folder's half-precision weights
         or_exit(image_transform, with_absolute_paths(experiment).model.vision)
+        or_exit(check_half_weights_stepped, with_absolute_paths(experiment))
     plans = experiment_plans(experiment)
     for plan in plans:
         console.print(("[green]" if plan.fits else "[red]") + f"memory[/] {plan.line()}", highlight=False)

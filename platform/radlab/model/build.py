@@ -8,7 +8,9 @@ LoRA adapters go on the language model only.
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -17,7 +19,7 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
-from radlab.config import LoraConfig, ModelConfig
+from radlab.config import Experiment, LoraConfig, ModelConfig
 from radlab.formats.prompts import IMAGE_TOKEN
 from radlab.model.towers import TOWERS, ModelError, vision_config
 
@@ -52,6 +54,34 @@ def embedding_rows(language_path: str) -> int:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(language_path).vocab_size
+
+
+def folder_dtype(language_path: str | None) -> str | None:
+    """The dtype a local language model folder's config.json gives its weights ("float16" for
+    Vicuna), or None (built from a config, a hub id, or not said)."""
+    config = Path(language_path) / "config.json" if language_path else None
+    if config is None or not config.is_file():
+        return None
+    raw = json.loads(config.read_text())
+    return raw.get("dtype") or raw.get("torch_dtype")
+
+
+def check_half_weights_stepped(experiment: Experiment) -> None:
+    """Refuse a DDP stage that would step a half-precision checkpoint's own weights: the language
+    model is held in its folder's dtype, so AdamW would update fp16 or bf16 weights in place (updates
+    below their precision lost; under fp16 the gradient scaler refuses the stage's first step).
+    DeepSpeed keeps fp32 master weights; LoRA trains fp32 adapters beside the half base."""
+    path = experiment.model.language.path
+    dtype = folder_dtype(path)
+    if dtype not in ("float16", "bfloat16") or experiment.ray.deepspeed != "none":
+        return
+    for name in ("stage1", "stage2"):
+        stage = getattr(experiment, name)
+        stepped = [part for part in ("language", "embeddings") if part in stage.train]
+        if stage.enabled and stepped:
+            raise ModelError(f"{name}.train: {' and '.join(stepped)} under DDP would step the {dtype} weights of "
+                             f"model.language.path {path} in {dtype}: set ray.deepspeed: zero2 (fp32 master "
+                             f"weights) or train LoRA instead ({name}.train: [projector, lora])")
 
 
 def _text_config(mc: ModelConfig, tokenizer, max_length: int):

@@ -1,6 +1,7 @@
 """Memory plans: the parameter counts they rest on, the shipped configs against their GPUs, and a
 plan over memory refused before anything starts."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from radlab.cli import app
-from radlab.config import ModelConfig, load_experiment
+from radlab.config import ModelConfig, load_experiment, parse_experiment
 from radlab.model.build import build_model, count_parameters
 from radlab.model.memory import GiB, experiment_plans, model_shape, serving_plan
 
@@ -53,3 +54,29 @@ def test_a_plan_over_memory_is_refused_naming_the_field(tmp_path):
     result = CliRunner().invoke(app, ["validate", str(tmp_path / "big.yaml"), "--skip-files"])
     assert result.exit_code == 2
     assert "stage1 does not fit its GPU" in result.output and "lower stage1.micro_batch (now 16)" in result.output
+
+
+@pytest.mark.parametrize("dtype, language_bytes", [("float16", 2), ("float32", 4), (None, 2)])
+def test_a_ddp_plan_counts_the_weights_in_the_dtype_they_are_held(tmp_path, dtype, language_bytes):
+    """DDP casts nothing: a language model folder stays in its own dtype (an fp32 7B at
+    `precision: fp16` holds 4 bytes a weight, and does not fit a 32 GB V100), the tower, projector and
+    LoRA in fp32, whose AdamW keeps two fp32 moments and no master copy. DeepSpeed casts the model to
+    the training precision."""
+    raw = yaml.safe_load((ROOT / "experiments/llava_rad.yaml").read_text())
+    folder = tmp_path / "vicuna"
+    folder.mkdir()
+    config = {"hidden_size": 4096, "num_attention_heads": 32, "num_hidden_layers": 32, "intermediate_size": 11008,
+              "vocab_size": 32000, "tie_word_embeddings": False}
+    (folder / "config.json").write_text(json.dumps(config | ({"torch_dtype": dtype} if dtype else {})))
+    raw["model"]["language"] = {"path": str(folder)}
+    raw["ray"]["deepspeed"] = "none"
+    experiment = parse_experiment(raw, "t")
+    shape = model_shape(experiment.model)
+    stage2 = experiment_plans(experiment)[1]
+    lora = shape.lora_params(experiment.stage2.lora.r)
+    assert stage2.parts["weights"] == shape.language_params * language_bytes + (
+        shape.vision_params + shape.projector_params + lora) * 4
+    assert stage2.parts["optimizer"] == (lora + shape.projector_params) * 8
+    assert stage2.fits == (language_bytes == 2)
+    zero2 = experiment_plans(parse_experiment({**raw, "ray": {**raw["ray"], "deepspeed": "zero2"}}, "t"))[1]
+    assert zero2.parts["weights"] == shape.total_params * 2

@@ -8,9 +8,7 @@ LoRA adapters go on the language model only.
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -21,6 +19,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from radlab.config import Experiment, LoraConfig, ModelConfig
 from radlab.formats.prompts import IMAGE_TOKEN
+from radlab.model.memory import folder_dtype
 from radlab.model.towers import TOWERS, ModelError, vision_config
 
 
@@ -54,16 +53,6 @@ def embedding_rows(language_path: str) -> int:
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(language_path).vocab_size
-
-
-def folder_dtype(language_path: str | None) -> str | None:
-    """The dtype a local language model folder's config.json gives its weights ("float16" for
-    Vicuna), or None (built from a config, a hub id, or not said)."""
-    config = Path(language_path) / "config.json" if language_path else None
-    if config is None or not config.is_file():
-        return None
-    raw = json.loads(config.read_text())
-    return raw.get("dtype") or raw.get("torch_dtype")
 
 
 def check_half_weights_stepped(experiment: Experiment) -> None:

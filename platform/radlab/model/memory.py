@@ -2,10 +2,15 @@
 
 An estimate from the model's shapes, in the terms of the ZeRO paper (Rajbhandari et al.) and of
 Korthikanti et al.'s activation count, before anything is loaded:
-- weights: every parameter at the training precision (fp32: 4 bytes, fp16/bf16: 2);
-- gradients: the trainable parameters at that precision, sharded across the workers under ZeRO-2;
-- optimizer states: AdamW's two moments plus an fp32 master copy in mixed precision (12 bytes per
-  trainable parameter, 8 in fp32), sharded under ZeRO-2;
+- weights: under DeepSpeed every parameter at the training precision (fp32: 4 bytes, fp16/bf16:
+  2); under DDP, which casts nothing, each part as it is built: a language model folder in its own
+  dtype (a hub id: at the training precision), one built from a config, the tower, projector and
+  LoRA adapters in fp32;
+- gradients: the trainable parameters at the training precision under DeepSpeed, sharded across
+  the workers under ZeRO-2; in fp32 under DDP (its trainable parameters are fp32: half-precision
+  weights may not train there, see `check_half_weights_stepped`);
+- optimizer states: AdamW's two moments plus, under DeepSpeed in mixed precision, an fp32 master
+  copy (12 bytes per trainable parameter, 8 without it), sharded under ZeRO-2;
 - activations per sequence of `data.max_length` tokens (the longest a padded batch can be):
   34·s·h + 5·a·s² bytes per layer at 16 bits (no FlashAttention on V100), or only each layer's
   input with gradient checkpointing plus one layer recomputed; and the logits in 16 and 32 bits;
@@ -64,6 +69,13 @@ def _local_config(path: str | None) -> dict:
     if path and (Path(path) / "config.json").is_file():
         return json.loads((Path(path) / "config.json").read_text())
     return {}
+
+
+def folder_dtype(language_path: str | None) -> str | None:
+    """The dtype a local language model folder's config.json gives its weights ("float16" for
+    Vicuna), or None (built from a config, a hub id, or not said)."""
+    own = _local_config(language_path)
+    return own.get("dtype") or own.get("torch_dtype")
 
 
 def model_shape(model: ModelConfig) -> Shape:
@@ -142,8 +154,16 @@ def stage_plan(experiment: Experiment, stage_name: str) -> Plan:
     sharded = world if ray.deepspeed == "zero2" else 1  # ZeRO-2 shards gradients and optimizer states
     trainable = _trainable(shape, stage, not experiment.model.vision.frozen)
     optimizer_bytes = 8 if ray.precision == "fp32" else 12
+    weights = shape.total_params * width
+    if ray.deepspeed == "none":
+        language = experiment.model.language
+        held = {"float16": 2, "bfloat16": 2, "float32": 4}.get(folder_dtype(language.path),
+                                                               width if language.path else 4)
+        lora = shape.lora_params(stage.lora.r) if "lora" in stage.train and stage.lora is not None else 0
+        weights = shape.language_params * held + (shape.vision_params + shape.projector_params + lora) * 4
+        width, optimizer_bytes = 4, 8
     parts = {
-        "weights": shape.total_params * width,
+        "weights": weights,
         "gradients": trainable * width / sharded,
         "optimizer": trainable * optimizer_bytes / sharded,
         "activations": stage.micro_batch * activation_bytes(shape, experiment.data.max_length,

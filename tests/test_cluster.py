@@ -14,6 +14,7 @@ from radlab.config import load_experiment
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHERS = {"aws-v100.yaml": {"p3.2xlarge": 1, "p3.8xlarge": 4, "p3dn.24xlarge": 8},
              "azure-v100.yaml": {"Standard_NC6s_v3": 1, "Standard_NC24s_v3": 4, "Standard_ND40rs_v2": 8}}
+V100_32GB = {"p3dn.24xlarge", "Standard_ND40rs_v2"}  # the instance types whose V100s have 32 GB
 SERVING = yaml.safe_load((ROOT / "serving/v100.yaml").read_text())
 
 
@@ -37,8 +38,11 @@ def test_launcher_configs(name):
         size = node["node_config"].get("InstanceType") or node["node_config"]["azure_arm_parameters"]["vmSize"]
         if node["resources"].get("GPU"):
             gpus[size] = node["resources"]["GPU"]
-            # The V100 label lets V100-targeted training and the V100 serve config scale these up.
+            # The V100 label lets V100-targeted training scale these up; the V100-32G label, on the
+            # 32 GB V100s alone, is what the paper recipe and the V100 serve config ask for.
             assert node["resources"]["accelerator_type:V100"] == node["resources"]["GPU"]
+            big = node["resources"]["GPU"] if size in V100_32GB else 0
+            assert node["resources"].get("accelerator_type:V100-32G", 0) == big
         assert 0 <= node["min_workers"] <= node["max_workers"] <= config["max_workers"]
     assert gpus == LAUNCHERS[name]
     setup = " && ".join(config["setup_commands"])
@@ -70,6 +74,9 @@ def test_kuberay_clusters(name, path):
         assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"]
         declared = yaml.safe_load(yaml.safe_load(group["rayStartParams"]["resources"]))
         assert declared["accelerator_type:V100"] == int(resources["limits"]["nvidia.com/gpu"])
+        # Each manifest runs the paper recipe or serves its champion: 32 GB V100s, labelled as such.
+        assert group["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"] == "Tesla-V100-SXM2-32GB"
+        assert declared["accelerator_type:V100-32G"] == declared["accelerator_type:V100"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["MLFLOW_TRACKING_URI"] == SERVING["applications"][0]["args"]["tracking_uri"]
 

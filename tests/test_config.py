@@ -264,3 +264,17 @@ def test_cpus_per_worker_defaults_to_the_machines_cores_on_an_embedded_cpu_ray(m
     assert RayConfig(workers=2, num_cpus=8, address="auto").cpus_per_worker == 1
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a Ray job's driver: the cluster's nodes, not this one
     assert RayConfig(workers=2, num_cpus=8).cpus_per_worker == 1
+
+
+@pytest.mark.parametrize("ray_section, asked", [
+    ({}, None),
+    ({"accelerator": "V100"}, "V100"),
+    ({"accelerator": "V100", "gpu_memory_gb": 16}, "V100"),
+    ({"accelerator": "V100", "gpu_memory_gb": 32}, "V100-32G"),
+    ({"accelerator": "A100", "gpu_memory_gb": 80}, "A100-80G"),
+])
+def test_a_larger_gpu_variant_is_asked_of_ray_by_its_label(ray_section, asked):
+    """A memory plan made for 32 GB V100s must not land on 16 GB ones: the workers ask Ray for the
+    variant's label (Ray's own naming, as A100-80G), which the cluster files' 32 GB nodes declare."""
+    ray = parse_experiment({**BASE, "ray": {"use_gpu": True, **ray_section}}, "t").ray
+    assert ray.placement_accelerator == asked

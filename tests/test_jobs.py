@@ -40,9 +40,11 @@ def cluster():
         # A lost node is noticed within seconds (production clusters use Ray's slower defaults).
         "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                            "health_check_failure_threshold": 4}})
-    # The second node carries the V100 label Ray gives nodes with V100s, so V100-targeted work lands there.
-    # It declares one GPU too (there is none): Ray schedules by declared resources.
-    worker = nodes.add_node(num_cpus=2, num_gpus=1, resources={"accelerator_type:V100": 1},
+    # The second node carries the V100 label Ray gives nodes with V100s, and the V100-32G label the
+    # cluster files give the 32 GB ones, so V100-targeted work lands there. It declares one GPU too
+    # (there is none): Ray schedules by declared resources.
+    worker = nodes.add_node(num_cpus=2, num_gpus=1, resources={"accelerator_type:V100": 1,
+                                                               "accelerator_type:V100-32G": 1},
                             dashboard_agent_listen_port=free_port())
     nodes.wait_for_nodes()
     address = f"http://127.0.0.1:{port}"
@@ -123,7 +125,7 @@ def test_the_v100_serve_config_schedules_on_the_v100_node(cluster, tokenizer, tm
     deployment = app["deployments"][0]
     deployment["autoscaling_config"] = {"min_replicas": 1, "max_replicas": 1}
     deployment["ray_actor_options"]["num_cpus"] = 1
-    assert deployment["ray_actor_options"]["accelerator_type"] == "V100"
+    assert deployment["ray_actor_options"]["accelerator_type"] == "V100-32G"
     api = f"{cluster['address']}/api/serve/applications/"
     assert httpx.put(api, json=config, timeout=30).status_code == 200
     try:
@@ -149,9 +151,10 @@ def test_a_v100_training_config_schedules_on_the_v100_node(cluster, synthetic_ro
     address = cluster["address"]
     paper = yaml.safe_load((ROOT / "experiments/llava_rad.yaml").read_text())["ray"]
     assert paper["accelerator"] == "V100" and paper["use_gpu"] and paper["precision"] == "fp16"
-    # The paper recipe's placement (one GPU per worker, on V100 nodes, fp16) on the tiny model;
+    assert paper["gpu_memory_gb"] == 32
+    # The paper recipe's placement (one GPU per worker, on 32 GB V100 nodes, fp16) on the tiny model;
     # one worker, as the test node declares one GPU.
-    placement = {k: paper[k] for k in ("use_gpu", "accelerator", "precision")}
+    placement = {k: paper[k] for k in ("use_gpu", "accelerator", "precision", "gpu_memory_gb")}
     raw = experiment_dict(synthetic_root, tmp_path, stage2={"enabled": False}, eval={"enabled": False},
                           tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
                           ray={**placement, "workers": 1, "max_failures": 0, "node_wait_s": 60})

@@ -371,6 +371,10 @@ class TrackingConfig(Section):
     register_as: str | None = "radlab"
 
 
+# Memory of each accelerator's smallest common variant; a larger one is named in ray.gpu_memory_gb.
+ACCELERATOR_GIB = {"V100": 16, "T4": 16, "L4": 24, "A100": 40, "H100": 80}
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts an embedded local Ray; 'auto' or ray://host:10001 joins one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray")
@@ -385,10 +389,20 @@ class RayConfig(Section):
     accelerator: Literal["V100", "A100", "H100", "L4", "T4"] | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     gpu_memory_gb: float | None = Field(None, gt=0, description="memory of each GPU, for the memory plan "
-                                        "(default: the accelerator's smallest variant, e.g. V100 16)")
+                                        "(default: the accelerator's smallest variant, e.g. V100 16); a larger "
+                                        "variant is asked of Ray as accelerator_type:<accelerator>-<gb>G")
     deepspeed: Literal["none", "zero2", "zero3"] = "none"
     storage_path: str = "radlab_runs/ray"
     max_failures: int = Field(2, ge=0)
+
+    @property
+    def placement_accelerator(self) -> str | None:
+        """The accelerator type each worker asks Ray for: a variant larger than the accelerator's
+        smallest carries its memory in Ray's own naming ("A100-80G", "V100-32G"), a label its nodes
+        declare, so that a plan made for 32 GB never lands on a 16 GB V100."""
+        if self.accelerator and self.gpu_memory_gb and self.gpu_memory_gb > ACCELERATOR_GIB[self.accelerator]:
+            return f"{self.accelerator}-{self.gpu_memory_gb:g}G"
+        return self.accelerator
 
     def default_cpus_per_worker(self, sharing_workers: int) -> float:
         """On an embedded Ray without GPUs, this machine's cores shared among `sharing_workers`;

@@ -97,7 +97,7 @@ def check_resources(config: RayConfig, reserved_cpu: float = 0.0) -> None:
         return
     need = {"CPU": config.cpus_per_worker, "GPU": 1.0 if config.use_gpu else 0.0}
     if config.accelerator:
-        need[f"accelerator_type:{config.accelerator}"] = 0.001
+        need[f"accelerator_type:{config.placement_accelerator}"] = 0.001
     wanted = config.min_workers or config.workers
     holds = 0
     for node in ray.nodes():
@@ -106,7 +106,7 @@ def check_resources(config: RayConfig, reserved_cpu: float = 0.0) -> None:
             holds += int(min(have.get(k, 0.0) / v for k, v in need.items() if v) + 1e-9)
     if holds < wanted:
         asked = ", ".join(f"{k}: {v:g}" for k, v in need.items() if v)
-        fields = "ray.use_gpu / ray.accelerator" if config.use_gpu or config.accelerator else "ray.cpus_per_worker"
+        fields = "ray.use_gpu / ray.accelerator / ray.gpu_memory_gb" if config.use_gpu or config.accelerator else "ray.cpus_per_worker"
         beside = f" beside {reserved_cpu:g} CPU its trials' actors take" if reserved_cpu else ""
         raise ConfigError(f"ray.workers={wanted} x {{{asked}}}: this machine's Ray can hold {holds} such workers"
                          f"{beside} ({fields}); lower them, or join a cluster with ray.address / --address")

@@ -24,12 +24,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radlab.config import Experiment, ModelConfig, StageConfig
+from radlab.config import ACCELERATOR_GIB, Experiment, ModelConfig, StageConfig
 
 GiB = 1024 ** 3
 OVERHEAD = 1 * GiB
-# Memory of each accelerator's smallest common variant; a larger one is named in ray.gpu_memory_gb.
-ACCELERATOR_GIB = {"V100": 16, "T4": 16, "L4": 24, "A100": 40, "H100": 80}
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 

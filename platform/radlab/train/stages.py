@@ -225,7 +225,7 @@ def run_stage(job: StageJob, report_to_tune: bool = False) -> StageResult:
             num_workers=(ray_config.min_workers, ray_config.workers) if ray_config.min_workers else ray_config.workers,
             use_gpu=ray_config.use_gpu,
             resources_per_worker={"CPU": ray_config.cpus_per_worker},
-            accelerator_type=ray_config.accelerator,
+            accelerator_type=ray_config.placement_accelerator,
         ),
         torch_config=TorchConfig(backend="nccl" if ray_config.use_gpu else "gloo"),
         datasets=_streamed_images(experiment) if stage != "stage0" and experiment.data.stream else None,

@@ -330,6 +330,6 @@ def describe(raw: dict, where: str) -> list[dict]:
     trials = expand(raw, where)
     samples = experiment.sweep.search.samples if experiment.sweep.search else 1
     per_trial = {"workers": experiment.ray.workers, "cpus_per_worker": experiment.ray.cpus_per_worker,
-                 "gpu_per_worker": 1 if experiment.ray.use_gpu else 0, "accelerator": experiment.ray.accelerator}
+                 "gpu_per_worker": 1 if experiment.ray.use_gpu else 0, "accelerator": experiment.ray.placement_accelerator}
     return [{"trial": t.name, "overrides": t.overrides, "optuna_samples": samples,
              "search": list(search_space(experiment)), "resources": per_trial} for t in trials]

@@ -213,7 +213,7 @@ def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthet
      r"t: ray.workers=2 x \{CPU: 1, GPU: 1, accelerator_type:V100: 0.001\}: this machine's Ray can hold 0 such "
      r"workers"),
     ({"use_gpu": True, "accelerator": "V100", "gpu_memory_gb": 32},
-     r"\{CPU: 1, GPU: 1, accelerator_type:V100-32G: 0.001\}: this machine's Ray can hold 0 such workers "
+     r"\{CPU: 1, GPU: 1, accelerator_type:V100-32G: 0.001\}: this machine's Ray can hold 0 such workers .*"
      r"\(ray.use_gpu / ray.accelerator / ray.gpu_memory_gb\)"),
     # The session's Ray has 4 CPUs; a trial's actor holds 0.01 of one while its stages run, so
     # stages asking for all 4 would wait for it forever.

@@ -26,7 +26,8 @@ from radlab.model.towers import image_transform
 from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
-from radlab.train.stages import STAGES, StageJob, finished_stage, run_stage, stage_key, stage_steps, storage_path
+from radlab.train.stages import (STAGES, StageJob, exclusive_stage, finished_stage, run_stage, stage_key, stage_steps,
+                                 storage_path)
 
 
 @dataclass
@@ -158,21 +159,23 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
             if not getattr(experiment, stage).enabled:
                 continue
             console.rule(stage)
-            result = finished_stage(experiment, stage)
-            if result is not None:  # an earlier run trained it: reused, with no new stage run
-                console.print(f"{stage} finished earlier" + (f" (MLflow run {result.run_id})" if result.run_id else "")
-                              + f": reusing {result.checkpoint.path}", highlight=False, soft_wrap=True)
-            else:
-                child = tracker.open_child(parent, stage)
-                job = StageJob(experiment, stage, str(tokenizer_dir), tracker.uri, child,
-                               init_from=checkpoint if stage != "stage0" else None,
-                               vision_from=encoder if checkpoint is None else None)
-                with stage_progress(console, stage, stage_steps(experiment, stage),
-                                    partial(tracker.latest_report, child), partial(tracker.resumes, child),
-                                    partial(tracker.failures, child)):
-                    result = run_stage(job, report_to_tune=report_to_tune and stage != "stage0")
-                tracker.finish(child)
-                child = None
+            with exclusive_stage(experiment, stage, partial(console.print, highlight=False, soft_wrap=True)):
+                result = finished_stage(experiment, stage)
+                if result is not None:  # an earlier run trained it: reused, with no new stage run
+                    console.print(f"{stage} finished earlier" + (f" (MLflow run {result.run_id})" if result.run_id
+                                                                 else "")
+                                  + f": reusing {result.checkpoint.path}", highlight=False, soft_wrap=True)
+                else:
+                    child = tracker.open_child(parent, stage)
+                    job = StageJob(experiment, stage, str(tokenizer_dir), tracker.uri, child,
+                                   init_from=checkpoint if stage != "stage0" else None,
+                                   vision_from=encoder if checkpoint is None else None)
+                    with stage_progress(console, stage, stage_steps(experiment, stage),
+                                        partial(tracker.latest_report, child), partial(tracker.resumes, child),
+                                        partial(tracker.failures, child)):
+                        result = run_stage(job, report_to_tune=report_to_tune and stage != "stage0")
+                    tracker.finish(child)
+                    child = None
             if stage == "stage0":
                 encoder = result.checkpoint
             else:

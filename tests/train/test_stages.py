@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ from radlab.model.build import apply_lora, build_model, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_train_state
 from radlab.model.towers import image_transform
 from radlab.train.findings import INPUTS, FindingsStage
-from radlab.train.stages import StageJob, run_stage, stage_key
+from radlab.train.stages import StageJob, exclusive_stage, finished_stage, run_stage, stage_key, stage_run_name
 
 from ..conftest import experiment_dict
 
@@ -35,6 +36,38 @@ def test_plan_accumulates_to_the_global_batch(synthetic_root, tmp_path):
     plan = FindingsStage.plan_for(experiment.stage1, examples=96, world=2)
     assert plan.accumulation == 4            # 4 micro-batches x 4 x 2 workers = 32
     assert plan.steps_per_epoch == 3 and plan.total_steps == 6
+
+
+def test_a_stage_another_run_is_training_is_waited_for_and_reused(synthetic_root, tmp_path):
+    """Two runs of the same stage (duplicate sweep trials, one experiment started twice): the second
+    waits while the first holds the stage, says so, then finds what the first left."""
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path), "t")
+    folder = Path(experiment.ray.storage_path) / stage_run_name(experiment, "stage1")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import json, sys, time
+from pathlib import Path
+from radlab.config import parse_experiment
+from radlab.train.stages import DONE, exclusive_stage
+experiment = parse_experiment(json.loads(sys.argv[1]), "t")
+with exclusive_stage(experiment, "stage1", print):
+    print("holding", flush=True)
+    time.sleep(1.5)
+    Path({str(folder)!r}).mkdir(parents=True, exist_ok=True)
+    (Path({str(folder)!r}) / DONE).write_text(json.dumps({{"checkpoint": "/somewhere", "run_id": "first"}}))
+""", json.dumps(experiment.model_dump(mode="json"))], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    said = []
+    started = time.perf_counter()
+    with exclusive_stage(experiment, "stage1", said.append):
+        waited = time.perf_counter() - started
+        reused = finished_stage(experiment, "stage1")
+    assert holder.wait(timeout=30) == 0
+    assert waited > 0.5 and reused is not None and reused.run_id == "first"
+    assert len(said) == 1 and said[0].startswith("stage1: another run is training it with the same settings")
+    said.clear()
+    with exclusive_stage(experiment, "stage2", said.append):  # nobody holds it: no wait, nothing said
+        assert finished_stage(experiment, "stage2") is None
+    assert not said
 
 
 def test_the_module_ray_trains_controller_unpickles_does_not_import_torch():

@@ -292,3 +292,26 @@ def test_concurrent_trials_share_the_cores_unless_the_yaml_says(synthetic_root, 
     assert {row["resources"]["cpus_per_worker"] for row in describe(raw, "t")} == {4.0}  # 8 cores, 2 trials at once
     raw["ray"]["cpus_per_worker"] = 1
     assert {row["resources"]["cpus_per_worker"] for row in describe(raw, "t")} == {1}
+
+
+def test_trials_the_search_gave_the_same_settings_train_each_stage_once(ray_session, synthetic_root, tmp_path,
+                                                                        monkeypatch):
+    """Optuna proposes settings it has tried before (a `choice` must, once its values run out). The
+    duplicate trials run at once: the second waits for the first's stage and reuses it, instead of
+    training the same stage into the same Ray Train run at the same time."""
+    monkeypatch.chdir(tmp_path)
+    raw = sweep_experiment(synthetic_root, tmp_path, stage1={"max_steps": 40, "checkpoint_every": 40, "log_every": 10},
+                           stage2={"enabled": False}, eval={"compare_untrained": False, "grounding": False},
+                           ray={"workers": 1, "cpus_per_worker": 1},
+                           tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None})
+    raw["name"] = "duplicates"
+    raw["sweep"] = {"search": {"params": {"stage1.lr": {"choice": [2e-3]}}, "samples": 2}, "max_concurrent_trials": 2}
+    result = run_sweep(parse_experiment(raw, "t").model_dump(mode="json"), "t")
+    assert [row["status"] for row in result["trials"]] == ["ok", "ok"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.get_experiment_by_name("duplicates").experiment_id
+    # The trials share one MLflow run (the same settings); stage 1 logged each step once: trained once.
+    stage1 = client.search_runs([experiment_id], "tags.`radlab.stage` = 'stage1'")
+    assert len(stage1) == 1
+    steps = [m.step for m in client.get_metric_history(stage1[0].info.run_id, "loss")]
+    assert sorted(steps) == [10, 20, 30, 40]

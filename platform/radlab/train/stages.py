@@ -11,9 +11,12 @@ inside the functions that need them, which saves the controller seconds of impor
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +192,31 @@ def finished_stage(experiment: Experiment, stage: str) -> StageResult | None:
         return None
     record = json.loads(done.read_text())
     return StageResult(Checkpoint(record["checkpoint"]), record.get("run_id"), record.get("metrics", {}))
+
+
+@contextmanager
+def exclusive_stage(experiment: Experiment, stage: str, waiting: Callable[[str], None]) -> Iterator[None]:
+    """Held while a run checks for and trains a stage: another run of the same stage with the same
+    key (a sweep's trials that the search gave the same settings, or the same experiment started
+    twice) waits for it, calling `waiting` once with the reason, and then reuses what it left
+    instead of training into the same Ray Train run at the same time. A lock file beside the runs;
+    the operating system releases it when its holder exits. Storage behind a URL holds no locks."""
+    if "://" in experiment.ray.storage_path:
+        yield
+        return
+    path = Path(storage_path(experiment)) / f"{stage_run_name(experiment, stage)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting(f"{stage}: another run is training it with the same settings; waiting to reuse what it "
+                    f"leaves ({path})")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _streamed_images(experiment: Experiment) -> dict:

@@ -186,6 +186,10 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(synthetic_root, 
     assert len(trials) == 2                                       # no trial run twice
     assert first[0].info.run_id in {t.info.run_id for t in trials}
     assert "took alias 'champion'" in resumed.stdout.replace("\n", " ")
+    # The trials' consoles and Ray's own noise stay in Ray's log folder, which is named (as for run).
+    assert "Ray's own logs and each trial's output:" in resumed.stdout
+    assert "(run_trial pid=" not in resumed.stdout + resumed.stderr
+    assert "Failed to query Ray Train Controller" not in resumed.stdout + resumed.stderr
 
 
 def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthetic_root, tmp_path, monkeypatch):
@@ -294,24 +298,49 @@ def test_concurrent_trials_share_the_cores_unless_the_yaml_says(synthetic_root, 
     assert {row["resources"]["cpus_per_worker"] for row in describe(raw, "t")} == {1}
 
 
-def test_trials_the_search_gave_the_same_settings_train_each_stage_once(ray_session, synthetic_root, tmp_path,
-                                                                        monkeypatch):
-    """Optuna proposes settings it has tried before (a `choice` must, once its values run out). The
-    duplicate trials run at once: the second waits for the first's stage and reuses it, instead of
-    training the same stage into the same Ray Train run at the same time."""
-    monkeypatch.chdir(tmp_path)
+def _stage_runs(tmp_path: Path, name: str, stage: str) -> list:
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.get_experiment_by_name(name).experiment_id
+    return client.search_runs([experiment_id], f"tags.`radlab.stage` = '{stage}'")
+
+
+def _steps_logged(tmp_path: Path, run) -> list[int]:
+    return sorted(m.step for m in MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(
+        run.info.run_id, "loss"))
+
+
+def _sharing_sweep(synthetic_root, tmp_path, name: str, sweep: dict, stage2: dict) -> dict:
     raw = sweep_experiment(synthetic_root, tmp_path, stage1={"max_steps": 40, "checkpoint_every": 40, "log_every": 10},
-                           stage2={"enabled": False}, eval={"compare_untrained": False, "grounding": False},
+                           stage2=stage2, eval={"compare_untrained": False, "grounding": False},
                            ray={"workers": 1, "cpus_per_worker": 1},
                            tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None})
-    raw["name"] = "duplicates"
-    raw["sweep"] = {"search": {"params": {"stage1.lr": {"choice": [2e-3]}}, "samples": 2}, "max_concurrent_trials": 2}
+    raw["name"], raw["sweep"] = name, {**sweep, "max_concurrent_trials": 2}
     result = run_sweep(parse_experiment(raw, "t").model_dump(mode="json"), "t")
     assert [row["status"] for row in result["trials"]] == ["ok", "ok"]
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment_id = client.get_experiment_by_name("duplicates").experiment_id
-    # The trials share one MLflow run (the same settings); stage 1 logged each step once: trained once.
-    stage1 = client.search_runs([experiment_id], "tags.`radlab.stage` = 'stage1'")
-    assert len(stage1) == 1
-    steps = [m.step for m in client.get_metric_history(stage1[0].info.run_id, "loss")]
-    assert sorted(steps) == [10, 20, 30, 40]
+    return result
+
+
+def test_concurrent_trials_that_share_a_stage_train_it_once(ray_session, synthetic_root, tmp_path, monkeypatch):
+    """Two trials that differ in stage 2 only, running at once, need the same stage 1: the second
+    waits for the first's and reuses it, instead of training it into the same Ray Train run at the
+    same time (each step logged twice to one MLflow run)."""
+    monkeypatch.chdir(tmp_path)
+    _sharing_sweep(synthetic_root, tmp_path, "shared-stage", {"axes": {"stage2.lr": [1e-3, 2e-3]}},
+                   {"max_steps": 2, "checkpoint_every": 2})
+    [stage1] = _stage_runs(tmp_path, "shared-stage", "stage1")
+    assert _steps_logged(tmp_path, stage1) == [10, 20, 30, 40]
+    trials = _stage_runs(tmp_path, "shared-stage", "experiment")
+    assert {t.data.tags["radlab.stage1.run"] for t in trials} == {stage1.info.run_id} and len(trials) == 2
+    assert len(_stage_runs(tmp_path, "shared-stage", "stage2")) == 2
+
+
+def test_trials_the_search_gave_the_same_settings_run_once(ray_session, synthetic_root, tmp_path, monkeypatch):
+    """Optuna proposes settings it has tried before (a `choice` must, once its values run out): the
+    duplicate trials, running at once, share one MLflow run; the second waits for the first and
+    reports its result."""
+    monkeypatch.chdir(tmp_path)
+    result = _sharing_sweep(synthetic_root, tmp_path, "duplicates",
+                            {"search": {"params": {"stage1.lr": {"choice": [2e-3]}}, "samples": 2}}, {"enabled": False})
+    assert len({row["run_id"] for row in result["trials"]}) == 1
+    [stage1] = _stage_runs(tmp_path, "duplicates", "stage1")
+    assert _steps_logged(tmp_path, stage1) == [10, 20, 30, 40]

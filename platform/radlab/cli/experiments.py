@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -103,7 +104,8 @@ def ui(port: int = 5000, backend: str = "sqlite:///radlab_runs/mlflow.db") -> No
 def sweep(path: Path, overrides: Overrides = None,
           resume: Annotated[bool, typer.Option(help="continue an interrupted sweep")] = False,
           dry_run: Annotated[bool, typer.Option(help="print the matrix and exit")] = False,
-          address: Annotated[str, typer.Option(help="join this Ray cluster")] = None) -> None:
+          address: Annotated[str, typer.Option(help="join this Ray cluster")] = None,
+          verbose: Annotated[bool, typer.Option(help="show each trial's and Ray's own output")] = False) -> None:
     """Run the ablation matrix of an experiment's sweep: block on Ray Tune."""
     from rich.table import Table
 
@@ -128,7 +130,8 @@ def sweep(path: Path, overrides: Overrides = None,
     if dry_run:
         return
     try:
-        result = run_sweep(raw, str(path), resume=resume)
+        result = run_sweep(raw, str(path), resume=resume, verbose=verbose,
+                           say=partial(console.print, highlight=False, soft_wrap=True))
     except ConfigError as err:
         err_console.print(f"[red]{err}[/]", highlight=False)
         raise typer.Exit(2) from None

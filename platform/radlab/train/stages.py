@@ -194,29 +194,43 @@ def finished_stage(experiment: Experiment, stage: str) -> StageResult | None:
     return StageResult(Checkpoint(record["checkpoint"]), record.get("run_id"), record.get("metrics", {}))
 
 
+def lock_file(experiment: Experiment, name: str) -> Path | None:
+    """The lock file `name` beside the experiment's Ray Train runs; None where they are kept behind a
+    URL, which holds no locks."""
+    return None if "://" in experiment.ray.storage_path else Path(storage_path(experiment)) / f"{name}.lock"
+
+
 @contextmanager
-def exclusive_stage(experiment: Experiment, stage: str, waiting: Callable[[str], None]) -> Iterator[None]:
-    """Held while a run checks for and trains a stage: another run of the same stage with the same
-    key (a sweep's trials that the search gave the same settings, or the same experiment started
-    twice) waits for it, calling `waiting` once with the reason, and then reuses what it left
-    instead of training into the same Ray Train run at the same time. A lock file beside the runs;
-    the operating system releases it when its holder exits. Storage behind a URL holds no locks."""
-    if "://" in experiment.ray.storage_path:
+def held_alone(path: Path | None, waiting: Callable[[], None]) -> Iterator[None]:
+    """Hold the lock file `path` (None: no lock) for the block, against every other process on this
+    machine or on storage it shares; `waiting()` is called once where another holds it first. The
+    operating system releases a lock whose holder exits, however it ends."""
+    if path is None:
         yield
         return
-    path = Path(storage_path(experiment)) / f"{stage_run_name(experiment, stage)}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            waiting(f"{stage}: another run is training it with the same settings; waiting to reuse what it "
-                    f"leaves ({path})")
+            waiting()
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@contextmanager
+def exclusive_stage(experiment: Experiment, stage: str, waiting: Callable[[str], None]) -> Iterator[None]:
+    """Held while a run checks for and trains a stage: another run of the same stage with the same
+    key (concurrent sweep trials that differ only downstream of it, or the same experiment started
+    twice) waits for it, calling `waiting` once with the reason, and then reuses what it left
+    instead of training into the same Ray Train run at the same time."""
+    path = lock_file(experiment, stage_run_name(experiment, stage))
+    with held_alone(path, lambda: waiting(f"{stage}: another run is training it with the same settings; "
+                                          f"waiting to reuse what it leaves ({path})")):
+        yield
 
 
 def _streamed_images(experiment: Experiment) -> dict:

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from radlab.config import ConfigError, Experiment, apply_override, parse_experim
 from radlab.evaluation.metrics import score_of, unavailable  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
-from radlab.train.stages import storage_path  # noqa: E402
+from radlab.train.stages import held_alone, lock_file, storage_path  # noqa: E402
 from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name, versus_baseline  # noqa: E402
 
 TRIAL_CPU = 0.01  # what a trial's own actor asks for: its stages ask Ray Train for the workers' CPUs
@@ -128,15 +129,19 @@ def run_trial(config: dict) -> dict:
     # storage) mean what they mean for `radlab run`, not something inside Tune's trial folder.
     os.chdir(config["folder"])
     experiment = trial_experiment(config["base"], {**config["cell"], **config.get("search", {})})
-    # A trial the killed driver's last snapshot still showed running may have finished: its run
-    # says so, and it is not run twice.
+    # A trial the killed driver's last snapshot still showed running may have finished, and a trial the
+    # search gave the settings of another (Optuna repeats a `choice`) shares its MLflow run: its run
+    # says so, and it is not run twice. Duplicates running at once wait for the first to finish.
     tracker = Tracker(experiment)
-    done = tracker.finished_trial(config["sweep_run"])
-    if done is not None:
-        return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}
-    summary = run_experiment(experiment, yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False),
-                             parent_run_id=config["sweep_run"], register=False,
-                             report_to_tune=config.get("report_to_tune", False))
+    lock = lock_file(experiment, f"{experiment.name}-trial-{experiment.digest()}-{config['sweep_run']}")
+    with held_alone(lock, lambda: print("the same settings as a trial running now: waiting to reuse its result",
+                                        flush=True)):
+        done = tracker.finished_trial(config["sweep_run"])
+        if done is not None:
+            return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}
+        summary = run_experiment(experiment, yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False),
+                                 parent_run_id=config["sweep_run"], register=False,
+                                 report_to_tune=config.get("report_to_tune", False))
     return {**summary.metrics, "trial_run_id": summary.parent_run_id}
 
 
@@ -165,8 +170,10 @@ def _tuners(experiment: Experiment, trials: list[Trial], key: str) -> list[tuple
     return [(f"{experiment.name}-sweep-{key}", trials)]
 
 
-def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
-    """Run (or resume) the sweep; return {trials: [...], best: {...} | None}."""
+def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
+              say: Callable[[str], None] | None = None) -> dict:
+    """Run (or resume) the sweep; return {trials: [...], best: {...} | None}. With `verbose` off,
+    the trials' and Ray's own output stays in Ray's log folder, which `say` is told."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
@@ -177,7 +184,9 @@ def run_sweep(raw: dict, where: str, resume: bool = False) -> dict:
     trials = expand(raw, where)
     experiment = parse_experiment(raw, where)
     sweep = experiment.sweep
-    init_ray(experiment.ray)
+    logs = init_ray(experiment.ray, verbose)
+    if logs and not verbose and say is not None:
+        say(f"Ray's own logs and each trial's output: {logs} (--verbose shows them here)")
     try:
         # Each running trial's actor holds TRIAL_CPU for the whole trial: a stage asking for every
         # CPU would wait for it forever.

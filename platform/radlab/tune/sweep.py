@@ -119,16 +119,18 @@ def trial_experiment(base: dict, overrides: dict) -> Experiment:
     return with_absolute_paths(parse_experiment(raw, "sweep trial"))
 
 
-def run_trial(config: dict) -> dict:
-    """The Tune trainable: one whole experiment; reports the objective and every metric (and, with a
-    scheduler, each checkpoint's validation loss on the way)."""
+def run_trial(config: dict, base: dict) -> dict:
+    """The Tune trainable: one whole experiment, the sweep's `base` with the trial's cell and searched
+    values; reports the objective and every metric (and, with a scheduler, each checkpoint's
+    validation loss on the way). `base` is bound with tune.with_parameters rather than put in the
+    trial's config, which Tune prints for every trial."""
     from radlab.evaluation.reporting import logged_scores
     from radlab.pipeline import run_experiment
 
     # Run in the sweep driver's folder, so relative paths in the YAML (data, tracking store,
     # storage) mean what they mean for `radlab run`, not something inside Tune's trial folder.
     os.chdir(config["folder"])
-    experiment = trial_experiment(config["base"], {**config["cell"], **config.get("search", {})})
+    experiment = trial_experiment(base, {**config["cell"], **config.get("search", {})})
     # A trial the killed driver's last snapshot still showed running may have finished, and a trial the
     # search gave the settings of another (Optuna repeats a `choice`) shares its MLflow run: its run
     # says so, and it is not run twice. Duplicates running at once wait for the first to finish.
@@ -202,9 +204,9 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
     results = []
     for name, group in _tuners(experiment, trials, key):
         path = str(Path(storage_path(experiment)) / name)
-        trainable = tune.with_resources(run_trial, {"cpu": TRIAL_CPU})
+        trainable = tune.with_resources(tune.with_parameters(run_trial, base=raw), {"cpu": TRIAL_CPU})
         cells = [trial.overrides for trial in group]
-        param_space = {"base": raw, "cell": cells[0] if len(cells) == 1 else tune.grid_search(cells),
+        param_space = {"cell": cells[0] if len(cells) == 1 else tune.grid_search(cells),
                        "sweep_run": sweep_run, "folder": os.getcwd(), "report_to_tune": sweep.scheduler is not None}
         if resume and tune.Tuner.can_restore(path):
             tuner = tune.Tuner.restore(path, trainable, resume_errored=True, param_space=param_space)

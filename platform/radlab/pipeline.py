@@ -162,9 +162,9 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
             with exclusive_stage(experiment, stage, partial(console.print, highlight=False, soft_wrap=True)):
                 result = finished_stage(experiment, stage)
                 if result is not None:  # an earlier run trained it: reused, with no new stage run
-                    console.print(f"{stage} finished earlier" + (f" (MLflow run {result.run_id})" if result.run_id
-                                                                 else "")
-                                  + f": reusing {result.checkpoint.path}", highlight=False, soft_wrap=True)
+                    trained_in = f" (MLflow run {result.run_id})" if result.run_id else ""
+                    console.print(f"{stage} finished earlier{trained_in}: reusing {result.checkpoint.path}",
+                                  highlight=False, soft_wrap=True)
                 else:
                     child = tracker.open_child(parent, stage)
                     job = StageJob(experiment, stage, str(tokenizer_dir), tracker.uri, child,

@@ -106,7 +106,8 @@ def check_resources(config: RayConfig, reserved_cpu: float = 0.0) -> None:
             holds += int(min(have.get(k, 0.0) / v for k, v in need.items() if v) + 1e-9)
     if holds < wanted:
         asked = ", ".join(f"{k}: {v:g}" for k, v in need.items() if v)
-        fields = "ray.use_gpu / ray.accelerator / ray.gpu_memory_gb" if config.use_gpu or config.accelerator else "ray.cpus_per_worker"
+        fields = ("ray.use_gpu / ray.accelerator / ray.gpu_memory_gb" if config.use_gpu or config.accelerator
+                  else "ray.cpus_per_worker")
         beside = f" beside {reserved_cpu:g} CPU its trials' actors take" if reserved_cpu else ""
         raise ConfigError(f"ray.workers={wanted} x {{{asked}}}: this machine's Ray can hold {holds} such workers"
                          f"{beside} ({fields}); lower them, or join a cluster with ray.address / --address")

@@ -272,9 +272,16 @@ def test_cpus_per_worker_defaults_to_the_machines_cores_on_an_embedded_cpu_ray(m
     ({"accelerator": "V100", "gpu_memory_gb": 16}, "V100"),
     ({"accelerator": "V100", "gpu_memory_gb": 32}, "V100-32G"),
     ({"accelerator": "A100", "gpu_memory_gb": 80}, "A100-80G"),
+    ({"accelerator": "V100", "gpu_memory_gb": 30}, "V100-32G"),  # planned with room to spare
 ])
 def test_a_larger_gpu_variant_is_asked_of_ray_by_its_label(ray_section, asked):
     """A memory plan made for 32 GB V100s must not land on 16 GB ones: the workers ask Ray for the
     variant's label (Ray's own naming, as A100-80G), which the cluster files' 32 GB nodes declare."""
     ray = parse_experiment({**BASE, "ray": {"use_gpu": True, **ray_section}}, "t").ray
     assert ray.placement_accelerator == asked
+
+
+def test_a_gpu_memory_no_variant_has_is_refused():
+    """A label no node declares would leave the workers waiting for ever."""
+    with pytest.raises(ConfigError, match=r"ray.*gpu_memory_gb 48: no V100 has more than 32 GB"):
+        parse_experiment({**BASE, "ray": {"use_gpu": True, "accelerator": "V100", "gpu_memory_gb": 48}}, "t")

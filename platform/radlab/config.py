@@ -371,8 +371,9 @@ class TrackingConfig(Section):
     register_as: str | None = "radlab"
 
 
-# Memory of each accelerator's smallest common variant; a larger one is named in ray.gpu_memory_gb.
-ACCELERATOR_GIB = {"V100": 16, "T4": 16, "L4": 24, "A100": 40, "H100": 80}
+# The memory of each accelerator's variants, smallest first: the smallest is ray.gpu_memory_gb's
+# default, a larger one is asked of Ray by its label.
+ACCELERATOR_GIB = {"V100": (16, 32), "T4": (16,), "L4": (24,), "A100": (40, 80), "H100": (80, 94)}
 
 
 class RayConfig(Section):
@@ -389,8 +390,9 @@ class RayConfig(Section):
     accelerator: Literal["V100", "A100", "H100", "L4", "T4"] | None = None
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     gpu_memory_gb: float | None = Field(None, gt=0, description="memory of each GPU, for the memory plan "
-                                        "(default: the accelerator's smallest variant, e.g. V100 16); a larger "
-                                        "variant is asked of Ray as accelerator_type:<accelerator>-<gb>G")
+                                        "(default: the accelerator's smallest variant, e.g. V100 16); above it, "
+                                        "the smallest variant that holds it is asked of Ray as "
+                                        "accelerator_type:<accelerator>-<gb>G")
     deepspeed: Literal["none", "zero2", "zero3"] = "none"
     storage_path: str = "radlab_runs/ray"
     max_failures: int = Field(2, ge=0)
@@ -399,10 +401,14 @@ class RayConfig(Section):
     def placement_accelerator(self) -> str | None:
         """The accelerator type each worker asks Ray for: a variant larger than the accelerator's
         smallest carries its memory in Ray's own naming ("A100-80G", "V100-32G"), a label its nodes
-        declare, so that a plan made for 32 GB never lands on a 16 GB V100."""
-        if self.accelerator and self.gpu_memory_gb and self.gpu_memory_gb > ACCELERATOR_GIB[self.accelerator]:
-            return f"{self.accelerator}-{self.gpu_memory_gb:g}G"
-        return self.accelerator
+        declare, so that a plan made for 32 GB never lands on a 16 GB V100. A plan for less than a
+        variant holds (30 GB, say) asks for the smallest variant that holds it."""
+        if not (self.accelerator and self.gpu_memory_gb):
+            return self.accelerator
+        variants = ACCELERATOR_GIB[self.accelerator]
+        if self.gpu_memory_gb <= variants[0]:
+            return self.accelerator
+        return f"{self.accelerator}-{next(gib for gib in variants if gib >= self.gpu_memory_gb)}G"
 
     def default_cpus_per_worker(self, sharing_workers: int) -> float:
         """On an embedded Ray without GPUs, this machine's cores shared among `sharing_workers`;
@@ -423,6 +429,9 @@ class RayConfig(Section):
             raise ValueError("precision fp16 needs use_gpu: true (CPUs train in fp32 or bf16)")
         if self.accelerator and not self.use_gpu:
             raise ValueError(f"accelerator {self.accelerator} needs use_gpu: true")
+        if self.accelerator and self.gpu_memory_gb and self.gpu_memory_gb > ACCELERATOR_GIB[self.accelerator][-1]:
+            raise ValueError(f"gpu_memory_gb {self.gpu_memory_gb:g}: no {self.accelerator} has more than "
+                             f"{ACCELERATOR_GIB[self.accelerator][-1]} GB; set the memory of the GPUs you have")
         if self.deepspeed == "zero3":
             raise ValueError("deepspeed zero3: a checkpoint would hold only rank 0's partition of the weights "
                              "(radlab does not gather ZeRO-3's parameters); use zero2, the LLaVA-Rad recipe's")

@@ -139,7 +139,7 @@ def activation_bytes(shape: Shape, tokens: int, checkpointing: bool) -> float:
 
 def gpu_capacity(experiment: Experiment) -> float:
     ray = experiment.ray
-    gib = ray.gpu_memory_gb or ACCELERATOR_GIB.get(ray.accelerator or "", 0)
+    gib = ray.gpu_memory_gb or ACCELERATOR_GIB.get(ray.accelerator or "", (0,))[0]
     return gib * GiB
 
 

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from radlab.config import ConfigError, parse_experiment
@@ -344,3 +345,20 @@ def test_trials_the_search_gave_the_same_settings_run_once(ray_session, syntheti
     assert len({row["run_id"] for row in result["trials"]}) == 1
     [stage1] = _stage_runs(tmp_path, "duplicates", "stage1")
     assert _steps_logged(tmp_path, stage1) == [10, 20, 30, 40]
+
+
+def test_a_cell_that_would_step_half_precision_weights_is_refused_before_any_trial(ray_session, synthetic_root,
+                                                                                    tokenizer, tmp_path):
+    """A grid over ray.deepspeed with full fine-tuning of an fp16 folder: the DDP cell is refused with
+    its name before the sweep starts, not in each of its trial's attempts."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2)).to(torch.float16).save_pretrained(tmp_path / "vicuna")
+    raw = sweep_experiment(synthetic_root, tmp_path, model={"language": {"path": str(tmp_path / "vicuna")}},
+                           stage1={"train": ["projector"]}, stage2={"train": ["projector", "language"], "lora": None},
+                           tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+    raw["sweep"] = {"axes": {"ray.deepspeed": ["zero2", "none"]}}
+    with pytest.raises(ConfigError, match=r"t \(sweep cell deepspeed=none\): stage2.train: language under DDP"):
+        run_sweep(raw, "t")
+    assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None

@@ -23,6 +23,7 @@ import yaml  # noqa: E402
 from ray import tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
+from radlab.errors import RadlabError  # noqa: E402
 from radlab.evaluation.metrics import score_of, unavailable  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
@@ -195,6 +196,13 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
         check_resources(experiment.ray, reserved_cpu=TRIAL_CPU * sweep.max_concurrent_trials)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
+    from radlab.model.build import check_half_weights_stepped
+
+    for trial in trials:  # a cell whose stages cannot train is refused here, not in each of its trials' attempts
+        try:
+            check_half_weights_stepped(trial_experiment(raw, trial.overrides))
+        except RadlabError as err:
+            raise ConfigError(f"{where} (sweep cell {trial.name}): {err}") from None
     tracker = Tracker(experiment)
     key = sweep_key(raw)
     sweep_run = tracker.open_parent(json.dumps(raw, indent=2, default=str), manifest_digest(experiment.data),
@@ -341,6 +349,7 @@ def describe(raw: dict, where: str) -> list[dict]:
     trials = expand(raw, where)
     samples = experiment.sweep.search.samples if experiment.sweep.search else 1
     per_trial = {"workers": experiment.ray.workers, "cpus_per_worker": experiment.ray.cpus_per_worker,
-                 "gpu_per_worker": 1 if experiment.ray.use_gpu else 0, "accelerator": experiment.ray.placement_accelerator}
+                 "gpu_per_worker": 1 if experiment.ray.use_gpu else 0,
+                 "accelerator": experiment.ray.placement_accelerator}
     return [{"trial": t.name, "overrides": t.overrides, "optuna_samples": samples,
              "search": list(search_space(experiment)), "resources": per_trial} for t in trials]

@@ -485,7 +485,7 @@ class SweepConfig(Section):
     scheduler: SchedulerConfig | None = Field(None, description="early stopping; with it, searched parameters "
                                               "are sampled at random (Optuna reads only the final objective)")
     max_concurrent_trials: int = Field(1, ge=1)
-    max_failures: int = Field(1, ge=0, description="retries of a failed trial")
+    max_failures: int = Field(1, ge=0, description="retries of a trial that failed by a fault (a mistake is not retried)")
     alias: str = Field("champion", description="registry alias moved to the best trial when it beats the holder")
 
     @model_validator(mode="after")

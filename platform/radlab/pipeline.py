@@ -203,6 +203,6 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         for run_id in (child, parent) if child else (parent,):
-            tracker.finish(run_id, ok=False, interrupted=interrupted)
+            tracker.finish(run_id, ok=False, interrupted=interrupted, error=f"{type(err).__name__}: {err}")
         raise
     return RunSummary(parent, final, version, metrics)

@@ -24,6 +24,7 @@ def test_a_failure_before_training_ends_the_run(ray_session, synthetic_root, tmp
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("fails-early").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["radlab.error"] == "OSError: the dataset card could not be read"  # why, on its page
 
 
 def test_a_rerun_reuses_its_stage_runs(ray_session, synthetic_root, tmp_path, monkeypatch):

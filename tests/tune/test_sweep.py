@@ -362,3 +362,42 @@ def test_a_cell_that_would_step_half_precision_weights_is_refused_before_any_tri
     with pytest.raises(ConfigError, match=r"t \(sweep cell deepspeed=none\): stage2.train: language under DDP"):
         run_sweep(raw, "t")
     assert MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_experiment_by_name("test-tiny") is None
+
+
+def test_a_trial_that_fails_by_a_mistake_is_not_retried_and_every_restart_is_said(ray_session, synthetic_root,
+                                                                                 tmp_path, monkeypatch, capsys):
+    """A cell naming a tokenizer folder that is not there fails in its trial (before any training):
+    Tune's retry (sweep.max_failures) is said with its cause and recorded in the sweep's run, and
+    the retried attempt stops at once with the first attempt's error instead of repeating it."""
+    monkeypatch.chdir(tmp_path)
+    raw = sweep_experiment(synthetic_root, tmp_path, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                                              "register_as": None})
+    raw["sweep"] = {"axes": {"model.tokenizer": [str(tmp_path / "no-tokenizer")]}, "max_failures": 2}
+    result = run_sweep(parse_experiment(raw, "t").model_dump(mode="json"), "t", verbose=False)
+    said = capsys.readouterr().out.splitlines()
+    [row] = result["trials"]
+    assert row["status"] == "failed"
+    assert row["error"].startswith("TrialNotRetried: not retried: an attempt with these settings failed with "
+                                   "ConfigError: missing here: model.tokenizer")
+    restarts = [line for line in said if line.endswith("Tune starts it again")]
+    assert len(restarts) == 2  # the third attempt is the last sweep.max_failures allows
+    assert "(failure 1, sweep.max_failures 2): ConfigError: missing here: model.tokenizer" in restarts[0]
+    assert "(failure 2, sweep.max_failures 2): TrialNotRetried: not retried" in restarts[1]
+    sweep_run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result["sweep_run"])
+    assert sweep_run.data.metrics["sweep/trial_restarts"] == 2
+    assert [sweep_run.data.tags[f"radlab.trial_restart.{n}"] for n in (1, 2)] == restarts
+
+
+def test_only_faults_are_worth_a_trial_retry():
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2.api.exceptions import ControllerError, WorkerGroupError
+
+    from radlab.evaluation.scoring import EvaluationFailed
+    from radlab.train.stages import StageFailed, holds_fault
+
+    assert holds_fault(WorkerGroupError("lost", {0: ValueError("fallout"), 1: ActorDiedError()}))
+    assert holds_fault(ControllerError(WorkerGroupError("lost", {0: ActorDiedError()})))
+    assert holds_fault(EvaluationFailed("CheXprompt: 40 of 40 judgments failed: 40 x timeout"))
+    assert not holds_fault(WorkerGroupError("bug", {0: ValueError("shapes"), 1: ValueError("shapes")}))
+    assert not holds_fault(StageFailed("stage1 stopped: two attempts in a row failed with ValueError: shapes"))
+    assert not holds_fault(ConfigError("missing here: model.tokenizer"))

@@ -202,11 +202,13 @@ class Tracker:
             self.log_metrics(parent_id, copied)
         return copied
 
-    def finish(self, run_id: str, ok: bool = True, interrupted: bool = False) -> None:
-        """Close a run: FINISHED, FAILED, or KILLED when it was interrupted (Ctrl-C, a sweep's
-        scheduler stopping the trial) rather than broken."""
+    def finish(self, run_id: str, ok: bool = True, interrupted: bool = False, error: str | None = None) -> None:
+        """Close a run: FINISHED, FAILED (`error`, its cause, tagged radlab.error), or KILLED when it
+        was interrupted (Ctrl-C, a sweep's scheduler stopping the trial) rather than broken."""
         if not ok and self.client.get_run(run_id).info.status == "KILLED":
             return  # a sweep trial its scheduler stopped, which the sweep has recorded so
+        if error and not interrupted:
+            self.client.set_tag(run_id, "radlab.error", error[:5000])
         self.client.set_terminated(run_id, "KILLED" if interrupted else "FINISHED" if ok else "FAILED")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -108,6 +108,30 @@ def is_fault(error: BaseException) -> bool:
                               WorkerHealthCheckTimeoutError))
 
 
+def holds_fault(error: BaseException) -> bool:
+    """Whether an error that ended a whole run (a sweep trial) came from a fault anywhere in its
+    chain: a lost worker, actor or node, a preempted node, a connection or a judge that did not
+    answer. Anything else (radlab refusing an input, a bug) would end the next attempt alike."""
+    from ray.exceptions import RayActorError
+    from ray.train.v2.api.exceptions import PreemptionError
+
+    from radlab.evaluation.scoring import EvaluationFailed
+
+    seen: set[int] = set()
+    pending = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if is_fault(current) or isinstance(current, (RayActorError, PreemptionError, EvaluationFailed, ConnectionError,
+                                                     TimeoutError)):
+            return True
+        pending += [current.__cause__, current.__context__, getattr(current, "controller_failure", None),
+                    getattr(current, "cause", None), *getattr(current, "worker_failures", {}).values()]
+    return False
+
+
 def error_signature(worker_errors: dict[int, BaseException]) -> str | None:
     """What identifies an attempt's error across attempts: each raised error's last line ("Type:
     message" or the message), which holds no process ids. None where a worker died: the other

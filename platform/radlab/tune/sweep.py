@@ -20,17 +20,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
-from ray import tune  # noqa: E402
+from ray import cloudpickle, tune  # noqa: E402
 
 from radlab.config import ConfigError, Experiment, apply_override, parse_experiment, with_absolute_paths  # noqa: E402
 from radlab.errors import RadlabError  # noqa: E402
 from radlab.evaluation.metrics import score_of, unavailable  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
-from radlab.train.stages import held_alone, lock_file, storage_path  # noqa: E402
+from radlab.train.stages import held_alone, holds_fault, lock_file, storage_path  # noqa: E402
 from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name, versus_baseline  # noqa: E402
 
 TRIAL_CPU = 0.01  # what a trial's own actor asks for: its stages ask Ray Train for the workers' CPUs
+MISTAKE_SUFFIX = ".mistake"  # beside a trial's lock file: the error of an attempt that failed by a mistake
+
+
+class TrialNotRetried(RadlabError):
+    """A trial attempt refused because an earlier attempt with the same settings failed by a mistake."""
 
 
 @dataclass
@@ -142,10 +147,53 @@ def run_trial(config: dict, base: dict) -> dict:
         done = tracker.finished_trial(config["sweep_run"])
         if done is not None:
             return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}
-        summary = run_experiment(experiment, yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False),
-                                 parent_run_id=config["sweep_run"], register=False,
-                                 report_to_tune=config.get("report_to_tune", False))
+        # Tune retries a failed trial (sweep.max_failures) for faults; an attempt that failed by a
+        # mistake would fail again alike, so the next attempt stops at once with its error.
+        mistake = None if lock is None else lock.with_suffix(MISTAKE_SUFFIX)
+        if mistake is not None and mistake.is_file():
+            raise TrialNotRetried(f"not retried: an attempt with these settings failed with {mistake.read_text()}, "
+                                  "which is not a fault (a lost worker or node, a judge that did not answer): "
+                                  "another attempt would fail alike")
+        try:
+            summary = run_experiment(experiment, yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False),
+                                     parent_run_id=config["sweep_run"], register=False,
+                                     report_to_tune=config.get("report_to_tune", False))
+        except Exception as err:
+            if mistake is not None and not holds_fault(err):
+                mistake.write_text(error_line(err))
+            raise
     return {**summary.metrics, "trial_run_id": summary.parent_run_id}
+
+
+def error_line(error: BaseException) -> str:
+    """The first line of what went wrong: the trial's own error rather than Ray's wrapper of it."""
+    error = getattr(error, "cause", None) or error
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+class TrialRestarts(tune.Callback):
+    """Every trial Tune restarts after a failure, printed with its cause and recorded in the sweep's
+    MLflow run (metric sweep/trial_restarts, tag radlab.trial_restart.<n>), so no restart goes
+    unseen. It holds only names: Tune keeps it with the sweep's state, for `--resume`."""
+
+    def __init__(self, tracking_uri: str, sweep_run: str):
+        self.tracking_uri, self.sweep_run = tracking_uri, sweep_run
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        from mlflow import MlflowClient
+
+        cause = "no error recorded"
+        if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():  # the failure Tune just wrote
+            cause = error_line(cloudpickle.loads(Path(trial.pickled_error_file).read_bytes()))
+        line = (f"trial {trial.trial_id} {json.dumps(trial.config.get('cell', {}))} failed (failure "
+                f"{trial.run_metadata.num_failures}, sweep.max_failures {trial.max_failures}): {cause}; "
+                "Tune starts it again")
+        print(line, flush=True)
+        client = MlflowClient(self.tracking_uri)
+        count = int(client.get_run(self.sweep_run).data.metrics.get("sweep/trial_restarts", 0)) + 1
+        client.set_tag(self.sweep_run, f"radlab.trial_restart.{count}", line)
+        client.log_metric(self.sweep_run, "sweep/trial_restarts", count)
 
 
 def search_space(experiment: Experiment) -> dict:
@@ -207,6 +255,9 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
     key = sweep_key(raw)
     sweep_run = tracker.open_parent(json.dumps(raw, indent=2, default=str), manifest_digest(experiment.data),
                                     stage="sweep", digest=key)
+    for stale in Path(storage_path(experiment)).glob(f"*-trial-*-{sweep_run}{MISTAKE_SUFFIX}"):
+        stale.unlink()  # a resumed sweep gives its failed trials a new chance: the user may have fixed the cause
+    restarts = TrialRestarts(tracker.uri, sweep_run)
     space = search_space(experiment)
     samples = sweep.search.samples if space else 1
     results = []
@@ -237,7 +288,8 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
                                             max_concurrent_trials=sweep.max_concurrent_trials,
                                             reuse_actors=scheduler is None),
                 run_config=tune.RunConfig(name=name, storage_path=storage_path(experiment),
-                                          failure_config=tune.FailureConfig(max_failures=sweep.max_failures)),
+                                          failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                                          callbacks=[restarts]),
             )
         names = {json.dumps(t.overrides, sort_keys=True): t.name for t in group}
         for result in tuner.fit():
@@ -247,7 +299,7 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
                    **{f"search.{k}": v for k, v in config.get("search", {}).items()}}
             metrics = result.metrics or {}
             if result.error is not None:
-                row.update(status="failed", error=str(result.error).splitlines()[0][:300])
+                row.update(status="failed", error=error_line(result.error))
             elif "trial_run_id" not in metrics:
                 row.update(status="stopped early", **{k: v for k, v in metrics.items() if k == "val_loss"})
                 stopped = trial_experiment(raw, {**cell, **config.get("search", {})})

@@ -207,6 +207,16 @@ def test_a_local_tracking_store_is_resolved_on_the_driver(tmp_path, monkeypatch,
     assert resolved.tracking.uri == expected.format(base=tmp_path / "base", home=tmp_path / "home")
 
 
+def test_a_local_store_in_mlflow_tracking_uri_is_resolved_on_the_driver_too(tmp_path, monkeypatch):
+    from radlab.tracking.runs import tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/mlflow.db")
+    assert tracking_uri(parse_experiment(BASE, "t").tracking) == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(parse_experiment(BASE, "t").tracking) == "http://127.0.0.1:5000"
+
+
 def test_paths_under_home_are_expanded_not_made_relative(tmp_path, monkeypatch):
     from radlab.config import missing_inputs, with_absolute_paths
 

@@ -616,11 +616,11 @@ def with_absolute_paths(experiment: Experiment, base: Path | None = None) -> Exp
         out.ray.storage_path = str((base / _home(out.ray.storage_path)).resolve())
     if "://" not in out.tracking.artifact_root:
         out.tracking.artifact_root = str((base / _home(out.tracking.artifact_root)).resolve())
-    out.tracking.uri = _local_store(out.tracking.uri, base)
+    out.tracking.uri = absolute_store(out.tracking.uri, base)
     return out
 
 
-def _local_store(uri: str | None, base: Path) -> str | None:
+def absolute_store(uri: str | None, base: Path) -> str | None:
     """A tracking store on this filesystem (`sqlite:///runs.db`, `sqlite:///~/runs.db`, a bare
     folder) made absolute: the workers log to it from folders of their own, where a relative one
     would be another, empty store. Servers (http://, databricks, ...) stay as they are."""

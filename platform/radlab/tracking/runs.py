@@ -21,7 +21,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from radlab.config import Experiment, TrackingConfig, flatten
+from radlab.config import Experiment, TrackingConfig, absolute_store, flatten
 from radlab.errors import RadlabError
 
 DIGEST_TAG = "radlab.digest"
@@ -30,11 +30,12 @@ STAGE_TAG = "radlab.stage"
 
 
 def tracking_uri(config: TrackingConfig) -> str:
-    """The YAML's URI, else $MLFLOW_TRACKING_URI, else a sqlite store under ./radlab_runs."""
+    """The YAML's URI, else $MLFLOW_TRACKING_URI (a local store in it made absolute, as the YAML's
+    is), else a sqlite store under ./radlab_runs."""
     if config.uri:
         return config.uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return absolute_store(os.environ["MLFLOW_TRACKING_URI"], Path.cwd())
     Path("radlab_runs").mkdir(exist_ok=True)
     return f"sqlite:///{Path('radlab_runs/mlflow.db').resolve()}"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,17 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from radlab.runtime import free_loopback_port as free_port
+
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -73,10 +68,9 @@ def experiment_dict(synthetic_root: Path, workdir: Path, **sections) -> dict:
 def ray_session():
     import ray
 
-    from radlab.runtime import embedded_ray_env
+    from radlab.runtime import embedded_ray_options
 
-    ray.init(address="local", num_cpus=4, include_dashboard=False,
-             runtime_env={"env_vars": embedded_ray_env() | {"HF_HUB_OFFLINE": "1"}})
+    ray.init(**embedded_ray_options(4, {"HF_HUB_OFFLINE": "1"}))
     yield ray
     ray.shutdown()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,25 @@ EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
 def embedded_ray_env() -> dict[str, str]:
     """The variables every process of an embedded Ray gets."""
     return LOOPBACK_ENV | {key: os.environ.get(key, value) for key, value in EMBEDDED_TRAIN_ENV.items()}
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def embedded_ray_options(num_cpus: int, env: dict[str, str] | None = None) -> dict:
+    """`ray.init` arguments of an embedded Ray on this machine. Its dashboard (on 127.0.0.1, on a
+    port of its own) serves Ray's state API, through which Ray Train's placement group cleaner sees
+    a controller die: without it a worker group's placement group outlives a sweep trial the
+    scheduler stopped, holding its CPUs or GPUs until the sweep ends. Every process is told where
+    that API is, so it never looks for it among other Rays on the machine."""
+    port = free_loopback_port()
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+            "dashboard_port": port,
+            "runtime_env": {"env_vars": embedded_ray_env() | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+                            | (env or {})}}
 
 
 def end_on_sigterm() -> None:
@@ -68,8 +88,7 @@ def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
     else:
         cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
         # address="local": a Ray of its own, even where another Ray runs on this machine.
-        context = ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=verbose,
-                           runtime_env={"env_vars": embedded_ray_env()}, logging_level=level)
+        context = ray.init(**embedded_ray_options(cpus), log_to_driver=verbose, logging_level=level)
     end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
     logs = os.path.join(context.address_info["session_dir"], "logs")
     if not verbose:

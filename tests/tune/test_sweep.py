@@ -1,5 +1,6 @@
 import copy
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,16 @@ def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthet
     runs = client.search_runs([client.get_experiment_by_name("asha-test").experiment_id],
                               "tags.`radlab.stage` = 'experiment'")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]  # nothing left RUNNING
+    # The stopped trial's stage workers give their CPUs back: Ray Train's cleaner removes the
+    # placement group of a controller that died with its trial (it reads the dashboard's state API).
+    from ray.util import placement_group_table
+
+    for _ in range(60):
+        held = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+        if not held:
+            break
+        time.sleep(0.5)
+    assert held == [] and ray_session.available_resources()["CPU"] == ray_session.cluster_resources()["CPU"]
 
 
 @pytest.mark.parametrize("ray_section, message", [

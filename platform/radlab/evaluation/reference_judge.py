@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from radlab.data.synthetic import SEVERITIES, parse_findings
 from radlab.evaluation.chexprompt import LETTERS, Counts, format_answer
+from radlab.runtime import free_loopback_port
 
 MODEL_ID = "radlab-synthetic-reference"
 _TAGS = re.compile(r"<reference>\s*(.*?)\s*</reference>.*?<candidate>\s*(.*?)\s*</candidate>", re.S)
@@ -110,16 +110,10 @@ def create_app(latency_s: float = 0.0) -> FastAPI:
     return app
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
     """Run an ASGI app with uvicorn on 127.0.0.1 in a background thread; yield its /v1 base URL."""
-    port = port or free_port()
+    port = port or free_loopback_port()
     # log_config=None: no handlers bound to whatever sys.stderr is now (it may be a temporary
     # capture stream); records go to the caller's logging setup.
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None))

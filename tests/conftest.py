@@ -70,7 +70,7 @@ def ray_session():
 
     from radlab.runtime import embedded_ray_options
 
-    ray.init(**embedded_ray_options(4, {"HF_HUB_OFFLINE": "1"}))
+    ray.init(**embedded_ray_options(4, {"HF_HUB_OFFLINE": "1"}, dashboard=True))  # it hosts sweeps
     yield ray
     ray.shutdown()
 

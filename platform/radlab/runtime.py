@@ -32,17 +32,20 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def embedded_ray_options(num_cpus: int, env: dict[str, str] | None = None) -> dict:
-    """`ray.init` arguments of an embedded Ray on this machine. Its dashboard (on 127.0.0.1, on a
-    port of its own) serves Ray's state API, through which Ray Train's placement group cleaner sees
-    a controller die: without it a worker group's placement group outlives a sweep trial the
-    scheduler stopped, holding its CPUs or GPUs until the sweep ends. Every process is told where
-    that API is, so it never looks for it among other Rays on the machine."""
+def embedded_ray_options(num_cpus: int, env: dict[str, str] | None = None, dashboard: bool = False) -> dict:
+    """`ray.init` arguments of an embedded Ray on this machine. `dashboard` (for sweeps) runs Ray's
+    dashboard on 127.0.0.1, on a port of its own named to every process (which then never looks
+    for it among other Rays on the machine): its state API is how Ray Train's placement group
+    cleaner sees a stage controller die with the sweep trial the scheduler stopped. Without it that
+    stage's placement group holds its CPUs or GPUs until the driver ends; a `radlab run` ends with
+    its stages, and starts a second or two sooner without it."""
+    env = embedded_ray_env() | (env or {})
+    if not dashboard:
+        return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, "runtime_env": {"env_vars": env}}
     port = free_loopback_port()
     return {"address": "local", "num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
             "dashboard_port": port,
-            "runtime_env": {"env_vars": embedded_ray_env() | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-                            | (env or {})}}
+            "runtime_env": {"env_vars": env | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
 
 
 def end_on_sigterm() -> None:
@@ -69,10 +72,11 @@ def own_signal_handlers() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
+def init_ray(config: RayConfig, verbose: bool = True, dashboard: bool = False) -> str | None:
     """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers; return
     the folder of Ray's logs (None when Ray was already started). With `verbose` off, the workers'
-    and Ray's own output stays in those logs instead of the console."""
+    and Ray's own output stays in those logs instead of the console. `dashboard`: see
+    `embedded_ray_options`."""
     import ray
 
     for key, value in LOOPBACK_ENV.items():
@@ -88,7 +92,8 @@ def init_ray(config: RayConfig, verbose: bool = True) -> str | None:
     else:
         cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
         # address="local": a Ray of its own, even where another Ray runs on this machine.
-        context = ray.init(**embedded_ray_options(cpus), log_to_driver=verbose, logging_level=level)
+        context = ray.init(**embedded_ray_options(cpus, dashboard=dashboard), log_to_driver=verbose,
+                           logging_level=level)
     end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
     logs = os.path.join(context.address_info["session_dir"], "logs")
     if not verbose:

@@ -214,8 +214,9 @@ def _stage_metrics(client: MlflowClient, run_id: str) -> dict[str, list[tuple[in
 
 def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_schedule(
         ray_session, synthetic_root, tokenizer_dir, tmp_path):
-    """ZeRO-2 on the CPU: the loss and lr of every step after the restart equal an uninterrupted run's
-    (AdamW's partitions, the warmup-cosine schedule and the step come back from the checkpoint)."""
+    """ZeRO-2 on the CPU, LoRA with dropout: the loss and lr of every step after the restart equal an
+    uninterrupted run's (AdamW's partitions, the warmup-cosine schedule, the step and every rank's
+    random generators, which draw LoRA's dropout masks, come back from the checkpoint)."""
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking)
     experiment_id = client.create_experiment("deepspeed-resume")
@@ -224,7 +225,8 @@ def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_sche
         experiment = parse_experiment(experiment_dict(
             synthetic_root, tmp_path / attempt, ray={"deepspeed": "zero2"}, model={"vision": {"frozen": True}},
             stage1={"max_steps": 40, "checkpoint_every": 4 if attempt == "killed" else 40, "warmup_ratio": 0.2,
-                    "train": ["projector"]}), "t")
+                    "train": ["projector", "lora"], "lora": {"r": 4, "alpha": 8, "dropout": 0.3},
+                    "val_examples": 0}), "t")
         run_id = client.create_run(experiment_id).info.run_id
         killed: list = []
         killer = None
@@ -241,11 +243,13 @@ def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_sche
             assert load_checkpoint(Path(folder)).meta["final"]
             assert (Path(folder) / "deepspeed" / "state").is_dir()
         if attempt == "killed":  # the resume point kept beside the final checkpoint holds the projector
-            # alone; the frozen tower and language model were rebuilt as the stage began
+            # and LoRA alone; the frozen tower and language model were rebuilt as the stage began
             resume_points = [p for p in run_dir.glob("checkpoint_*") if p.is_dir() and is_resume_point(p)]
             assert resume_points
             saved = load_file(str(resume_points[0] / "model.safetensors"))
-            assert len(saved) == 4 and all("multi_modal_projector" in name for name in saved)
+            assert sum("multi_modal_projector" in name for name in saved) == 4
+            assert all("multi_modal_projector" in name or "lora_" in name for name in saved)
+            assert len(load_train_state(resume_points[0])["generators"]) == 2  # one per rank
         runs[attempt] = _stage_metrics(client, run_id)
     resumed_at = int(client.get_metric_history(run_id, "resumed_at_step")[0].value)
     straight, killed_run = runs["straight"], runs["killed"]

@@ -8,7 +8,8 @@ Its phases, in the order they run:
 4. the step loop: gradient accumulation up to the global batch, batches trained on before a restart
    skipped, windowed metrics straight to the stage's MLflow run;
 5. validation, then save and report: every `checkpoint_every` steps and at the end, a checkpoint
-   reported to Ray Train (a restarted worker group resumes from it).
+   reported to Ray Train (a restarted worker group resumes from it, every rank's random generators
+   included, so dropout draws what an uninterrupted stage would).
 
 A kind of stage (`StageKind`) supplies only what is its own: its model, its batches and loss, its
 validation, its metrics and what its checkpoint holds. Stage 0 (`train/contrastive.py`) and stages
@@ -82,6 +83,26 @@ def mean_across(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return float(tensor) / torch.distributed.get_world_size()
+
+
+def generator_states(device: torch.device) -> list[dict]:
+    """Every rank's random number generators (dropout's masks), gathered on every rank (a collective,
+    called by all ranks at the same step): saved with a checkpoint, so that a resumed stage draws
+    what an uninterrupted one would have."""
+    mine = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(device)
+    if not distributed():
+        return [mine]
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    return gathered
+
+
+def restore_generators(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 class RankCounts:
@@ -240,22 +261,28 @@ def run_recipe(kind: type[StageKind], job: StageJob) -> None:
         plan, config = stage.plan, stage.config
         optimizer = build_optimizer(stage, int(config.warmup_ratio * plan.total_steps))
         state = None if resume is None else load_train_state(resume)
-        step, samples, resumed_from = 0, 0, []
+        step, samples, resumed_from, generators = 0, 0, [], None
         if state is not None:
             step, samples = state["step"], state.get("samples", 0)
             resumed_from = state["resumed_from"] + [step]
             if rank == 0:
                 print(f"[{stage.name}] resuming at step {step}/{plan.total_steps}", flush=True)
             optimizer.restore(state, resume)
+            saved = state.get("generators") or []
+            if len(saved) == world:
+                generators = saved[rank]
+            elif rank == 0:
+                print(f"[{stage.name}] the random generators were saved by {len(saved)} workers, resuming on "
+                      f"{world}: dropout draws afresh", flush=True)
     counts = RankCounts(("skipped", "truncated"), state, stage.device)
     totals = counts.start
     step_log = StepLog(job.tracking_uri, job.run_id if rank == 0 else None)
     if state is not None:  # a restart (or a rerun) is reported, not absorbed: the driver shows it
         step_log.resumed(step, world)
 
-    def save(folder: Path, final: bool) -> None:
+    def save(folder: Path, final: bool, generators: list[dict]) -> None:
         train_state = {"step": step, "samples": samples, "resumed_from": resumed_from, "world": world, **totals,
-                       **optimizer.state()}
+                       "generators": generators, **optimizer.state()}
         stage.save(folder, final, step, train_state)
 
     samples_before = samples
@@ -264,11 +291,19 @@ def run_recipe(kind: type[StageKind], job: StageJob) -> None:
     while step < plan.total_steps:
         epoch, done_in_epoch = divmod(step, plan.steps_per_epoch)
         micro = 0
+        # A resumed stage's generators come back where the uninterrupted stage's stood: before an epoch
+        # starts (starting its batches draws from them), or after this one's batches started.
+        if generators is not None and done_in_epoch == 0:
+            restore_generators(generators, stage.device)
+            generators = None
         for index, batch in enumerate(stage.epoch_batches(epoch)):
             if index < done_in_epoch * plan.accumulation:
                 continue  # trained on before the restart
             if index >= plan.batches_per_epoch:
                 break
+            if generators is not None:
+                restore_generators(generators, stage.device)
+                generators = None
             counts.add(batch)
             with optimizer.autocast():
                 trained = stage.loss(optimizer.module, batch)
@@ -301,7 +336,9 @@ def run_recipe(kind: type[StageKind], job: StageJob) -> None:
                 # Ray Train V2's report waits for its controller's next poll of the workers, so
                 # it comes with checkpoints only; step metrics go straight to MLflow.
                 if checkpointing:
-                    report_with_checkpoint(rank, metrics, partial(save, final=final), optimizer.save_shard)
+                    report_with_checkpoint(rank, metrics,
+                                           partial(save, final=final, generators=generator_states(stage.device)),
+                                           optimizer.save_shard)
                 window = Window(time.perf_counter())
             if final:
                 break

@@ -27,7 +27,7 @@ from radlab.model.build import build_model
 from radlab.model.checkpoint import save_checkpoint
 from radlab.model.generation import pick_device_dtype
 from radlab.serve.app import ReportServer, ServeArgs, build_app
-from radlab.serve.deploy import deploy_failure, with_auth_for
+from radlab.serve.deploy import HealthWatch, deploy_failure, with_auth_for
 
 from ..conftest import ROOT, free_port
 
@@ -227,6 +227,28 @@ def test_a_checkpoint_that_fails_to_load_fails_the_deploy(served, tmp_path):
     assert "not a radlab checkpoint" in deploy_failure("broken")
     serve.delete("broken")
     assert report(served[0], png()).status_code == 200
+
+
+def test_a_replica_serve_restarts_is_said_with_serves_reason(served):
+    """A replica that dies while serving (here killed; a crash or the OOM killer alike) is restarted
+    by Serve; `radlab serve`'s watch says it went UNHEALTHY, why, and that it is HEALTHY again."""
+    import ray
+    from ray.util import list_named_actors
+
+    serve.run(build_app({"model": str(served[1]), "max_new_tokens": 8}), name="watched", route_prefix="/watched",
+              blocking=False)
+    watch = HealthWatch("watched")
+    [replica] = [a for a in list_named_actors(all_namespaces=True) if a["name"].startswith("SERVE_REPLICA::watched#")]
+    ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+    said = []
+    deadline = time.time() + 90
+    while not any("-> HEALTHY" in line for line in said) and time.time() < deadline:
+        time.sleep(0.5)
+        said += watch.changes()
+    serve.delete("watched")
+    assert said[0].startswith("watched/ReportServer: HEALTHY -> UNHEALTHY: A replica's health check failed"), said
+    assert said[-1] == "watched/ReportServer: UNHEALTHY -> HEALTHY (replicas: 1 RUNNING)", said
+    assert report(served[0], png()).status_code == 200  # the other applications served on
 
 
 def test_shipped_serve_configs():

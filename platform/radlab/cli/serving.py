@@ -37,9 +37,16 @@ def serve_command(
     if once is None:
         import time
 
+        from radlab.serve.deploy import APP_NAME, HealthWatch
+
+        watch = HealthWatch(APP_NAME)
         try:
             while True:
-                time.sleep(3600)
+                time.sleep(2)
+                for line in watch.changes():  # a replica Serve restarted is said, with Serve's reason
+                    console.print(f"{time.strftime('%H:%M:%S')} {line}"
+                                  + (f" (the replica's own output: {logs})" if logs and "UNHEALTHY" in line else ""),
+                                  highlight=False, soft_wrap=True)
         except KeyboardInterrupt:
             undeploy()
         return

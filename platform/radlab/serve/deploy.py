@@ -35,6 +35,32 @@ def deploy_failure(app_name: str) -> str:
     return "\n".join([status.message] + [d.message for d in status.deployments.values() if d.message])
 
 
+class HealthWatch:
+    """While an application serves: each change of a deployment's health, as lines to print. Serve
+    restarts a replica that died (a crash, a kill, out of memory) on its own; the console says so
+    (UNHEALTHY with Serve's reason, then HEALTHY again) instead of the restart going unseen."""
+
+    def __init__(self, app_name: str):
+        self.app_name = app_name
+        self.seen = self._health()
+
+    def _health(self) -> dict[str, tuple[str, str, dict]]:
+        status = serve.status().applications.get(self.app_name)
+        return {} if status is None else {name: (d.status.value, d.message, dict(d.replica_states))
+                                          for name, d in status.deployments.items()}
+
+    def changes(self) -> list[str]:
+        now, lines = self._health(), []
+        for name, (health, message, replicas) in now.items():
+            before = self.seen.get(name)
+            if before is not None and before[0] != health:
+                states = ", ".join(f"{count} {state}" for state, count in sorted(replicas.items())) or "no replicas"
+                lines.append(f"{self.app_name}/{name}: {before[0]} -> {health}{f': {message}' if message else ''} "
+                             f"(replicas: {states})")
+        self.seen = now
+        return lines
+
+
 TOKEN_ENV = "RADLAB_SERVE_TOKEN"
 
 

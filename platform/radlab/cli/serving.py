@@ -45,7 +45,7 @@ def serve_command(
                 time.sleep(2)
                 for line in watch.changes():  # a replica Serve restarted is said, with Serve's reason
                     console.print(f"{time.strftime('%H:%M:%S')} {line}"
-                                  + (f" (the replica's own output: {logs})" if logs and "UNHEALTHY" in line else ""),
+                                  + (f" (the replica's own output: {logs})" if logs and "-> UNHEALTHY" in line else ""),
                                   highlight=False, soft_wrap=True)
         except KeyboardInterrupt:
             undeploy()

@@ -272,8 +272,9 @@ def run_recipe(kind: type[StageKind], job: StageJob) -> None:
             if len(saved) == world:
                 generators = saved[rank]
             elif rank == 0:
-                print(f"[{stage.name}] the random generators were saved by {len(saved)} workers, resuming on "
-                      f"{world}: dropout draws afresh", flush=True)
+                held = f"the random generators of {len(saved)} workers" if saved else "no random generators"
+                print(f"[{stage.name}] the checkpoint holds {held}, resuming on {world}: dropout draws afresh",
+                      flush=True)
     counts = RankCounts(("skipped", "truncated"), state, stage.device)
     totals = counts.start
     step_log = StepLog(job.tracking_uri, job.run_id if rank == 0 else None)

@@ -80,3 +80,36 @@ def test_a_ddp_plan_counts_the_weights_in_the_dtype_they_are_held(tmp_path, dtyp
     assert stage2.fits == (language_bytes == 2)
     zero2 = experiment_plans(parse_experiment({**raw, "ray": {**raw["ray"], "deepspeed": "zero2"}}, "t"))[1]
     assert zero2.parts["weights"] == shape.total_params * 2
+
+
+def test_a_hub_id_is_planned_by_its_own_config(tmp_path, monkeypatch):
+    """A hub id names what gets loaded: its config.json (here from a miniature of the Hugging Face
+    cache, as `huggingface-cli download` leaves it) gives the shapes and the dtype the weights are
+    held in, not the preset's. Vicuna-13B's fp16 weights do not fit the 32 GB V100s the 7B recipe
+    asks for, and full fine-tuning of them under DDP is refused as for a folder."""
+    import huggingface_hub
+
+    from radlab.model.build import ModelError, check_half_weights_stepped
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--lmsys--vicuna-13b-v1.5"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text(json.dumps(
+        {"architectures": ["LlamaForCausalLM"], "hidden_size": 5120, "intermediate_size": 13824,
+         "num_attention_heads": 40, "num_hidden_layers": 40, "num_key_value_heads": 40, "vocab_size": 32000,
+         "tie_word_embeddings": False, "torch_dtype": "float16"}))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    raw = yaml.safe_load((ROOT / "experiments/llava_rad.yaml").read_text())
+    raw["model"]["language"] = {"path": "lmsys/vicuna-13b-v1.5"}
+    experiment = parse_experiment(raw, "t")
+    shape = model_shape(experiment.model)
+    assert shape.language_params == pytest.approx(13.0e9, rel=0.01)  # Llama 2 13B
+    assert not any(plan.fits for plan in experiment_plans(experiment))
+    ddp = parse_experiment({**raw, "ray": {**raw["ray"], "deepspeed": "none"},
+                            "stage2": {**raw["stage2"], "train": ["projector", "language"], "lora": None}}, "t")
+    assert experiment_plans(ddp)[0].parts["weights"] >= shape.language_params * 2
+    with pytest.raises(ModelError, match=r"stage2.train: language under DDP would step the float16 weights of "
+                                         r"model.language.path lmsys/vicuna-13b-v1.5"):
+        check_half_weights_stepped(ddp)

@@ -19,7 +19,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from radlab.config import Experiment, LoraConfig, ModelConfig
 from radlab.formats.prompts import IMAGE_TOKEN
-from radlab.model.memory import folder_dtype
+from radlab.model.memory import language_dtype
 from radlab.model.towers import TOWERS, ModelError, vision_config
 
 
@@ -61,7 +61,7 @@ def check_half_weights_stepped(experiment: Experiment) -> None:
     below their precision lost; under fp16 the gradient scaler refuses the stage's first step).
     DeepSpeed keeps fp32 master weights; LoRA trains fp32 adapters beside the half base."""
     path = experiment.model.language.path
-    dtype = folder_dtype(path)
+    dtype = language_dtype(path)
     if dtype not in ("float16", "bfloat16") or experiment.ray.deepspeed != "none":
         return
     for name in ("stage1", "stage2"):

@@ -3,9 +3,9 @@
 An estimate from the model's shapes, in the terms of the ZeRO paper (Rajbhandari et al.) and of
 Korthikanti et al.'s activation count, before anything is loaded:
 - weights: under DeepSpeed every parameter at the training precision (fp32: 4 bytes, fp16/bf16:
-  2); under DDP, which casts nothing, each part as it is built: a language model folder in its own
-  dtype (a hub id: at the training precision), one built from a config, the tower, projector and
-  LoRA adapters in fp32;
+  2); under DDP, which casts nothing, each part as it is built: a pretrained language model in the
+  dtype its config.json gives (transformers' `dtype="auto"`; at the training precision where it
+  says none), one built from a config, the tower, projector and LoRA adapters in fp32;
 - gradients: the trainable parameters at the training precision under DeepSpeed, sharded across
   the workers under ZeRO-2; in fp32 under DDP (its trainable parameters are fp32: half-precision
   weights may not train there, see `check_half_weights_stepped`);
@@ -20,6 +20,7 @@ Serving: the weights at the serving dtype, LoRA merged, and the KV cache of a fu
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,22 +64,41 @@ class Shape:
         return self.layers * sum(r * (a + b) for a, b in pairs.values())
 
 
-def _local_config(path: str | None) -> dict:
-    if path and (Path(path) / "config.json").is_file():
+def language_config(path: str | None) -> dict:
+    """The config.json of the pretrained language model at `path`, which is what gets loaded: a
+    folder's own, or a hub id's from the Hugging Face cache or hub (a hub id with another model's
+    shapes than the preset's is planned as what it is). {} for a model built from a config, or a hub
+    id that can be reached from neither (the run cannot load it either; the YAML's shapes are
+    planned)."""
+    if not path:
+        return {}
+    if (Path(path) / "config.json").is_file():
         return json.loads((Path(path) / "config.json").read_text())
-    return {}
+    if Path(path).expanduser().exists() or path.startswith(("/", ".", "~")) or "://" in path:
+        return {}
+    return _hub_config(path)
 
 
-def folder_dtype(language_path: str | None) -> str | None:
-    """The dtype a local language model folder's config.json gives its weights ("float16" for
-    Vicuna), or None (built from a config, a hub id, or not said)."""
-    own = _local_config(language_path)
+@functools.lru_cache(maxsize=16)  # one lookup per hub id and process, not one per plan
+def _hub_config(repo_id: str) -> dict:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
+    except OSError:  # offline and not cached, no such repository, no network
+        return {}
+
+
+def language_dtype(language_path: str | None) -> str | None:
+    """The dtype a pretrained language model's config.json gives its weights ("float16" for
+    Vicuna), or None (built from a config, not said, or not reachable)."""
+    own = language_config(language_path)
     return own.get("dtype") or own.get("torch_dtype")
 
 
 def model_shape(model: ModelConfig) -> Shape:
     lang, vision = model.language, model.vision
-    own = _local_config(lang.path)
+    own = language_config(lang.path)
     hidden = own.get("hidden_size", lang.hidden_size)
     heads = own.get("num_attention_heads", lang.heads)
     d, inner = vision.hidden_size, vision.intermediate_size
@@ -155,7 +175,7 @@ def stage_plan(experiment: Experiment, stage_name: str) -> Plan:
     weights = shape.total_params * width
     if ray.deepspeed == "none":
         language = experiment.model.language
-        held = {"float16": 2, "bfloat16": 2, "float32": 4}.get(folder_dtype(language.path),
+        held = {"float16": 2, "bfloat16": 2, "float32": 4}.get(language_dtype(language.path),
                                                                width if language.path else 4)
         lora = shape.lora_params(stage.lora.r) if "lora" in stage.train and stage.lora is not None else 0
         weights = shape.language_params * held + (shape.vision_params + shape.projector_params + lora) * 4

@@ -48,6 +48,16 @@ def test_max_tokens_stop_and_token_counts(model, tokenizer):
     assert stopped.tokens < full[0].tokens
 
 
+def test_a_stop_string_that_begins_in_the_prompt_does_not_end_the_answer(model, tokenizer):
+    """The vicuna prompt ends with "ASSISTANT:"; a stop string made of that colon and the answer's
+    first character is not in the answer, which is generated in full."""
+    pixels = [torch.randn(3, 64, 64)]
+    full = sample(model, tokenizer, pixels, Sampling(24, temperature=1.0))[0]
+    stop = ":" + full.text[0]
+    assert render_prompt("vicuna_v1", HUMAN).endswith(":") and stop not in full.text
+    assert sample(model, tokenizer, pixels, Sampling(24, temperature=1.0, stop=(stop,)))[0] == full
+
+
 def test_greedy_is_deterministic_and_temperature_samples(model, tokenizer):
     pixels = [torch.randn(3, 64, 64)]
     greedy = {sample(model, tokenizer, pixels, Sampling(12), seed)[0].text for seed in range(2)}

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from radlab.formats.batch import collate
 from radlab.formats.prompts import PLAIN_END, encode_prompt, ends_with_eos, render_prompt
@@ -68,6 +69,25 @@ def stop_strings(template: str, sampling: Sampling) -> list[str]:
     return [s for s in sampling.stop if s] + ([] if ends_with_eos(template) else [PLAIN_END])
 
 
+class StopInAnswer(StoppingCriteria):
+    """A `stopping_criteria` entry: a row is done once its answer (the tokens generated after the
+    prompt) holds one of `stops`. Used instead of transformers' `stop_strings`, whose
+    StopStringCriteria looks at a sequence's last tokens prompt included: a stop string that begins
+    in the prompt (":q" after a prompt ending "ASSISTANT:") ended a report after its first token.
+    Checked every step, a stop can only newly end in the last token, so each row's last tokens are
+    decoded: enough of them to hold the longest stop's bytes and the token it ends in."""
+
+    def __init__(self, tokenizer, stops: list[str], prompt_length: int):
+        self.tokenizer, self.stops, self.prompt_length = tokenizer, stops, prompt_length
+        self.window = max(len(s.encode()) for s in stops) + 1
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        start = max(self.prompt_length, input_ids.shape[1] - self.window)
+        tails = self.tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+        return torch.tensor([any(s in tail for s in self.stops) for tail in tails], dtype=torch.bool,
+                            device=input_ids.device)
+
+
 def first_stop(text: str, stops: list[str]) -> int | None:
     found = [text.find(s) for s in stops if s in text]
     return min(found) if found else None
@@ -106,6 +126,7 @@ def generate_batch(model, tokenizer, pixels: list[torch.Tensor], humans: list[st
     batch = collate(items, tokenizer.pad_token_id, left_pad=True)
     parameter = next(model.parameters())
     stops = stop_strings(template, sampling)
+    prompt_length = batch["input_ids"].shape[1]
     decoding = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
                 if sampling.temperature > 0 else {"do_sample": False})
     out = model.generate(
@@ -114,10 +135,10 @@ def generate_batch(model, tokenizer, pixels: list[torch.Tensor], humans: list[st
         pixel_values=batch["pixel_values"].to(parameter.device, dtype=parameter.dtype),
         max_new_tokens=sampling.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, streamer=streamer, **decoding,
-        **({"stop_strings": stops, "tokenizer": tokenizer} if stops else {}),
+        **({"stopping_criteria": StoppingCriteriaList([StopInAnswer(tokenizer, stops, prompt_length)])}
+           if stops else {}),
     )
-    return [_finished(row.tolist(), tokenizer, stops, sampling.max_new_tokens)
-            for row in out[:, batch["input_ids"].shape[1]:]]
+    return [_finished(row.tolist(), tokenizer, stops, sampling.max_new_tokens) for row in out[:, prompt_length:]]
 
 
 def _finished(ids: list[int], tokenizer, stops: list[str], max_new_tokens: int) -> Generated:

@@ -212,6 +212,8 @@ def test_asha_stops_the_worse_trial_and_the_sweep_completes(ray_session, synthet
     runs = client.search_runs([client.get_experiment_by_name("asha-test").experiment_id],
                               "tags.`radlab.stage` = 'experiment'")
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]  # nothing left RUNNING
+    assert _sweep_counts(tmp_path, "asha-test") == {"sweep/trials": 2, "sweep/failed": 0, "sweep/stopped_early": 1,
+                                                    "sweep/repeats": 0}
     # The stopped trial's stage workers give their CPUs back: Ray Train's cleaner removes the
     # placement group of a controller that died with its trial (it reads the dashboard's state API).
     from ray.util import placement_group_table
@@ -316,19 +318,26 @@ def _stage_runs(tmp_path: Path, name: str, stage: str) -> list:
     return client.search_runs([experiment_id], f"tags.`radlab.stage` = '{stage}'")
 
 
+def _sweep_counts(tmp_path: Path, name: str) -> dict[str, float]:
+    [sweep] = _stage_runs(tmp_path, name, "sweep")
+    return {k: v for k, v in sweep.data.metrics.items() if k in ("sweep/trials", "sweep/failed", "sweep/stopped_early",
+                                                                  "sweep/repeats")}
+
+
 def _steps_logged(tmp_path: Path, run) -> list[int]:
     return sorted(m.step for m in MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(
         run.info.run_id, "loss"))
 
 
-def _sharing_sweep(synthetic_root, tmp_path, name: str, sweep: dict, stage2: dict) -> dict:
+def _sharing_sweep(synthetic_root, tmp_path, name: str, sweep: dict, stage2: dict,
+                   statuses: tuple[str, str] = ("ok", "ok")) -> dict:
     raw = sweep_experiment(synthetic_root, tmp_path, stage1={"max_steps": 40, "checkpoint_every": 40, "log_every": 10},
                            stage2=stage2, eval={"compare_untrained": False, "grounding": False},
                            ray={"workers": 1, "cpus_per_worker": 1},
                            tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None})
     raw["name"], raw["sweep"] = name, {**sweep, "max_concurrent_trials": 2}
     result = run_sweep(parse_experiment(raw, "t").model_dump(mode="json"), "t")
-    assert [row["status"] for row in result["trials"]] == ["ok", "ok"]
+    assert [row["status"] for row in result["trials"]] == list(statuses)
     return result
 
 
@@ -352,8 +361,11 @@ def test_trials_the_search_gave_the_same_settings_run_once(ray_session, syntheti
     reports its result."""
     monkeypatch.chdir(tmp_path)
     result = _sharing_sweep(synthetic_root, tmp_path, "duplicates",
-                            {"search": {"params": {"stage1.lr": {"choice": [2e-3]}}, "samples": 2}}, {"enabled": False})
+                            {"search": {"params": {"stage1.lr": {"choice": [2e-3]}}, "samples": 2}}, {"enabled": False},
+                            statuses=("ok", "same settings and run as an earlier trial"))
     assert len({row["run_id"] for row in result["trials"]}) == 1
+    assert _sweep_counts(tmp_path, "duplicates") == {"sweep/trials": 2, "sweep/failed": 0, "sweep/stopped_early": 0,
+                                                     "sweep/repeats": 1}
     [stage1] = _stage_runs(tmp_path, "duplicates", "stage1")
     assert _steps_logged(tmp_path, stage1) == [10, 20, 30, 40]
 

@@ -32,6 +32,8 @@ from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name,
 
 TRIAL_CPU = 0.01  # what a trial's own actor asks for: its stages ask Ray Train for the workers' CPUs
 MISTAKE_SUFFIX = ".mistake"  # beside a trial's lock file: the error of an attempt that failed by a mistake
+REPEAT = "same settings and run as an earlier trial"  # a trial's status: Optuna repeats a `choice`
+COUNTED = {"failed": "sweep/failed", "stopped early": "sweep/stopped_early", REPEAT: "sweep/repeats"}
 
 
 class TrialNotRetried(RadlabError):
@@ -305,8 +307,12 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
                 stopped = trial_experiment(raw, {**cell, **config.get("search", {})})
                 tracker.mark_stopped(sweep_run, stopped.digest())
             else:
-                row.update(status="ok", **{k: v for k, v in metrics.items()
-                                           if isinstance(v, (int, float)) and ("/" in k or k == "val_loss")},
+                # A trial the search gave the settings of an earlier one reported that one's run: it
+                # is shown, but neither counted nor compared twice.
+                repeat = any(earlier.get("run_id") == metrics["trial_run_id"] for earlier in results)
+                row.update(status=REPEAT if repeat else "ok",
+                           **{k: v for k, v in metrics.items()
+                              if isinstance(v, (int, float)) and ("/" in k or k == "val_loss")},
                            run_id=metrics["trial_run_id"])
             results.append(row)
     best = _finish(tracker, sweep_run, experiment, results, trials[0].overrides)
@@ -328,7 +334,8 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
              **{f"vs_baseline_{k}": v for k, v in row.get("vs_baseline", {}).items() if k in TESTED}} for row in results]
     columns = sorted({k for row in flat for k in row})
     tracker.log_table(sweep_run, {c: [row.get(c) for row in flat] for c in columns}, "sweep/trials.json")
-    tracker.log_metrics(sweep_run, {"sweep/trials": len(results), "sweep/failed": len(results) - len(ok)})
+    tracker.log_metrics(sweep_run, {"sweep/trials": len(results)} | {
+        name: sum(row["status"] == status for row in results) for status, name in COUNTED.items()})
     if not ok:
         return None
     for figure, artifact in ((_objective_plot(ok, list(sweep.axes), metric), "sweep/objective_by_axis.png"),

@@ -251,6 +251,45 @@ def test_a_replica_serve_restarts_is_said_with_serves_reason(served):
     assert report(served[0], png()).status_code == 200  # the other applications served on
 
 
+CONTROLLER_LOST = """
+import json, sys, time, httpx, ray
+from ray import serve
+from radlab.runtime import embedded_ray_options
+from radlab.serve.deploy import HealthWatch
+ray.init(**embedded_ray_options(2), logging_level="ERROR", log_to_driver=False)
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
+@serve.deployment
+class Echo:
+    def __call__(self, request):
+        return "served"
+serve.run(Echo.bind(), name="lost", route_prefix="/lost")
+watch = HealthWatch("lost")
+ray.kill(ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve"), no_restart=True)
+time.sleep(1)
+said = watch.changes() + watch.changes()
+print(json.dumps({"said": said, "answer": httpx.get(f"http://127.0.0.1:{sys.argv[1]}/lost").text}))
+"""
+
+
+def test_a_controller_that_stops_answering_is_said_and_serving_goes_on():
+    """Serve's controller gone for good (killed without a restart): `radlab serve`'s watch says so
+    once instead of raising, which would end the command and the embedded Ray that serves; the
+    replica and the HTTP proxy answer on without the controller. Its own Ray, in a process of its own
+    (the session's Serve keeps its controller)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CONTROLLER_LOST, str(free_port())], capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"said"')))
+    assert result["answer"] == "served"
+    [line] = result["said"]
+    assert line.startswith("Serve's controller did not answer (ActorDiedError: The actor died") and \
+        "the replicas serve on" in line, line
+
+
 def test_shipped_serve_configs():
     for name in ("local.yaml", "v100.yaml"):
         raw = yaml.safe_load((ROOT / "serving" / name).read_text())

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import ray
 from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 from radlab.config import ConfigError, RayConfig, TrackingConfig, is_loopback_host, read_yaml
 from radlab.errors import RadlabError
@@ -38,10 +40,12 @@ def deploy_failure(app_name: str) -> str:
 class HealthWatch:
     """While an application serves: each change of a deployment's health, as lines to print. Serve
     restarts a replica that died (a crash, a kill, out of memory) on its own; the console says so
-    (UNHEALTHY with Serve's reason, then HEALTHY again) instead of the restart going unseen."""
+    (UNHEALTHY with Serve's reason, then HEALTHY again) instead of the restart going unseen. Serve's
+    controller not answering is said once, not raised: its replicas and HTTP proxy serve on without
+    it, and the command ending would take the embedded Ray, and them, with it."""
 
     def __init__(self, app_name: str):
-        self.app_name = app_name
+        self.app_name, self.unanswered = app_name, False
         self.seen = self._health()
 
     def _health(self) -> dict[str, tuple[str, str, dict]]:
@@ -50,7 +54,16 @@ class HealthWatch:
                                           for name, d in status.deployments.items()}
 
     def changes(self) -> list[str]:
-        now, lines = self._health(), []
+        try:
+            now = self._health()
+        except (RayError, RayServeException, ConnectionError, TimeoutError) as err:
+            said, self.unanswered = self.unanswered, True
+            first = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+            return [] if said else [f"Serve's controller did not answer ({type(err).__name__}: {first}): the "
+                                    "replicas serve on, but a restart or a change of health goes unsaid until it "
+                                    "answers again"]
+        lines = ["Serve's controller answers again"] if self.unanswered else []
+        self.unanswered = False
         for name, (health, message, replicas) in now.items():
             before = self.seen.get(name)
             if before is not None and before[0] != health:

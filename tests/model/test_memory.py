@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from radlab.cli import app
 from radlab.config import ModelConfig, load_experiment, parse_experiment
 from radlab.model.build import build_model, count_parameters
-from radlab.model.memory import GiB, experiment_plans, model_shape, serving_plan
+from radlab.model.memory import GiB, experiment_plans, language_config, model_shape, serving_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +113,5 @@ def test_a_hub_id_is_planned_by_its_own_config(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match=r"stage2.train: language under DDP would step the float16 weights of "
                                          r"model.language.path lmsys/vicuna-13b-v1.5"):
         check_half_weights_stepped(ddp)
+    # Neither a folder nor a hub id, or a hub id that is not cached here: the YAML's shapes are planned.
+    assert language_config("weights/vicuna/7b") == {} and language_config("lmsys/vicuna-33b-v1.3") == {}

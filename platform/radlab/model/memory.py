@@ -85,7 +85,7 @@ def _hub_config(repo_id: str) -> dict:
 
     try:
         return json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
-    except OSError:  # offline and not cached, no such repository, no network
+    except (OSError, ValueError):  # offline and not cached, no such repository, no network; not a repo id
         return {}
 
 

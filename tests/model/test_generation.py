@@ -50,11 +50,18 @@ def test_max_tokens_stop_and_token_counts(model, tokenizer):
 
 def test_a_stop_string_that_begins_in_the_prompt_does_not_end_the_answer(model, tokenizer):
     """The vicuna prompt ends with "ASSISTANT:"; a stop string made of that colon and the answer's
-    first character is not in the answer, which is generated in full."""
+    first token, as generated, spans the two and is not in the answer, which is generated in full."""
     pixels = [torch.randn(3, 64, 64)]
+    prompt = encode_prompt(tokenizer, render_prompt("vicuna_v1", HUMAN), num_image_tokens(model))
+    torch.manual_seed(3)
+    out = model.generate(input_ids=torch.tensor([prompt]), pixel_values=pixels[0][None], max_new_tokens=24,
+                         do_sample=True, temperature=1.0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)[0, len(prompt):]
+    answer = tokenizer.decode(out, skip_special_tokens=True)
+    stop = ":" + tokenizer.decode(out[:1], skip_special_tokens=True)
+    assert render_prompt("vicuna_v1", HUMAN).endswith(":") and len(stop) > 1 and stop not in answer
     full = sample(model, tokenizer, pixels, Sampling(24, temperature=1.0))[0]
-    stop = ":" + full.text[0]
-    assert render_prompt("vicuna_v1", HUMAN).endswith(":") and stop not in full.text
+    assert full.text == answer.strip() and full.tokens == 24  # what generate_batch samples, seed 3
     assert sample(model, tokenizer, pixels, Sampling(24, temperature=1.0, stop=(stop,)))[0] == full
 
 

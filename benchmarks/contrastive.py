@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
-from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
+from radlab.formats.tokenizer import TokenizerFiles, train_tokenizer  # noqa: E402
 from radlab.train.stages import StageJob, train_on_worker  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def measure(root: Path, tokenizer_dir: Path, workers: int, per_worker: int, step
     }, "bench")
     trainer = TorchTrainer(
         train_on_worker,
-        train_loop_config={"job": StageJob(experiment, "stage0", str(tokenizer_dir))},
+        train_loop_config={"job": StageJob(experiment, "stage0", TokenizerFiles.read(tokenizer_dir))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=f"contrastive-{name}", storage_path=str(root / "ray")),

@@ -25,7 +25,7 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
-from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
+from radlab.formats.tokenizer import TokenizerFiles, train_tokenizer  # noqa: E402
 from radlab.train.stages import StageJob, train_on_worker  # noqa: E402
 
 V100_FP16_TFLOPS = 125.0     # SXM2 tensor-core peak
@@ -44,7 +44,7 @@ def tiny_rate(root: Path, workers: int, steps: int, name: str) -> float:
     }, "bench")
     trainer = TorchTrainer(
         train_on_worker,
-        train_loop_config={"job": StageJob(experiment, "stage1", str(root / "tokenizer"))},
+        train_loop_config={"job": StageJob(experiment, "stage1", TokenizerFiles.read(root / "tokenizer"))},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=f"scaling-{name}", storage_path=str(root / "ray")),

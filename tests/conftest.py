@@ -39,6 +39,14 @@ def tokenizer_dir(synthetic_root, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tokenizer_files(tokenizer_dir):
+    """The session's tokenizer as a stage's job carries it to the workers."""
+    from radlab.formats.tokenizer import TokenizerFiles
+
+    return TokenizerFiles.read(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir):
     from radlab.formats.tokenizer import load_tokenizer
 

@@ -19,15 +19,14 @@ from radlab.data.stats import experiment_cards, left_out_lines
 from radlab.evaluation.metrics import unavailable
 from radlab.evaluation.preflight import evaluation_plan
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
-from radlab.formats.tokenizer import load_tokenizer, train_tokenizer
+from radlab.formats.tokenizer import TokenizerFiles, load_tokenizer, train_tokenizer
 from radlab.model.build import check_half_weights_stepped, check_tokenizer_fits, embedding_rows
 from radlab.model.memory import experiment_plans
 from radlab.model.towers import image_transform
 from radlab.progress import stage_progress
 from radlab.runtime import check_resources, init_ray
 from radlab.tracking.runs import Tracker
-from radlab.train.stages import (STAGES, StageJob, exclusive_stage, finished_stage, run_stage, stage_key, stage_steps,
-                                 storage_path)
+from radlab.train.stages import STAGES, StageJob, exclusive_stage, finished_stage, run_stage, stage_key, stage_steps
 
 
 @dataclass
@@ -45,12 +44,12 @@ def tokenizer_source(model: ModelConfig) -> str | None:
 
 
 def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
-    """A tokenizer folder the workers can read, checked against the language model's embeddings:
-    the configured or pretrained one (with <image> added), or one trained on the training reports,
-    cached by the data's digest."""
+    """The run's tokenizer folder, checked against the language model's embeddings: the configured
+    or pretrained one (with <image> added), or one trained on the training reports, cached by the
+    data's digest beside the finished checkpoints (the workers get its files with their job)."""
     source = tokenizer_source(experiment.model)
     key = hashlib.sha256(f"{source or 'local-bpe'}:{data_digest}".encode()).hexdigest()[:12]
-    folder = Path(storage_path(experiment)) / "tokenizers" / key
+    folder = outputs_root(experiment) / "tokenizers" / key
     if not (folder / "tokenizer_config.json").is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         if source:
@@ -167,7 +166,7 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
                                   highlight=False, soft_wrap=True)
                 else:
                     child = tracker.open_child(parent, stage)
-                    job = StageJob(experiment, stage, str(tokenizer_dir), tracker.uri, child,
+                    job = StageJob(experiment, stage, TokenizerFiles.read(tokenizer_dir), tracker.uri, child,
                                    init_from=checkpoint if stage != "stage0" else None,
                                    vision_from=encoder if checkpoint is None else None)
                     with stage_progress(console, stage, stage_steps(experiment, stage),

@@ -93,9 +93,9 @@ def test_preprocess_writes_shards_and_counts_unreadable_images(ray_session, tmp_
     assert json.loads((tmp_path / "shards" / "preprocess_summary.json").read_text())["size"] == 48
 
 
-def test_a_tiny_stage_trains_from_the_streamed_pipeline(ray_session, synthetic_root, tokenizer_dir, tmp_path):
+def test_a_tiny_stage_trains_from_the_streamed_pipeline(ray_session, synthetic_root, tokenizer_files, tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, data={"stream": True}), "t")
-    checkpoint = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir))).checkpoint
+    checkpoint = run_stage(StageJob(experiment, "stage1", tokenizer_files)).checkpoint
     with checkpoint.as_directory() as folder:
         state = load_train_state(Path(folder))
     assert state["step"] == 4 and state["samples"] == 4 * 8 and state["skipped"] == 0

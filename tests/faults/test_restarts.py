@@ -16,7 +16,7 @@ from radlab.train.stages import StageFailed, StageJob, run_stage
 from ..conftest import experiment_dict
 
 
-def test_the_same_error_twice_in_a_row_stops_the_stage_with_it(ray_session, synthetic_root, tokenizer_dir,
+def test_the_same_error_twice_in_a_row_stops_the_stage_with_it(ray_session, synthetic_root, tokenizer_files,
                                                                tokenizer, tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, ray={"max_failures": 5}), "t")
     folder = tmp_path / "stage1-final"
@@ -29,7 +29,7 @@ def test_the_same_error_twice_in_a_row_stops_the_stage_with_it(ray_session, synt
     run_id = client.create_run(client.create_experiment("restarts")).info.run_id
     with pytest.raises(StageFailed, match=r"stage2 stopped: two attempts in a row failed with "
                        r".*stage1-final/model.safetensors: unreadable"):
-        run_stage(StageJob(experiment, "stage2", str(tokenizer_dir), tracking, run_id, init_from=Checkpoint(str(folder))))
+        run_stage(StageJob(experiment, "stage2", tokenizer_files, tracking, run_id, init_from=Checkpoint(str(folder))))
     # Each failed attempt is in the stage's run with its cause; no retry is left unseen.
     assert client.get_run(run_id).data.metrics["worker_group_failures"] == 2
     causes = Tracker.failures(SimpleNamespace(client=client), run_id)

@@ -118,6 +118,31 @@ def test_a_pretrained_language_model_brings_its_own_tokenizer(tokenizer, tmp_pat
     assert model.get_input_embeddings().weight.shape[0] >= len(load_tokenizer(folder))
 
 
+def test_the_tokenizer_is_prepared_on_the_driver_when_the_runs_are_kept_behind_a_url(tmp_path, synthetic_root,
+                                                                                      monkeypatch):
+    """With ray.storage_path on s3:// the tokenizer folder is the driver's own (the workers get its
+    files with their job), not a folder named after the URL in the working directory."""
+    import tempfile
+
+    from radlab.config import parse_experiment
+    from radlab.formats.tokenizer import TokenizerFiles, load_tokenizer
+    from radlab.pipeline import prepare_tokenizer
+
+    from ..conftest import experiment_dict
+
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "work").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    monkeypatch.chdir(tmp_path / "work")
+    raw = experiment_dict(synthetic_root, tmp_path, ray={"storage_path": "s3://bucket/radlab/ray"})
+    folder = prepare_tokenizer(parse_experiment(raw, "t"), "digest")
+    assert folder.is_relative_to(tmp_path / "scratch" / "radlab" / "tokenizers")
+    assert list((tmp_path / "work").iterdir()) == []
+    carried = TokenizerFiles.read(folder)
+    assert "tokenizer.json" in carried.files
+    assert carried.load().get_vocab() == load_tokenizer(folder).get_vocab()
+
+
 def test_a_tokenizer_that_does_not_match_the_embeddings_is_refused(tokenizer, tmp_path, synthetic_root):
     from radlab.config import parse_experiment
     from radlab.pipeline import prepare_tokenizer

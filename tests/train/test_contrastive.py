@@ -92,12 +92,13 @@ def test_gathered_batches_across_workers_equal_one_big_batch(tmp_path):
                 assert torch.allclose(grad, expected, atol=1e-5), kind
 
 
-def test_a_tiny_stage0_on_ray_improves_retrieval_and_feeds_stage1(ray_session, synthetic_root, tmp_path, tokenizer_dir):
+def test_a_tiny_stage0_on_ray_improves_retrieval_and_feeds_stage1(ray_session, synthetic_root, tmp_path,
+                                                                  tokenizer_files):
     raw = experiment_dict(synthetic_root, tmp_path, model={"vision": {"frozen": True}},
                           stage0={"enabled": True, "max_steps": 120, "lr": 1e-3, "batch": 32, "checkpoint_every": 60,
                                   "log_every": 20, "warmup_ratio": 0.0, "weight_decay": 0.0})
     experiment = parse_experiment(raw, "t")
-    encoder_ckpt = run_stage(StageJob(experiment, "stage0", str(tokenizer_dir))).checkpoint
+    encoder_ckpt = run_stage(StageJob(experiment, "stage0", tokenizer_files)).checkpoint
     with encoder_ckpt.as_directory() as folder:
         trained = load_encoder(folder)
     assert trained.meta["step"] == 120 and trained.meta["final"]
@@ -109,7 +110,7 @@ def test_a_tiny_stage0_on_ray_improves_retrieval_and_feeds_stage1(ray_session, s
     for key in ("retrieval/i2t_R1", "retrieval/i2t_R5", "retrieval/label_i2t_R1"):
         assert after[key] > before[key] + 0.1, (key, before[key], after[key])
     # Stage 1 starts from the stage 0 tower; frozen, it comes out of stage 1 unchanged.
-    report = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), vision_from=encoder_ckpt)).checkpoint
+    report = run_stage(StageJob(experiment, "stage1", tokenizer_files, vision_from=encoder_ckpt)).checkpoint
     with report.as_directory() as folder:
         tower = load_checkpoint(folder).model.model.vision_tower.state_dict()
     for key, value in trained.encoder.clip.vision_model.state_dict().items():

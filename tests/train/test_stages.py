@@ -25,7 +25,8 @@ from radlab.model.build import apply_lora, build_model, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_train_state
 from radlab.model.towers import image_transform
 from radlab.train.findings import INPUTS, FindingsStage
-from radlab.train.stages import StageJob, exclusive_stage, finished_stage, run_stage, stage_key, stage_run_name
+from radlab.train.stages import (DONE, StageJob, exclusive_stage, finished_stage, run_stage, stage_key,
+                                 stage_run_name)
 
 from ..conftest import experiment_dict
 
@@ -70,10 +71,35 @@ with exclusive_stage(experiment, "stage1", print):
     assert not said
 
 
+def test_a_stage_kept_behind_a_storage_url_is_recorded_there_and_reused(ray_session, synthetic_root, tokenizer_files,
+                                                                        tmp_path, monkeypatch):
+    """ray.storage_path as a URL (file:// here; s3:// or abfss:// on a cluster), read through pyarrow
+    as Ray Train reads it: the workers build the model from the tokenizer their job carries, the
+    finished stage is recorded beside its Ray Train run, a rerun reuses it without training, and
+    nothing lands in the driver's working folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path,
+                                                  ray={"storage_path": f"file://{tmp_path}/ray"}), "t")
+    first = run_stage(StageJob(experiment, "stage1", tokenizer_files))
+    record = json.loads((tmp_path / "ray" / stage_run_name(experiment, "stage1") / DONE).read_text())
+    assert record["checkpoint"] == first.checkpoint.path and record["checkpoint"].startswith(str(tmp_path / "ray"))
+    reused = finished_stage(experiment, "stage1")
+    assert reused is not None and reused.checkpoint.path == first.checkpoint.path
+    with reused.checkpoint.as_directory() as folder:
+        assert load_checkpoint(Path(folder)).meta["step"] == experiment.stage1.max_steps
+    started = time.perf_counter()
+    assert run_stage(StageJob(experiment, "stage1", tokenizer_files)).checkpoint.path == first.checkpoint.path
+    assert time.perf_counter() - started < 2  # no worker group was started
+    assert list(work.iterdir()) == []
+
+
 def test_the_module_ray_trains_controller_unpickles_does_not_import_torch():
     """Ray Train's controller imports radlab.train.stages to unpickle the job, the workers' function
     and the failure callback: torch, transformers and peft there would cost seconds per stage."""
-    code = "import sys, radlab.train.stages; print(sorted({'torch', 'transformers', 'peft', 'mlflow'} & set(sys.modules)))"
+    code = ("import sys, radlab.train.stages, radlab.formats.tokenizer; "  # the job carries a TokenizerFiles
+            "print(sorted({'torch', 'transformers', 'peft', 'mlflow'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
@@ -107,7 +133,7 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
         killed.append(workers[-1].pid)
 
 
-def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session, synthetic_root, tokenizer_dir,
+def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session, synthetic_root, tokenizer_files,
                                                                      tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage1={
         "max_steps": 120, "global_batch": 2, "micro_batch": 1, "checkpoint_every": 10, "log_every": 10}), "t")
@@ -118,7 +144,7 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
     killer.start()
-    result = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, run_id))
+    result = run_stage(StageJob(experiment, "stage1", tokenizer_files, tracking, run_id))
     checkpoint = result.checkpoint
     killer.join()
     assert killed, "no worker was alive to kill"
@@ -136,7 +162,7 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     # A second run of the same stage reuses the finished result instead of training again, also when
     # it would keep another number of checkpoints.
     kept_fewer = experiment.model_copy(update={"stage1": experiment.stage1.model_copy(update={"keep_last": 1})})
-    again = run_stage(StageJob(kept_fewer, "stage1", str(tokenizer_dir)))
+    again = run_stage(StageJob(kept_fewer, "stage1", tokenizer_files))
     assert again.checkpoint.path == checkpoint.path
     # The last validation loss comes back with the result (the one logged at the final step) and
     # with the reused result too.
@@ -171,7 +197,8 @@ def _plain_loop_losses(model, experiment, tokenizer, stage_name: str, world: int
     return losses
 
 
-def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, tokenizer_dir, tmp_path):
+def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, tokenizer_dir, tokenizer_files,
+                                                 tmp_path):
     """Stages 1 and 2 on two Ray Train workers, stage 2 from stage 1's checkpoint with LoRA added,
     train step for step as a plain PyTorch loop over the same batches does (same losses), and stage 2
     tunes the encoder the tiny preset leaves unfrozen."""
@@ -181,10 +208,10 @@ def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, to
     client = MlflowClient(tracking)
     experiment_id = client.create_experiment("stages")
     runs = {stage: client.create_run(experiment_id).info.run_id for stage in ("stage1", "stage2")}
-    first = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, runs["stage1"])).checkpoint
+    first = run_stage(StageJob(experiment, "stage1", tokenizer_files, tracking, runs["stage1"])).checkpoint
     run_dir = tmp_path / "ray" / f"test-tiny-stage1-{stage_key(experiment, 'stage1')}"
     assert len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 3  # keep_last: the newest three of four
-    second = run_stage(StageJob(experiment, "stage2", str(tokenizer_dir), tracking, runs["stage2"],
+    second = run_stage(StageJob(experiment, "stage2", tokenizer_files, tracking, runs["stage2"],
                                 init_from=first)).checkpoint
     with first.as_directory() as one, second.as_directory() as two:
         a, b = load_checkpoint(Path(one)), load_checkpoint(Path(two))
@@ -213,7 +240,7 @@ def _stage_metrics(client: MlflowClient, run_id: str) -> dict[str, list[tuple[in
 
 
 def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_schedule(
-        ray_session, synthetic_root, tokenizer_dir, tmp_path):
+        ray_session, synthetic_root, tokenizer_files, tmp_path):
     """ZeRO-2 on the CPU, LoRA with dropout: the loss and lr of every step after the restart equal an
     uninterrupted run's (AdamW's partitions, the warmup-cosine schedule, the step and every rank's
     random generators, which draw LoRA's dropout masks, come back from the checkpoint)."""
@@ -234,7 +261,7 @@ def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_sche
         if attempt == "killed":
             killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(run_dir, killed))
             killer.start()
-        checkpoint = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, run_id)).checkpoint
+        checkpoint = run_stage(StageJob(experiment, "stage1", tokenizer_files, tracking, run_id)).checkpoint
         if killer is not None:
             killer.join()
             assert killed and client.get_metric_history(run_id, "resumed_at_step"), "the stage was not restarted"
@@ -260,7 +287,7 @@ def test_a_deepspeed_stage_resumed_after_a_kill_continues_its_optimizer_and_sche
                                                                       rel=1e-5)
 
 
-def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, tokenizer_dir, tmp_path):
+def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, tokenizer_files, tmp_path):
     root = shutil.copytree(synthetic_root, tmp_path / "synthetic")
     experiment = parse_experiment(experiment_dict(root, tmp_path), "t")
     examples = split_examples(experiment.data, "train")
@@ -278,7 +305,7 @@ def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, t
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking)
     run_id = client.create_run(client.create_experiment("skips")).info.run_id
-    checkpoint = run_stage(StageJob(experiment, "stage1", str(tokenizer_dir), tracking, run_id)).checkpoint
+    checkpoint = run_stage(StageJob(experiment, "stage1", tokenizer_files, tracking, run_id)).checkpoint
     with checkpoint.as_directory() as folder:
         assert load_train_state(Path(folder))["skipped"] == sum(per_rank)
     metrics = client.get_run(run_id).data.metrics

@@ -391,10 +391,13 @@ def test_a_trial_that_fails_by_a_mistake_is_not_retried_and_every_restart_is_sai
                                                                                  tmp_path, monkeypatch, capsys):
     """A cell naming a tokenizer folder that is not there fails in its trial (before any training):
     Tune's retry (sweep.max_failures) is said with its cause and recorded in the sweep's run, and
-    the retried attempt stops at once with the first attempt's error instead of repeating it."""
+    the retried attempt stops at once with the first attempt's error instead of repeating it, with
+    the runs kept behind a URL (file:// here, s3:// on a cluster) as on a folder. A resumed sweep
+    tries the trial afresh: the user may have fixed the cause."""
     monkeypatch.chdir(tmp_path)
     raw = sweep_experiment(synthetic_root, tmp_path, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db",
-                                                              "register_as": None})
+                                                              "register_as": None},
+                           ray={"storage_path": f"file://{tmp_path}/ray"})
     raw["sweep"] = {"axes": {"model.tokenizer": [str(tmp_path / "no-tokenizer")]}, "max_failures": 2}
     result = run_sweep(parse_experiment(raw, "t").model_dump(mode="json"), "t", verbose=False)
     said = capsys.readouterr().out.splitlines()
@@ -409,6 +412,11 @@ def test_a_trial_that_fails_by_a_mistake_is_not_retried_and_every_restart_is_sai
     sweep_run = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result["sweep_run"])
     assert sweep_run.data.metrics["sweep/trial_restarts"] == 2
     assert [sweep_run.data.tags[f"radlab.trial_restart.{n}"] for n in (1, 2)] == restarts
+    assert not (tmp_path / "file:").exists() and (tmp_path / "ray").is_dir()
+    resumed = run_sweep(parse_experiment(raw, "t").model_dump(mode="json"), "t", resume=True, verbose=False)
+    assert resumed["sweep_run"] == result["sweep_run"]  # the same sweep goes on
+    [row] = resumed["trials"]  # tried afresh: the first attempt's error again, not TrialNotRetried
+    assert row["status"] == "failed" and row["error"].startswith("ConfigError: missing here: model.tokenizer")
 
 
 def test_only_faults_are_worth_a_trial_retry():
@@ -424,3 +432,21 @@ def test_only_faults_are_worth_a_trial_retry():
     assert not holds_fault(WorkerGroupError("bug", {0: ValueError("shapes"), 1: ValueError("shapes")}))
     assert not holds_fault(StageFailed("stage1 stopped: two attempts in a row failed with ValueError: shapes"))
     assert not holds_fault(ConfigError("missing here: model.tokenizer"))
+    try:  # radlab's refusal raised while handling a connection error is still a mistake
+        try:
+            raise ConnectionRefusedError("http://127.0.0.1:9/v1")
+        except ConnectionError as err:
+            raise ConfigError("eval.judge.endpoint: nothing answers at http://127.0.0.1:9/v1") from err
+    except ConfigError as refusal:
+        assert refusal.__cause__ is not None and refusal.__context__ is not None
+        assert not holds_fault(refusal)
+        wrapped = RuntimeError("trial ended")
+        wrapped.__cause__ = refusal
+        assert not holds_fault(wrapped)
+    try:  # a library's own wrapper of a refused connection is a fault
+        try:
+            raise ConnectionRefusedError("http://127.0.0.1:5000")
+        except ConnectionError:
+            raise OSError("tracking server unreachable")
+    except OSError as library_error:
+        assert holds_fault(library_error)

@@ -1,21 +1,28 @@
 """The tokenizer: a pretrained one named in the config, or a byte-level BPE trained on the
-dataset's own reports and prompts when none is given (the offline default)."""
+dataset's own reports and prompts when none is given (the offline default). transformers is
+imported where it is used: Ray Train's controller unpickles a stage's TokenizerFiles."""
 
 from __future__ import annotations
 
 import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from radlab.formats.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
 
 
 def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` (plus the prompt templates) and save it to `out_dir`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -40,9 +47,29 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> P
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:
     """Load a tokenizer folder or hub id; make sure it knows <image> and has a pad token."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
+
+
+@dataclass(frozen=True)
+class TokenizerFiles:
+    """A tokenizer folder's files, carried to the training workers inside their job, so that a worker
+    on any node reads the driver's tokenizer without storage shared with the driver (ray.storage_path
+    may be s3:// or abfss://). A few MB at most: Vicuna's is 2."""
+    files: dict[str, bytes]
+
+    @classmethod
+    def read(cls, folder: str | Path) -> TokenizerFiles:
+        return cls({path.name: path.read_bytes() for path in sorted(Path(folder).iterdir()) if path.is_file()})
+
+    def load(self) -> PreTrainedTokenizerFast:
+        with tempfile.TemporaryDirectory(prefix="radlab-tokenizer-") as folder:
+            for name, data in self.files.items():
+                (Path(folder) / name).write_bytes(data)
+            return load_tokenizer(folder)

@@ -108,11 +108,11 @@ class Tracker:
                 location = Path(self.config.artifact_root).resolve().as_uri()
             self.experiment_id = self.client.create_experiment(experiment.name, artifact_location=location)
 
-    def _unfinished(self, filters: str) -> str | None:
+    def _unfinished(self, filters: str, finished_too: bool = False) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filters, max_results=10,
                                        order_by=["attributes.start_time DESC"])
         for run in runs:
-            if run.info.status != RunStatus.to_string(RunStatus.FINISHED):
+            if finished_too or run.info.status != RunStatus.to_string(RunStatus.FINISHED):
                 return run.info.run_id
         return None
 
@@ -137,10 +137,12 @@ class Tracker:
                     self.client.set_terminated(stopped.info.run_id, "KILLED")
 
     def open_parent(self, submitted: str, data_digest: str, stage: str = "experiment", digest: str | None = None,
-                    parent_run_id: str | None = None) -> str:
-        """The run of an experiment (or of a sweep, or of a sweep's trial under `parent_run_id`)."""
+                    parent_run_id: str | None = None, resume: bool = False) -> str:
+        """The run of an experiment (or of a sweep, or of a sweep's trial under `parent_run_id`): an
+        unfinished one with the same settings goes on; with `resume` (`radlab sweep --resume`, whose
+        restored trials name their sweep run) the latest goes on even where it had finished."""
         digest = digest or self.experiment.digest()
-        run_id = self._unfinished(f"tags.`{DIGEST_TAG}` = '{digest}' and tags.`{STAGE_TAG}` = '{stage}'")
+        run_id = self._unfinished(f"tags.`{DIGEST_TAG}` = '{digest}' and tags.`{STAGE_TAG}` = '{stage}'", resume)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             return run_id

@@ -20,7 +20,6 @@ from radlab.config import Stage0Config
 from radlab.data.dataset import split_examples
 from radlab.data.pairs import PairDataset, collate_pairs
 from radlab.evaluation.retrieval import evaluate_retrieval
-from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.encoder import build_encoder, load_encoder, save_encoder, set_encoder_trainable
 from radlab.model.towers import image_transform
 from radlab.train.recipe import Plan, StageKind, Step, Window, distributed, min_across
@@ -76,7 +75,7 @@ class ContrastiveStage(StageKind):
             loaded = load_encoder(resume)
             self.model, self.tokenizer = loaded.encoder, loaded.tokenizer
         else:
-            self.tokenizer = load_tokenizer(self.job.tokenizer)
+            self.tokenizer = self.job.tokenizer.load()
             self.model = build_encoder(self.experiment.model, self.config, self.tokenizer)
         trainable = set_encoder_trainable(self.model, self.config)
         if self.rank == 0:

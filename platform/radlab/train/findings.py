@@ -21,7 +21,6 @@ from radlab.config import StageConfig
 from radlab.data.dataset import stage_dataset
 from radlab.data.image_pipeline import streamed_batches
 from radlab.formats.batch import collate
-from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import apply_lora, build_model, count_parameters, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_trainable, save_checkpoint
 from radlab.model.towers import image_transform
@@ -70,7 +69,7 @@ class FindingsStage(StageKind):
                 loaded = load_checkpoint(Path(folder), expect=experiment.model)
             model = apply_lora(loaded.model, lora) if lora and loaded.lora is None else loaded.model
             return model, loaded.tokenizer
-        tokenizer = load_tokenizer(job.tokenizer)
+        tokenizer = job.tokenizer.load()
         model_config = experiment.model
         if job.vision_from is not None:  # the image tower stage 0 trained
             with job.vision_from.as_directory() as folder:

@@ -25,6 +25,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from radlab.config import Experiment
 from radlab.errors import RadlabError
+from radlab.formats.tokenizer import TokenizerFiles
 from radlab.runtime import own_signal_handlers
 
 STAGES = ("stage0", "stage1", "stage2")
@@ -33,11 +34,11 @@ STAGES = ("stage0", "stage1", "stage2")
 @dataclass(frozen=True)
 class StageJob:
     """What one stage's workers are given (Ray Train's `train_loop_config["job"]`): the experiment,
-    which stage, the tokenizer folder, the stage's MLflow run, and the checkpoints it starts from:
+    which stage, the tokenizer's files, the stage's MLflow run, and the checkpoints it starts from:
     `init_from` the previous stage's model, `vision_from` a stage 0 encoder for a fresh model."""
     experiment: Experiment
     stage: str
-    tokenizer: str
+    tokenizer: TokenizerFiles
     tracking_uri: str = ""
     run_id: str | None = None
     init_from: Checkpoint | None = None
@@ -111,7 +112,9 @@ def is_fault(error: BaseException) -> bool:
 def holds_fault(error: BaseException) -> bool:
     """Whether an error that ended a whole run (a sweep trial) came from a fault anywhere in its
     chain: a lost worker, actor or node, a preempted node, a connection or a judge that did not
-    answer. Anything else (radlab refusing an input, a bug) would end the next attempt alike."""
+    answer. Anything else (radlab refusing an input, a bug) would end the next attempt alike: radlab's
+    own refusal is a mistake even where it was raised while handling a fault (a judge URL that refuses
+    connections), so the chain below it is not searched."""
     from ray.exceptions import RayActorError
     from ray.train.v2.api.exceptions import PreemptionError
 
@@ -127,6 +130,8 @@ def holds_fault(error: BaseException) -> bool:
         if is_fault(current) or isinstance(current, (RayActorError, PreemptionError, EvaluationFailed, ConnectionError,
                                                      TimeoutError)):
             return True
+        if isinstance(current, RadlabError):
+            continue
         pending += [current.__cause__, current.__context__, getattr(current, "controller_failure", None),
                     getattr(current, "cause", None), *getattr(current, "worker_failures", {}).values()]
     return False
@@ -191,6 +196,14 @@ def storage_path(experiment: Experiment) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def storage(experiment: Experiment):
+    """(filesystem, path) of the experiment's Ray Train runs, resolved by pyarrow as Ray Train
+    resolves them: a local or NFS folder, or a URL (s3://, gs://, abfss://, file://)."""
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(storage_path(experiment))
+
+
 DONE = "radlab_done.json"
 
 
@@ -209,13 +222,16 @@ class StageResult:
 
 def finished_stage(experiment: Experiment, stage: str) -> StageResult | None:
     """What an earlier run that finished this stage with the same key left, or None."""
-    if "://" in experiment.ray.storage_path:
+    import pyarrow.fs
+
+    filesystem, root = storage(experiment)
+    done = f"{root}/{stage_run_name(experiment, stage)}/{DONE}"
+    if filesystem.get_file_info(done).type != pyarrow.fs.FileType.File:
         return None
-    done = Path(storage_path(experiment)) / stage_run_name(experiment, stage) / DONE
-    if not done.is_file():
-        return None
-    record = json.loads(done.read_text())
-    return StageResult(Checkpoint(record["checkpoint"]), record.get("run_id"), record.get("metrics", {}))
+    with filesystem.open_input_stream(done) as stream:
+        record = json.loads(stream.read())
+    return StageResult(Checkpoint(record["checkpoint"], filesystem=filesystem), record.get("run_id"),
+                       record.get("metrics", {}))
 
 
 def lock_file(experiment: Experiment, name: str) -> Path | None:
@@ -317,7 +333,8 @@ def run_stage(job: StageJob, report_to_tune: bool = False) -> StageResult:
     if result.checkpoint is None:
         raise RuntimeError(f"{stage} finished without a checkpoint (see the Ray Train logs above)")
     metrics = {k: float(v) for k, v in (result.metrics or {}).items() if k == "val_loss"}
-    if "://" not in experiment.ray.storage_path:
-        done = Path(storage_path(experiment)) / name / DONE
-        done.write_text(json.dumps({"checkpoint": result.checkpoint.path, "run_id": job.run_id, "metrics": metrics}))
+    filesystem, root = storage(experiment)
+    with filesystem.open_output_stream(f"{root}/{name}/{DONE}") as stream:
+        stream.write(json.dumps({"checkpoint": result.checkpoint.path, "run_id": job.run_id,
+                                 "metrics": metrics}).encode())
     return StageResult(result.checkpoint, job.run_id, metrics)

@@ -31,7 +31,9 @@ from radlab.train.stages import held_alone, holds_fault, lock_file, storage_path
 from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name, versus_baseline  # noqa: E402
 
 TRIAL_CPU = 0.01  # what a trial's own actor asks for: its stages ask Ray Train for the workers' CPUs
-MISTAKE_SUFFIX = ".mistake"  # beside a trial's lock file: the error of an attempt that failed by a mistake
+# A tag of the sweep's MLflow run, one per trial's settings: the error of an attempt that failed by a
+# mistake. MLflow rather than a file, so that it holds wherever ray.storage_path is (s3:// too).
+MISTAKE_TAG = "radlab.mistake"
 REPEAT = "same settings and run as an earlier trial"  # a trial's status: Optuna repeats a `choice`
 COUNTED = {"failed": "sweep/failed", "stopped early": "sweep/stopped_early", REPEAT: "sweep/repeats"}
 
@@ -151,9 +153,10 @@ def run_trial(config: dict, base: dict) -> dict:
             return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}
         # Tune retries a failed trial (sweep.max_failures) for faults; an attempt that failed by a
         # mistake would fail again alike, so the next attempt stops at once with its error.
-        mistake = None if lock is None else lock.with_suffix(MISTAKE_SUFFIX)
-        if mistake is not None and mistake.is_file():
-            raise TrialNotRetried(f"not retried: an attempt with these settings failed with {mistake.read_text()}, "
+        mistake_tag = f"{MISTAKE_TAG}.{experiment.digest()}"
+        mistake = tracker.client.get_run(config["sweep_run"]).data.tags.get(mistake_tag)
+        if mistake is not None:
+            raise TrialNotRetried(f"not retried: an attempt with these settings failed with {mistake}, "
                                   "which is not a fault (a lost worker or node, a judge that did not answer): "
                                   "another attempt would fail alike")
         try:
@@ -161,8 +164,8 @@ def run_trial(config: dict, base: dict) -> dict:
                                      parent_run_id=config["sweep_run"], register=False,
                                      report_to_tune=config.get("report_to_tune", False))
         except Exception as err:
-            if mistake is not None and not holds_fault(err):
-                mistake.write_text(error_line(err))
+            if not holds_fault(err):
+                tracker.client.set_tag(config["sweep_run"], mistake_tag, error_line(err))
             raise
     return {**summary.metrics, "trial_run_id": summary.parent_run_id}
 
@@ -256,15 +259,16 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
     tracker = Tracker(experiment)
     key = sweep_key(raw)
     sweep_run = tracker.open_parent(json.dumps(raw, indent=2, default=str), manifest_digest(experiment.data),
-                                    stage="sweep", digest=key)
-    for stale in Path(storage_path(experiment)).glob(f"*-trial-*-{sweep_run}{MISTAKE_SUFFIX}"):
-        stale.unlink()  # a resumed sweep gives its failed trials a new chance: the user may have fixed the cause
+                                    stage="sweep", digest=key, resume=resume)
+    for tag in tracker.client.get_run(sweep_run).data.tags:
+        if tag.startswith(f"{MISTAKE_TAG}."):  # a resumed sweep gives its failed trials a new chance: the user
+            tracker.client.delete_tag(sweep_run, tag)  # may have fixed the cause
     restarts = TrialRestarts(tracker.uri, sweep_run)
     space = search_space(experiment)
     samples = sweep.search.samples if space else 1
     results = []
     for name, group in _tuners(experiment, trials, key):
-        path = str(Path(storage_path(experiment)) / name)
+        path = f"{storage_path(experiment).rstrip('/')}/{name}"  # a URL (s3://...) is no local Path
         trainable = tune.with_resources(tune.with_parameters(run_trial, base=raw), {"cpu": TRIAL_CPU})
         cells = [trial.overrides for trial in group]
         param_space = {"cell": cells[0] if len(cells) == 1 else tune.grid_search(cells),

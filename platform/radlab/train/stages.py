@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -234,26 +235,28 @@ def finished_stage(experiment: Experiment, stage: str) -> StageResult | None:
                        record.get("metrics", {}))
 
 
-def lock_file(experiment: Experiment, name: str) -> Path | None:
-    """The lock file `name` beside the experiment's Ray Train runs; None where they are kept behind a
-    URL, which holds no locks."""
-    return None if "://" in experiment.ray.storage_path else Path(storage_path(experiment)) / f"{name}.lock"
+LOCK_NAMESPACE = "radlab-locks"
 
 
 @contextmanager
-def held_alone(path: Path | None, waiting: Callable[[], None]) -> Iterator[None]:
-    """Hold the lock file `path` (None: no lock) for the block, against every other process on this
-    machine or on storage it shares; `waiting()` is called once where another holds it first. The
-    operating system releases a lock whose holder exits, however it ends."""
-    if path is None:
-        yield
+def held_alone(experiment: Experiment, name: str, waiting: Callable[[str], None]) -> Iterator[None]:
+    """Hold the lock `name` for the block against every other run with the same storage;
+    `waiting(where)` is called once where another holds it first. Where the runs are kept in a folder
+    (NFS on a cluster) the lock is a file beside them, which the operating system releases when its
+    holder exits, however it ends; where they are kept behind a URL, which holds no locks, it is a
+    named Ray actor, which every process of the Ray cluster sees and Ray ends with the process that
+    made it."""
+    if "://" in experiment.ray.storage_path:
+        with _held_in_ray(name, waiting):
+            yield
         return
+    path = Path(storage_path(experiment)) / f"{name}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            waiting()
+            waiting(str(path))
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -262,14 +265,39 @@ def held_alone(path: Path | None, waiting: Callable[[], None]) -> Iterator[None]
 
 
 @contextmanager
+def _held_in_ray(name: str, waiting: Callable[[str], None]) -> Iterator[None]:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        """Alive while its lock is held: its name is the lock."""
+
+    said = False
+    while True:
+        try:
+            holder = Holder.options(name=name, namespace=LOCK_NAMESPACE).remote()
+            break
+        except ValueError:  # the name is taken: another process holds the lock
+            if not said:
+                waiting(f"Ray actor {name} in namespace {LOCK_NAMESPACE}")
+                said = True
+            time.sleep(1)
+    try:
+        ray.get(holder.__ray_ready__.remote())
+        yield
+    finally:
+        ray.kill(holder)
+
+
+@contextmanager
 def exclusive_stage(experiment: Experiment, stage: str, waiting: Callable[[str], None]) -> Iterator[None]:
     """Held while a run checks for and trains a stage: another run of the same stage with the same
     key (concurrent sweep trials that differ only downstream of it, or the same experiment started
     twice) waits for it, calling `waiting` once with the reason, and then reuses what it left
     instead of training into the same Ray Train run at the same time."""
-    path = lock_file(experiment, stage_run_name(experiment, stage))
-    with held_alone(path, lambda: waiting(f"{stage}: another run is training it with the same settings; "
-                                          f"waiting to reuse what it leaves ({path})")):
+    with held_alone(experiment, stage_run_name(experiment, stage),
+                    lambda where: waiting(f"{stage}: another run is training it with the same settings; "
+                                          f"waiting to reuse what it leaves ({where})")):
         yield
 
 

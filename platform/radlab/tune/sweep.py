@@ -27,7 +27,7 @@ from radlab.errors import RadlabError  # noqa: E402
 from radlab.evaluation.metrics import score_of, unavailable  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
-from radlab.train.stages import held_alone, holds_fault, lock_file, storage_path  # noqa: E402
+from radlab.train.stages import held_alone, holds_fault, storage_path  # noqa: E402
 from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name, versus_baseline  # noqa: E402
 
 TRIAL_CPU = 0.01  # what a trial's own actor asks for: its stages ask Ray Train for the workers' CPUs
@@ -145,9 +145,9 @@ def run_trial(config: dict, base: dict) -> dict:
     # search gave the settings of another (Optuna repeats a `choice`) shares its MLflow run: its run
     # says so, and it is not run twice. Duplicates running at once wait for the first to finish.
     tracker = Tracker(experiment)
-    lock = lock_file(experiment, f"{experiment.name}-trial-{experiment.digest()}-{config['sweep_run']}")
-    with held_alone(lock, lambda: print("the same settings as a trial running now: waiting to reuse its result",
-                                        flush=True)):
+    lock = f"{experiment.name}-trial-{experiment.digest()}-{config['sweep_run']}"
+    with held_alone(experiment, lock, lambda where: print("the same settings as a trial running now: waiting to "
+                                                          f"reuse its result ({where})", flush=True)):
         done = tracker.finished_trial(config["sweep_run"])
         if done is not None:
             return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}

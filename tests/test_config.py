@@ -295,3 +295,21 @@ def test_a_gpu_memory_no_variant_has_is_refused():
     """A label no node declares would leave the workers waiting for ever."""
     with pytest.raises(ConfigError, match=r"ray.*gpu_memory_gb 48: no V100 has more than 32 GB"):
         parse_experiment({**BASE, "ray": {"use_gpu": True, "accelerator": "V100", "gpu_memory_gb": 48}}, "t")
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/radlab/ray", "abfss://runs@account.dfs.core.windows.net/ray",
+                                 "gs://bucket/ray", "file:///tmp/ray", "/shared/radlab/ray", "radlab_runs/ray"])
+def test_storage_ray_train_can_keep_runs_in_is_taken(url):
+    assert parse_experiment({**BASE, "ray": {"storage_path": url}}, "t").ray.storage_path == url
+
+
+@pytest.mark.parametrize("url, message", [
+    ("s3a://bucket/ray", r"ray.storage_path: s3a:// is no storage Ray Train keeps runs in; use a folder or one of "
+                         r"s3://, gs://"),
+    ("s3:/bucket/ray", r"ray.storage_path: s3:/bucket/ray is a URL without its '//' \(it would be a local folder "
+                       r"named s3:\); write s3://bucket/ray"),
+])
+def test_a_storage_url_ray_train_cannot_use_is_refused_naming_the_field(url, message):
+    """Otherwise pyarrow's error at the first stage, or runs written into a local folder named `s3:`."""
+    with pytest.raises(ConfigError, match=message):
+        parse_experiment({**BASE, "ray": {"storage_path": url}}, "t")

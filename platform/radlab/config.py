@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import typing
 from collections.abc import Iterable
 from pathlib import Path
@@ -376,6 +377,11 @@ class TrackingConfig(Section):
 ACCELERATOR_GIB = {"V100": (16, 32), "T4": (16,), "L4": (24,), "A100": (40, 80), "H100": (80, 94)}
 
 
+# The URL schemes pyarrow resolves to a filesystem, and so Ray Train (and radlab's own records) can
+# keep runs in.
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts an embedded local Ray; 'auto' or ray://host:10001 joins one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray")
@@ -394,8 +400,21 @@ class RayConfig(Section):
                                         "the smallest variant that holds it is asked of Ray as "
                                         "accelerator_type:<accelerator>-<gb>G")
     deepspeed: Literal["none", "zero2", "zero3"] = "none"
-    storage_path: str = "radlab_runs/ray"
+    storage_path: str = Field("radlab_runs/ray", description="a folder (NFS on a cluster) or a URL: "
+                              + ", ".join(f"{scheme}://" for scheme in STORAGE_SCHEMES))
     max_failures: int = Field(2, ge=0)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        scheme, url, _ = value.partition("://")
+        if url and scheme not in STORAGE_SCHEMES:
+            raise ValueError(f"{scheme}:// is no storage Ray Train keeps runs in; use a folder or one of "
+                             + ", ".join(f"{known}://" for known in STORAGE_SCHEMES))
+        if not url and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", value):
+            raise ValueError(f"{value} is a URL without its '//' (it would be a local folder named "
+                             f"{value.split('/')[0]}); write {value.replace(':/', '://', 1)}")
+        return value
 
     @property
     def placement_accelerator(self) -> str | None:

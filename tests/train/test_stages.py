@@ -39,53 +39,26 @@ def test_plan_accumulates_to_the_global_batch(synthetic_root, tmp_path):
     assert plan.steps_per_epoch == 3 and plan.total_steps == 6
 
 
-def test_a_stage_another_run_is_training_is_waited_for_and_reused(synthetic_root, tmp_path):
+@pytest.mark.parametrize("storage", ["folder", "url"])
+def test_a_stage_another_run_is_training_is_waited_for_and_reused(storage, synthetic_root, tmp_path, request):
     """Two runs of the same stage (duplicate sweep trials, one experiment started twice): the second
-    waits while the first holds the stage, says so, then finds what the first left."""
-    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path), "t")
-    folder = Path(experiment.ray.storage_path) / stage_run_name(experiment, "stage1")
-    holder = subprocess.Popen([sys.executable, "-c", f"""
-import json, sys, time
-from pathlib import Path
-from radlab.config import parse_experiment
-from radlab.train.stages import DONE, exclusive_stage
-experiment = parse_experiment(json.loads(sys.argv[1]), "t")
-with exclusive_stage(experiment, "stage1", print):
-    print("holding", flush=True)
-    time.sleep(1.5)
-    Path({str(folder)!r}).mkdir(parents=True, exist_ok=True)
-    (Path({str(folder)!r}) / DONE).write_text(json.dumps({{"checkpoint": "/somewhere", "run_id": "first"}}))
-""", json.dumps(experiment.model_dump(mode="json"))], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "holding"
-    said = []
-    started = time.perf_counter()
-    with exclusive_stage(experiment, "stage1", said.append):
-        waited = time.perf_counter() - started
-        reused = finished_stage(experiment, "stage1")
-    assert holder.wait(timeout=30) == 0
-    assert waited > 0.5 and reused is not None and reused.run_id == "first"
-    assert len(said) == 1 and said[0].startswith("stage1: another run is training it with the same settings")
-    said.clear()
-    with exclusive_stage(experiment, "stage2", said.append):  # nobody holds it: no wait, nothing said
-        assert finished_stage(experiment, "stage2") is None
-    assert not said
-
-
-def test_behind_a_storage_url_a_stage_another_process_of_the_cluster_is_training_is_waited_for(
-        ray_session, synthetic_root, tmp_path):
-    """A URL holds no lock files: the lock is a named Ray actor, seen by every process of the Ray
-    cluster (here a second driver), and released by Ray when its holder's process ends, even
-    abruptly (the holder below exits inside the lock)."""
-    url = f"file://{tmp_path}/ray"
-    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, ray={"storage_path": url}), "t")
+    waits while the first holds the stage, says so, then finds what the first left. In a folder the
+    lock is a file; a URL holds no lock files, so there it is a named Ray actor, seen by every process
+    of the Ray cluster (here a second driver). Either is released when its holder's process ends,
+    even abruptly: the holder below exits inside the lock."""
+    sections = {"ray": {"storage_path": f"file://{tmp_path}/ray"}} if storage == "url" else {}
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, **sections), "t")
     folder = tmp_path / "ray" / stage_run_name(experiment, "stage1")
+    connect = ""
+    if storage == "url":
+        address = request.getfixturevalue("ray_session").get_runtime_context().gcs_address
+        connect = f"import ray; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)"
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import json, os, sys, time
 from pathlib import Path
-import ray
 from radlab.config import parse_experiment
 from radlab.train.stages import DONE, exclusive_stage
-ray.init(address={ray_session.get_runtime_context().gcs_address!r}, logging_level="ERROR", log_to_driver=False)
+{connect}
 experiment = parse_experiment(json.loads(sys.argv[1]), "t")
 with exclusive_stage(experiment, "stage1", print):
     print("holding", flush=True)
@@ -103,7 +76,11 @@ with exclusive_stage(experiment, "stage1", print):
     assert holder.wait(timeout=30) == 0
     assert waited > 0.5 and reused is not None and reused.run_id == "first"
     assert len(said) == 1 and said[0].startswith("stage1: another run is training it with the same settings")
-    assert "Ray actor" in said[0]
+    assert ("Ray actor" if storage == "url" else ".lock") in said[0]
+    said.clear()
+    with exclusive_stage(experiment, "stage2", said.append):  # nobody holds it: no wait, nothing said
+        assert finished_stage(experiment, "stage2") is None
+    assert not said
 
 
 def test_a_stage_kept_behind_a_storage_url_is_recorded_there_and_reused(ray_session, synthetic_root, tokenizer_files,

@@ -5,7 +5,6 @@ the report model registered in MLflow."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,8 +18,9 @@ from radlab.data.stats import experiment_cards, left_out_lines
 from radlab.evaluation.metrics import unavailable
 from radlab.evaluation.preflight import evaluation_plan
 from radlab.evaluation.run import evaluate_checkpoint, evaluate_encoder
-from radlab.formats.tokenizer import TokenizerFiles, load_tokenizer, train_tokenizer
+from radlab.formats.tokenizer import TokenizerFiles, load_tokenizer, save_tokenizer, train_tokenizer
 from radlab.model.build import check_half_weights_stepped, check_tokenizer_fits, embedding_rows
+from radlab.model.checkpoint import atomic_folder
 from radlab.model.memory import experiment_plans
 from radlab.model.towers import image_transform
 from radlab.progress import stage_progress
@@ -51,9 +51,8 @@ def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
     key = hashlib.sha256(f"{source or 'local-bpe'}:{data_digest}".encode()).hexdigest()[:12]
     folder = outputs_root(experiment) / "tokenizers" / key
     if not (folder / "tokenizer_config.json").is_file():
-        folder.parent.mkdir(parents=True, exist_ok=True)
         if source:
-            load_tokenizer(source).save_pretrained(folder)
+            save_tokenizer(load_tokenizer(source), folder)
         else:
             train_tokenizer(training_texts(experiment.data), folder, experiment.model.language.vocab_size)
     if experiment.model.language.path:
@@ -99,11 +98,10 @@ def encoder_folder(experiment: Experiment) -> Path:
 
 
 def _materialise(checkpoint, folder: Path) -> Path:
-    """Copy a Ray Train checkpoint to a stable local folder (replacing an older copy)."""
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.to_directory(str(folder))
+    """Copy a Ray Train checkpoint to a stable local folder, replacing an older copy by a rename:
+    trials that share a stage 0 copy its encoder to the same folder and read it at once."""
+    with atomic_folder(folder) as tmp:
+        checkpoint.to_directory(str(tmp))
     return folder.resolve()
 
 

@@ -143,6 +143,28 @@ def test_the_tokenizer_is_prepared_on_the_driver_when_the_runs_are_kept_behind_a
     assert carried.load().get_vocab() == load_tokenizer(folder).get_vocab()
 
 
+def test_trials_that_prepare_the_same_tokenizer_at_once_each_read_a_whole_one(tmp_path, synthetic_root):
+    """Sweep trials starting together train the same tokenizer into the same folder: none of them
+    reads another's half-written files, and no temporary folder is left beside it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from radlab.config import parse_experiment
+    from radlab.formats.tokenizer import TokenizerFiles
+    from radlab.pipeline import prepare_tokenizer
+
+    from ..conftest import experiment_dict
+
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path), "t")
+
+    def prepare_and_read(_):
+        return TokenizerFiles.read(prepare_tokenizer(experiment, "digest")).load().get_vocab()
+
+    with ThreadPoolExecutor(6) as pool:
+        vocabularies = list(pool.map(prepare_and_read, range(12)))
+    assert all(vocabulary == vocabularies[0] for vocabulary in vocabularies)
+    assert [path.name for path in (tmp_path / "ray" / "tokenizers").iterdir()] == [prepare_tokenizer(experiment, "digest").name]
+
+
 def test_a_tokenizer_that_does_not_match_the_embeddings_is_refused(tokenizer, tmp_path, synthetic_root):
     from radlab.config import parse_experiment
     from radlab.pipeline import prepare_tokenizer

@@ -37,12 +37,27 @@ def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> P
     bpe.train_from_iterator(texts + template, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, **SPECIALS,
                                         additional_special_tokens=[IMAGE_TOKEN])
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    save_tokenizer(tokenizer, out_dir)
     return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
+    """Save into a process-unique folder beside `out_dir`, then rename it there: processes that
+    prepare the same tokenizer at once (sweep trials) never see each other's half-written files.
+    A folder already there (another process's, of the same texts) is kept as it is, so a process
+    reading it is never left without it."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        if not out_dir.exists():
+            tmp.rename(out_dir)
+    except OSError:
+        if not out_dir.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:

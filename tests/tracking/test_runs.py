@@ -24,6 +24,34 @@ def test_a_run_logs_its_manifests_as_dataset_inputs_once(synthetic_root, tmp_pat
     assert profile["text"] == {"rule-based": 96} and train.digest == cards[0].digest
 
 
+def test_runs_that_start_together_in_a_new_experiment_each_get_it_and_their_datasets(synthetic_root, tmp_path):
+    """Runs on the same data start together (sweep trials, or two `radlab run`s of a new experiment):
+    MLflow's store looks an experiment or a dataset up, then inserts it, so all but one of them lose
+    that race; each still opens its run in the one experiment, with its dataset inputs."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for sweep in range(4):  # each in its own experiment, where the datasets are new
+        raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"})
+        experiment = parse_experiment({**raw, "name": f"sweep-{sweep}"}, "t")
+        cards = experiment_cards(experiment.data)
+        together = threading.Barrier(6)
+
+        def start(_) -> tuple[Tracker, str]:
+            together.wait()
+            tracker = Tracker(experiment)
+            run_id = tracker.open_parent("trial", "digest")
+            tracker.log_datasets(run_id, cards)
+            return tracker, run_id
+
+        with ThreadPoolExecutor(6) as pool:
+            started = list(pool.map(start, range(6)))
+        assert len({tracker.experiment_id for tracker, _ in started}) == 1
+        for tracker, run_id in started:
+            inputs = tracker.client.get_run(run_id).inputs.dataset_inputs
+            assert {(i.dataset.name, i.dataset.digest) for i in inputs} == {(c.name, c.digest) for c in cards}
+
+
 def test_a_finished_sweep_trial_is_found_by_its_digest(synthetic_root, tmp_path):
     experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
         "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")

@@ -106,7 +106,12 @@ class Tracker:
             location = None
             if "://" not in self.uri or self.uri.startswith("sqlite"):
                 location = Path(self.config.artifact_root).resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(experiment.name, artifact_location=location)
+            try:
+                self.experiment_id = self.client.create_experiment(experiment.name, artifact_location=location)
+            except MlflowException as err:  # another process created it since the lookup
+                if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                self.experiment_id = self.client.get_experiment_by_name(experiment.name).experiment_id
 
     def _unfinished(self, filters: str, finished_too: bool = False) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filters, max_results=10,
@@ -161,13 +166,24 @@ class Tracker:
 
     def log_datasets(self, run_id: str, cards: list) -> None:
         """The run's data as MLflow dataset inputs (name, digest, path, a profile of counts per split,
-        view, label and text source), once per run: a resumed run does not log them twice."""
-        logged = {(d.dataset.name, d.dataset.digest) for d in self.client.get_run(run_id).inputs.dataset_inputs}
-        inputs = [DatasetInput(Dataset(c.name, c.digest, "local", str(Path(c.path).resolve()), None, json.dumps(c.profile)),
-                               [InputTag("mlflow.data.context", c.context)])
-                  for c in cards if (c.name, c.digest) not in logged]
-        if inputs:
-            self.client.log_inputs(run_id, datasets=inputs)
+        view, label and text source), once per run: a resumed run does not log them twice.
+        MLflow's store looks each dataset up in the experiment and inserts it if absent, in one
+        transaction: of sweep trials that log the same new datasets at once, all but one fail on the
+        experiment's unique (name, digest). Their second attempt finds the datasets and links them;
+        an error that is not that race fails the second attempt as well and is raised."""
+        for attempt in (1, 2):
+            logged = {(d.dataset.name, d.dataset.digest) for d in self.client.get_run(run_id).inputs.dataset_inputs}
+            inputs = [DatasetInput(Dataset(c.name, c.digest, "local", str(Path(c.path).resolve()), None,
+                                           json.dumps(c.profile)), [InputTag("mlflow.data.context", c.context)])
+                      for c in cards if (c.name, c.digest) not in logged]
+            if not inputs:
+                return
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except MlflowException:
+                if attempt == 2:
+                    raise
 
     def open_child(self, parent_id: str, stage: str) -> str:
         """The stage's run under this parent: the one an earlier attempt opened, or a new one."""

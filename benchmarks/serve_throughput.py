@@ -43,7 +43,8 @@ from radlab.formats.prompts import findings_prompt  # noqa: E402
 from radlab.formats.tokenizer import train_tokenizer  # noqa: E402
 from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from radlab.model.generation import Sampling, generate_batch, inference_model  # noqa: E402
+from radlab.model.generation import generate_batch, inference_model  # noqa: E402
+from radlab.model.sampling import Sampling  # noqa: E402
 from radlab.serve.app import report_app  # noqa: E402
 
 echo_api = FastAPI()

@@ -5,7 +5,8 @@ from radlab.config import ModelConfig
 from radlab.model.build import build_model
 from radlab.formats.batch import collate
 from radlab.formats.prompts import encode_prompt, render_prompt
-from radlab.model.generation import Sampling, generate_batch, num_image_tokens, until_stop
+from radlab.model.generation import generate_batch, num_image_tokens, until_stop
+from radlab.model.sampling import Sampling
 
 HUMAN = "<image>\nDescribe the findings."
 

@@ -4,13 +4,13 @@ serving (greedy or sampled, batched or streamed) alike."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from radlab.formats.batch import collate
 from radlab.formats.prompts import PLAIN_END, encode_prompt, ends_with_eos, render_prompt
+from radlab.model.sampling import Generated, Sampling
 
 
 def pick_device_dtype(device: str, dtype: str,
@@ -44,23 +44,6 @@ def num_image_tokens(model) -> int:
 
     vision = llava_config(model).vision_config
     return (vision.image_size // vision.patch_size) ** 2
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How findings are decoded: greedily at temperature 0, else sampled; at most `max_new_tokens`;
-    the text ends before the first of `stop`."""
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Generated:
-    text: str
-    tokens: int  # generated token ids, the end-of-sequence token included
-    finish_reason: str  # "stop" (end of sequence or a stop string) or "length" (max_new_tokens reached)
 
 
 def stop_strings(template: str, sampling: Sampling) -> list[str]:

@@ -1,5 +1,5 @@
-"""The Ray Serve application: a checkpoint loaded once per replica, findings generated with
-adaptive batching (serve/batching.py), behind a report endpoint and an OpenAI-compatible chat
+"""The Ray Serve application: a checkpoint loaded once per replica (serve/model.py), findings
+generated with adaptive batching (serve/batching.py), behind a report endpoint and an OpenAI-compatible chat
 endpoint.
 
     POST /v1/reports             multipart (image file, indication) or JSON {image_base64, indication}
@@ -13,6 +13,7 @@ endpoint.
 Request content (images, text) is never logged: these are patient images.
 """
 
+from __future__ import annotations
 
 import asyncio
 import base64
@@ -20,35 +21,26 @@ import binascii
 import hmac
 import json
 import os
-import threading
 import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve import metrics
-from transformers import TextIteratorStreamer
 
-from radlab.formats.images import ImageError, decode_image
-from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
-from radlab.model.checkpoint import load_checkpoint
-from radlab.model.generation import (
-    Generated,
-    Sampling,
-    generate_batch,
-    inference_model,
-    num_image_tokens,
-    pick_device_dtype,
-    stop_strings,
-    until_stop,
-)
+from radlab.errors import RadlabError
+from radlab.formats.prompts import findings_prompt
+from radlab.model.sampling import Generated, Sampling, StreamFailed
 from radlab.serve.batching import AdaptiveBatcher
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ServeArgs(BaseModel):
@@ -96,17 +88,12 @@ api = FastAPI(title="radlab report server", docs_url=None, redoc_url=None, opena
 class ReportServer:
     def __init__(self, args: dict):
         self.args = ServeArgs.model_validate(args)
-        folder = resolve_model(self.args.model, self.args.tracking_uri)
-        loaded = load_checkpoint(folder)  # an error here fails the deployment with its reason
-        self.device, self.dtype = pick_device_dtype(self.args.device, self.args.dtype)
+        from radlab.serve.model import ServedModel  # the replica's alone: the driver binds this class without it
+
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
-        if self.device.type == "cpu" and cpus:
-            torch.set_num_threads(max(1, int(cpus)))  # as many threads as the replica has CPUs (ray_actor_options)
-        self.model = inference_model(loaded.model, self.device, self.dtype)
-        self.tokenizer = loaded.tokenizer
-        self.template = loaded.meta.get("template", "vicuna_v1")
-        self.transform = loaded.transform
-        self.version = f"{loaded.meta.get('stage', '?')}@{loaded.meta.get('step', '?')}"
+        self.model = ServedModel(resolve_model(self.args.model, self.args.tracking_uri), self.args.device,
+                                 self.args.dtype, cpus)
+        self.version = self.model.version
         self.api_key = os.environ.get(self.args.api_key_env) if self.args.api_key_env else None
         if self.args.api_key_env and not self.api_key:
             raise RuntimeError(f"api_key_env {self.args.api_key_env} is set in the config but empty in the environment")
@@ -128,9 +115,8 @@ class ReportServer:
             groups[sampling].append(i)
         results: list[Generated | None] = [None] * len(items)
         for sampling, members in groups.items():
-            generated = await asyncio.to_thread(generate_batch, self.model, self.tokenizer,
-                                                [items[i][0] for i in members], [items[i][1] for i in members],
-                                                self.template, sampling)
+            generated = await asyncio.to_thread(self.model.generate, [items[i][0] for i in members],
+                                                [items[i][1] for i in members], sampling)
             for i, one in zip(members, generated):
                 results[i] = one
         return results
@@ -165,8 +151,8 @@ class ReportServer:
         if len(data) > self.args.max_body_bytes:
             raise RequestError(413, f"{name}: {len(data)} bytes exceeds {self.args.max_body_bytes}")
         try:
-            return self.transform(decode_image(data, name, self.args.max_pixels))
-        except ImageError as err:
+            return self.model.pixels(data, name, self.args.max_pixels)
+        except RadlabError as err:  # ImageError: what is wrong with the image
             raise RequestError(422, str(err)) from None
 
     async def _run(self, route: str, handler) -> JSONResponse | StreamingResponse | dict:
@@ -306,7 +292,7 @@ class ReportServer:
     def _usage(self, human: str, generated: Generated) -> dict:
         """Token counts as the model saw them: the prompt with its image tokens, and the tokens
         generated (the end-of-sequence token included)."""
-        prompt = len(encode_prompt(self.tokenizer, render_prompt(self.template, human), num_image_tokens(self.model)))
+        prompt = self.model.prompt_tokens(human)
         return {"prompt_tokens": prompt, "completion_tokens": generated.tokens,
                 "total_tokens": prompt + generated.tokens}
 
@@ -338,36 +324,24 @@ class ReportServer:
 
     def _stream(self, completion_id: str, pixels: torch.Tensor, human: str, sampling: Sampling,
                 include_usage: bool):
-        """Server-sent chunks of one request's findings as the tokens are generated: the generation
-        runs in its own thread and feeds a TextIteratorStreamer (batching is for unstreamed
-        requests). Starlette iterates this generator in its thread pool."""
+        """Server-sent chunks of one request's findings as the tokens are generated (ServedModel.stream;
+        batching is for unstreamed requests). Starlette iterates this generator in its thread pool."""
         def chunk(delta: dict, finish: str | None = None) -> str:
             return "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk",
                                           "created": int(time.time()), "model": self.args.model_name,
                                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}) + "\n\n"
 
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        outcome: dict = {}
-
-        def run() -> None:
-            try:
-                outcome["generated"] = generate_batch(self.model, self.tokenizer, [pixels], [human], self.template,
-                                                         sampling, streamer)[0]
-            except Exception as err:  # the stream ends with the error instead of hanging
-                outcome["error"] = f"{type(err).__name__}: {err}"
-                streamer.end()
-
-        worker = threading.Thread(target=run, name=f"radlab-stream-{completion_id}", daemon=True)
-        worker.start()
         yield chunk({"role": "assistant", "content": ""})
-        for piece in until_stop(streamer, stop_strings(self.template, sampling)):
-            yield chunk({"content": piece})
-        worker.join()
-        if "error" in outcome:
-            yield "data: " + json.dumps({"error": {"message": f"generation failed: {outcome['error']}",
+        try:
+            for piece in self.model.stream(pixels, human, sampling, f"radlab-stream-{completion_id}"):
+                if isinstance(piece, str):
+                    yield chunk({"content": piece})
+                else:
+                    generated = piece
+        except StreamFailed as err:  # the stream ends with the error instead of hanging
+            yield "data: " + json.dumps({"error": {"message": f"generation failed: {err}",
                                                    "type": "server_error"}}) + "\n\n"
         else:
-            generated = outcome["generated"]
             yield chunk({}, generated.finish_reason)
             if include_usage:
                 yield "data: " + json.dumps({"id": completion_id, "object": "chat.completion.chunk",

@@ -37,3 +37,23 @@ def test_served_over_http_to_the_openai_client():
 def test_two_severity_steps_are_significant():
     counts, _ = judge_pair(write_findings([EFFUSION]), write_findings([Finding("effusion", "left", None, "large")]))
     assert counts.significant["D"] == 1 and counts.insignificant["D"] == 0
+
+
+def test_judges_started_at_once_each_listen_on_a_port_of_their_own():
+    """Sweep trials start their loopback judges together: each listens on the port the system gave
+    its own socket and answers there."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import ExitStack
+
+    together = threading.Barrier(6)
+    with ExitStack() as stack:
+        def start(_) -> str:
+            together.wait()
+            return stack.enter_context(serve_in_thread(create_app()))
+
+        with ThreadPoolExecutor(6) as pool:
+            urls = list(pool.map(start, range(6)))
+        answers = [httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"] for url in urls]
+    assert len(set(urls)) == 6 and all(not url.endswith(":0/v1") for url in urls)
+    assert answers == ["radlab-synthetic-reference"] * 6

@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse
 
 from radlab.data.synthetic import SEVERITIES, parse_findings
 from radlab.evaluation.chexprompt import LETTERS, Counts, format_answer
-from radlab.runtime import free_loopback_port
 
 MODEL_ID = "radlab-synthetic-reference"
 _TAGS = re.compile(r"<reference>\s*(.*?)\s*</reference>.*?<candidate>\s*(.*?)\s*</candidate>", re.S)
@@ -111,19 +110,21 @@ def create_app(latency_s: float = 0.0) -> FastAPI:
 
 
 @contextmanager
-def serve_in_thread(app, port: int | None = None) -> Iterator[str]:
-    """Run an ASGI app with uvicorn on 127.0.0.1 in a background thread; yield its /v1 base URL."""
-    port = port or free_loopback_port()
+def serve_in_thread(app) -> Iterator[str]:
+    """Run an ASGI app with uvicorn on 127.0.0.1 in a background thread; yield its /v1 base URL.
+    The port is the one the system gives the listening socket itself, so that processes starting
+    their judges at once (sweep trials) never reach for the same free port."""
     # log_config=None: no handlers bound to whatever sys.stderr is now (it may be a temporary
     # capture stream); records go to the caller's logging setup.
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", log_config=None))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not server.started:
         if time.time() > deadline or not thread.is_alive():
-            raise RuntimeError(f"the judge server did not start on 127.0.0.1:{port}")
+            raise RuntimeError("the judge server did not start on 127.0.0.1")
         time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:

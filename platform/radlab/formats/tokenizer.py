@@ -19,7 +19,8 @@ SPECIALS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_
 
 
 def train_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE on `texts` (plus the prompt templates) and save it to `out_dir`."""
+    """Train a byte-level BPE on `texts` (plus the prompt templates) and save it to `out_dir`
+    (with save_tokenizer: a folder already there is kept)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -98,3 +98,28 @@ def test_a_resume_point_holds_only_what_trains_and_goes_back_over_the_model_the_
     other = apply_lora(build_model(tiny(language={"hidden_size": 64}), tokenizer), lora)
     with pytest.raises(ModelError, match="saved weights do not fit the stage's model"):
         load_trainable(other, tmp_path / "ckpt")
+
+
+def test_processes_that_write_the_same_folder_at_once_each_put_theirs_in_place(tmp_path):
+    """Sweep trials that share a stage 0 copy its encoder out to the same folder when they end: a
+    copy that appears between one's look and its rename is moved aside, not an error, and nothing
+    is left beside the folder."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from radlab.model.checkpoint import atomic_folder
+
+    for attempt in range(5):
+        dest = tmp_path / f"encoder-{attempt}"
+        together = threading.Barrier(8)
+
+        def write(i: int) -> None:
+            with atomic_folder(dest) as tmp:
+                (tmp / "model.safetensors").write_bytes(bytes([i]) * 100_000)
+                together.wait()
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(write, range(8)))
+        written = (dest / "model.safetensors").read_bytes()
+        assert len(written) == 100_000 and len(set(written)) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"encoder-{attempt}" for attempt in range(5)]

@@ -19,6 +19,7 @@ checksums, and a resumed stage falls back to the newest intact checkpoint beside
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -125,7 +126,9 @@ def newest_intact(path: Path) -> tuple[Path, list[str]]:
 @contextmanager
 def atomic_folder(dest: Path, checksums: bool = False) -> Iterator[Path]:
     """A temporary folder beside `dest`, renamed onto it when the block succeeds (with the sha256
-    of every file in checksums.json if asked), removed if not."""
+    of every file in checksums.json if asked), removed if not. A folder already at `dest` is moved
+    aside first and removed after; processes that write the same `dest` at once (sweep trials
+    copying out a shared stage 0 encoder) each rename theirs in turn, and the last one stays."""
     dest = Path(dest)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
@@ -134,13 +137,22 @@ def atomic_folder(dest: Path, checksums: bool = False) -> Iterator[Path]:
         if checksums:
             files = sorted(p for p in tmp.rglob("*") if p.is_file())
             (tmp / CHECKSUMS).write_text(json.dumps({str(p.relative_to(tmp)): _sha256(p) for p in files}, indent=1))
-        if dest.exists():
+        aside = []
+        while True:
+            try:
+                tmp.rename(dest)
+                break
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
             old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
-            dest.rename(old)
-            tmp.rename(dest)
+            try:
+                dest.rename(old)
+                aside.append(old)
+            except FileNotFoundError:  # another process moved it aside first
+                pass
+        for old in aside:
             shutil.rmtree(old)
-        else:
-            tmp.rename(dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

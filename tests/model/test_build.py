@@ -165,6 +165,20 @@ def test_trials_that_prepare_the_same_tokenizer_at_once_each_read_a_whole_one(tm
     assert [path.name for path in (tmp_path / "ray" / "tokenizers").iterdir()] == [prepare_tokenizer(experiment, "digest").name]
 
 
+def test_a_tokenizer_folder_an_interrupted_save_left_is_refused_naming_it(tmp_path, synthetic_root):
+    from radlab.config import parse_experiment
+    from radlab.errors import RadlabError
+    from radlab.pipeline import prepare_tokenizer
+
+    from ..conftest import experiment_dict
+
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path), "t")
+    folder = prepare_tokenizer(experiment, "digest")
+    (folder / "tokenizer_config.json").unlink()
+    with pytest.raises(RadlabError, match=rf"{folder} holds no tokenizer_config.json .*remove the folder"):
+        prepare_tokenizer(experiment, "digest")
+
+
 def test_a_tokenizer_that_does_not_match_the_embeddings_is_refused(tokenizer, tmp_path, synthetic_root):
     from radlab.config import parse_experiment
     from radlab.pipeline import prepare_tokenizer

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from radlab.errors import RadlabError
 from radlab.formats.prompts import IMAGE_TOKEN, VICUNA_SYSTEM
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
     """Save into a process-unique folder beside `out_dir`, then rename it there: processes that
     prepare the same tokenizer at once (sweep trials) never see each other's half-written files.
     A folder already there (another process's, of the same texts) is kept as it is, so a process
-    reading it is never left without it."""
+    reading it is never left without it; one without tokenizer_config.json is refused."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
@@ -59,6 +60,8 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: Path) -> None:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if not (out_dir / "tokenizer_config.json").is_file():
+        raise RadlabError(f"{out_dir} holds no tokenizer_config.json (a save that was interrupted): remove the folder")
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerFast:

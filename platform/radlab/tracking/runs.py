@@ -229,6 +229,10 @@ class Tracker:
         if error and not interrupted:
             self.client.set_tag(run_id, "radlab.error", error[:5000])
         self.client.set_terminated(run_id, "KILLED" if interrupted else "FINISHED" if ok else "FAILED")
+        # The sweep may mark its stopped trial (tag, then KILLED) between the look above and this
+        # end: whichever wrote last, a run the sweep tagged ends KILLED.
+        if not ok and not interrupted and "radlab.trial_status" in self.client.get_run(run_id).data.tags:
+            self.client.set_terminated(run_id, "KILLED")
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         for key, value in metrics.items():

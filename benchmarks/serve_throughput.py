@@ -3,15 +3,19 @@ CPU replica, adaptive batching up to 32) at concurrency 1, 8 and 32 against the 
 `generate` in-process on batches of the same size with as many threads as the replica has CPUs
 (PNG decoding included on both sides); the two sides alternate over rounds.
 
-    python benchmarks/serve_throughput.py [--requests 64] [--rounds 3] [--replica-cpus 1]
+    python benchmarks/serve_throughput.py [--requests 64] [--rounds 3] [--replica-cpus 1] [--proxy]
 
 Goals: at concurrency 32, at least 80% of plain `generate` at batch 32; a lone request's p50 at
 most 70 ms.
 
+Serve runs as `radlab serve` runs it on a Ray of its own: each replica answers HTTP itself (Ray
+Serve's throughput-optimized mode with direct ingress, `radlab.serve.deploy.throughput_serving_env`);
+`--proxy` puts Serve's HTTP proxy in front of the replicas instead, as on a cluster.
+
 At concurrency 32 a third side runs: the HTTP path alone, a Serve deployment on the same route
 and CPUs that reads the upload and returns a fixed report without decoding or generating. Its rate
-is what Serve's proxy, the replica's request handling and this load generator cost per request on
-this machine, beside generation.
+is what the HTTP path (the proxy where there is one), the replica's request handling and this load
+generator cost per request on this machine, beside generation.
 """
 
 import argparse
@@ -46,6 +50,7 @@ from radlab.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E4
 from radlab.model.generation import generate_batch, inference_model  # noqa: E402
 from radlab.model.sampling import Sampling  # noqa: E402
 from radlab.serve.app import report_app  # noqa: E402
+from radlab.serve.deploy import throughput_serving_env  # noqa: E402
 
 echo_api = FastAPI()
 
@@ -111,6 +116,7 @@ def main() -> None:
     parser.add_argument("--replica-cpus", type=int, default=1)
     parser.add_argument("--batch-wait", type=float, default=0.1, help="batch_wait_timeout_s: the batch window's ceiling")
     parser.add_argument("--batch-idle", type=float, default=0.005, help="batch_idle_s: a batch goes after this gap")
+    parser.add_argument("--proxy", action="store_true", help="requests through Serve's HTTP proxy, as on a cluster")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         experiment = parse_experiment({"name": "bench", "data": {"synthetic": {
@@ -122,20 +128,26 @@ def main() -> None:
         loaded = load_checkpoint(folder)
         model = inference_model(loaded.model, torch.device("cpu"), torch.float32)
         torch.set_num_threads(args.replica_cpus)
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": 8799})
+        # The two applications' replicas answer on 8799 and 8800, in the order they deploy, or the proxy on 8799.
+        env = {} if args.proxy else throughput_serving_env(8799, replicas=2)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env})
+        serve.start(http_options={"host": "127.0.0.1", "port": 8799 if args.proxy else 0})
         serve.run(report_app({"model": str(folder), "max_new_tokens": args.max_new_tokens, "max_batch_size": 32,
                              "batch_wait_timeout_s": args.batch_wait, "batch_idle_s": args.batch_idle},
                             {"num_cpus": args.replica_cpus}),
                   name="batched", route_prefix="/batched")
         serve.run(HttpPathOnly.options(ray_actor_options={"num_cpus": args.replica_cpus}).bind(), name="http-only",
                   route_prefix="/http-only")
-        url = "http://127.0.0.1:8799/batched"
+        url, http_only = ("http://127.0.0.1:8799/batched", "http://127.0.0.1:8799/http-only") if args.proxy else \
+            ("http://127.0.0.1:8799/batched", "http://127.0.0.1:8800/http-only")
         payloads = images(args.requests)
         asyncio.run(load(url, payloads[:8], 8))  # warm-up
         plain_generate(model, loaded.tokenizer, payloads[:8], 8, args.max_new_tokens)
         print(f"{args.requests} requests per cell, tiny model, {args.max_new_tokens} new tokens, "
-              f"{args.replica_cpus} CPU replica vs plain generate on {args.replica_cpus} thread(s)")
+              f"{args.replica_cpus} CPU replica {'behind the proxy' if args.proxy else 'answering itself'} vs plain "
+              f"generate on {args.replica_cpus} thread(s)")
+        behind = ", behind Serve's HTTP proxy" if args.proxy else ""
         latencies: dict[int, list[float]] = {}
         for concurrency in (1, 8, 32):
             def served(c=concurrency) -> float:
@@ -146,13 +158,13 @@ def main() -> None:
             sides = {"served": served, "plain": lambda c=concurrency: plain_generate(
                 model, loaded.tokenizer, payloads, c, args.max_new_tokens)}
             if concurrency == 32:
-                sides["HTTP path alone"] = lambda: asyncio.run(load("http://127.0.0.1:8799/http-only", payloads, 32))[0]
+                sides["HTTP path alone"] = lambda: asyncio.run(load(http_only, payloads, 32))[0]
             rates = alternate(sides, args.rounds)
-            report("serve_throughput", f"reports/s at concurrency {concurrency}", rates["served"], rates["plain"],
+            report("serve_throughput", f"reports/s at concurrency {concurrency}{behind}", rates["served"], rates["plain"],
                    f"plain generate at batch {concurrency}", "reports/s", 0.8 if concurrency == 32 else None)
-        report("serve_throughput", "requests/s at concurrency 32 of the HTTP path alone (no decoding, no model)",
+        report("serve_throughput", f"requests/s at concurrency 32 of the HTTP path alone (no decoding, no model){behind}",
                rates["HTTP path alone"], rates["plain"], "plain generate at batch 32", "requests/s", None)
-        check("serve_throughput", "a lone request's p50 latency", latencies[1], "ms", 70, higher_is_better=False)
+        check("serve_throughput", f"a lone request's p50 latency{behind}", latencies[1], "ms", 70, higher_is_better=False)
         serve.shutdown()
         ray.shutdown()
 

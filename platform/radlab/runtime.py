@@ -72,11 +72,12 @@ def own_signal_handlers() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def init_ray(config: RayConfig, verbose: bool = True, dashboard: bool = False) -> str | None:
+def init_ray(config: RayConfig, verbose: bool = True, dashboard: bool = False,
+             embedded_env: dict[str, str] | None = None) -> str | None:
     """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers; return
     the folder of Ray's logs (None when Ray was already started). With `verbose` off, the workers'
     and Ray's own output stays in those logs instead of the console. `dashboard`: see
-    `embedded_ray_options`."""
+    `embedded_ray_options`; `embedded_env`: variables for every process of an embedded Ray."""
     import ray
 
     for key, value in LOOPBACK_ENV.items():
@@ -92,7 +93,7 @@ def init_ray(config: RayConfig, verbose: bool = True, dashboard: bool = False) -
     else:
         cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
         # address="local": a Ray of its own, even where another Ray runs on this machine.
-        context = ray.init(**embedded_ray_options(cpus, dashboard=dashboard), log_to_driver=verbose,
+        context = ray.init(**embedded_ray_options(cpus, embedded_env, dashboard), log_to_driver=verbose,
                            logging_level=level)
     end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
     logs = os.path.join(context.address_info["session_dir"], "logs")

@@ -290,6 +290,61 @@ def test_a_controller_that_stops_answering_is_said_and_serving_goes_on():
         "the replicas serve on" in line, line
 
 
+RADLAB_SERVE_OWN_RAY = """
+import ipaddress, json, os, signal, sys, time, httpx, psutil
+from radlab.serve.deploy import deploy, undeploy
+folder, port = sys.argv[1], int(sys.argv[2])
+url, _ = deploy({"model": folder, "max_new_tokens": 8}, {"num_cpus": 1}, "127.0.0.1", port)
+
+def listeners():
+    titles = {p.pid: " ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)}
+    return [(c.laddr.ip, c.laddr.port, c.pid, titles[c.pid]) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in titles]
+
+def answered():
+    return httpx.post(f"{url}/v1/reports", files={"image": ("x.png", open(sys.argv[3], "rb"))}, timeout=60).status_code
+
+first = [(pid, title) for _, p, pid, title in listeners() if p == port]
+result = {"url": url, "answered": answered(), "on_port": [title.split()[0] for _, title in first],
+          "wildcard": sorted(t.split()[0] for ip, _, _, t in listeners() if not ipaddress.ip_address(ip).is_loopback
+                             and not ip.endswith("127.0.0.1"))}
+os.kill(first[0][0], signal.SIGKILL)  # a replica that dies: Serve starts another on the same port
+deadline = time.time() + 90
+while time.time() < deadline:
+    time.sleep(0.5)
+    try:
+        result["answered_again"] = answered()
+        break
+    except httpx.TransportError:
+        pass
+result["on_port_again"] = [t.split()[0] for _, p, pid, t in listeners() if p == port and pid != first[0][0]]
+undeploy()
+print(json.dumps(result))
+"""
+
+
+def test_radlab_serve_on_its_own_ray_answers_from_the_replica_on_the_port_asked(served, synthetic_root):
+    """`radlab serve` on a Ray of its own: the replica itself listens on the port asked for (Ray
+    Serve's direct ingress, no proxy hop), on loopback; a replica Serve restarts takes the port again
+    and answers. Its own Ray, in a process of its own."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", RADLAB_SERVE_OWN_RAY, str(served[1]), str(port),
+                           str(synthetic_root / "images" / "test" / "000000.png")], capture_output=True, text=True,
+                          env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["url"] == f"http://127.0.0.1:{port}" and result["answered"] == 200
+    assert result["on_port"] == ["ray::ServeReplica:radlab:ReportServer"]
+    assert result["wildcard"] == ["ray::ServeReplica:radlab:ReportServer"]  # its gRPC server, as with the proxy
+    assert result["answered_again"] == 200 and result["on_port_again"] == ["ray::ServeReplica:radlab:ReportServer"]
+
+
 def test_shipped_serve_configs():
     for name in ("local.yaml", "v100.yaml"):
         raw = yaml.safe_load((ROOT / "serving" / name).read_text())

@@ -160,11 +160,14 @@ def main() -> None:
             if concurrency == 32:
                 sides["HTTP path alone"] = lambda: asyncio.run(load(http_only, payloads, 32))[0]
             rates = alternate(sides, args.rounds)
-            report("serve_throughput", f"reports/s at concurrency {concurrency}{behind}", rates["served"], rates["plain"],
-                   f"plain generate at batch {concurrency}", "reports/s", 0.8 if concurrency == 32 else None)
-        report("serve_throughput", f"requests/s at concurrency 32 of the HTTP path alone (no decoding, no model){behind}",
+            report("serve_throughput", f"reports/s at concurrency {concurrency}{behind}", rates["served"],
+                   rates["plain"], f"plain generate at batch {concurrency}", "reports/s",
+                   0.8 if concurrency == 32 else None)
+        report("serve_throughput",
+               f"requests/s at concurrency 32 of the HTTP path alone (no decoding, no model){behind}",
                rates["HTTP path alone"], rates["plain"], "plain generate at batch 32", "requests/s", None)
-        check("serve_throughput", f"a lone request's p50 latency{behind}", latencies[1], "ms", 70, higher_is_better=False)
+        check("serve_throughput", f"a lone request's p50 latency{behind}", latencies[1], "ms", 70,
+              higher_is_better=False)
         serve.shutdown()
         ray.shutdown()
 

@@ -108,6 +108,22 @@ def test_serve_on_a_non_loopback_host_needs_a_token(tmp_path, monkeypatch):
     assert "host 0.0.0.0 is not loopback, so requests need a bearer token: export RADLAB_SERVE_TOKEN=" in result.output
 
 
+def test_serve_refuses_a_port_another_server_holds_before_starting_ray(tmp_path):
+    """The replica could not listen there: said in one line, in a process of its own (no Ray yet)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        done = subprocess.run([sys.executable, "-m", "radlab.cli", "serve", "--model", "ckpt", "--port", str(port)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == (f"--port {port}: cannot listen on 127.0.0.1:{port} (Address already in use); "
+                                   "another server holds it: stop it or choose another --port")
+
+
 def test_files_that_are_not_utf8_or_not_yaml_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "latin1.yaml").write_bytes(b"name: x\n# caf\xe9\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 import httpx
@@ -138,6 +139,19 @@ def throughput_serving_env(port: int, replicas: int = 1) -> dict[str, str]:
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before Ray starts, a port another program listens on: the replica could not take it
+    (Serve would retry it and fail with its own traceback). Probed as a server binds (SO_REUSEADDR),
+    so a port in TIME_WAIT after an earlier run is free."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise DeployError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another server "
+                              "holds it: stop it or choose another --port") from None
+
+
 def deploy(args: dict, actor_options: dict, host: str, port: int, verbose: bool = False) -> tuple[str, str | None]:
     """Start Ray (local unless RAY_ADDRESS says otherwise) and Serve on `host`:`port`, deploy the
     application and wait until it answers; return (its URL, the folder of Ray's own logs where
@@ -145,6 +159,8 @@ def deploy(args: dict, actor_options: dict, host: str, port: int, verbose: bool 
     (`throughput_serving_env`); joining a running Ray, Serve's proxy does. A replica that fails to start
     is a DeployError with its error, and Serve is left running for whatever else it serves."""
     embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+    if embedded:
+        check_port_free(host, port)
     logs = init_ray(RayConfig(), verbose, embedded_env=throughput_serving_env(port) if embedded else None)
     if not verbose:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's own Serve notes

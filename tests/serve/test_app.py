@@ -294,7 +294,7 @@ RADLAB_SERVE_OWN_RAY = """
 import ipaddress, json, os, signal, sys, time, httpx, psutil
 from radlab.serve.deploy import deploy, undeploy
 folder, port = sys.argv[1], int(sys.argv[2])
-url, _ = deploy({"model": folder, "max_new_tokens": 8}, {"num_cpus": 1}, "127.0.0.1", port)
+url, _ = deploy({"model": folder, "max_new_tokens": 8}, {"num_cpus": 1}, "127.0.0.1", port, verbose=True)
 
 def listeners():
     titles = {p.pid: " ".join(p.cmdline()) for p in psutil.Process().children(recursive=True)}
@@ -326,7 +326,8 @@ print(json.dumps(result))
 def test_radlab_serve_on_its_own_ray_answers_from_the_replica_on_the_port_asked(served, synthetic_root):
     """`radlab serve` on a Ray of its own: the replica itself listens on the port asked for (Ray
     Serve's direct ingress, no proxy hop), on loopback; a replica Serve restarts takes the port again
-    and answers. Its own Ray, in a process of its own."""
+    and answers; with --verbose the replica's access log reaches the console. Its own Ray, in a
+    process of its own."""
     import json
     import os
     import subprocess
@@ -343,6 +344,7 @@ def test_radlab_serve_on_its_own_ray_answers_from_the_replica_on_the_port_asked(
     assert result["on_port"] == ["ray::ServeReplica:radlab:ReportServer"]
     assert result["wildcard"] == ["ray::ServeReplica:radlab:ReportServer"]  # its gRPC server, as with the proxy
     assert result["answered_again"] == 200 and result["on_port_again"] == ["ray::ServeReplica:radlab:ReportServer"]
+    assert re.search(r"\(ServeReplica:radlab:ReportServer pid=\d+\).* POST /v1/reports 200", done.stderr + done.stdout)
 
 
 def test_shipped_serve_configs():

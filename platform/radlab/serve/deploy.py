@@ -126,17 +126,20 @@ def application_args(model: str | None, config: Path | None, host: str | None) -
     return args, host, actor_options
 
 
-def throughput_serving_env(port: int, replicas: int = 1) -> dict[str, str]:
+def throughput_serving_env(port: int, replicas: int = 1, verbose: bool = False) -> dict[str, str]:
     """Ray Serve's throughput-optimized mode, for the processes of an embedded Ray: above all direct
     ingress, where each replica of an ingress deployment answers HTTP itself, on a port of
     [port, port + replicas), instead of behind Serve's HTTP proxy (on 2 cores the HTTP path alone
     serves 3x the requests/s at concurrency 32; see the README's serving benchmark). The replica's
     port is the one asked for, so a replica Serve restarts takes it again at once (no quarantine),
     and a replica that stops has no load balancer to wait for (no 30 s draining period). On a
-    cluster a load balancer would have to find the replicas' ports, so there Serve's proxy stays."""
+    cluster a load balancer would have to find the replicas' ports, so there Serve's proxy stays.
+    `verbose`: the replicas' Serve logs (access logs) go to stderr too, which the mode turns off,
+    and so reach the console."""
     return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + replicas), "RAY_SERVE_PORT_QUARANTINE_S": "0",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+            "RAY_SERVE_LOG_TO_STDERR": "1" if verbose else "0"}
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -161,7 +164,7 @@ def deploy(args: dict, actor_options: dict, host: str, port: int, verbose: bool 
     embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if embedded:
         check_port_free(host, port)
-    logs = init_ray(RayConfig(), verbose, embedded_env=throughput_serving_env(port) if embedded else None)
+    logs = init_ray(RayConfig(), verbose, embedded_env=throughput_serving_env(port, verbose=verbose) if embedded else None)
     if not verbose:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's own Serve notes
     # With direct ingress Serve's proxy, which no request then passes, listens on a port the system picks.

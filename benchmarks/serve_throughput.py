@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--replica-cpus", type=int, default=1)
     parser.add_argument("--batch-wait", type=float, default=0.1, help="batch_wait_timeout_s: the batch window's ceiling")
-    parser.add_argument("--batch-idle", type=float, default=0.005, help="batch_idle_s: a batch goes after this gap")
+    parser.add_argument("--batch-idle", type=float, default=0.01, help="batch_idle_s: a batch goes after this gap")
     parser.add_argument("--proxy", action="store_true", help="requests through Serve's HTTP proxy, as on a cluster")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,7 +53,7 @@ class ServeArgs(BaseModel):
     dtype: str = Field("auto", pattern="^(auto|fp32|fp16|bf16)$")
     max_batch_size: int = Field(8, ge=1)
     batch_wait_timeout_s: float = Field(0.1, ge=0, description="the longest a request waits for its batch to fill")
-    batch_idle_s: float = Field(0.005, ge=0, description="a batch goes when no request arrived for this long")
+    batch_idle_s: float = Field(0.01, ge=0, description="a batch goes when no request arrived for this long")
     max_new_tokens: int = Field(256, ge=1)
     api_key_env: str | None = Field(None, description="env var holding the bearer token; None: no auth")
     max_body_bytes: int = Field(20_000_000, ge=1024)

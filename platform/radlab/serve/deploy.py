@@ -159,12 +159,13 @@ def deploy(args: dict, actor_options: dict, host: str, port: int, verbose: bool 
     """Start Ray (local unless RAY_ADDRESS says otherwise) and Serve on `host`:`port`, deploy the
     application and wait until it answers; return (its URL, the folder of Ray's own logs where
     they are kept off the console). On a Ray of its own the one replica answers on `port` itself
-    (`throughput_serving_env`); joining a running Ray, Serve's proxy does. A replica that fails to start
-    is a DeployError with its error, and Serve is left running for whatever else it serves."""
+    (`throughput_serving_env`); joining a running Ray, Serve's proxy does. A replica that fails to
+    start is a DeployError with its error, and Serve is left running for whatever else it serves."""
     embedded = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     if embedded:
         check_port_free(host, port)
-    logs = init_ray(RayConfig(), verbose, embedded_env=throughput_serving_env(port, verbose=verbose) if embedded else None)
+    serving_env = throughput_serving_env(port, verbose=verbose) if embedded else None
+    logs = init_ray(RayConfig(), verbose, embedded_env=serving_env)
     if not verbose:
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's own Serve notes
     # With direct ingress Serve's proxy, which no request then passes, listens on a port the system picks.

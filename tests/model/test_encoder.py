@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import CLIPVisionModel
+from transformers import CLIPModel, CLIPVisionModel
 
 from radlab.config import ModelConfig, Stage0Config
 from radlab.model.build import ModelError, build_model
@@ -38,7 +38,14 @@ def test_save_load_round_trip_and_the_tower_plugs_into_the_report_model(tokenize
     with torch.no_grad():
         assert all(torch.allclose(a, b) for a, b in zip(encoder(pixels, ids, mask), loaded.encoder.eval()(pixels, ids, mask)))
     assert float(loaded.encoder.logit_bias) == -10.0 and loaded.meta["step"] == 3
-    # The folder is a CLIP folder: its image tower loads with transformers and as model.vision.path.
+    # The folder is a CLIP folder: the pair and its image tower load with transformers, and the
+    # tower as model.vision.path.
+    clip = CLIPModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        assert torch.allclose(clip.get_image_features(pixel_values=pixels).pooler_output,
+                              encoder.clip.get_image_features(pixel_values=pixels).pooler_output)
+        assert torch.allclose(clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output,
+                              encoder.clip.get_text_features(input_ids=ids, attention_mask=mask).pooler_output)
     tower = CLIPVisionModel.from_pretrained(folder)
     assert torch.equal(tower.state_dict()["encoder.layers.0.mlp.fc1.weight"],
                        encoder.clip.vision_model.state_dict()["encoder.layers.0.mlp.fc1.weight"])

@@ -1,8 +1,9 @@
 """Stage 0's dual encoder: the report model's image tower beside a text tower, trained contrastively.
 
-The pair is a transformers `CLIPModel`, saved with `save_pretrained`, so an encoder folder is
-also a CLIP folder: `model.vision.path: <folder>` plugs its image tower into stage 1, and
-`CLIPVisionModel.from_pretrained(<folder>)` loads it anywhere.
+The pair is a transformers `CLIPModel`, saved in the files its `save_pretrained` writes, so an
+encoder folder is also a CLIP folder: `model.vision.path: <folder>` plugs its image tower into
+stage 1, and `CLIPModel.from_pretrained(<folder>)` (the pair) or `CLIPVisionModel.from_pretrained`
+(the image tower) loads it anywhere.
 
     config.json, model.safetensors   the CLIPModel (both towers, projections, temperature)
     radlab.json                      kind "encoder", the model and stage0 sections, SigLIP bias, step
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPVisionModel
 
@@ -117,7 +118,12 @@ def set_encoder_trainable(encoder: DualEncoder, s0: Stage0Config) -> int:
 def save_encoder(dest: Path, encoder: DualEncoder, tokenizer, model_config: ModelConfig, s0: Stage0Config,
                  meta: dict, train_state: dict | None = None) -> Path:
     with atomic_folder(dest, checksums=True) as tmp:
-        encoder.clip.save_pretrained(tmp)
+        # The files CLIPModel.save_pretrained writes (config.json, model.safetensors with the same keys
+        # and metadata), written directly: save_pretrained unwraps the model through accelerate, which
+        # imports DeepSpeed wherever it is installed, 1.3 s at each stage 0 worker's first checkpoint.
+        state = {k: v.detach().contiguous() for k, v in encoder.clip.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        encoder.clip.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp / "tokenizer")
         write_transform(tmp, image_transform(model_config.vision))
         info = {"format": FORMAT, "kind": "encoder", "model": model_config.model_dump(mode="json"),

@@ -1,7 +1,7 @@
 """The plain PyTorch loop radlab's training is measured against: one process, the parts radlab
 trains (the tower too where the model leaves it unfrozen), AdamW with the stage's cosine schedule
 after warmup and gradients clipped to norm 1, and in each step the examples radlab's workers draw
-for the experiment's seed, collated as one batch."""
+for the experiment's seed, collated as one batch; and stage 0's contrastive loop (`train_contrastive`)."""
 
 from __future__ import annotations
 
@@ -62,3 +62,50 @@ def train_stage(model, experiment, stage_name: str, tokenizer, prepared: bool = 
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
     return (stage.max_steps - timed_from) * stage.global_batch / (time.perf_counter() - started)
+
+
+def train_contrastive(experiment, tokenizer, batch: int, steps: int, timed_from: int) -> float:
+    """Stage 0's plain loop: the dual encoder radlab builds, the parts stage 0 trains, CLIP's loss on
+    one process, AdamW with CLIP's weight decay groups and the stage's cosine schedule, gradients
+    clipped to norm 1, the temperature clamped; each step's pairs decoded and collated in the loop,
+    as radlab's stage 0 does. Returns pairs/s over the steps from the `timed_from`-th."""
+    from functools import partial
+    from math import log
+
+    from torch.utils.data import DataLoader
+
+    from radlab.data.dataset import split_examples
+    from radlab.data.pairs import PairDataset, collate_pairs
+    from radlab.model.encoder import build_encoder, set_encoder_trainable
+    from radlab.train.contrastive import clip_loss
+
+    s0 = experiment.stage0
+    torch.manual_seed(experiment.seed)
+    model = build_encoder(experiment.model, s0, tokenizer)
+    set_encoder_trainable(model, s0)
+    dataset = PairDataset(split_examples(experiment.data, "train"), tokenizer,
+                          image_transform(experiment.model.vision), s0.text.max_length)
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
+                        collate_fn=partial(collate_pairs, pad_id=tokenizer.pad_token_id))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": s0.weight_decay},
+                                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=s0.lr)
+    schedule = get_cosine_schedule_with_warmup(optimizer, int(s0.warmup_ratio * steps), steps)
+    model.train()
+    step, started = 0, time.perf_counter()
+    while step < steps:
+        for pairs in loader:
+            if step == timed_from:
+                started = time.perf_counter()
+            images, texts = model(pairs["pixel_values"], pairs["input_ids"], pairs["attention_mask"])
+            clip_loss(images, texts, model.clip.logit_scale).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                model.clip.logit_scale.clamp_(0, log(100))
+            step += 1
+            if step == steps:
+                break
+    return (steps - timed_from) * batch / (time.perf_counter() - started)

@@ -2,6 +2,9 @@
 plan over memory refused before anything starts."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,39 @@ def test_a_hub_id_is_planned_by_its_own_config(tmp_path, monkeypatch):
         check_half_weights_stepped(ddp)
     # Neither a folder nor a hub id, or a hub id that is not cached here: the YAML's shapes are planned.
     assert language_config("weights/vicuna/7b") == {} and language_config("lmsys/vicuna-33b-v1.3") == {}
+
+
+def test_an_unreachable_hub_is_asked_once(tmp_path):
+    """A hub id that is not cached, on a machine whose hub does not answer (here a loopback server
+    that answers every request with 503): the plan asks for its config.json once and plans the
+    YAML's shapes, instead of hf_hub_download's five retries. (In a process of its own: the hub's
+    address is read when huggingface_hub is imported.)"""
+    import http.server
+    import threading
+
+    asked = []
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HOME": str(tmp_path / "hf")}
+    try:
+        planned = subprocess.run([sys.executable, "-c", "from radlab.model.memory import language_config; "
+                                  "print(language_config('lmsys/vicuna-7b-v1.5'))"],
+                                 env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert planned.returncode == 0 and planned.stdout.strip() == "{}", planned.stderr
+    assert [path for path in asked if path.endswith("config.json")] == ["/lmsys/vicuna-7b-v1.5/resolve/main/config.json"]

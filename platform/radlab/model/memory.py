@@ -81,11 +81,20 @@ def language_config(path: str | None) -> dict:
 
 @functools.lru_cache(maxsize=16)  # one lookup per hub id and process, not one per plan
 def _hub_config(repo_id: str) -> dict:
-    from huggingface_hub import hf_hub_download
+    """The hub id's config.json from the Hugging Face cache, else from the hub when one request
+    reaches it: hf_hub_download alone retries an unreachable hub five times (23 s of waiting and
+    warnings on a machine without internet) before saying the file is not cached."""
+    from httpx2 import HTTPError
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     try:
+        return json.loads(Path(hf_hub_download(repo_id, "config.json", local_files_only=True)).read_text())
+    except (OSError, ValueError):  # not cached here; not a repo id
+        pass
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"))  # one request, not retried
         return json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
-    except (OSError, ValueError):  # offline and not cached, no such repository, no network; not a repo id
+    except (OSError, ValueError, HTTPError):  # offline, no network, no such repository; not a repo id
         return {}
 
 

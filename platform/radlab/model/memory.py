@@ -84,17 +84,22 @@ def _hub_config(repo_id: str) -> dict:
     """The hub id's config.json from the Hugging Face cache, else from the hub when one request
     reaches it: hf_hub_download alone retries an unreachable hub five times (23 s of waiting and
     warnings on a machine without internet) before saying the file is not cached."""
-    from httpx2 import HTTPError
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     try:
         return json.loads(Path(hf_hub_download(repo_id, "config.json", local_files_only=True)).read_text())
     except (OSError, ValueError):  # not cached here; not a repo id
         pass
+    # Whatever stops this one request (offline, no network, no such repository) means the hub cannot
+    # be read now. Its network errors are those of huggingface_hub's HTTP client, a library that
+    # changes between its releases (httpx, httpx2), so they are not named here.
     try:
         get_hf_file_metadata(hf_hub_url(repo_id, "config.json"))  # one request, not retried
+    except Exception:  # noqa: BLE001
+        return {}
+    try:
         return json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
-    except (OSError, ValueError, HTTPError):  # offline, no network, no such repository; not a repo id
+    except (OSError, ValueError):
         return {}
 
 

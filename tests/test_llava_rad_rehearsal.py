@@ -1,8 +1,8 @@
 """The paper's path rehearsed: experiments/llava_rad.yaml itself, end to end, on miniatures of what
 it names in their real formats: the released annotations (PhysioNet llava-rad-mimic-cxr-annotation)
 over MIMIC-CXR-JPG's folders of non-square JPEGs, BiomedCLIP-CXR in its open_clip release layout
-(a DINOv2 trunk with LayerScale, written by timm), and a Vicuna-format folder (a LlamaForCausalLM
-and a Llama tokenizer: SentencePiece-style BPE with byte fallback, no pad token). The YAML is run
+(a DINOv2 trunk with LayerScale, written by timm), and Vicuna-7B v1.5's folder as lmsys releases it
+(a SentencePiece tokenizer.model, no pad token, fp16 weights in pytorch_model-*.bin shards). The YAML is run
 as shipped but for paths, sizes, and what this machine lacks: GPUs (precision fp32) and GPT-4 (a
 fake GPT-4 on loopback that speaks Azure OpenAI's protocol, as the YAML's judge does). Ingest,
 import, stage 1, stage 2 (LoRA under DeepSpeed ZeRO-2), CheXprompt, registration, export and
@@ -17,8 +17,7 @@ from pathlib import Path
 import torch
 from fastapi import FastAPI, Request
 from mlflow import MlflowClient
-from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
-from transformers import AutoProcessor, AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlavaForConditionalGeneration
+from transformers import AutoProcessor, LlavaForConditionalGeneration
 from typer.testing import CliRunner
 
 from radlab.cli import app
@@ -32,11 +31,9 @@ from radlab.tracking.runs import fetch_checkpoint
 
 from .conftest import free_port
 from .data.ingest.layouts import image, llava_rad_record
-from .model.test_llava_rad import TIMM_TOWERS, open_clip_folder
+from .model.test_llava_rad import FINDINGS, TIMM_TOWERS, open_clip_folder, vicuna_release
 
 ROOT = Path(__file__).resolve().parents[1]
-FINDINGS = ["Mild pulmonary edema.", "Clear lungs.", "Small left pleural effusion.", "Right pneumothorax.",
-            "Heart size is normal.", "Low lung volumes with bibasilar atelectasis."]
 
 
 def annotation_release(root: Path) -> tuple[Path, Path]:
@@ -57,32 +54,6 @@ def annotation_release(root: Path) -> tuple[Path, Path]:
     for split, records in splits.items():
         (annotations / f"chat_{split}_MIMIC_CXR_all_gpt4extract_rulebased_v1.json").write_text(json.dumps(records))
     return annotations, files
-
-
-def vicuna_folder(folder: Path, texts: list[str]) -> Path:
-    """A LlamaForCausalLM with a Llama tokenizer in Vicuna v1.5's format: <unk> <s> </s> as ids 0-2,
-    byte fallback, BOS added, no pad token."""
-    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    bpe.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                     decoders.Strip(" ", 1, 0)])
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    bpe.train_from_iterator(texts * 10, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                             show_progress=False))
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    folder.mkdir(parents=True)
-    bpe.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None, "padding_side": "right",
-        "model_max_length": 2048}))
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert type(tokenizer).__name__ == "LlamaTokenizer" and tokenizer.pad_token is None
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
-                                 tie_word_embeddings=False)).save_pretrained(folder)
-    return folder
 
 
 def fake_gpt4_on_azure(calls: list) -> FastAPI:
@@ -117,7 +88,7 @@ def test_the_llava_rad_recipe_runs_end_to_end_on_real_format_miniatures(ray_sess
     runner = CliRunner()
     annotations, files = annotation_release(tmp_path / "physionet")
     made = json.loads((TIMM_TOWERS / "made_with.json").read_text())
-    vicuna = vicuna_folder(tmp_path / "weights" / "vicuna-7b-v1.5", FINDINGS + [VICUNA_SYSTEM, "USER: ASSISTANT:"])
+    vicuna = vicuna_release(tmp_path / "weights" / "vicuna-7b-v1.5", FINDINGS + [VICUNA_SYSTEM, "USER: ASSISTANT:"])
 
     ingested = runner.invoke(app, ["data", "ingest", "llava-rad", "--annotations", str(annotations),
                                    "--image-root", str(files), "--out", "llava_rad"])

@@ -1,5 +1,6 @@
 """Import of the released LLaVA-Rad layout, on a tiny checkpoint written in exactly that layout."""
 
+import io
 import json
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from transformers import Dinov2Model, LlamaConfig, LlamaForCausalLM, ViTConfig, 
 
 from radlab.config import ModelConfig, VisionConfig
 from radlab.formats.images import CLIP_MEAN, CLIP_STD, ImageTransform
+from radlab.formats.prompts import IGNORE_INDEX, IMAGE_TOKEN, VICUNA_SYSTEM, encode_example, findings_prompt, render_prompt
+from radlab.formats.tokenizer import load_tokenizer
 from radlab.model.build import ModelError, build_model
-from radlab.model.checkpoint import load_checkpoint
+from radlab.model.checkpoint import load_checkpoint, save_checkpoint
 from radlab.model.llava_rad import import_llava_rad, import_open_clip_vision
 from radlab.model.towers import image_transform
 
@@ -211,3 +214,111 @@ def test_a_converted_timm_tower_gives_the_features_timm_computes(tmp_path, token
         build_model(config.model_copy(update={"vision": config.vision.model_copy(update={"kind": other})}), tokenizer)
     features = features.pooler_output if hasattr(features, "pooler_output") else features
     assert torch.allclose(torch.stack(list(features)), projected, atol=1e-4)
+
+
+def vicuna_release(folder: Path, texts: list[str], vocab_size: int = 400) -> Path:
+    """A Vicuna-7B v1.5 folder as lmsys releases it, tiny: a SentencePiece `tokenizer.model` (BPE
+    with Llama 2's trainer settings: byte fallback, split digits, a dummy prefix, whitespace kept,
+    <unk> <s> </s> as ids 0-2, no pad) and its tokenizer_config.json (LlamaTokenizer, legacy false,
+    no pad token) and special_tokens_map.json, config.json (pad_token_id 0, float16),
+    generation_config.json, and fp16 weights in two `pytorch_model-0000N-of-00002.bin` shards with
+    `pytorch_model.bin.index.json`. No tokenizer.json, no safetensors: the release has neither."""
+    import sentencepiece
+
+    folder.mkdir(parents=True)
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts * 20), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        byte_fallback=True, split_digits=True, add_dummy_prefix=True, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", allow_whitespace_only_pieces=True, character_coverage=1.0,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    token = {"__type": "AddedToken", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False, "legacy": False,
+        "model_max_length": 4096, "pad_token": None, "padding_side": "right", "sp_model_kwargs": {},
+        "tokenizer_class": "LlamaTokenizer", **{k: token | {"content": v} for k, v in specials.items()}}))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {k: {"content": v, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+         for k, v in specials.items()}))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, tie_word_embeddings=False, dtype="float16")
+    config.save_pretrained(folder)
+    (folder / "generation_config.json").write_text(json.dumps({
+        "bos_token_id": 1, "do_sample": True, "eos_token_id": 2, "max_length": 4096, "pad_token_id": 0,
+        "temperature": 0.9, "top_p": 0.6}))
+    weights = {k: v.half() for k, v in LlamaForCausalLM(config).state_dict().items()}
+    names = list(weights)
+    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    for file, keys in shards.items():
+        torch.save({k: weights[k] for k in keys}, folder / file)
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps({
+        "metadata": {"total_size": sum(v.numel() * v.element_size() for v in weights.values())},
+        "weight_map": {k: file for file, keys in shards.items() for k in keys}}))
+    return folder
+
+
+FINDINGS = ["Mild pulmonary edema.", "Clear lungs.", "Small left pleural effusion.", "Right pneumothorax.",
+            "Heart size is normal.", "Low lung volumes with bibasilar atelectasis."]
+
+
+def llava_ids(pieces, image_id: int, num_image_tokens: int, text: str) -> list[int]:
+    """LLaVA's tokenizer_image_token: each chunk around <image> encoded whole, BOS once, the image in between."""
+    before, after = text.split(IMAGE_TOKEN)
+    return [1] + pieces.encode(before) + [image_id] * num_image_tokens + pieces.encode(after)
+
+
+def test_the_released_vicuna_folder_trains_on_the_ids_and_labels_llava_rad_trains_on(tmp_path):
+    """The release's tokenizer.model read by transformers: a stage 2 example's ids and labels are those
+    LLaVA-Rad's preprocess_v1 builds (the whole conversation encoded by SentencePiece itself, the
+    instruction masked up to "ASSISTANT:", the findings and </s> trained), a stage 1 example's those of
+    preprocess_plain, and generation's prompt ends at "ASSISTANT:". The fp16 shards become the report
+    model's language model in fp16, which computes what transformers' own Llama computes on the folder,
+    and so does the model loaded from a checkpoint of it."""
+    import sentencepiece
+
+    folder = vicuna_release(tmp_path / "vicuna-7b-v1.5", FINDINGS + [VICUNA_SYSTEM, "USER: ASSISTANT:"])
+    tokenizer = load_tokenizer(folder)
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    image_id, n = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), 3
+    assert tokenizer.pad_token == "<unk>" and image_id == len(pieces)  # pad = unk; <image> after the 400
+    human, findings = findings_prompt("___ year old with cough // eval 2"), "Small left pleural effusion."
+
+    chat = encode_example(tokenizer, "vicuna_v1", human, findings, n, 2048)
+    conversation = f"{VICUNA_SYSTEM} USER: {human} ASSISTANT: {findings}"
+    expected = llava_ids(pieces, image_id, n, conversation) + [2]
+    instruction = len(llava_ids(pieces, image_id, n, conversation.split(" ASSISTANT: ")[0] + " ASSISTANT: ")) - 2
+    assert chat.input_ids == expected
+    assert chat.labels == [IGNORE_INDEX] * (1 + instruction) + expected[1 + instruction:]
+    assert tokenizer.decode([t for t in chat.labels if t != IGNORE_INDEX]) == f"{findings}</s>"
+
+    plain = encode_example(tokenizer, "plain", human, findings, n, 2048)
+    expected = llava_ids(pieces, image_id, n, f"{IMAGE_TOKEN}{findings}\n")
+    assert plain.input_ids == expected and plain.labels == [IGNORE_INDEX] * (1 + n) + expected[1 + n:]
+    prompt = render_prompt("vicuna_v1", human)
+    assert prompt.endswith("ASSISTANT:") and chat.input_ids[: len(llava_ids(pieces, image_id, n, prompt))] == \
+        llava_ids(pieces, image_id, n, prompt)
+
+    model = build_model(ModelConfig.model_validate({"preset": "tiny", "language": {"path": str(folder)}}), tokenizer)
+    language = model.model.language_model
+    assert language.embed_tokens.weight.dtype == torch.float16 and language.embed_tokens.weight.shape[0] == 401
+    reference = LlamaForCausalLM.from_pretrained(folder).eval()
+    ids = torch.tensor([chat.input_ids[:5] + chat.input_ids[-6:]])
+    with torch.no_grad():
+        ours = model.lm_head(language(input_ids=ids).last_hidden_state)
+        theirs = reference(input_ids=ids).logits
+    assert reference.dtype == torch.float16 and torch.allclose(ours[..., :400].float(), theirs.float(), atol=1e-3)
+
+    # A stage's checkpoint of it loads as it was saved, every weight in its own dtype (the lm_head too:
+    # a float32 one would not take the float16 hidden states), and computes the same logits.
+    saved = save_checkpoint(tmp_path / "stage1", model, tokenizer, ModelConfig.model_validate(
+        {"preset": "tiny", "language": {"path": str(folder)}}), None, {"stage": "stage1"})
+    loaded = load_checkpoint(saved).model
+    assert {n: p.dtype for n, p in loaded.named_parameters()} == {n: p.dtype for n, p in model.named_parameters()}
+    with torch.no_grad():
+        again = loaded.lm_head(loaded.model.language_model(input_ids=ids).last_hidden_state)
+    assert torch.equal(again, ours)

@@ -221,6 +221,13 @@ def load_checkpoint(path: Path, expect: ModelConfig | None = None) -> Loaded:
         state = load_file(str(weights))
     except (OSError, SafetensorError) as err:
         raise ModelError(f"{weights}: unreadable ({err}); verify it against {CHECKSUMS} or save it again") from None
+    # Each weight in the dtype it was saved in: transformers builds the language model in its
+    # config's dtype (Vicuna's float16) but LLaVA's lm_head in float32, which the saved float16
+    # lm_head would be cast to, a model whose last layer no longer takes its own hidden states.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in state and state[name].dtype != param.dtype:
+                param.data = param.data.to(state[name].dtype)
     result = model.load_state_dict(state, strict=False)
     missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:

@@ -45,13 +45,10 @@ def _timm_keys(vit: ViTModel) -> dict:
 
 
 @pytest.fixture()
-def release(tmp_path, tokenizer):
+def release(tmp_path):
+    base = vicuna_release(tmp_path / "vicuna", FINDINGS + [VICUNA_SYSTEM, "USER: ASSISTANT:"], hidden_size=96)
+    lm = LlamaForCausalLM.from_pretrained(base)  # float16, as released
     torch.manual_seed(0)
-    base = tmp_path / "vicuna"
-    lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=96, intermediate_size=192,
-                                      num_hidden_layers=2, num_attention_heads=4, tie_word_embeddings=False))
-    lm.save_pretrained(base)
-    tokenizer.save_pretrained(base)
     vit = ViTModel(ViTConfig(hidden_size=WIDTH, num_hidden_layers=LAYERS, num_attention_heads=1, intermediate_size=128,
                              image_size=SIZE, patch_size=PATCH, qkv_bias=True, layer_norm_eps=1e-6))
     vision = tmp_path / "biomedclipcxr_518"
@@ -94,7 +91,7 @@ def test_import_reproduces_the_released_parts(release, tmp_path):
         ids = torch.tensor([[1, 30, 31, 32, 33, 34]])
         text_logits = model(input_ids=ids).logits
         released = release["lm"].eval()(input_ids=ids).logits
-        assert torch.allclose(text_logits, released, atol=1e-4)     # base + LoRA, as released
+        assert torch.allclose(text_logits[..., :400], released, atol=1e-3)  # base + LoRA, as released (+ <image>)
 
 
 def test_an_open_clip_tower_converts_to_a_vit_folder_the_report_model_loads(release, tmp_path, tokenizer):
@@ -216,7 +213,7 @@ def test_a_converted_timm_tower_gives_the_features_timm_computes(tmp_path, token
     assert torch.allclose(torch.stack(list(features)), projected, atol=1e-4)
 
 
-def vicuna_release(folder: Path, texts: list[str], vocab_size: int = 400) -> Path:
+def vicuna_release(folder: Path, texts: list[str], vocab_size: int = 400, hidden_size: int = 64) -> Path:
     """A Vicuna-7B v1.5 folder as lmsys releases it, tiny: a SentencePiece `tokenizer.model` (BPE
     with Llama 2's trainer settings: byte fallback, split digits, a dummy prefix, whitespace kept,
     <unk> <s> </s> as ids 0-2, no pad) and its tokenizer_config.json (LlamaTokenizer, legacy false,
@@ -243,7 +240,8 @@ def vicuna_release(folder: Path, texts: list[str], vocab_size: int = 400) -> Pat
         {k: {"content": v, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
          for k, v in specials.items()}))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
                          pad_token_id=0, tie_word_embeddings=False, dtype="float16")
     config.save_pretrained(folder)

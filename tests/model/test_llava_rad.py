@@ -56,13 +56,18 @@ def release(tmp_path):
     torch.save(_timm_keys(vit), vision / "open_clip_pytorch_model.bin")
     (vision / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"embed_dim": 32, "vision_cfg": {
         "timm_model_name": "vit_tiny_test", "image_size": SIZE}}}))
+    # The adapter as LLaVA's training script saved it with PEFT 0.4: adapter_config.json and
+    # adapter_model.bin (keys without PEFT's adapter name), in the bf16 it trained in.
     adapter = tmp_path / "llava-rad"
     peft_model = get_peft_model(lm, PeftLoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.3)
+            if "lora_" in name:
+                param.copy_((param.normal_(0, 0.3) if "lora_B" in name else param).bfloat16())
     peft_model.save_pretrained(adapter)
+    saved = adapter / "adapter_model.safetensors"
+    torch.save({k: v.bfloat16() for k, v in load_file(str(saved)).items()}, adapter / "adapter_model.bin")
+    saved.unlink()
     projector = {"base_model.model.model.mm_projector.0.weight": torch.randn(96, WIDTH),
                  "base_model.model.model.mm_projector.0.bias": torch.randn(96),
                  "base_model.model.model.mm_projector.2.weight": torch.randn(96, 96),

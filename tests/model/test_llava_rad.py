@@ -244,12 +244,16 @@ def vicuna_release(folder: Path, texts: list[str], vocab_size: int = 400, hidden
     (folder / "special_tokens_map.json").write_text(json.dumps(
         {k: {"content": v, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
          for k, v in specials.items()}))
+    # config.json with the release's keys (written by transformers 4.31: torch_dtype, not dtype), tiny shapes.
+    (folder / "config.json").write_text(json.dumps({
+        "_name_or_path": "vicuna-7b-v1.5", "architectures": ["LlamaForCausalLM"], "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "hidden_size": hidden_size, "initializer_range": 0.02, "intermediate_size": 2 * hidden_size,
+        "max_position_embeddings": 4096, "model_type": "llama", "num_attention_heads": 4, "num_hidden_layers": 2,
+        "num_key_value_heads": 4, "pad_token_id": 0, "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_scaling": None,
+        "tie_word_embeddings": False, "torch_dtype": "float16", "transformers_version": "4.31.0", "use_cache": True,
+        "vocab_size": vocab_size}, indent=2))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, tie_word_embeddings=False, dtype="float16")
-    config.save_pretrained(folder)
+    config = LlamaConfig.from_pretrained(folder)
     (folder / "generation_config.json").write_text(json.dumps({
         "bos_token_id": 1, "do_sample": True, "eos_token_id": 2, "max_length": 4096, "pad_token_id": 0,
         "temperature": 0.9, "top_p": 0.6}))

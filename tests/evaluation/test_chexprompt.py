@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from radlab.evaluation.chexprompt import Counts, ParseError, Prompt, aggregate, bootstrap, format_answer, parse_answer
+from radlab.evaluation.chexprompt import Counts, ParseError, Prompt, aggregate, format_answer, parse_answer
+from radlab.evaluation.resampling import bootstrap
 
 SIG = {"A": 1, "B": 0, "C": 2, "D": 0, "E": 0, "F": 1}
 INSIG = {"A": 0, "B": 1, "C": 0, "D": 3, "E": 0, "F": 0}

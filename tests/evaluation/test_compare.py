@@ -8,7 +8,10 @@ from typer.testing import CliRunner
 
 from radlab.cli import app
 from radlab.data.synthetic import Finding, write_findings
-from radlab.evaluation.compare import compare_systems, paired, scores_from_table, versus, versus_over_seeds
+from radlab.evaluation.chexprompt import Counts, LETTERS, aggregate
+from radlab.evaluation.compare import (compare_systems, paired, patients, patients_from_table, scores_from_table, versus,
+                                       versus_over_seeds)
+from radlab.evaluation.resampling import bootstrap
 
 EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
 NODULE = write_findings([Finding("nodule", "right", "upper", None)])
@@ -31,6 +34,48 @@ def test_only_studies_scored_by_both_systems_are_paired():
                            {"1": {"m": 0.0}, "2": {"m": 1.0}, "4": {"m": 9.0}})
     assert rows == [{"metric": "m", "n": 2, "difference": 1.0, "ci_low": 1.0, "ci_high": 1.0,
                      "p_value": rows[0]["p_value"]}]
+
+
+def test_a_patients_reports_are_resampled_and_swapped_together():
+    """A test set with a report per image (MIMIC-CXR's: a study's AP and PA images are two reports
+    with one reference): each study below is there twice. Drawn report by report, the doubled set
+    looks twice as large and a difference the studies do not establish passes as significant. Drawn
+    by patient, its interval and p-value are those of the studies without the duplicates, draw for
+    draw; the same holds for one system's intervals and for configurations over seeds."""
+    rng = np.random.default_rng(10)
+    a, b = rng.poisson(0.4, 120).astype(float), rng.poisson(0.6, 120).astype(float)
+    once = paired(a, b)
+    assert once.p_value > 0.05 and once.low < 0 < once.high
+    twice = [str(k // 2) for k in range(240)]  # the patient of each of the doubled reports
+    naive = paired(np.repeat(a, 2), np.repeat(b, 2))
+    assert naive.p_value < 0.05 and naive.high < 0  # the duplicates' false confidence
+    clustered = paired(np.repeat(a, 2), np.repeat(b, 2), clusters=twice)
+    assert (clustered.difference, clustered.low, clustered.high, clustered.p_value) == \
+        (once.difference, once.low, once.high, once.p_value)
+
+    assert bootstrap(np.repeat(a, 2), resamples=300, clusters=twice) == bootstrap(a, resamples=300)
+    zero = dict.fromkeys(LETTERS, 0)
+    counts = [Counts(zero | {"a": int(x)}, zero) for x in a]
+    doubled = aggregate([c for c in counts for _ in (0, 1)], resamples=300, clusters=twice).metrics()
+    assert doubled == aggregate(counts, resamples=300).metrics() | {"chexprompt/n_reports": 240.0,
+                                                                    "chexprompt/n_judged": 240.0}
+
+    seeds = {s: {str(k): {"m": float(x + s)} for k, x in enumerate(np.repeat(a, 2))} for s in (0, 1)}
+    base = {s: {str(k): {"m": float(x)} for k, x in enumerate(np.repeat(b, 2))} for s in (0, 1)}
+    single = versus_over_seeds({s: {str(k): {"m": float(x + s)} for k, x in enumerate(a)} for s in (0, 1)},
+                               {s: {str(k): {"m": float(x)} for k, x in enumerate(b)} for s in (0, 1)}, "m", False)
+    grouped = versus_over_seeds(seeds, base, "m", False, patients_of={str(k): twice[k] for k in range(240)})
+    assert {k: grouped[k] for k in ("difference", "ci_low", "ci_high", "p_value")} == \
+        {k: single[k] for k in ("difference", "ci_low", "ci_high", "p_value")}
+
+
+def test_predictions_and_their_logged_table_carry_each_reports_patient():
+    predictions = [{"id": "a.gpt4", "patient": "10003502", "reference": "x"}, {"id": "b", "reference": "y"}]
+    assert patients(predictions) == {"a.gpt4": "10003502", "b": "b"}  # no patient: the report is its own
+    table = {"id": ["a.gpt4", "b"], "patient": ["10003502", "b"], "rouge_l_f1": [1.0, 2.0]}
+    assert patients_from_table(table) == {"a.gpt4": "10003502", "b": "b"}
+    assert scores_from_table(table) == {"a.gpt4": {"rouge_l_f1": 1.0}, "b": {"rouge_l_f1": 2.0}}
+    assert patients_from_table({"id": ["a"], "rouge_l_f1": [1.0]}) is None  # logged before patients were
 
 
 def _write(path, records):

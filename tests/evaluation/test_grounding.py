@@ -19,11 +19,11 @@ def test_lateral_sentences_name_one_side_each():
 
 
 def test_flip_consistency_counts_sentences_whose_side_follows_the_mirror():
-    assert flip_scores([LEFT], [MIRRORED]) == [1.0, 1.0]
-    assert flip_scores([LEFT], [LEFT]) == [0.0, 0.0]  # a model that writes the same side either way
+    assert flip_scores([LEFT], [MIRRORED]) == [[1.0, 1.0]]
+    assert flip_scores([LEFT], [LEFT]) == [[0.0, 0.0]]  # a model that writes the same side either way
     # One finding followed the mirror, the other was dropped: half.
-    assert flip_scores([LEFT], [write_findings([Finding("effusion", "right", None, "small")])]) == [1.0, 0.0]
-    assert flip_scores([write_findings([])], [write_findings([])]) == []
+    assert flip_scores([LEFT], [write_findings([Finding("effusion", "right", None, "small")])]) == [[1.0, 0.0]]
+    assert flip_scores([write_findings([])], [write_findings([])]) == [[]]
 
 
 def test_attribute_errors_read_each_reference_finding():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radlab.evaluation.resampling import Clusters, Interval, bootstrap
 from radlab.llm import AnswerUnusable
 
 ERROR_TYPES = {
@@ -159,28 +160,6 @@ def format_answer(counts: Counts, explanation: str) -> str:
 
 
 @dataclass
-class Interval:
-    mean: float
-    low: float
-    high: float
-
-    def metrics(self, name: str) -> dict[str, float]:
-        return {name: self.mean, f"{name}_ci_low": self.low, f"{name}_ci_high": self.high}
-
-
-def bootstrap(values: np.ndarray, statistic=np.mean, resamples: int = 1000, seed: int = 0) -> Interval:
-    """Point estimate and 95% percentile interval, resampling reports with replacement."""
-    values = np.asarray(values, dtype=float)
-    if len(values) == 0:
-        return Interval(float("nan"), float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(values), size=(resamples, len(values)))
-    stats = np.array([statistic(values[row]) for row in index])
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return Interval(float(statistic(values)), float(low), float(high))
-
-
-@dataclass
 class Scores:
     """The aggregate CheXprompt scores of one system, ready for MLflow."""
     n_reports: int
@@ -196,9 +175,12 @@ class Scores:
         return out
 
 
-def aggregate(counts: list[Counts | None], resamples: int = 1000, seed: int = 0) -> Scores:
-    """Scores over judged reports; None entries are failed judgments, counted but never scored."""
+def aggregate(counts: list[Counts | None], resamples: int = 1000, seed: int = 0, clusters: Clusters = None) -> Scores:
+    """Scores over judged reports; None entries are failed judgments, counted but never scored.
+    `clusters`: each report's patient, which the intervals resample (see `resampling`)."""
     judged = [c for c in counts if c is not None]
+    if clusters is not None:
+        clusters = [cluster for cluster, c in zip(clusters, counts) if c is not None]
     scores = Scores(len(counts), len(judged), len(counts) - len(judged))
     if not judged:
         return scores
@@ -210,5 +192,6 @@ def aggregate(counts: list[Counts | None], resamples: int = 1000, seed: int = 0)
     for i, letter in enumerate(LETTERS):
         columns[f"significant/{ERROR_TYPES[letter]}"] = sig[:, i]
         columns[f"insignificant/{ERROR_TYPES[letter]}"] = insig[:, i]
-    scores.intervals = {name: bootstrap(values, resamples=resamples, seed=seed) for name, values in columns.items()}
+    scores.intervals = {name: bootstrap(values, resamples=resamples, seed=seed, clusters=clusters)
+                        for name, values in columns.items()}
     return scores

@@ -1,9 +1,11 @@
-"""Two systems on the same studies: for each per-report score, the difference of means (first
-minus second) with a 95% bootstrap interval (scipy.stats.bootstrap, percentile, resampling
-studies) and a two-sided paired permutation p-value (scipy.stats.permutation_test, swapping the
-two systems' scores within each study). Identical scores give a difference of 0 and p = 1.
+"""Two systems on the same reports: for each per-report score, the difference of means (first
+minus second) with a 95% bootstrap interval (scipy.stats.bootstrap, percentile) and a two-sided
+paired permutation p-value (scipy.stats.permutation_test). Both take a patient's reports together
+(see `resampling`): the interval resamples patients, the test swaps the two systems' scores on all
+of a patient's reports at once. Where each report is its own patient, these are the bootstrap over
+reports and the test swapping within each report. Identical scores give a difference of 0 and p = 1.
 
-Only studies both systems were scored on are paired; `n` says how many. Corpus-level metrics
+Only reports both systems were scored on are paired; `n` says how many. Corpus-level metrics
 (BLEU, F1-CheXbert micro/macro) have no per-report score and are not compared here.
 """
 
@@ -16,6 +18,7 @@ import numpy as np
 from scipy import stats
 
 from radlab.evaluation.chexprompt import LETTERS
+from radlab.evaluation.resampling import Clusters, cluster_sums, resampled_rows
 
 
 @dataclass
@@ -31,8 +34,9 @@ class Paired:
                 "ci_high": self.high, "p_value": self.p_value}
 
 
-def paired(first, second, resamples: int = 1000, seed: int = 0) -> Paired:
-    """The paired comparison of two equally long score arrays (NaN where a study was not scored)."""
+def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Clusters = None) -> Paired:
+    """The paired comparison of two equally long score arrays (NaN where a report was not scored);
+    `clusters`: each report's patient."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
@@ -40,17 +44,26 @@ def paired(first, second, resamples: int = 1000, seed: int = 0) -> Paired:
         return Paired(len(a), float(np.mean(a - b)) if len(a) else float("nan"), float("nan"), float("nan"), float("nan"))
     differences = a - b
     mean = float(differences.mean())
-    if not differences.any():  # the same scores on every study
+    if not differences.any():  # the same scores on every report
         return Paired(len(a), 0.0, 0.0, 0.0, 1.0)
+    kept = None if clusters is None else [c for c, k in zip(clusters, keep) if k]
+    # Per patient: the sums of each system's scores and of their differences, and the reports counted.
+    a_sums, counts = cluster_sums(a, kept)
+    b_sums, _ = cluster_sums(b, kept)
+    sums = a_sums - b_sums
     rng = np.random.default_rng(seed)
     if np.all(differences == differences[0]):  # no spread to resample: the interval is the point
         low = high = mean
     else:
-        interval = stats.bootstrap((differences,), np.mean, n_resamples=resamples, method="percentile",
+        interval = stats.bootstrap((sums, counts), lambda s, n, axis: s.sum(axis=axis) / n.sum(axis=axis),
+                                   paired=True, vectorized=True, n_resamples=resamples, method="percentile",
                                    confidence_level=0.95, random_state=rng).confidence_interval
         low, high = float(interval.low), float(interval.high)
-    test = stats.permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
-                                  n_resamples=max(resamples, 999), vectorized=True, random_state=rng)
+    # Swapping the systems on a patient flips the sign of its summed difference; the mean over
+    # patients is the mean over reports times a constant, so the p-value is the reports' one.
+    test = stats.permutation_test((a_sums, b_sums), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                  permutation_type="samples", n_resamples=max(resamples, 999), vectorized=True,
+                                  random_state=rng)
     return Paired(len(a), mean, low, high, float(test.pvalue))
 
 
@@ -73,16 +86,26 @@ def per_report_scores(predictions: list[dict], scored) -> dict[str, dict[str, fl
     return out
 
 
+def patients(predictions: list[dict]) -> dict[str, str]:
+    """id -> the report's patient (its own id where the prediction names none)."""
+    return {str(p["id"]): str(p.get("patient") or p["id"]) for p in predictions}
+
+
+def _clusters(ids: list[str], patients_of: dict[str, str] | None) -> Clusters:
+    return None if patients_of is None else [patients_of.get(i, i) for i in ids]
+
+
 def compare_systems(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]],
-                    resamples: int = 1000) -> list[dict]:
-    """One row per score both systems have, over the studies both were scored on."""
+                    resamples: int = 1000, patients_of: dict[str, str] | None = None) -> list[dict]:
+    """One row per score both systems have, over the reports both were scored on; `patients_of`:
+    id -> patient (see `patients`)."""
     ids = [i for i in first if i in second]
     names = sorted({name for i in ids for name in first[i]} & {name for i in ids for name in second[i]})
     rows = []
     for name in names:
         a = [first[i].get(name, np.nan) for i in ids]
         b = [second[i].get(name, np.nan) for i in ids]
-        rows.append(paired(a, b, resamples).row(name))
+        rows.append(paired(a, b, resamples, clusters=_clusters(ids, patients_of)).row(name))
     return rows
 
 
@@ -90,7 +113,8 @@ def scores_from_table(table: dict[str, list]) -> dict[str, dict[str, float]]:
     """id -> {score name -> value}, as `per_report_scores` gives them, rebuilt from the per-report
     table an evaluation logged (eval/trained/per_report.json)."""
     out: dict[str, dict[str, float]] = {}
-    columns = [c for c in table if c not in ("id", "run_id", "reference", "candidate") and not c.startswith("judge_")
+    columns = [c for c in table if c not in ("id", "patient", "run_id", "reference", "candidate")
+               and not c.startswith("judge_")
                and not c.startswith(("significant_", "insignificant_"))]
     for k, report_id in enumerate(table["id"]):
         scores: dict[str, float] = {}
@@ -108,30 +132,38 @@ def scores_from_table(table: dict[str, list]) -> dict[str, dict[str, float]]:
     return out
 
 
+def patients_from_table(table: dict[str, list]) -> dict[str, str] | None:
+    """id -> patient from a logged per-report table (None for a table logged without patients)."""
+    if "patient" not in table:
+        return None
+    return {str(i): str(patient) for i, patient in zip(table["id"], table["patient"])}
+
+
 def versus(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], score: str,
-           higher_is_better: bool, resamples: int = 1000) -> dict:
+           higher_is_better: bool, resamples: int = 1000, patients_of: dict[str, str] | None = None) -> dict:
     """The paired comparison of one per-report score, first minus second, and whether the first is
     significantly better (p < 0.05, the difference in the better direction)."""
     ids = [i for i in first if i in second]
     result = paired([first[i].get(score, np.nan) for i in ids], [second[i].get(score, np.nan) for i in ids],
-                    resamples).row(score)
+                    resamples, clusters=_clusters(ids, patients_of)).row(score)
     better = result["difference"] > 0 if higher_is_better else result["difference"] < 0
     return result | {"significant": bool(better and result["p_value"] < 0.05)}
 
 
 def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dict[int, dict[str, dict[str, float]]],
-                      score: str, higher_is_better: bool, resamples: int = 1000, seed: int = 0) -> dict:
+                      score: str, higher_is_better: bool, resamples: int = 1000, seed: int = 0,
+                      patients_of: dict[str, str] | None = None) -> dict:
     """Two configurations, each trained with several training seeds (seed -> that run's per-report
     scores), compared on one per-report score, first minus second, over the seeds both ran and the
     studies every one of those runs scored. Two sources of chance make a difference: the studies
     and the training seed, which alone can move a run more than a configuration does. So the 95%
-    interval resamples both (seeds, then studies, with replacement: a two-level bootstrap), the
-    p-value is the paired permutation test over studies of the seed-averaged scores, and the first
+    interval resamples both (seeds, then patients, with replacement: a two-level bootstrap), the
+    p-value is the paired permutation test over patients of the seed-averaged scores, and the first
     is significantly better only when both agree (p < 0.05 and an interval on the better side of
     zero). `per_seed` holds the mean difference of each seed's pair of runs."""
     seeds = sorted(set(first) & set(second))
     if len(seeds) == 1:
-        one = versus(first[seeds[0]], second[seeds[0]], score, higher_is_better, resamples)
+        one = versus(first[seeds[0]], second[seeds[0]], score, higher_is_better, resamples, patients_of)
         return one | {"seeds": 1, "per_seed": {seeds[0]: one["difference"]}}
     runs = [first[s] for s in seeds] + [second[s] for s in seeds]
     ids = [i for i in (first[seeds[0]] if seeds else {})
@@ -141,14 +173,15 @@ def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dic
                 "ci_high": math.nan, "p_value": math.nan, "significant": False, "per_seed": {}}
     a = np.array([[first[s][i][score] for i in ids] for s in seeds])
     b = np.array([[second[s][i][score] for i in ids] for s in seeds])
-    differences = a - b  # (seeds, studies)
+    differences = a - b  # (seeds, reports)
     rng = np.random.default_rng(seed)
-    studies = rng.integers(len(ids), size=(resamples, len(ids)))
-    per_seed_resampled = differences[:, studies].mean(axis=2)  # (seeds, resamples)
+    clusters = _clusters(ids, patients_of)
+    per_seed_resampled = np.array([differences[:, rows].mean(axis=1)
+                                   for rows in resampled_rows(len(ids), resamples, rng, clusters)]).T  # (seeds, resamples)
     picked = rng.integers(len(seeds), size=(resamples, len(seeds)))
     means = np.take_along_axis(per_seed_resampled.T, picked, axis=1).mean(axis=1)
     low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
-    p_value = paired(a.mean(axis=0), b.mean(axis=0), resamples, seed).p_value
+    p_value = paired(a.mean(axis=0), b.mean(axis=0), resamples, seed, clusters).p_value
     difference = float(differences.mean())
     better = (low > 0) if higher_is_better else (high < 0)
     return {"metric": score, "n": len(ids), "seeds": len(seeds), "difference": difference, "ci_low": low,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from radlab.evaluation import ScorerError
-from radlab.evaluation.chexprompt import bootstrap
+from radlab.evaluation.resampling import Clusters, Interval, bootstrap
 
 WORKER = Path(__file__).with_name("radgraph_worker.py")
 MODEL_FILES = ("config.json", "vocabulary", "weights.th")
@@ -96,9 +96,12 @@ def radgraph_rewards(pairs: list[tuple[str, str]], python: Path, weights: Path, 
     return rewards
 
 
-def radgraph_metrics(rewards: dict[str, np.ndarray], resamples: int) -> dict[str, float]:
+def radgraph_metrics(rewards: dict[str, np.ndarray], resamples: int, clusters: Clusters = None) -> dict[str, float]:
     """The partial reward x100 as clinical/radgraph_f1, and the simple and complete rewards x100,
-    each with its interval."""
-    return {**bootstrap(rewards["partial"] * 100, resamples=resamples).metrics("clinical/radgraph_f1"),
-            **bootstrap(rewards["simple"] * 100, resamples=resamples).metrics("clinical/radgraph_f1_simple"),
-            **bootstrap(rewards["complete"] * 100, resamples=resamples).metrics("clinical/radgraph_f1_complete")}
+    each with its interval (resampling the pairs by `clusters`)."""
+    def interval(level: str) -> Interval:
+        return bootstrap(rewards[level] * 100, resamples=resamples, clusters=clusters)
+
+    return {**interval("partial").metrics("clinical/radgraph_f1"),
+            **interval("simple").metrics("clinical/radgraph_f1_simple"),
+            **interval("complete").metrics("clinical/radgraph_f1_complete")}

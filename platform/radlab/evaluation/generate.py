@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from radlab.config import Experiment
-from radlab.data.dataset import DataError, read_jsonl, split_examples
+from radlab.data.dataset import DataError, patient_of, read_jsonl, split_examples
 from radlab.formats.images import ImageError, ImageTransform, load_image
 from radlab.model.generation import generate_texts
 
@@ -18,7 +18,7 @@ def generate_findings(model, tokenizer, experiment: Experiment, transform: Image
                       limit: int | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
                       progress: Callable[[int], None] | None = None,
                       alter: Callable[[Image.Image], Image.Image] | None = None) -> list[dict]:
-    """Predictions `{id, image, indication, reference, candidate}` for the split's examples, their
+    """Predictions `{id, patient, image, indication, reference, candidate}` for the split's examples, their
     images by the model's `transform`; `progress(n)` after each batch of n; `alter` changes each
     image first (the grounding checks mirror or blank it).
 
@@ -42,8 +42,8 @@ def generate_findings(model, tokenizer, experiment: Experiment, transform: Image
         texts = iter(generate_texts(model, tokenizer, pixels, humans, template,
                                     max_new_tokens or experiment.eval.max_new_tokens) if pixels else [])
         for example in chunk:
-            record = {"id": example.id, "image": str(example.image), "indication": example.indication,
-                      "reference": example.findings}
+            record = {"id": example.id, "patient": example.patient, "image": str(example.image),
+                      "indication": example.indication, "reference": example.findings}
             if example.id in errors:
                 record["error"] = errors[example.id]
             else:
@@ -68,7 +68,9 @@ def join_predictions(predictions_path: Path, references_path: Path | None = None
     """Predictions `{id, candidate[, reference]}` joined by id with references `{id, reference}`.
 
     Every prediction needs a reference and every reference a prediction; a missing candidate is
-    kept and later counted as a failed judgment.
+    kept and later counted as a failed judgment. Each gets its `patient` (which the intervals
+    resample): the prediction's, else its reference record's (patient, patient_id or MIMIC-CXR image
+    path), else its id.
     """
     predictions = read_jsonl(predictions_path)
     for number, p in enumerate(predictions, 1):
@@ -78,7 +80,8 @@ def join_predictions(predictions_path: Path, references_path: Path | None = None
         if "candidate" in p and not isinstance(p["candidate"], str):
             raise DataError(f"{predictions_path}:{number}: candidate must be text")
     if references_path is not None:
-        references = {str(r["id"]): r.get("reference", r.get("findings")) for r in read_jsonl(references_path)}
+        records = {str(r["id"]): r for r in read_jsonl(references_path)}
+        references = {i: r.get("reference", r.get("findings")) for i, r in records.items()}
         missing = [p["id"] for p in predictions if p["id"] not in references]
         extra = sorted(references.keys() - {p["id"] for p in predictions})
         if missing or extra:
@@ -88,6 +91,9 @@ def join_predictions(predictions_path: Path, references_path: Path | None = None
                 f"(e.g. {extra[:3]})")
         for p in predictions:
             p["reference"] = references[p["id"]]
+            p.setdefault("patient", records[p["id"]].get("patient") or patient_of(records[p["id"]]))
+    for p in predictions:
+        p.setdefault("patient", patient_of(p))
     lacking = [p["id"] for p in predictions if not isinstance(p.get("reference"), str)]
     if lacking:
         raise DataError(f"{predictions_path}: {len(lacking)} prediction(s) without a reference text "

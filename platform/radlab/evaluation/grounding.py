@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 
 from radlab.config import Experiment
 from radlab.data.synthetic import parse_findings
-from radlab.evaluation.chexprompt import bootstrap
+from radlab.evaluation.resampling import bootstrap
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.metrics import rouge_l_scores
 from radlab.formats.images import ImageTransform
@@ -47,12 +47,12 @@ def lateral_sentences(text: str) -> list[tuple[str, str]]:
     return found
 
 
-def flip_scores(originals: list[str], mirrored: list[str]) -> list[float]:
-    """Per lateral sentence of the originals: 1 if the mirrored generation states it on the other side."""
+def flip_scores(originals: list[str], mirrored: list[str]) -> list[list[float]]:
+    """Per report, per lateral sentence of its original: 1 if the mirrored generation states it on the other side."""
     scores = []
     for original, flipped in zip(originals, mirrored):
         other = set(lateral_sentences(flipped))
-        scores += [float((key, OTHER_SIDE[side]) in other) for key, side in lateral_sentences(original)]
+        scores.append([float((key, OTHER_SIDE[side]) in other) for key, side in lateral_sentences(original)])
     return scores
 
 
@@ -90,15 +90,19 @@ def grounding_checks(model, tokenizer, experiment: Experiment, transform: ImageT
     mirrored = [generated["mirrored"][p["id"]] for p in kept]
     blanks = [generated["blank"][p["id"]] for p in kept]
     metrics: dict[str, float] = {}
-    flips = flip_scores(originals, mirrored)
+    # The sentences of one report, and the reports of one patient, are resampled together.
+    patient = [str(p.get("patient") or p["id"]) for p in kept]
+    per_report = flip_scores(originals, mirrored)
+    flips = [score for scores in per_report for score in scores]
     if flips:
-        metrics |= bootstrap(flips, resamples=cfg.bootstrap).metrics("grounding/flip_consistency")
+        metrics |= bootstrap(flips, resamples=cfg.bootstrap, clusters=[
+            patient[k] for k, scores in enumerate(per_report) for _ in scores]).metrics("grounding/flip_consistency")
         metrics["grounding/n_lateral_sentences"] = float(len(flips))
     if kept:
         # An identical report is 100 even where ROUGE has no words to compare (punctuation only).
         similarity = [100.0 if o.strip() == b.strip() else score
                       for o, b, score in zip(originals, blanks, rouge_l_scores(list(zip(originals, blanks))))]
-        metrics |= bootstrap(similarity, resamples=cfg.bootstrap).metrics("grounding/blank_image_rouge_l")
+        metrics |= bootstrap(similarity, resamples=cfg.bootstrap, clusters=patient).metrics("grounding/blank_image_rouge_l")
         metrics["grounding/blank_image_identical_share"] = sum(o == b for o, b in zip(originals, blanks)) / len(kept)
     if experiment.data.synthetic is not None:
         metrics |= attribute_errors([p["reference"] for p in kept], originals)

@@ -23,8 +23,9 @@ from radlab.config import EvalConfig
 from radlab.data.synthetic import KINDS, parse_findings
 from radlab.evaluation import ScorerError
 from radlab.evaluation.chexbert import chexbert_labels, disagreements, f1_from_labels
-from radlab.evaluation.chexprompt import ERROR_TYPES, bootstrap
+from radlab.evaluation.chexprompt import ERROR_TYPES
 from radlab.evaluation.f1_radgraph import radgraph_metrics, radgraph_rewards
+from radlab.evaluation.resampling import Clusters, bootstrap, resampled_rows
 from radlab.metric_specs import METRIC_OF, METRICS, SCORES, Score
 
 _PHI = re.compile(r"_{2,}|X{3,}")
@@ -48,12 +49,12 @@ def rouge_l_scores(pairs: list[tuple[str, str]]) -> np.ndarray:
     return np.array([scorer.score(normalise(r), normalise(c))["rougeL"].fmeasure * 100 for r, c in pairs])
 
 
-def rouge_l(pairs: list[tuple[str, str]], resamples: int) -> dict[str, float]:
-    return bootstrap(rouge_l_scores(pairs), resamples=resamples).metrics("text/rouge_l_f1")
+def rouge_l(pairs: list[tuple[str, str]], resamples: int, clusters: Clusters = None) -> dict[str, float]:
+    return bootstrap(rouge_l_scores(pairs), resamples=resamples, clusters=clusters).metrics("text/rouge_l_f1")
 
 
-def bleu(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict[str, float]:
-    """Corpus BLEU-1 and BLEU-4 with 95% intervals, resampling reports. Each resample sums the
+def bleu(pairs: list[tuple[str, str]], resamples: int = 1000, clusters: Clusters = None) -> dict[str, float]:
+    """Corpus BLEU-1 and BLEU-4 with 95% intervals, resampling reports by `clusters`. Each resample sums the
     reports' n-gram statistics, extracted once, as sacrebleu's own significance tests do: scoring
     every resample from the texts would cost a corpus pass each (0.45 s for 2,000 reports)."""
     refs = [[normalise(r) for r, _ in pairs]]
@@ -66,12 +67,12 @@ def bleu(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict[str, float
         def corpus(rows, metric=metric, per_report=per_report):
             return metric._compute_score_from_stats(per_report[rows.astype(int)].sum(0).tolist()).score
 
-        out |= bootstrap(np.arange(len(pairs)), corpus, resamples).metrics(f"text/sacrebleu_bleu{order}")
+        out |= bootstrap(np.arange(len(pairs)), corpus, resamples, clusters=clusters).metrics(f"text/sacrebleu_bleu{order}")
     return out
 
 
 def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None,
-              resamples: int) -> tuple[dict[str, float], np.ndarray]:
+              resamples: int, clusters: Clusters = None) -> tuple[dict[str, float], np.ndarray]:
     """BERTScore with a local encoder folder (nothing is downloaded): (mean P, R, F1 x100, each with
     its interval; each pair's F1 x100)."""
     import bert_score
@@ -81,14 +82,14 @@ def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None,
     precision, recall, f1 = bert_score.score([normalise(c) for _, c in pairs], [normalise(r) for r, _ in pairs],
                                              model_type=str(model), num_layers=layers, batch_size=32)
     per_pair = f1.numpy() * 100
-    return ({**bootstrap(precision.numpy() * 100, resamples=resamples).metrics("text/bertscore_precision"),
-             **bootstrap(recall.numpy() * 100, resamples=resamples).metrics("text/bertscore_recall"),
-             **bootstrap(per_pair, resamples=resamples).metrics("text/bertscore_f1")}, per_pair)
+    return ({**bootstrap(precision.numpy() * 100, resamples=resamples, clusters=clusters).metrics("text/bertscore_precision"),
+             **bootstrap(recall.numpy() * 100, resamples=resamples, clusters=clusters).metrics("text/bertscore_recall"),
+             **bootstrap(per_pair, resamples=resamples, clusters=clusters).metrics("text/bertscore_f1")}, per_pair)
 
 
-def label_f1(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict[str, float]:
+def label_f1(pairs: list[tuple[str, str]], resamples: int = 1000, clusters: Clusters = None) -> dict[str, float]:
     """Presence F1 of each synthetic finding kind (side, zone and severity ignored); micro and macro
-    with 95% intervals, resampling reports."""
+    with 95% intervals, resampling reports by `clusters`."""
     truth = np.array([[any(f.kind == k for f in parse_findings(r).findings) for k in KINDS] for r, _ in pairs])
     guess = np.array([[any(f.kind == k for f in parse_findings(c).findings) for k in KINDS] for _, c in pairs])
 
@@ -102,33 +103,36 @@ def label_f1(pairs: list[tuple[str, str]], resamples: int = 1000) -> dict[str, f
         return 100 * 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
 
     rows = np.arange(len(pairs))
-    out = (bootstrap(rows, micro, resamples).metrics("clinical/label_f1_micro")
-           | bootstrap(rows, lambda r: 100 * per_kind(r)[3].mean(), resamples).metrics("clinical/label_f1_macro"))
+    out = (bootstrap(rows, micro, resamples, clusters=clusters).metrics("clinical/label_f1_micro")
+           | bootstrap(rows, lambda r: 100 * per_kind(r)[3].mean(), resamples,
+                       clusters=clusters).metrics("clinical/label_f1_macro"))
     for k, kind in enumerate(KINDS):
-        out |= bootstrap(rows, lambda r, k=k: 100 * per_kind(r)[3][k], resamples).metrics(f"clinical/label_f1_{kind}")
+        out |= bootstrap(rows, lambda r, k=k: 100 * per_kind(r)[3][k], resamples,
+                         clusters=clusters).metrics(f"clinical/label_f1_{kind}")
     return out
 
 
-def score_rouge_l(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_rouge_l(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
     results.per_report["rouge_l_f1"] = rouge_l_scores(pairs).tolist()
-    results.values.update(bootstrap(results.per_report["rouge_l_f1"], resamples=cfg.bootstrap).metrics("text/rouge_l_f1"))
+    results.values.update(bootstrap(results.per_report["rouge_l_f1"], resamples=cfg.bootstrap,
+                                    clusters=clusters).metrics("text/rouge_l_f1"))
 
 
-def score_bleu(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
-    results.values.update(bleu(pairs, cfg.bootstrap))
+def score_bleu(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
+    results.values.update(bleu(pairs, cfg.bootstrap, clusters))
 
 
-def score_bertscore(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
-    scores, per_pair = bertscore(pairs, cfg.bertscore_model, cfg.bertscore_layers, cfg.bootstrap)
+def score_bertscore(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
+    scores, per_pair = bertscore(pairs, cfg.bertscore_model, cfg.bertscore_layers, cfg.bootstrap, clusters)
     results.values.update(scores)
     results.per_report["bertscore_f1"] = per_pair.tolist()
 
 
-def score_label_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
-    results.values.update(label_f1(pairs, cfg.bootstrap))
+def score_label_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
+    results.values.update(label_f1(pairs, cfg.bootstrap, clusters))
 
 
-def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
     try:  # the other metrics of this evaluation are kept
         reference, candidate = chexbert_labels(pairs, cfg.chexbert_weights, cfg.chexbert_bert)
     except ScorerError as err:
@@ -136,9 +140,8 @@ def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricRe
         return
     results.values.update(f1_from_labels(reference, candidate))
     # Every F1 of each resample of the reports at once: one labelling, the F1s recomputed.
-    rng = np.random.default_rng(0)
     resampled = [f1_from_labels(reference[rows], candidate[rows])
-                 for rows in rng.integers(0, len(pairs), size=(cfg.bootstrap, len(pairs)))]
+                 for rows in resampled_rows(len(pairs), cfg.bootstrap, clusters=clusters)]
     for key in list(results.values):
         if key.startswith("clinical/chexbert"):
             low, high = np.percentile([r[key] for r in resampled], [2.5, 97.5])
@@ -146,18 +149,19 @@ def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricRe
     results.per_report["chexbert_disagreements"] = disagreements(reference, candidate).tolist()
 
 
-def score_radgraph_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults) -> None:
+def score_radgraph_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
     try:
         rewards = radgraph_rewards(pairs, cfg.radgraph_python, cfg.radgraph_weights, cfg.radgraph_model,
                                    cfg.radgraph_bert)
     except ScorerError as err:
         results.skipped["radgraph_f1"] = str(err)
         return
-    results.values.update(radgraph_metrics(rewards, cfg.bootstrap))
+    results.values.update(radgraph_metrics(rewards, cfg.bootstrap, clusters))
     results.per_report["radgraph_f1"] = (rewards["partial"] * 100).tolist()
 
 
-Scorer = Callable[[list[tuple[str, str]], EvalConfig, bool, MetricResults], None]
+# (pairs, settings, on the synthetic set, where the results go, each pair's patient for the intervals)
+Scorer = Callable[[list[tuple[str, str]], EvalConfig, bool, MetricResults, Clusters], None]
 # Each registered metric's scorer, by the name its entry gives; a name without a function here
 # stops radlab at import.
 SCORERS: dict[str, Scorer] = {spec.name: globals()[spec.scorer] for spec in METRICS.values() if spec.scorer}
@@ -213,8 +217,10 @@ def score_of(key: str) -> tuple[str, Score] | None:
     return None
 
 
-def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig, synthetic: bool) -> MetricResults:
-    """Every requested metric but chexprompt, each by its registry entry."""
+def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig, synthetic: bool,
+                      clusters: Clusters = None) -> MetricResults:
+    """Every requested metric but chexprompt, each by its registry entry; `clusters`: each pair's
+    patient, which the intervals resample (see `resampling`)."""
     results = MetricResults({}, {}, {})
     for name in cfg.metrics:
         if name not in SCORERS:
@@ -223,5 +229,5 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig, synthetic: 
         if reason:
             results.skipped[name] = reason
         else:
-            SCORERS[name](pairs, cfg, synthetic, results)
+            SCORERS[name](pairs, cfg, synthetic, results, clusters)
     return results

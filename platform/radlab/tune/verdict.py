@@ -14,7 +14,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 
-from radlab.evaluation.compare import scores_from_table, versus_over_seeds
+from radlab.evaluation.compare import patients_from_table, scores_from_table, versus_over_seeds
 from radlab.evaluation.metrics import score_of
 from radlab.tracking.runs import Tracker
 
@@ -70,10 +70,16 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
     base_name = base.name if base else setting_name(baseline)
     score = score_of(metric)[1]
 
+    patients_of: dict[str, str] = {}  # id -> patient, from the tables that name them
+
     def scores(config: Configuration) -> dict[int, dict] | None:
         found = {seed: tracker.read_table(row["run_id"], "eval/trained/per_report.json")
                  for seed, row in config.runs.items()}
-        return None if any(t is None for t in found.values()) else {s: scores_from_table(t) for s, t in found.items()}
+        if any(t is None for t in found.values()):
+            return None
+        for table in found.values():
+            patients_of.update(patients_from_table(table) or {})
+        return {s: scores_from_table(t) for s, t in found.items()}
 
     base_scores = scores(base) if base is not None and score.per_report is not None else None
     for config in configs:
@@ -86,7 +92,8 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
         elif base_scores is None or (mine := scores(config)) is None:
             config.vs_baseline = {"verdict": f"no per-report scores logged to test against {base_name}"}
         else:
-            tested = versus_over_seeds(mine, base_scores, score.per_report, score.higher_is_better, resamples)
+            tested = versus_over_seeds(mine, base_scores, score.per_report, score.higher_is_better, resamples,
+                                       patients_of=patients_of or None)
             tested["verdict"] = _verdict(config.name, base_name, metric, tested, max(len(config.runs), len(base.runs)))
             config.vs_baseline = tested
     return base

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from radlab.cli import app
 from radlab.data.synthetic import Finding, write_findings
 from radlab.evaluation.chexprompt import Counts, LETTERS, aggregate
-from radlab.evaluation.compare import (compare_systems, paired, patients, patients_from_table, scores_from_table, versus,
-                                       versus_over_seeds)
+from radlab.evaluation.compare import (compare_systems, paired, patients_by_id, patients_from_table, scores_from_table,
+                                       versus, versus_over_seeds)
 from radlab.evaluation.resampling import bootstrap
 
 EFFUSION = write_findings([Finding("effusion", "left", None, "small")])
@@ -71,7 +71,7 @@ def test_a_patients_reports_are_resampled_and_swapped_together():
 
 def test_predictions_and_their_logged_table_carry_each_reports_patient():
     predictions = [{"id": "a.gpt4", "patient": "10003502", "reference": "x"}, {"id": "b", "reference": "y"}]
-    assert patients(predictions) == {"a.gpt4": "10003502", "b": "b"}  # no patient: the report is its own
+    assert patients_by_id(predictions) == {"a.gpt4": "10003502", "b": "b"}  # no patient: the report is its own
     table = {"id": ["a.gpt4", "b"], "patient": ["10003502", "b"], "rouge_l_f1": [1.0, 2.0]}
     assert patients_from_table(table) == {"a.gpt4": "10003502", "b": "b"}
     assert scores_from_table(table) == {"a.gpt4": {"rouge_l_f1": 1.0}, "b": {"rouge_l_f1": 2.0}}

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from radlab.evaluation.chexprompt import LETTERS
-from radlab.evaluation.resampling import Clusters, cluster_sums, resampled_rows
+from radlab.evaluation.resampling import Clusters, cluster_sums, patients, resampled_rows
 
 
 @dataclass
@@ -86,9 +86,9 @@ def per_report_scores(predictions: list[dict], scored) -> dict[str, dict[str, fl
     return out
 
 
-def patients(predictions: list[dict]) -> dict[str, str]:
+def patients_by_id(predictions: list[dict]) -> dict[str, str]:
     """id -> the report's patient (its own id where the prediction names none)."""
-    return {str(p["id"]): str(p.get("patient") or p["id"]) for p in predictions}
+    return dict(zip((str(p["id"]) for p in predictions), patients(predictions)))
 
 
 def _clusters(ids: list[str], patients_of: dict[str, str] | None) -> Clusters:
@@ -98,7 +98,7 @@ def _clusters(ids: list[str], patients_of: dict[str, str] | None) -> Clusters:
 def compare_systems(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]],
                     resamples: int = 1000, patients_of: dict[str, str] | None = None) -> list[dict]:
     """One row per score both systems have, over the reports both were scored on; `patients_of`:
-    id -> patient (see `patients`)."""
+    id -> patient (see `patients_by_id`)."""
     ids = [i for i in first if i in second]
     names = sorted({name for i in ids for name in first[i]} & {name for i in ids for name in second[i]})
     rows = []

@@ -23,9 +23,9 @@ from PIL import Image, ImageOps
 
 from radlab.config import Experiment
 from radlab.data.synthetic import parse_findings
-from radlab.evaluation.resampling import bootstrap
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.metrics import rouge_l_scores
+from radlab.evaluation.resampling import bootstrap, patients
 from radlab.formats.images import ImageTransform
 
 SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
@@ -91,7 +91,7 @@ def grounding_checks(model, tokenizer, experiment: Experiment, transform: ImageT
     blanks = [generated["blank"][p["id"]] for p in kept]
     metrics: dict[str, float] = {}
     # The sentences of one report, and the reports of one patient, are resampled together.
-    patient = [str(p.get("patient") or p["id"]) for p in kept]
+    patient = patients(kept)
     per_report = flip_scores(originals, mirrored)
     flips = [score for scores in per_report for score in scores]
     if flips:

@@ -18,6 +18,11 @@ import numpy as np
 Clusters = Sequence[str] | None
 
 
+def patients(predictions: list[dict]) -> list[str]:
+    """Each prediction's patient, in order (its own id where it names none)."""
+    return [str(p.get("patient") or p["id"]) for p in predictions]
+
+
 @dataclass
 class Interval:
     mean: float

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from radlab.config import Experiment
 from radlab.data.dataset import split_examples
-from radlab.evaluation.compare import compare_systems, patients, per_report_scores
+from radlab.evaluation.compare import compare_systems, patients_by_id, per_report_scores
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.grounding import grounding_checks
 from radlab.evaluation.reporting import (
@@ -65,7 +65,7 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
         log_evaluation(tracker, run_id, experiment, untrained, base, "untrained/")
         columns["untrained"] = base.metrics
         comparison = compare_systems(per_report_scores(trained, scored), per_report_scores(untrained, base),
-                                     cfg.bootstrap, patients(trained))
+                                     cfg.bootstrap, patients_by_id(trained))
         log_comparison(tracker, run_id, comparison, "trained_vs_untrained")
     if scored.judgments:
         log_error_chart(tracker, run_id, columns)
@@ -125,7 +125,7 @@ def evaluate_predictions(experiment: Experiment, records: list[dict], baseline: 
         columns["baseline"] = base.metrics
         systems["baseline"] = (baseline, base.judgments)
         rows = compare_systems(per_report_scores(records, scored), per_report_scores(baseline, base),
-                               experiment.eval.bootstrap, patients(records))
+                               experiment.eval.bootstrap, patients_by_id(records))
         log_comparison(tracker, run_id, rows, "predictions_vs_baseline")
     if scored.judgments:
         log_error_chart(tracker, run_id, columns)

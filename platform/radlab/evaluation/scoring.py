@@ -12,9 +12,9 @@ from radlab.config import Experiment
 from radlab.errors import RadlabError
 from radlab.evaluation.chexprompt import LETTERS, aggregate
 from radlab.evaluation.judge_client import JudgeClient, Judgment
-from radlab.evaluation.compare import patients
 from radlab.evaluation.metrics import text_and_clinical
 from radlab.evaluation.preflight import judge_client
+from radlab.evaluation.resampling import patients
 
 
 def judge_predictions(experiment: Experiment, predictions: list[dict],
@@ -70,12 +70,12 @@ def score(experiment: Experiment, predictions: list[dict], progress: Callable[..
     if "chexprompt" in cfg.metrics:
         judgments, client = judge_predictions(experiment, predictions, progress)
         metrics.update(aggregate([j.counts for j in judgments], resamples=cfg.bootstrap,
-                                 clusters=list(patients(predictions).values())).metrics())
+                                 clusters=patients(predictions)).metrics())
         metrics.update({f"judge/{k}": float(v) for k, v in client.usage.items()})
         metrics["judge/cost"] = client.cost
     with_candidate = [i for i, p in enumerate(predictions) if "candidate" in p]
     pairs = [(predictions[i]["reference"], predictions[i]["candidate"]) for i in with_candidate]
-    patient = list(patients(predictions).values())
+    patient = patients(predictions)
     values, skipped, per_pair = text_and_clinical(pairs, cfg, experiment.data.synthetic is not None,
                                                   [patient[i] for i in with_candidate])
     metrics.update(values)
@@ -98,8 +98,8 @@ def report_table(predictions: list[dict], scored: Scored) -> dict[str, list]:
     """The per-report table: texts, the judge's verdict and counts, and the per-report metrics."""
     rows = []
     judgments = scored.judgments or [None] * len(predictions)
-    for k, (p, j) in enumerate(zip(predictions, judgments)):
-        row = {"id": p["id"], "patient": str(p.get("patient") or p["id"]), "reference": p["reference"],
+    for k, (p, j, patient) in enumerate(zip(predictions, judgments, patients(predictions))):
+        row = {"id": p["id"], "patient": patient, "reference": p["reference"],
                "candidate": p.get("candidate", ""),
                "judge_status": "ok" if j and j.ok else "failed" if j else "not judged",
                "judge_error": (j.error or "") if j else "", "judge_answer": (j.raw or "") if j else ""}

@@ -47,6 +47,8 @@ def test_export_loads_in_transformers_and_generates_the_same_tokens(lora_checkpo
     expected = generate_texts(model, tokenizer, [pixels], [HUMAN], "vicuna_v1", 12)
     assert processor.decode(theirs[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == expected[0]
     assert expected[0]
+    # <image> is never generated, in transformers as in radlab
+    assert exported.generation_config.suppress_tokens == [tokenizer.convert_tokens_to_ids("<image>")]
 
 
 def test_merged_lora_equals_the_adapters(lora_checkpoint, tmp_path):

@@ -102,3 +102,26 @@ def test_a_left_padded_batch_generates_what_each_prompt_generates_alone(model, t
     texts = generate_batch(model, tokenizer, pixels, humans, template, Sampling(16))
     assert texts == [generate_batch(model, tokenizer, [p], [h], template, Sampling(16))[0]
                      for p, h in zip(pixels, humans)]
+
+
+def test_the_image_placeholder_is_never_generated(tokenizer):
+    """<image>'s output row of a pretrained language model is drawn at random when radlab adds the
+    token: even where it would win every step (forced here), generation never writes it."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.model_validate({"preset": "tiny"}), tokenizer).eval()
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+
+    def favour_image(module, inputs, logits):
+        logits[..., image_id] += 1e4
+        return logits
+
+    model.lm_head.register_forward_hook(favour_image)
+    batch = collate([{"input_ids": encode_prompt(tokenizer, render_prompt("vicuna_v1", HUMAN), num_image_tokens(model)),
+                      "pixel_values": torch.zeros(3, 64, 64)}], tokenizer.pad_token_id)
+    plain = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           pixel_values=batch["pixel_values"], max_new_tokens=3, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id)
+    assert plain[0, -3:].tolist() == [image_id] * 3  # what transformers' generate alone writes
+    for sampling in (Sampling(8), Sampling(8, temperature=1.0)):
+        generated = sample(model, tokenizer, [torch.zeros(3, 64, 64)], sampling)[0]
+        assert generated.tokens == 8 and generated.text  # eight tokens, none of them <image>

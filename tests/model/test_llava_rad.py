@@ -137,6 +137,30 @@ def test_the_open_clip_image_transform_goes_with_the_tower(release, tmp_path):
         import_open_clip_vision(release["vision"], tmp_path / "squashed")
 
 
+def test_the_release_as_one_folder_imports(release, tmp_path):
+    """microsoft/llava-rad as downloaded: the adapter, the projector, LLaVA's config.json and
+    BiomedCLIP-CXR under the release's names (biomedclipcxr_518.json, an open_clip model config at
+    the top level, and biomedclipcxr_518_checkpoint.pt, a training checkpoint) in one folder, named
+    as both --adapter and --vision: the tower's files are found among the adapter's."""
+    folder = release["adapter"]
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava",
+                                                    "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2}))
+    model_cfg = json.loads((release["vision"] / "open_clip_config.json").read_text())["model_cfg"]
+    (folder / "biomedclipcxr_518.json").write_text(json.dumps(model_cfg))
+    weights = torch.load(release["vision"] / "open_clip_pytorch_model.bin", weights_only=True)
+    torch.save({"epoch": 10, "state_dict": {f"module.{k}": v for k, v in weights.items()}},
+               folder / "biomedclipcxr_518_checkpoint.pt")
+    one = load_checkpoint(import_llava_rad(folder, release["base"], folder, tmp_path / "one"))
+    apart = load_checkpoint(import_llava_rad(release["adapter"], release["base"], release["vision"], tmp_path / "apart"))
+    assert one.model_config == apart.model_config
+    ours, theirs = one.model.state_dict(), apart.model.state_dict()  # the same import, weight for weight
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    (folder / "biomedclipcxr_518_checkpoint.pt").rename(folder / "tower.pt")
+    with pytest.raises(ModelError, match=r"one named after biomedclipcxr_518.json, found adapter_model.bin, "
+                                         r"non_lora_trainables.bin, tower.pt"):
+        import_open_clip_vision(folder, tmp_path / "vit")
+
+
 def test_import_names_what_is_missing_or_wrong(release, tmp_path):
     (release["adapter"] / "non_lora_trainables.bin").unlink()
     with pytest.raises(ModelError, match="non_lora_trainables.bin: not found"):
@@ -149,9 +173,9 @@ def test_import_names_what_is_missing_or_wrong(release, tmp_path):
         import_open_clip_vision(release["vision"], tmp_path / "vit")
     config = release["vision"] / "open_clip_config.json"
     config.rename(release["vision"] / "a.json")
-    (release["vision"] / "b.json").write_text("{}")
+    (release["vision"] / "b.json").write_text((release["vision"] / "a.json").read_text())
     with pytest.raises(ModelError, match=r"expected open_clip_config.json or one open_clip model config "
-                                         r"\(\*.json\), found a.json, b.json"):
+                                         r"\(\*.json with vision_cfg\), found a.json, b.json"):
         import_open_clip_vision(release["vision"], tmp_path / "vit")
     (release["vision"] / "b.json").unlink()
     (release["vision"] / "a.json").write_text("{not json")

@@ -85,6 +85,7 @@ def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
                                    loaded.model_config.vision.num_image_tokens)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.suppress_tokens = [config.image_token_id]  # as radlab generates: never <image>
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -9,7 +9,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from radlab.formats.batch import collate
-from radlab.formats.prompts import PLAIN_END, encode_prompt, ends_with_eos, render_prompt
+from radlab.formats.prompts import IMAGE_TOKEN, PLAIN_END, encode_prompt, ends_with_eos, render_prompt
 from radlab.model.sampling import Generated, Sampling
 
 
@@ -112,7 +112,10 @@ def generate_batch(model, tokenizer, pixels: list[torch.Tensor], humans: list[st
     prompt_length = batch["input_ids"].shape[1]
     decoding = ({"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
                 if sampling.temperature > 0 else {"do_sample": False})
+    # <image> is an input placeholder, never an answer: a pretrained language model's embeddings
+    # gained its row at random, so it is suppressed rather than left to chance.
     out = model.generate(
+        suppress_tokens=[tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)],
         input_ids=batch["input_ids"].to(parameter.device),
         attention_mask=batch["attention_mask"].to(parameter.device),
         pixel_values=batch["pixel_values"].to(parameter.device, dtype=parameter.dtype),

@@ -1,6 +1,6 @@
 """Importing the released LLaVA-Rad checkpoint into a radlab checkpoint.
 
-The release is three folders:
+The release is read from three folders:
 
     adapter/   adapter_config.json, adapter_model.safetensors (or .bin): PEFT LoRA over the Vicuna
                base, keys `base_model.model.model.layers.N....lora_A.weight`; non_lora_trainables.bin:
@@ -11,6 +11,9 @@ The release is three folders:
                biomedclipcxr_518_checkpoint.pt (an open_clip training checkpoint, weights under
                `state_dict`, `module.` prefixed), or the Hub's open_clip_config.json and
                open_clip_pytorch_model.bin
+
+microsoft/llava-rad on the Hugging Face Hub holds the adapter and BiomedCLIP-CXR in one folder,
+which is then both `adapter/` and `vision/`.
 
 The timm ViT is remapped onto transformers' ViTModel, or onto Dinov2Model when its blocks carry
 LayerScale (a DINOv2 trunk): the same computation (CLS token, biased patch embedding, pre-norm
@@ -105,21 +108,49 @@ def tower_from_open_clip(state: dict[str, torch.Tensor], where: str) -> tuple[di
     return out, shapes
 
 
-def _open_clip_file(vision: Path, hub_name: str, patterns: tuple[str, ...], what: str) -> Path:
-    """The Hub's file name if the folder has it, else the folder's one file of its kind."""
-    if (vision / hub_name).is_file():
-        return vision / hub_name
-    found = sorted({p for pattern in patterns for p in vision.glob(pattern)})
-    if len(found) != 1:
-        raise ModelError(f"{vision}: expected {hub_name} or one {what} ({', '.join(patterns)}), found "
+def _is_open_clip_config(path: Path) -> bool:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    model_cfg = raw.get("model_cfg", raw) if isinstance(raw, dict) else None
+    return isinstance(model_cfg, dict) and isinstance(model_cfg.get("vision_cfg"), dict)
+
+
+def _open_clip_config_file(vision: Path) -> Path:
+    """The Hub's open_clip_config.json, else the folder's one JSON file, else its one open_clip model
+    config (a JSON with vision_cfg) among others: microsoft/llava-rad holds BiomedCLIP-CXR's
+    biomedclipcxr_518.json beside the adapter's adapter_config.json and LLaVA's config.json."""
+    if (vision / "open_clip_config.json").is_file():
+        return vision / "open_clip_config.json"
+    found = sorted(vision.glob("*.json"))
+    configs = found if len(found) == 1 else [path for path in found if _is_open_clip_config(path)]
+    if len(configs) != 1:
+        raise ModelError(f"{vision}: expected open_clip_config.json or one open_clip model config (*.json with "
+                         f"vision_cfg), found {', '.join(p.name for p in configs or found) or 'none'}")
+    return configs[0]
+
+
+def _open_clip_checkpoint(vision: Path, config_file: Path) -> Path:
+    """The Hub's open_clip_pytorch_model.bin, else the folder's one weights file, else the one named
+    after the config (biomedclipcxr_518_checkpoint.pt beside biomedclipcxr_518.json, where
+    microsoft/llava-rad also holds adapter_model.bin and non_lora_trainables.bin)."""
+    if (vision / "open_clip_pytorch_model.bin").is_file():
+        return vision / "open_clip_pytorch_model.bin"
+    found = sorted({p for pattern in ("*.pt", "*.bin", "*.safetensors") for p in vision.glob(pattern)})
+    named = [path for path in found if path.name.startswith(config_file.stem)]
+    chosen = found if len(found) == 1 else named
+    if len(chosen) != 1:
+        raise ModelError(f"{vision}: expected open_clip_pytorch_model.bin, one checkpoint (*.pt, *.bin, "
+                         f"*.safetensors) or one named after {config_file.name}, found "
                          f"{', '.join(p.name for p in found) or 'none'}")
-    return found[0]
+    return chosen[0]
 
 
 def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, torch.Tensor], dict, ImageTransform]:
     """The transformers config, weights, `model.vision` fields and image transform of an open_clip
     folder's image tower."""
-    config_file = _open_clip_file(vision, "open_clip_config.json", ("*.json",), "open_clip model config")
+    config_file = _open_clip_config_file(vision)
     try:
         raw = json.loads(_read(config_file))
     except json.JSONDecodeError as err:
@@ -129,8 +160,7 @@ def _open_clip_tower(vision: Path) -> tuple[ViTConfig | Dinov2Config, dict[str, 
     image_size = vision_cfg.get("image_size") if isinstance(vision_cfg, dict) else None
     if not isinstance(image_size, int):
         raise ModelError(f"{config_file}: vision_cfg.image_size is missing")
-    checkpoint = _open_clip_file(vision, "open_clip_pytorch_model.bin", ("*.pt", "*.bin", "*.safetensors"),
-                                 "checkpoint")
+    checkpoint = _open_clip_checkpoint(vision, config_file)
     state = _torch_load(checkpoint)
     state = state.get("state_dict", state)  # an open_clip training checkpoint, as open_clip loads it
     state = {k.removeprefix("module."): v for k, v in state.items()}
@@ -175,7 +205,9 @@ def import_llava_rad(adapter: Path, base: Path, vision: Path, out: Path, max_len
                                 heads=lm.num_attention_heads, intermediate_size=lm.intermediate_size,
                                 tie_embeddings=bool(lm.tie_word_embeddings)))
     tokenizer = load_tokenizer(base)
-    model = build_model(model_config, tokenizer, max_length)
+    with torch.random.fork_rng():  # what the release does not hold (<image>'s rows) drawn alike each time
+        torch.manual_seed(0)
+        model = build_model(model_config, tokenizer, max_length)
     result = model.model.vision_tower.load_state_dict(tower, strict=False)
     if result.unexpected_keys or [k for k in result.missing_keys if not k.startswith("pooler.")]:
         raise ModelError(f"{vision}: the image tower does not fit a {shapes['kind']} tower of {shapes}: "

@@ -232,6 +232,9 @@ def test_sweep_tables_say_a_trial_row_shows_its_configuration_when_seeds_are_poo
     text = rendered(result)
     assert "its configuration vs baseline" in text and "configurations over training seeds" in text
     assert text.count("+0.500 [+0.30, +0.68], p 0.002") == 3  # both seeds' rows and the configuration's
+    pooled_test["p_adjusted"] = 0.012  # six configurations tested against the baseline (Holm)
+    configurations[1]["vs_baseline_p_adjusted"] = 0.012
+    assert rendered(result).count("+0.500 [+0.30, +0.68], p 0.002 (0.012 adjusted)") == 3
     single = {"trials": result["trials"][:1], "best": {"configurations": [{**configurations[0], "seeds": [0]}]}}
     text = rendered(single)
     assert "its configuration" not in text and "configurations over training seeds" not in text

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from radlab.config import parse_experiment
 from radlab.tracking.runs import Tracker
@@ -79,3 +80,36 @@ def test_a_seed_that_finished_on_one_side_only_is_not_pooled(synthetic_root, tmp
     versus_baseline(tracker, configs, {"stage1.enabled": True}, METRIC, resamples=200)
     assert configs[1].vs_baseline["seeds"] == 1 and configs[1].vs_baseline["per_seed"] == {0: 1.0}
     assert "only one seed finished on both sides: rerun the failed trials" in configs[1].vs_baseline["verdict"]
+
+
+def test_holm_adjusts_for_the_configurations_tested_together():
+    from radlab.tune.verdict import holm
+
+    # The textbook case: sorted 0.01, 0.02, 0.03, 0.04 become 0.04, 0.06, 0.06, 0.06.
+    assert holm([0.03, 0.01, 0.04, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.2]) == [0.2] and holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_many_configurations_against_one_baseline_need_more_than_p_under_005(synthetic_root, tmp_path):
+    """Six configurations against one baseline: one clearly better, one slightly (p 0.018 alone),
+    four the same. Six tests make one p under 0.05 likely by chance, so the slight one's p, adjusted
+    for the six, no longer says it beat the baseline, and its verdict gives both p-values; the
+    clearly better one still beats it."""
+    tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t"))
+    rng = np.random.default_rng(12)
+    base_errors = rng.poisson(1.0, 80)
+    cells = {"base": base_errors, "better": np.maximum(base_errors - (rng.random(80) < 0.6), 0),
+             "slight": np.maximum(base_errors - (rng.random(80) < 0.12), 0)}
+    cells |= {f"same{k}": base_errors.copy() for k in range(4)}
+    rows = [_trial(tracker, errors, **{"stage2.lr": name}) for name, errors in cells.items()]
+    configs = configurations(rows, ["stage2.lr"], default_seed=0)
+    versus_baseline(tracker, configs, {"stage2.lr": "base"}, METRIC, resamples=300)
+    tested = {c.settings["stage2.lr"]: c.vs_baseline for c in configs[1:]}
+    assert all(t["compared"] == 6 and t["p_adjusted"] >= t["p_value"] for t in tested.values())
+    assert tested["better"]["significant"] and tested["better"]["p_adjusted"] < 0.05
+    slight = tested["slight"]
+    assert slight["difference"] < 0 and slight["p_value"] < 0.05  # alone, it would have beaten the baseline
+    assert not slight["significant"] and slight["p_adjusted"] >= 0.05
+    assert slight["verdict"].startswith("lr=slight did not beat the baseline lr=base")
+    assert "adjusted for the 6 configurations tested (Holm)" in slight["verdict"]

@@ -151,8 +151,10 @@ def sweep(path: Path, overrides: Overrides = None,
 COMMANDS = {"validate": validate, "schema": schema, "run": run, "sweep": sweep, "ui": ui}
 
 
-def _versus(difference: float, low: float, high: float, p: float) -> str:
-    return f"{difference:+.3f} [{low:+.2f}, {high:+.2f}], p {p:.3g}"
+def _versus(difference: float, low: float, high: float, p: float, adjusted: float | None) -> str:
+    """A comparison with the baseline; `adjusted`: the p-value adjusted over the configurations tested."""
+    return f"{difference:+.3f} [{low:+.2f}, {high:+.2f}], p {p:.3g}" + (
+        f" ({adjusted:.3g} adjusted)" if adjusted is not None and adjusted != p else "")
 
 
 def sweep_tables(result: dict, metric: str) -> list:
@@ -169,8 +171,8 @@ def sweep_tables(result: dict, metric: str) -> list:
         value, low, high = (row.get(f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
         shown = "-" if value is None else f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else "")
         tested = row.get("vs_baseline", {})
-        versus = (_versus(tested["difference"], tested["ci_low"], tested["ci_high"], tested["p_value"])
-                  if "p_value" in tested else "-")
+        versus = (_versus(tested["difference"], tested["ci_low"], tested["ci_high"], tested["p_value"],
+                          tested.get("p_adjusted")) if "p_value" in tested else "-")
         loss = row.get("val_loss")
         trials.add_row(row["trial"], row["status"] + (f": {row['error']}" if row.get("error") else ""), shown,
                        versus, "-" if loss is None else f"{loss:.3f}")
@@ -180,7 +182,8 @@ def sweep_tables(result: dict, metric: str) -> list:
                    title="configurations over training seeds")
     for row in best["configurations"]:
         versus = (_versus(row["vs_baseline_difference"], row["vs_baseline_ci_low"], row["vs_baseline_ci_high"],
-                          row["vs_baseline_p_value"]) if "vs_baseline_p_value" in row else "-")
+                          row["vs_baseline_p_value"], row.get("vs_baseline_p_adjusted"))
+                  if "vs_baseline_p_value" in row else "-")
         pooled.add_row(row["configuration"], ", ".join(map(str, row["seeds"])),
                        f"{row[metric]:.3f} ({row[metric + '_min']:.3f}-{row[metric + '_max']:.3f})", versus)
     return [trials, pooled]

@@ -4,13 +4,17 @@ first value), with an interval and a paired test on the objective's per-report s
 A trial is one configuration trained with one training seed. The seed alone can move a run more
 than a configuration does, so one run per side compares two trained models, not two
 configurations, and the verdict says so. With a `seed` axis the runs of a configuration are pooled:
-`versus_over_seeds` resamples seeds and studies for the interval and tests the seed-averaged scores,
-and the best configuration is the one with the best mean over its seeds.
+`versus_over_seeds` resamples seeds and patients for the interval and tests the seed-averaged scores,
+and the best configuration is the one with the best mean over its seeds. Every configuration is
+tested against the same baseline, so the more there are, the likelier one of them beats it by
+chance: a configuration beats the baseline only where its p-value, adjusted by Holm's method over
+all the configurations tested, stays under 0.05.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass, field
 
@@ -19,7 +23,8 @@ from radlab.evaluation.metrics import score_of
 from radlab.tracking.runs import Tracker
 
 SEED_AXIS = "seed"
-TESTED = ("difference", "ci_low", "ci_high", "p_value", "significant")
+TESTED = ("difference", "ci_low", "ci_high", "p_value", "p_adjusted", "significant")
+LEVEL = 0.05
 
 
 @dataclass
@@ -64,8 +69,9 @@ def configurations(rows: list[dict], axes: list[str], default_seed: int) -> list
 def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: dict, metric: str,
                     resamples: int) -> Configuration | None:
     """Test every configuration against the baseline one (the first whose axes are `baseline`):
-    sets each one's `vs_baseline` (the verdict, and difference, interval, p-value, significant) and
-    returns the baseline configuration (None when none of its trials finished)."""
+    sets each one's `vs_baseline` (the verdict, and difference, interval, p-value, the p-value
+    adjusted over the configurations tested, significant) and returns the baseline configuration
+    (None when none of its trials finished)."""
     base = next((c for c in configs if all(c.settings.get(k) == v for k, v in baseline.items())), None)
     base_name = base.name if base else setting_name(baseline)
     score = score_of(metric)[1]
@@ -82,6 +88,7 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
         return {s: scores_from_table(t) for s, t in found.items()}
 
     base_scores = scores(base) if base is not None and score.per_report is not None else None
+    tested_configs = []
     for config in configs:
         if config is base:
             config.vs_baseline = {"verdict": f"{base_name} is the baseline"}
@@ -92,24 +99,46 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
         elif base_scores is None or (mine := scores(config)) is None:
             config.vs_baseline = {"verdict": f"no per-report scores logged to test against {base_name}"}
         else:
-            tested = versus_over_seeds(mine, base_scores, score.per_report, score.higher_is_better, resamples,
-                                       patients_of=patients_of or None)
-            tested["verdict"] = _verdict(config.name, base_name, metric, tested, max(len(config.runs), len(base.runs)))
-            config.vs_baseline = tested
+            config.vs_baseline = versus_over_seeds(mine, base_scores, score.per_report, score.higher_is_better,
+                                                   resamples, patients_of=patients_of or None)
+            tested_configs.append(config)
+    tested = [c for c in tested_configs if not math.isnan(c.vs_baseline["p_value"])]
+    for config, adjusted in zip(tested, holm([c.vs_baseline["p_value"] for c in tested])):
+        config.vs_baseline |= {"p_adjusted": adjusted, "compared": len(tested),
+                               "significant": config.vs_baseline["significant"] and adjusted < LEVEL}
+    for config in tested_configs:
+        config.vs_baseline["verdict"] = _verdict(config.name, base_name, metric, config.vs_baseline,
+                                                 max(len(config.runs), len(base.runs)))
     return base
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together: the smallest times their number, the
+    next times one less, each at least the one before, at most 1; an adjusted p under the level keeps
+    the chance of any false finding among them under it. (scipy has Benjamini-Hochberg's
+    `false_discovery_control`, which bounds the share of false findings instead, not Holm's.)"""
+    order = sorted(range(len(p_values)), key=p_values.__getitem__)
+    adjusted, running = [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def _verdict(name: str, base_name: str, metric: str, tested: dict, most_runs: int) -> str:
     """The verdict's sentence; `most_runs` is the most seeds either side finished."""
     said = "beat" if tested["significant"] else "did not beat"
     interval = f"{tested['difference']:+.3f} [{tested['ci_low']:+.3f}, {tested['ci_high']:+.3f}] per report"
+    p = f"p = {tested['p_value']:.3g}"
+    if tested.get("compared", 1) > 1:
+        p += f", {tested['p_adjusted']:.3g} adjusted for the {tested['compared']} configurations tested (Holm)"
     if tested["seeds"] < 2:
         remedy = ("only one seed finished on both sides: rerun the failed trials (radlab sweep --resume)"
                   if most_runs > 1 else "train each with several seeds (sweep.axes.seed: [0, 1, 2])")
         return (f"{name} {said} the baseline {base_name} significantly on {metric}: difference {interval}, "
-                f"p = {tested['p_value']:.3g} (paired permutation test, {tested['n']} studies); one training run "
-                f"each, so this compares two trained models, not the configurations: {remedy} to compare those")
+                f"{p} (paired permutation test, {tested['n']} reports); one training run each, so this "
+                f"compares two trained models, not the configurations: {remedy} to compare those")
     per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in tested["per_seed"].items())
     return (f"{name} {said} the baseline {base_name} significantly on {metric} over {tested['seeds']} training "
-            f"seeds: difference {interval} (seeds and studies resampled), p = {tested['p_value']:.3g} (paired "
-            f"permutation test on {tested['n']} studies, scores averaged over seeds); per seed: {per_seed}")
+            f"seeds: difference {interval} (seeds and patients resampled), {p} (paired permutation test on "
+            f"{tested['n']} reports, scores averaged over seeds); per seed: {per_seed}")

@@ -303,6 +303,29 @@ def llava_ids(pieces, image_id: int, num_image_tokens: int, text: str) -> list[i
     return [1] + pieces.encode(before) + [image_id] * num_image_tokens + pieces.encode(after)
 
 
+@pytest.mark.parametrize("legacy", [False, True, None])
+def test_the_findings_are_encoded_as_in_the_whole_conversation_whatever_legacy_says(tmp_path, legacy):
+    """radlab encodes the prompt and " {findings}" apart; SentencePiece alone would start the latter
+    with a lone "▁" (its dummy prefix before the space) where the whole conversation has "▁Small".
+    With a vocabulary that holds the findings' words whole, and tokenizer_config.json's `legacy`
+    false, true or absent, the ids are those of the conversation encoded whole."""
+    import sentencepiece
+
+    folder = vicuna_release(tmp_path / "vicuna", FINDINGS + [VICUNA_SYSTEM, "USER: ASSISTANT:"], vocab_size=700)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("legacy")
+    (folder / "tokenizer_config.json").write_text(json.dumps(config | ({} if legacy is None else {"legacy": legacy})))
+    tokenizer = load_tokenizer(folder)
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    findings = "Small left pleural effusion."
+    assert pieces.encode(f" {findings}", out_type=str)[:2] == ["▁", "▁Small"]  # the lone "▁" to avoid
+    human = findings_prompt("cough")
+    chat = encode_example(tokenizer, "vicuna_v1", human, findings, 2, 2048)
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert chat.input_ids == llava_ids(pieces, image_id, 2, f"{VICUNA_SYSTEM} USER: {human} ASSISTANT: {findings}") + [2]
+    assert tokenizer.convert_ids_to_tokens([t for t in chat.labels if t != IGNORE_INDEX])[:2] == ["▁Small", "▁left"]
+
+
 def test_the_released_vicuna_folder_trains_on_the_ids_and_labels_llava_rad_trains_on(tmp_path):
     """The release's tokenizer.model read by transformers: a stage 2 example's ids and labels are those
     LLaVA-Rad's preprocess_v1 builds (the whole conversation encoded by SentencePiece itself, the

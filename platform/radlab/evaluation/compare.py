@@ -20,6 +20,8 @@ from scipy import stats
 from radlab.evaluation.chexprompt import LETTERS
 from radlab.evaluation.resampling import Clusters, cluster_sums, patients, resampled_rows
 
+LEVEL = 0.05  # a p-value under it, with the difference in the better direction, is a significant one
+
 
 @dataclass
 class Paired:
@@ -147,7 +149,7 @@ def versus(first: dict[str, dict[str, float]], second: dict[str, dict[str, float
     result = paired([first[i].get(score, np.nan) for i in ids], [second[i].get(score, np.nan) for i in ids],
                     resamples, clusters=_clusters(ids, patients_of)).row(score)
     better = result["difference"] > 0 if higher_is_better else result["difference"] < 0
-    return result | {"significant": bool(better and result["p_value"] < 0.05)}
+    return result | {"significant": bool(better and result["p_value"] < LEVEL)}
 
 
 def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dict[int, dict[str, dict[str, float]]],
@@ -185,5 +187,5 @@ def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dic
     difference = float(differences.mean())
     better = (low > 0) if higher_is_better else (high < 0)
     return {"metric": score, "n": len(ids), "seeds": len(seeds), "difference": difference, "ci_low": low,
-            "ci_high": high, "p_value": p_value, "significant": bool(better and p_value < 0.05),
+            "ci_high": high, "p_value": p_value, "significant": bool(better and p_value < LEVEL),
             "per_seed": {s: float(d) for s, d in zip(seeds, differences.mean(axis=1))}}

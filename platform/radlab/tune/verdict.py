@@ -18,13 +18,12 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from radlab.evaluation.compare import patients_from_table, scores_from_table, versus_over_seeds
+from radlab.evaluation.compare import LEVEL, patients_from_table, scores_from_table, versus_over_seeds
 from radlab.evaluation.metrics import score_of
 from radlab.tracking.runs import Tracker
 
 SEED_AXIS = "seed"
 TESTED = ("difference", "ci_low", "ci_high", "p_value", "p_adjusted", "significant")
-LEVEL = 0.05
 
 
 @dataclass

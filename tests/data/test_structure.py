@@ -45,20 +45,21 @@ def gpt4_fake() -> tuple[FastAPI, Counter]:
     return app, seen
 
 
-MAPPING = "columns: {id: id, image: image, findings: findings, indication: indication, split: split}\n"
+MAPPING = "columns: {id: id, image: image, findings: findings, indication: indication, split: split, patient: patient}\n"
 
 
 def dataset(tmp_path):
     rows = []
-    for i, (findings, split) in enumerate([
-        ("Unchanged small left effusion compared to the prior study.", "train"),
-        ("Unchanged small left effusion compared to the prior study.", "train"),  # same report, second image
-        ("Lungs clear. garbage", "train"),
-        ("Heart normal.", "val"),
-        ("Unchanged cardiomegaly.", "test"),
+    for i, (findings, split, patient) in enumerate([
+        ("Unchanged small left effusion compared to the prior study.", "train", "p0"),
+        ("Unchanged small left effusion compared to the prior study.", "train", "p0"),  # same report, second image
+        ("Lungs clear. garbage", "train", "p1"),
+        ("Heart normal.", "val", "p2"),
+        ("Unchanged cardiomegaly.", "test", "p3"),
     ]):
         image(tmp_path / "img" / f"{i}.png", "PNG")
-        rows.append({"id": f"r{i}", "image": f"{i}.png", "findings": findings, "indication": "Dyspnea.", "split": split})
+        rows.append({"id": f"r{i}", "image": f"{i}.png", "findings": findings, "indication": "Dyspnea.", "split": split,
+                     "patient": patient})
     write_csv(tmp_path / "t.csv", rows)
     (tmp_path / "map.yaml").write_text(MAPPING)
     out = tmp_path / "ds"
@@ -94,6 +95,8 @@ def test_structuring_adds_llm_records_caches_and_counts_failures(tmp_path):
     assert len(load_examples(folder / "train.jsonl", tmp_path / "img", ["PA"], [LLM_METHOD])) == 2
     assert len(load_examples(folder / "train.jsonl", tmp_path / "img", ["PA"], ["rule-based"])) == 3
     assert summary.pairs[0] == ("Unchanged small left effusion compared to the prior study.", "Small left effusion.")
+    # A pair per image, with its patient: the quality report's intervals draw the study's two together.
+    assert len(summary.pairs) == 3 and summary.patients == ["p0", "p0", "p2"]
 
 
 def test_findings_synthesized_from_labels_for_a_labels_only_dataset(tmp_path):

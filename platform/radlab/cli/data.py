@@ -179,7 +179,7 @@ def structure(folder: Annotated[Path, typer.Argument(help="an ingested dataset f
                   f"{summary.usage['completion_tokens']} tokens, cost {summary.cost:.4f}")
     for failure in summary.failures:
         console.print(f"  [yellow]failed[/] {failure}", highlight=False)
-    quality = or_exit(compare_texts, summary.pairs, config if quality_judge else None)
+    quality = or_exit(compare_texts, summary.pairs, config if quality_judge else None, clusters=summary.patients)
     (folder / "structure_quality.json").write_text(json.dumps(
         {"model": model, "reports": summary.reports, "structured": summary.structured, "failed": summary.failed,
          "usage": summary.usage, "cost": summary.cost, "llm_vs_rule": quality}, indent=2))

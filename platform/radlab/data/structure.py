@@ -87,6 +87,7 @@ class StructureSummary:
     usage: dict = field(default_factory=dict)
     cost: float = 0.0
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (rule findings, LLM findings)
+    patients: list[str] = field(default_factory=list)  # each pair's patient (its record's id where none is known)
 
 
 def structure_folder(folder: Path, config: JudgeConfig, splits: tuple[str, ...] = ("train", "val"),
@@ -124,6 +125,7 @@ def structure_folder(folder: Path, config: JudgeConfig, splits: tuple[str, ...] 
             if answer is None or not answer.ok:
                 continue
             summary.pairs.append((_findings(record), answer.value["findings"]))
+            summary.patients.append(str(record.get("patient_id") or record["id"]))
             structured.append(_llm_record(record, answer.value, config.model))
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rule + structured), encoding="utf-8")

@@ -132,6 +132,15 @@ def test_an_encoder_only_run_logs_retrieval_and_its_encoder(encoder_run, mlflow_
     metrics = parent.data.metrics
     assert metrics["retrieval/n_pairs"] == 16 and "untrained/retrieval/i2t_R1" in metrics
     assert "zero_shot/auroc_mean" in metrics and "chexprompt/n_reports" not in metrics
+    # Each Recall@K with its interval in the intervals table, and trained against untrained pair by pair.
+    intervals = Tracker(parse_experiment({"name": "test-tiny", "data": {"synthetic": {}}, "tracking": {
+        "uri": mlflow_server}}, "t")).read_table(summary.parent_run_id, "eval/trained/intervals.json")
+    k = intervals["metric"].index("retrieval/i2t_R1")
+    assert intervals["ci_low"][k] <= metrics["retrieval/i2t_R1"] == intervals["value"][k] <= intervals["ci_high"][k]
+    assert summary.metrics["retrieval/i2t_R1_ci_high"] == intervals["ci_high"][k]
+    assert not any(key.endswith(("_ci_low", "_ci_high")) for key in metrics)
+    assert "trained_vs_untrained/retrieval/i2t_R1/p_value" in metrics
+    assert "eval/trained_vs_untrained.json" in {a.path for a in client.list_artifacts(summary.parent_run_id, "eval")}
     artifacts = {a.path for a in client.list_artifacts(summary.parent_run_id, "encoder")}
     assert {"encoder/radlab.json", "encoder/model.safetensors", "encoder/config.json"} <= artifacts
     (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")

@@ -1,7 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
-from radlab.evaluation.retrieval import recall_at, retrieval_metrics, zero_shot_auroc
+from radlab.evaluation.compare import compare_systems
+from radlab.evaluation.retrieval import ReadOut, recall_at, retrieval_metrics, zero_shot_auroc
 
 
 def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
@@ -38,3 +40,23 @@ def test_zero_shot_auroc_skips_findings_with_one_class(tokenizer):
     assert out["zero_shot/auroc/Pleural Effusion"] == 1.0
     assert "zero_shot/auroc/Pneumothorax" not in out          # no positive case in the split
     assert "zero_shot/auroc/No Finding" not in out             # "No Finding" is not a positive label here
+
+
+def test_recall_intervals_draw_patients_and_two_encoders_compare_pair_by_pair():
+    """Each Recall@K is the mean of one hit per pair; its interval draws each patient's pairs
+    together (a study's two images retrieve alike), and two encoders on the same pairs are compared
+    pair by pair."""
+    rng = np.random.default_rng(4)
+    hits = rng.integers(0, 2, 60).astype(float)
+    once = ReadOut({"retrieval/i2t_R1": hits.mean()}, {"retrieval/i2t_R1": hits}, [f"s{k}" for k in range(60)],
+                   [f"p{k}" for k in range(60)])
+    twice = ReadOut({"retrieval/i2t_R1": hits.mean()}, {"retrieval/i2t_R1": np.repeat(hits, 2)},
+                    [f"s{k // 2}-{k % 2}" for k in range(120)], [f"p{k // 2}" for k in range(120)])
+    assert twice.intervals(300) == once.intervals(300)
+    low, high = once.intervals(300).values()
+    assert low < hits.mean() < high
+    assert once.per_pair()["s3"] == {"retrieval/i2t_R1": hits[3]}
+
+    better = ReadOut({}, {"retrieval/i2t_R1": np.maximum(hits, rng.random(60) < 0.5)}, once.ids, once.patients)
+    (row,) = compare_systems(better.per_pair(), once.per_pair(), 300, dict(zip(once.ids, once.patients)))
+    assert row["metric"] == "retrieval/i2t_R1" and row["difference"] > 0 and row["p_value"] < 0.05

@@ -49,18 +49,25 @@ def error_chart(columns: dict[str, dict[str, float]]):
 INTERVAL_ENDS = ("_ci_low", "_ci_high")
 
 
-def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predictions: list[dict],
-                   scored: Scored, prefix: str = "") -> None:
-    """Each score as one metric, and its 95% interval in the table <folder>/intervals.json."""
-    points = {k: v for k, v in scored.metrics.items() if not k.endswith(INTERVAL_ENDS)}
+def log_scores(tracker: Tracker, run_id: str, metrics: dict[str, float], prefix: str = "") -> str:
+    """Each score as one metric, and its 95% interval in the table <folder>/intervals.json; returns
+    the folder (eval/trained, or eval/<prefix>)."""
+    points = {k: v for k, v in metrics.items() if not k.endswith(INTERVAL_ENDS)}
     tracker.log_metrics(run_id, {f"{prefix}{k}": v for k, v in points.items()})
     folder = f"eval/{prefix.strip('/') or 'trained'}"
-    bounded = [k for k in points if f"{k}_ci_low" in scored.metrics]
+    bounded = [k for k in points if f"{k}_ci_low" in metrics]
     if bounded:
         tracker.log_table(run_id, {"metric": bounded, "value": [points[k] for k in bounded],
-                                   "ci_low": [scored.metrics[f"{k}_ci_low"] for k in bounded],
-                                   "ci_high": [scored.metrics[f"{k}_ci_high"] for k in bounded]},
+                                   "ci_low": [metrics[f"{k}_ci_low"] for k in bounded],
+                                   "ci_high": [metrics[f"{k}_ci_high"] for k in bounded]},
                           f"{folder}/intervals.json")
+    return folder
+
+
+def log_evaluation(tracker: Tracker, run_id: str, experiment: Experiment, predictions: list[dict],
+                   scored: Scored, prefix: str = "") -> None:
+    """The scores (`log_scores`), the predictions, the judgments and the per-report table."""
+    folder = log_scores(tracker, run_id, scored.metrics, prefix)
     tracker.set_tags(run_id, {f"radlab.skipped.{prefix}{name}": reason for name, reason in scored.skipped.items()})
     with tempfile.TemporaryDirectory() as tmp:
         tracker.log_file(run_id, write_jsonl(predictions, Path(tmp) / "predictions.jsonl"), folder)
@@ -118,9 +125,11 @@ def log_comparison(tracker: Tracker, run_id: str, rows: list[dict], name: str) -
                                  for key in ("difference", "p_value") if row[key] == row[key]})
 
 
-def print_summary(console: Console, columns: dict[str, dict[str, float]], skipped: dict[str, str]) -> None:
-    table = Table("metric", *columns, title="evaluation")
-    for key in [*SCORES, *GROUNDING]:
+def print_summary(console: Console, columns: dict[str, dict[str, float]], skipped: dict[str, str],
+                  keys: list[str] | None = None, title: str = "evaluation") -> None:
+    """Each system's scores (`keys`: the report model's by default) with their 95% intervals."""
+    table = Table("metric", *columns, title=title)
+    for key in keys or [*SCORES, *GROUNDING]:
         if any(key in m for m in columns.values()):
             cells = []
             for m in columns.values():

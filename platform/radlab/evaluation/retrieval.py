@@ -2,10 +2,15 @@
 and label-aware, and zero-shot classification of each finding by text prompts (AUROC).
 
 An exact hit is the paired report or a verbatim copy of it (normal studies share one wording);
-a label-aware hit is any report with the same set of positive CheXpert observations.
+a label-aware hit is any report with the same set of positive CheXpert observations. Each pair is a
+query both ways, so a Recall@K is the mean of one hit (0 or 1) per pair: `read_out` keeps them, for
+intervals that draw each patient's pairs together and for paired tests of two encoders on the same
+pairs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from radlab.data.dataset import Example
 from radlab.data.pairs import PairDataset, collate_pairs, encode_report, text_batch
+from radlab.evaluation.resampling import bootstrap
 from radlab.formats.images import ImageTransform
 from radlab.model.encoder import DualEncoder
 
@@ -53,24 +59,35 @@ def embed_pairs(encoder: DualEncoder, examples: list[Example], tokenizer, transf
     return torch.cat(images), torch.cat(texts), kept, truncated
 
 
-def recall_at(similarity: torch.Tensor, relevant: torch.Tensor, ks=KS) -> dict[int, float]:
-    """Share of queries (rows) with a relevant item among their top K columns."""
+def hits_at(similarity: torch.Tensor, relevant: torch.Tensor, ks=KS) -> dict[int, np.ndarray]:
+    """For each K, whether each query (row) has a relevant item among its top K columns (1 or 0)."""
     order = similarity.argsort(dim=1, descending=True)
     hits = relevant.gather(1, order)
-    return {k: float(hits[:, :k].any(dim=1).float().mean()) for k in ks if k <= similarity.shape[1]}
+    return {k: hits[:, :k].any(dim=1).double().numpy() for k in ks if k <= similarity.shape[1]}
+
+
+def recall_at(similarity: torch.Tensor, relevant: torch.Tensor, ks=KS) -> dict[int, float]:
+    """Share of queries (rows) with a relevant item among their top K columns."""
+    return {k: float(hit.mean()) for k, hit in hits_at(similarity, relevant, ks).items()}
+
+
+def retrieval_hits(images: torch.Tensor, texts: torch.Tensor, reports: list[str],
+                   labels: list[frozenset[str]]) -> dict[str, np.ndarray]:
+    """Each Recall@K metric's hit (1 or 0) for each pair as a query."""
+    similarity = images @ texts.T
+    same_text = torch.tensor([[a == b for b in reports] for a in reports])
+    same_labels = torch.tensor([[a == b for b in labels] for a in labels])
+    hits: dict[str, np.ndarray] = {}
+    for kind, relevant in (("", same_text), ("label_", same_labels)):
+        for direction, sim in (("i2t", similarity), ("t2i", similarity.T)):
+            for k, hit in hits_at(sim, relevant).items():
+                hits[f"retrieval/{kind}{direction}_R{k}"] = hit
+    return hits
 
 
 def retrieval_metrics(images: torch.Tensor, texts: torch.Tensor, reports: list[str],
                       labels: list[frozenset[str]]) -> dict[str, float]:
-    similarity = images @ texts.T
-    same_text = torch.tensor([[a == b for b in reports] for a in reports])
-    same_labels = torch.tensor([[a == b for b in labels] for a in labels])
-    metrics: dict[str, float] = {}
-    for kind, relevant in (("", same_text), ("label_", same_labels)):
-        for direction, sim in (("i2t", similarity), ("t2i", similarity.T)):
-            for k, value in recall_at(sim, relevant).items():
-                metrics[f"retrieval/{kind}{direction}_R{k}"] = value
-    return metrics
+    return {name: float(hit.mean()) for name, hit in retrieval_hits(images, texts, reports, labels).items()}
 
 
 @torch.no_grad()
@@ -92,13 +109,42 @@ def zero_shot_auroc(encoder: DualEncoder, images: torch.Tensor, labels: list[fro
     return out
 
 
-def evaluate_retrieval(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,
-                       max_length: int) -> dict[str, float]:
+@dataclass
+class ReadOut:
+    """An encoder's retrieval on a split: `metrics` (each score's point value and the counts), and each
+    Recall@K metric's hit per pair (`hits`) for the pairs `ids` of the patients `patients`."""
+    metrics: dict[str, float]
+    hits: dict[str, np.ndarray]
+    ids: list[str]
+    patients: list[str]
+
+    def intervals(self, resamples: int) -> dict[str, float]:
+        """The 95% interval of each Recall@K (`<name>_ci_low`, `<name>_ci_high`), drawing patients."""
+        out: dict[str, float] = {}
+        for name, hit in self.hits.items():
+            interval = bootstrap(hit, resamples=resamples, clusters=self.patients)
+            out |= {f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high}
+        return out
+
+    def per_pair(self) -> dict[str, dict[str, float]]:
+        """id -> {Recall@K metric -> that pair's hit}, as `compare.compare_systems` takes them."""
+        return {pair: {name: float(hit[k]) for name, hit in self.hits.items()} for k, pair in enumerate(self.ids)}
+
+
+def read_out(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,
+             max_length: int) -> ReadOut:
     images, texts, kept, truncated = embed_pairs(encoder, examples, tokenizer, transform, max_length)
     reports = [examples[i].findings for i in kept]
     labels = [examples[i].labels for i in kept]
-    metrics = retrieval_metrics(images, texts, reports, labels)
+    hits = retrieval_hits(images, texts, reports, labels)
+    metrics = {name: float(hit.mean()) for name, hit in hits.items()}
     metrics.update(zero_shot_auroc(encoder, images, labels, tokenizer, max_length))
     metrics |= {"retrieval/n_pairs": float(len(kept)), "retrieval/n_skipped_images": float(len(examples) - len(kept)),
                 "retrieval/n_truncated_reports": float(truncated)}
-    return metrics
+    return ReadOut(metrics, hits, [examples[i].id for i in kept], [examples[i].patient or examples[i].id for i in kept])
+
+
+def evaluate_retrieval(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,
+                       max_length: int) -> dict[str, float]:
+    """The metrics of `read_out` (a stage 0 validation's)."""
+    return read_out(encoder, examples, tokenizer, transform, max_length).metrics

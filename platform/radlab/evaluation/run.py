@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from radlab.config import Experiment
 from radlab.data.dataset import split_examples
@@ -21,10 +20,11 @@ from radlab.evaluation.reporting import (
     log_error_chart,
     log_evaluation,
     log_review,
+    log_scores,
     print_comparison,
     print_summary,
 )
-from radlab.evaluation.retrieval import evaluate_retrieval
+from radlab.evaluation.retrieval import read_out
 from radlab.evaluation.scoring import score
 from radlab.model.build import build_model
 from radlab.model.checkpoint import load_checkpoint
@@ -89,25 +89,32 @@ RETRIEVAL_SUMMARY = ["retrieval/i2t_R1", "retrieval/i2t_R5", "retrieval/t2i_R1",
 
 def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run_id: str,
                      console: Console) -> dict[str, float]:
-    """Retrieval and zero-shot readouts of a stage 0 encoder (and the untrained one), logged."""
+    """Retrieval and zero-shot readouts of a stage 0 encoder, each Recall@K with its interval, and
+    the untrained encoder's beside it, compared pair by pair; logged. Returns the trained one's."""
     loaded = load_encoder(folder)
-    examples = split_examples(experiment.data, experiment.eval.split)
+    cfg = experiment.eval
+    examples = split_examples(experiment.data, cfg.split)
     transform, length = loaded.transform, loaded.stage0.text.max_length
-    with console.status(f"embedding the {experiment.eval.split} split"):
-        metrics = evaluate_retrieval(loaded.encoder, examples, loaded.tokenizer, transform, length)
-    tracker.log_metrics(run_id, metrics)
-    columns = {"trained": metrics}
-    if experiment.eval.compares_untrained:
+    with console.status(f"embedding the {cfg.split} split"):
+        trained = read_out(loaded.encoder, examples, loaded.tokenizer, transform, length)
+    columns = {"trained": trained.metrics | trained.intervals(cfg.bootstrap)}
+    log_scores(tracker, run_id, columns["trained"])
+    comparison = []
+    if cfg.compares_untrained:
         torch.manual_seed(experiment.seed)
-        untrained = build_encoder(experiment.model, loaded.stage0, loaded.tokenizer)
-        columns["untrained"] = evaluate_retrieval(untrained, examples, loaded.tokenizer, transform, length)
-        tracker.log_metrics(run_id, {f"untrained/{k}": v for k, v in columns["untrained"].items()})
-    table = Table("metric", *columns, title=f"retrieval on {experiment.eval.split} ({int(metrics['retrieval/n_pairs'])} pairs)")
-    for key in RETRIEVAL_SUMMARY:
-        if key in metrics:
-            table.add_row(key, *(f"{m[key]:.3f}" for m in columns.values()))
-    console.print(table)
-    return metrics
+        untrained = read_out(build_encoder(experiment.model, loaded.stage0, loaded.tokenizer), examples,
+                             loaded.tokenizer, transform, length)
+        columns["untrained"] = untrained.metrics | untrained.intervals(cfg.bootstrap)
+        log_scores(tracker, run_id, columns["untrained"], "untrained/")
+        comparison = compare_systems(trained.per_pair(), untrained.per_pair(), cfg.bootstrap,
+                                     dict(zip(trained.ids, trained.patients)))
+        log_comparison(tracker, run_id, comparison, "trained_vs_untrained")
+    print_summary(console, columns, {}, RETRIEVAL_SUMMARY,
+                  f"retrieval on {cfg.split} ({int(trained.metrics['retrieval/n_pairs'])} pairs)")
+    if comparison:
+        print_comparison(console, [row for row in comparison if row["metric"] in RETRIEVAL_SUMMARY],
+                         "trained - untrained, paired on the same image-report pairs")
+    return columns["trained"]
 
 
 def evaluate_predictions(experiment: Experiment, records: list[dict], baseline: list[dict] | None, tracker: Tracker,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from radlab.evaluation.compare import compare_systems
-from radlab.evaluation.retrieval import ReadOut, recall_at, retrieval_metrics, zero_shot_auroc
+from radlab.evaluation.retrieval import ReadOut, auroc_metrics, recall_at, retrieval_metrics, zero_shot_scores
 
 
 def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
@@ -36,7 +36,7 @@ class _Oracle(torch.nn.Module):
 def test_zero_shot_auroc_skips_findings_with_one_class(tokenizer):
     images = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.8, 0.3]])
     labels = [frozenset({"Pleural Effusion"}), frozenset(), frozenset({"Pleural Effusion"})]
-    out = zero_shot_auroc(_Oracle(), images, labels, tokenizer, 32)
+    out = auroc_metrics(zero_shot_scores(_Oracle(), images, labels, tokenizer, 32))
     assert out["zero_shot/auroc/Pleural Effusion"] == 1.0
     assert "zero_shot/auroc/Pneumothorax" not in out          # no positive case in the split
     assert "zero_shot/auroc/No Finding" not in out             # "No Finding" is not a positive label here
@@ -60,3 +60,17 @@ def test_recall_intervals_draw_patients_and_two_encoders_compare_pair_by_pair():
     better = ReadOut({}, {"retrieval/i2t_R1": np.maximum(hits, rng.random(60) < 0.5)}, once.ids, once.patients)
     (row,) = compare_systems(better.per_pair(), once.per_pair(), 300, dict(zip(once.ids, once.patients)))
     assert row["metric"] == "retrieval/i2t_R1" and row["difference"] > 0 and row["p_value"] < 0.05
+
+
+def test_the_mean_zero_shot_auroc_has_an_interval_that_draws_patients():
+    rng = np.random.default_rng(5)
+    truth = rng.random(80) < 0.4
+    score = truth + rng.normal(0, 1.0, 80)
+    scores = {"Pleural Effusion": (truth, score), "Edema": (~truth, rng.normal(0, 1, 80))}
+    point = auroc_metrics(scores)["zero_shot/auroc_mean"]
+    once = ReadOut({}, {}, [f"s{k}" for k in range(80)], [f"p{k}" for k in range(80)], scores)
+    doubled = {name: (np.repeat(t, 2), np.repeat(s, 2)) for name, (t, s) in scores.items()}
+    twice = ReadOut({}, {}, [f"s{k}" for k in range(160)], [f"p{k // 2}" for k in range(160)], doubled)
+    interval = once.intervals(200)
+    assert interval["zero_shot/auroc_mean_ci_low"] < point < interval["zero_shot/auroc_mean_ci_high"]
+    assert twice.intervals(200) == interval

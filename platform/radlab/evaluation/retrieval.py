@@ -10,7 +10,8 @@ pairs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -91,39 +92,59 @@ def retrieval_metrics(images: torch.Tensor, texts: torch.Tensor, reports: list[s
 
 
 @torch.no_grad()
-def zero_shot_auroc(encoder: DualEncoder, images: torch.Tensor, labels: list[frozenset[str]], tokenizer,
-                    max_length: int) -> dict[str, float]:
-    """AUROC per finding of (similarity to the present prompt - similarity to the absent one);
-    findings with only one class in the split are left out."""
-    out: dict[str, float] = {}
+def zero_shot_scores(encoder: DualEncoder, images: torch.Tensor, labels: list[frozenset[str]], tokenizer,
+                     max_length: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """finding -> (whether each image has it, its score: similarity to the present prompt minus
+    similarity to the absent one); findings with only one class in the split are left out."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for finding, prompts in ZERO_SHOT_PROMPTS.items():
         truth = np.array([finding in positives for positives in labels])
         if truth.all() or not truth.any():
             continue
         batch = text_batch([encode_report(tokenizer, p, max_length)[0] for p in prompts], tokenizer.pad_token_id)
         present, absent = encoder.encode_texts(batch["input_ids"], batch["attention_mask"])
-        score = (images @ (present - absent)).numpy()
-        out[f"zero_shot/auroc/{finding}"] = float(roc_auc_score(truth, score))
-    if out:
-        out["zero_shot/auroc_mean"] = float(np.mean(list(out.values())))
+        out[finding] = truth, (images @ (present - absent)).numpy()
+    return out
+
+
+def auroc_mean(scores: dict[str, tuple[np.ndarray, np.ndarray]], rows: np.ndarray) -> float:
+    """The mean AUROC over the findings with both classes among the images `rows` (NaN if none has)."""
+    rows = rows.astype(int)
+    values = [roc_auc_score(truth[rows], score[rows]) for truth, score in scores.values() if 0 < truth[rows].sum() < len(rows)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def auroc_metrics(scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The AUROC of each finding of `zero_shot_scores`, and their mean."""
+    out = {f"zero_shot/auroc/{finding}": float(roc_auc_score(truth, score)) for finding, (truth, score) in scores.items()}
+    if scores:
+        out["zero_shot/auroc_mean"] = auroc_mean(scores, np.arange(len(next(iter(scores.values()))[0])))
     return out
 
 
 @dataclass
 class ReadOut:
-    """An encoder's retrieval on a split: `metrics` (each score's point value and the counts), and each
-    Recall@K metric's hit per pair (`hits`) for the pairs `ids` of the patients `patients`."""
+    """An encoder's retrieval on a split: `metrics` (each score's point value and the counts), each
+    Recall@K metric's hit per pair (`hits`) for the pairs `ids` of the patients `patients`, and the
+    zero-shot scores (`zero_shot_scores`)."""
     metrics: dict[str, float]
     hits: dict[str, np.ndarray]
     ids: list[str]
     patients: list[str]
+    zero_shot: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def intervals(self, resamples: int) -> dict[str, float]:
-        """The 95% interval of each Recall@K (`<name>_ci_low`, `<name>_ci_high`), drawing patients."""
+        """The 95% interval (`<name>_ci_low`, `<name>_ci_high`) of each Recall@K and of the mean
+        zero-shot AUROC (where every resample holds a finding with both classes), drawing patients."""
         out: dict[str, float] = {}
         for name, hit in self.hits.items():
             interval = bootstrap(hit, resamples=resamples, clusters=self.patients)
             out |= {f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high}
+        if self.zero_shot:
+            interval = bootstrap(np.arange(len(self.ids)), partial(auroc_mean, self.zero_shot), resamples,
+                                 clusters=self.patients)
+            if np.isfinite([interval.low, interval.high]).all():
+                out |= {"zero_shot/auroc_mean_ci_low": interval.low, "zero_shot/auroc_mean_ci_high": interval.high}
         return out
 
     def per_pair(self) -> dict[str, dict[str, float]]:
@@ -138,10 +159,12 @@ def read_out(encoder: DualEncoder, examples: list[Example], tokenizer, transform
     labels = [examples[i].labels for i in kept]
     hits = retrieval_hits(images, texts, reports, labels)
     metrics = {name: float(hit.mean()) for name, hit in hits.items()}
-    metrics.update(zero_shot_auroc(encoder, images, labels, tokenizer, max_length))
+    zero_shot = zero_shot_scores(encoder, images, labels, tokenizer, max_length)
+    metrics |= auroc_metrics(zero_shot)
     metrics |= {"retrieval/n_pairs": float(len(kept)), "retrieval/n_skipped_images": float(len(examples) - len(kept)),
                 "retrieval/n_truncated_reports": float(truncated)}
-    return ReadOut(metrics, hits, [examples[i].id for i in kept], [examples[i].patient or examples[i].id for i in kept])
+    return ReadOut(metrics, hits, [examples[i].id for i in kept], [examples[i].patient or examples[i].id for i in kept],
+                   zero_shot)
 
 
 def evaluate_retrieval(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,

@@ -112,7 +112,8 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
     print_summary(console, columns, {}, RETRIEVAL_SUMMARY,
                   f"retrieval on {cfg.split} ({int(trained.metrics['retrieval/n_pairs'])} pairs)")
     if comparison:
-        print_comparison(console, [row for row in comparison if row["metric"] in RETRIEVAL_SUMMARY],
+        rows = {row["metric"]: row for row in comparison}
+        print_comparison(console, [rows[key] for key in RETRIEVAL_SUMMARY if key in rows],
                          "trained - untrained, paired on the same image-report pairs")
     return columns["trained"]
 

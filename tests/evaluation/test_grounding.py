@@ -3,7 +3,7 @@ import torch
 from radlab.config import parse_experiment
 from radlab.data.synthetic import Finding, write_findings
 from radlab.evaluation.generate import generate_findings
-from radlab.evaluation.grounding import attribute_errors, flip_scores, grounding_checks, lateral_sentences
+from radlab.evaluation.grounding import attribute_misses, flip_scores, grounding_checks, lateral_sentences
 from radlab.model.build import build_model
 from radlab.model.towers import image_transform
 
@@ -26,15 +26,15 @@ def test_flip_consistency_counts_sentences_whose_side_follows_the_mirror():
     assert flip_scores([write_findings([])], [write_findings([])]) == [[]]
 
 
-def test_attribute_errors_read_each_reference_finding():
+def test_attribute_misses_read_each_reference_finding():
     reference = write_findings([Finding("consolidation", "left", "lower", "moderate"), Finding("pneumothorax", "right",
                                                                                                None, "large")])
     candidate = write_findings([Finding("consolidation", "right", "lower", "small")])
-    assert attribute_errors([reference], [candidate]) == {
-        "grounding/attribute_errors/finding": 0.5,  # the pneumothorax is missed
-        "grounding/attribute_errors/side": 0.5, "grounding/attribute_errors/zone": 0.0,
-        "grounding/attribute_errors/severity": 0.5}
-    assert attribute_errors([write_findings([])], [LEFT]) == {}
+    misses, report_of = attribute_misses([write_findings([]), reference], [LEFT, candidate])
+    assert report_of == [1, 1]  # two findings, both in the second report (the first has none)
+    assert {a: list(v) for a, v in misses.items()} == {
+        "finding": [0.0, 1.0],  # the pneumothorax is missed
+        "side": [1.0, 0.0], "zone": [0.0, 0.0], "severity": [1.0, 0.0]}
 
 
 def test_a_model_that_ignores_the_image_is_caught(tokenizer, synthetic_root, tmp_path):
@@ -49,4 +49,5 @@ def test_a_model_that_ignores_the_image_is_caught(tokenizer, synthetic_root, tmp
     assert metrics["grounding/blank_image_identical_share"] == 1.0
     assert metrics["grounding/blank_image_rouge_l"] == 100.0
     assert table["blank_image"] == table["generated"] == [p["candidate"] for p in predictions]
-    assert {"grounding/attribute_errors/finding", "grounding/blank_image_rouge_l_ci_low"} <= metrics.keys()
+    assert {"grounding/attribute_errors/finding", "grounding/blank_image_rouge_l_ci_low",
+            "grounding/attribute_errors/side_ci_high", "grounding/blank_image_identical_share_ci_low"} <= metrics.keys()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from radlab.config import Experiment
@@ -56,23 +57,21 @@ def flip_scores(originals: list[str], mirrored: list[str]) -> list[list[float]]:
     return scores
 
 
-def attribute_errors(references: list[str], candidates: list[str]) -> dict[str, float]:
-    """Share of reference findings (synthetic grammar) with each attribute wrong in the candidate:
-    `finding` (no candidate finding of that kind), then, for the found ones, `side`, `zone`,
-    `severity`."""
-    counts = dict.fromkeys(ATTRIBUTES, 0)
-    total = 0
-    for reference, candidate in zip(references, candidates):
+def attribute_misses(references: list[str], candidates: list[str]) -> tuple[dict[str, np.ndarray], list[int]]:
+    """For each reference finding (synthetic grammar), whether each attribute is wrong in the
+    candidate (1 or 0): `finding` (no candidate finding of that kind), then, for the found ones,
+    `side`, `zone`, `severity`; and the index of the report each finding is in."""
+    misses: dict[str, list[float]] = {a: [] for a in ATTRIBUTES}
+    report_of: list[int] = []
+    for k, (reference, candidate) in enumerate(zip(references, candidates)):
         said = {f.kind: f for f in parse_findings(candidate).findings}
         for finding in parse_findings(reference).findings:
-            total += 1
+            report_of.append(k)
             match = said.get(finding.kind)
-            if match is None:
-                counts["finding"] += 1
-                continue
+            misses["finding"].append(float(match is None))
             for attribute in ATTRIBUTES[1:]:
-                counts[attribute] += getattr(match, attribute) != getattr(finding, attribute)
-    return {f"grounding/attribute_errors/{a}": counts[a] / total for a in ATTRIBUTES} if total else {}
+                misses[attribute].append(float(match is not None and getattr(match, attribute) != getattr(finding, attribute)))
+    return {a: np.array(v) for a, v in misses.items()}, report_of
 
 
 def grounding_checks(model, tokenizer, experiment: Experiment, transform: ImageTransform, predictions: list[dict],
@@ -103,9 +102,14 @@ def grounding_checks(model, tokenizer, experiment: Experiment, transform: ImageT
         similarity = [100.0 if o.strip() == b.strip() else score
                       for o, b, score in zip(originals, blanks, rouge_l_scores(list(zip(originals, blanks))))]
         metrics |= bootstrap(similarity, resamples=cfg.bootstrap, clusters=patient).metrics("grounding/blank_image_rouge_l")
-        metrics["grounding/blank_image_identical_share"] = sum(o == b for o, b in zip(originals, blanks)) / len(kept)
+        metrics |= bootstrap([float(o == b) for o, b in zip(originals, blanks)], resamples=cfg.bootstrap,
+                             clusters=patient).metrics("grounding/blank_image_identical_share")
     if experiment.data.synthetic is not None:
-        metrics |= attribute_errors([p["reference"] for p in kept], originals)
+        # The findings of one report, and the reports of one patient, are resampled together.
+        misses, report_of = attribute_misses([p["reference"] for p in kept], originals)
+        for attribute, missed in misses.items() if report_of else ():
+            metrics |= bootstrap(missed, resamples=cfg.bootstrap, clusters=[patient[k] for k in report_of]).metrics(
+                f"grounding/attribute_errors/{attribute}")
     table = {"id": [p["id"] for p in kept], "generated": originals, "mirrored_image": mirrored,
              "blank_image": blanks}
     return metrics, table

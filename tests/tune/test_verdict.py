@@ -7,7 +7,7 @@ import pytest
 
 from radlab.config import parse_experiment
 from radlab.tracking.runs import Tracker
-from radlab.tune.verdict import configurations, versus_baseline
+from radlab.tune.verdict import challenge_alias, configurations, versus_baseline
 
 from ..conftest import experiment_dict
 
@@ -113,3 +113,48 @@ def test_many_configurations_against_one_baseline_need_more_than_p_under_005(syn
     assert not slight["significant"] and slight["p_adjusted"] >= 0.05
     assert slight["verdict"].startswith("lr=slight did not beat the baseline lr=base")
     assert "adjusted for the 6 configurations tested (Holm)" in slight["verdict"]
+
+
+def test_the_alias_changes_hands_only_on_a_paired_test_of_the_same_reports(synthetic_root, tmp_path):
+    """The alias serving resolves goes to a sweep's best only where it beats the holder on the
+    objective's per-report score over the reports both were evaluated on; a lower mean by chance,
+    an evaluation of other reports, or a corpus-level objective leave it where it is."""
+    tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t"))
+    rng = np.random.default_rng(2)
+    holder_errors = rng.poisson(1.0, 60)
+
+    def registered(errors: np.ndarray, first: int = 0) -> tuple[str, str]:
+        run_id = _trial(tracker, errors, first=first, salt=float(rng.random()))["run_id"]
+        if first:  # another evaluation set: the same count of reports, other studies
+            table = tracker.read_table(run_id, "eval/trained/per_report.json")
+            tracker.log_table(run_id, table | {"id": [f"other{i}" for i in range(len(errors))]},
+                              "eval/trained/per_report.json")
+        return tracker.register(run_id, f"runs:/{run_id}/model", alias=None), run_id
+
+    version, run_id = registered(holder_errors)
+    first = challenge_alias(tracker, "champion", version, run_id, METRIC, 500)
+    assert first == {"moved": True, "verdict": f"version {version} took alias 'champion', which no version held"}
+
+    lucky = holder_errors.copy()
+    lucky[:3] = np.maximum(lucky[:3] - 1, 0)  # a lower mean, by three reports
+    challenger, run_id = registered(lucky)
+    kept = challenge_alias(tracker, "champion", challenger, run_id, METRIC, 500)
+    assert lucky.mean() < holder_errors.mean() and not kept["moved"] and kept["p_value"] > 0.05
+    assert kept["verdict"].startswith(f"version {version} keeps alias 'champion': version {challenger} did not beat "
+                                      "it significantly on chexprompt/significant_mean: difference")
+    assert tracker.alias_holder("champion").version == version
+
+    elsewhere, run_id = registered(np.zeros(60, int), first=1)
+    other = challenge_alias(tracker, "champion", elsewhere, run_id, METRIC, 500)
+    assert not other["moved"] and "evaluated on other reports than version" in other["verdict"]
+
+    corpus = challenge_alias(tracker, "champion", elsewhere, run_id, "text/sacrebleu_bleu4", 500)
+    assert not corpus["moved"] and "text/sacrebleu_bleu4 is corpus-level" in corpus["verdict"]
+
+    better = np.maximum(holder_errors - (rng.random(60) < 0.6), 0)
+    winner, run_id = registered(better)
+    taken = challenge_alias(tracker, "champion", winner, run_id, METRIC, 500)
+    assert taken["moved"] and taken["ci_high"] < 0 and taken["p_value"] < 0.05
+    assert taken["verdict"].startswith(f"version {winner} took alias 'champion' from version {version}")
+    assert tracker.alias_holder("champion").version == winner

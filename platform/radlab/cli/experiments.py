@@ -140,12 +140,13 @@ def sweep(path: Path, overrides: Overrides = None,
         console.print(table)
     best = result["best"]
     if best:
-        moved = "took" if best.get("alias_moved") else "did not take (the holder is better)"
         chosen = best["trial"] if best["trial"] == best["configuration"] else (
             f"{best['configuration']} (mean over seeds {', '.join(map(str, best['seeds']))}), its best run {best['trial']}")
-        console.print(f"best: {chosen}; registered version {best.get('version')} {moved} "
-                      f"alias '{experiment.sweep.alias}'")
+        registered = f"; registered version {best['version']}" if best.get("version") else ""
+        console.print(f"best: {chosen}{registered}", highlight=False, soft_wrap=True)
         console.print(best["vs_baseline"]["verdict"], highlight=False, soft_wrap=True)
+        if best.get("alias_verdict"):
+            console.print(best["alias_verdict"], highlight=False, soft_wrap=True)
 
 
 COMMANDS = {"validate": validate, "schema": schema, "run": run, "sweep": sweep, "ui": ui}

@@ -252,7 +252,7 @@ class Tracker:
                  alias: str | None = CANDIDATE) -> str | None:
         """Register the logged checkpoint as a new version of `tracking.register_as`, described,
         and give it `alias` (every run's newest model is `@candidate`; a sweep's best takes
-        `@champion` only when it beats the holder)."""
+        `@champion` only when it beats the holder: `tune.verdict.challenge_alias`)."""
         name = self.config.register_as
         if not name:
             return None
@@ -336,21 +336,15 @@ class Tracker:
     def artifact_uri(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.artifact_uri
 
-    def move_alias(self, alias: str, version: str, metric: str, mode: str, value: float) -> bool:
-        """Give `alias` of `tracking.register_as` to `version` (tagged radlab.objective
-        `metric=value`) unless its holder scored better on the same metric."""
-        name = self.config.register_as
+    def alias_holder(self, alias: str):
+        """The version of `tracking.register_as` that holds `alias` (None where none does)."""
         try:
-            held = self.client.get_model_version_by_alias(name, alias).tags.get("radlab.objective", "")
+            return self.client.get_model_version_by_alias(self.config.register_as, alias)
         except MlflowException:  # the alias has no holder yet
-            held = ""
-        held_metric, _, held_value = held.partition("=")
-        if held_metric == metric and held_value:
-            better = value < float(held_value) if mode == "min" else value > float(held_value)
-            if not better:
-                return False
-        self.client.set_registered_model_alias(name, alias, version)
-        return True
+            return None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.config.register_as, alias, version)
 
 
 def check_model_reference(reference: str, uri: str) -> None:

@@ -28,7 +28,14 @@ from radlab.evaluation.metrics import score_of, unavailable  # noqa: E402
 from radlab.metric_specs import SCORES  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 from radlab.train.stages import held_alone, holds_fault, storage_path  # noqa: E402
-from radlab.tune.verdict import SEED_AXIS, TESTED, configurations, setting_name, versus_baseline  # noqa: E402
+from radlab.tune.verdict import (  # noqa: E402
+    SEED_AXIS,
+    TESTED,
+    challenge_alias,
+    configurations,
+    setting_name,
+    versus_baseline,
+)
 
 TRIAL_CPU = 0.01  # what a trial's own actor asks for: its stages ask Ray Train for the workers' CPUs
 # A tag of the sweep's MLflow run, one per trial's settings: the error of an attempt that failed by a
@@ -367,8 +374,9 @@ def _finish(tracker: Tracker, sweep_run: str, experiment: Experiment, results: l
         source = f"{tracker.artifact_uri(best['run_id'])}/model"
         version = tracker.register(best["run_id"], source, tags={"radlab.objective": f"{metric}={best[metric]}"})
         best["version"] = version
-        best["alias_moved"] = tracker.move_alias(sweep.alias, version, metric, sweep.objective.mode,
-                                                 best[metric])
+        challenge = challenge_alias(tracker, sweep.alias, version, best["run_id"], metric, experiment.eval.bootstrap)
+        best["alias_moved"], best["alias_verdict"] = challenge["moved"], challenge["verdict"]
+        tracker.set_tags(sweep_run, {"radlab.alias_verdict": challenge["verdict"]})
     return {**best, "configurations": pooled}
 
 

@@ -18,7 +18,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from radlab.evaluation.compare import LEVEL, patients_from_table, scores_from_table, versus_over_seeds
+from radlab.evaluation.compare import LEVEL, patients_from_table, scores_from_table, versus, versus_over_seeds
 from radlab.evaluation.metrics import score_of
 from radlab.tracking.runs import Tracker
 
@@ -141,3 +141,38 @@ def _verdict(name: str, base_name: str, metric: str, tested: dict, most_runs: in
     return (f"{name} {said} the baseline {base_name} significantly on {metric} over {tested['seeds']} training "
             f"seeds: difference {interval} (seeds and patients resampled), {p} (paired permutation test on "
             f"{tested['n']} reports, scores averaged over seeds); per seed: {per_seed}")
+
+
+def challenge_alias(tracker: Tracker, alias: str, version: str, run_id: str, metric: str, resamples: int) -> dict:
+    """Whether the sweep's best, registered as `version` from the run `run_id`, takes `alias` (the
+    one serving resolves) from the version holding it: only by beating it on the objective's
+    per-report score, in a paired test over the reports both were evaluated on (p < LEVEL and the
+    interval on the better side); a first version takes it unopposed. Point values from two
+    evaluations are not compared: they may be of other reports, and a chance difference would hand
+    the alias back and forth. Returns {"moved", "verdict"} and, where tested, the comparison."""
+    holder = tracker.alias_holder(alias)
+    if holder is None:
+        tracker.set_alias(alias, version)
+        return {"moved": True, "verdict": f"version {version} took alias '{alias}', which no version held"}
+    kept = f"version {holder.version} keeps alias '{alias}'"
+    score = score_of(metric)[1]
+    if score.per_report is None:
+        return {"moved": False, "verdict": f"{kept}: {metric} is corpus-level, with no per-report score to test "
+                                           f"version {version} against it (set the alias in the MLflow UI to move it)"}
+    mine, theirs = (tracker.read_table(run, "eval/trained/per_report.json") for run in (run_id, holder.run_id))
+    if mine is None or theirs is None:
+        return {"moved": False, "verdict": f"{kept}: no per-report scores logged to test version {version} against it"}
+    patients_of = (patients_from_table(theirs) or {}) | (patients_from_table(mine) or {})
+    tested = versus(scores_from_table(mine), scores_from_table(theirs), score.per_report, score.higher_is_better,
+                    resamples, patients_of or None)
+    if math.isnan(tested["p_value"]):
+        return {"moved": False, "verdict": f"{kept}: it was evaluated on other reports than version {version} "
+                                           f"({tested['n']} in common), so the two cannot be compared"}
+    if tested["significant"]:
+        tracker.set_alias(alias, version)
+    said = (f"version {version} took alias '{alias}' from version {holder.version}" if tested["significant"] else
+            f"{kept}: version {version} did not beat it significantly")
+    return tested | {"moved": tested["significant"], "verdict": (
+        f"{said} on {metric}: difference {tested['difference']:+.3f} [{tested['ci_low']:+.3f}, "
+        f"{tested['ci_high']:+.3f}] per report, p = {tested['p_value']:.3g} (paired permutation test, "
+        f"{tested['n']} reports both were evaluated on)")}

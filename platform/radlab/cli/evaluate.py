@@ -101,9 +101,17 @@ def judge_agreement(first: Path, second: Path) -> None:
     except (ValueError, OSError) as err:
         err_console.print(f"[red]{err}[/]", highlight=False)
         raise typer.Exit(2) from None
-    table = Table("errors", "n", "Kendall tau", "mean |difference|", title=f"{first.name} vs {second.name}")
+    reports = int(next(iter(result.values()))["n"])
+    table = Table(title=f"{first.name} vs {second.name}: {reports} reports judged by both (95% intervals)")
+    for name in ("errors", "Kendall tau", "mean |difference|"):
+        table.add_column(name, no_wrap=True)
+
+    def with_interval(row: dict, key: str) -> str:
+        low, high = row[f"{key}_ci_low"], row[f"{key}_ci_high"]
+        return f"{row[key]:.3f}" + ("" if low != low else f" [{low:.2f}, {high:.2f}]")
+
     for name, row in result.items():
-        table.add_row(name, f"{row['n']:.0f}", f"{row['kendall_tau']:.3f}", f"{row['mean_abs_diff']:.3f}")
+        table.add_row(name, with_interval(row, "kendall_tau"), with_interval(row, "mean_abs_diff"))
     console.print(table)
 
 

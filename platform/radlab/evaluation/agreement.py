@@ -1,6 +1,7 @@
 """Agreement between two judges (or a judge and human error counts) on the same report pairs, the
 way CheXprompt was validated against radiologists on ReXVal: Kendall tau and mean absolute
-difference of error counts, per error type and for the totals."""
+difference of error counts, per error type and for the totals, each with its 95% bootstrap interval
+(a patient's reports drawn together where the judgments name patients)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from scipy.stats import kendalltau
 
 from radlab.data.dataset import read_jsonl
 from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS
+from radlab.evaluation.resampling import resampled_rows
 
 
 def read_judgments(path: Path) -> dict[str, dict]:
@@ -18,8 +20,26 @@ def read_judgments(path: Path) -> dict[str, dict]:
     return {str(record["id"]): record for record in read_jsonl(path) if record.get("significant") is not None}
 
 
-def agreement(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """Per column (each type x significance, and the totals): n, Kendall tau, mean |a - b|."""
+def tau(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two columns; NaN where either is constant (no ranking to agree on)."""
+    return float(kendalltau(x, y).statistic) if np.ptp(x) and np.ptp(y) else float("nan")
+
+
+def interval(statistic, n: int, resamples: int, clusters: list[str]) -> tuple[float, float]:
+    """95% percentile interval of `statistic(rows)` over resamples of the patients; resamples where it
+    is undefined (a column constant in them) are left out, and the interval is NaN where more than
+    one in twenty is."""
+    values = np.array([statistic(rows) for rows in resampled_rows(n, resamples, 0, clusters)])
+    finite = values[np.isfinite(values)]
+    if len(finite) < 0.95 * len(values):
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def agreement(a: dict[str, dict], b: dict[str, dict], resamples: int = 1000) -> dict[str, dict[str, float]]:
+    """Per column (each type x significance, and the totals): n, Kendall tau and mean |a - b|, each
+    with `<name>_ci_low` and `<name>_ci_high`."""
     ids = sorted(a.keys() & b.keys())
     if len(ids) < 2:
         raise ValueError(f"only {len(ids)} report(s) judged by both: need at least 2")
@@ -33,8 +53,12 @@ def agreement(a: dict[str, dict], b: dict[str, dict]) -> dict[str, dict[str, flo
     columns["insignificant/total"] = (column(a, "insignificant"), column(b, "insignificant"))
     columns["total"] = (columns["significant/total"][0] + columns["insignificant/total"][0],
                         columns["significant/total"][1] + columns["insignificant/total"][1])
+    clusters = [str(a[i].get("patient") or b[i].get("patient") or i) for i in ids]
     out = {}
     for name, (x, y) in columns.items():
-        tau = kendalltau(x, y).statistic if np.ptp(x) and np.ptp(y) else float("nan")
-        out[name] = {"n": float(len(ids)), "kendall_tau": float(tau), "mean_abs_diff": float(np.abs(x - y).mean())}
+        row = {"n": float(len(ids)), "kendall_tau": tau(x, y), "mean_abs_diff": float(np.abs(x - y).mean())}
+        for key, statistic in (("kendall_tau", lambda rows, x=x, y=y: tau(x[rows], y[rows])),
+                               ("mean_abs_diff", lambda rows, x=x, y=y: float(np.abs(x[rows] - y[rows]).mean()))):
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = interval(statistic, len(ids), resamples, clusters)
+        out[name] = row
     return out

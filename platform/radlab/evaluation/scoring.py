@@ -89,9 +89,10 @@ def score(experiment: Experiment, predictions: list[dict], progress: Callable[..
 
 def judgment_records(predictions: list[dict], judgments: list[Judgment]) -> list[dict]:
     """One line per report, the input of `radlab judge agreement`."""
-    return [{"id": p["id"], "status": "ok" if j.ok else "failed", "error": j.error, "raw": j.raw,
+    return [{"id": p["id"], "patient": patient, "status": "ok" if j.ok else "failed", "error": j.error, "raw": j.raw,
              "significant": j.counts.significant if j.ok else None,
-             "insignificant": j.counts.insignificant if j.ok else None} for p, j in zip(predictions, judgments)]
+             "insignificant": j.counts.insignificant if j.ok else None}
+            for p, j, patient in zip(predictions, judgments, patients(predictions))]
 
 
 def report_table(predictions: list[dict], scored: Scored) -> dict[str, list]:

@@ -3,14 +3,15 @@ import pytest
 import torch
 
 from radlab.evaluation.compare import compare_systems
-from radlab.evaluation.retrieval import ReadOut, auroc_metrics, recall_at, retrieval_metrics, zero_shot_scores
+from radlab.evaluation.retrieval import ReadOut, auroc_metrics, hits_at, retrieval_hits, zero_shot_scores
 
 
 def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
     similarity = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.1, 0.7, 0.6]])
     relevant = torch.eye(3, dtype=torch.bool)
     # Row 0 ranks 0 first; row 1 ranks 2, 1, 0 (its match second); row 2 ranks 1, 2, 0 (second).
-    assert recall_at(similarity, relevant, ks=(1, 2, 3)) == pytest.approx({1: 1 / 3, 2: 1.0, 3: 1.0})
+    hits = hits_at(similarity, relevant, ks=(1, 2, 3))
+    assert {k: list(hit) for k, hit in hits.items()} == {1: [1.0, 0.0, 0.0], 2: [1.0, 1.0, 1.0], 3: [1.0, 1.0, 1.0]}
 
 
 def test_verbatim_copies_and_equal_labels_count_as_hits():
@@ -18,7 +19,7 @@ def test_verbatim_copies_and_equal_labels_count_as_hits():
     texts = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8]])
     reports = ["normal", "normal", "effusion"]
     labels = [frozenset(), frozenset(), frozenset({"Pleural Effusion"})]
-    metrics = retrieval_metrics(images, texts, reports, labels)
+    metrics = {name: hit.mean() for name, hit in retrieval_hits(images, texts, reports, labels).items()}
     # Image 0 retrieves report 1, a verbatim copy of its own: a hit. Image 2 retrieves report 0: a miss.
     assert metrics["retrieval/i2t_R1"] == pytest.approx(2 / 3)
     assert metrics["retrieval/label_i2t_R1"] == pytest.approx(2 / 3)

@@ -67,11 +67,6 @@ def hits_at(similarity: torch.Tensor, relevant: torch.Tensor, ks=KS) -> dict[int
     return {k: hits[:, :k].any(dim=1).double().numpy() for k in ks if k <= similarity.shape[1]}
 
 
-def recall_at(similarity: torch.Tensor, relevant: torch.Tensor, ks=KS) -> dict[int, float]:
-    """Share of queries (rows) with a relevant item among their top K columns."""
-    return {k: float(hit.mean()) for k, hit in hits_at(similarity, relevant, ks).items()}
-
-
 def retrieval_hits(images: torch.Tensor, texts: torch.Tensor, reports: list[str],
                    labels: list[frozenset[str]]) -> dict[str, np.ndarray]:
     """Each Recall@K metric's hit (1 or 0) for each pair as a query."""
@@ -84,11 +79,6 @@ def retrieval_hits(images: torch.Tensor, texts: torch.Tensor, reports: list[str]
             for k, hit in hits_at(sim, relevant).items():
                 hits[f"retrieval/{kind}{direction}_R{k}"] = hit
     return hits
-
-
-def retrieval_metrics(images: torch.Tensor, texts: torch.Tensor, reports: list[str],
-                      labels: list[frozenset[str]]) -> dict[str, float]:
-    return {name: float(hit.mean()) for name, hit in retrieval_hits(images, texts, reports, labels).items()}
 
 
 @torch.no_grad()

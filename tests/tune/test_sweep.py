@@ -195,6 +195,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(synthetic_root, 
     # The trials' consoles and Ray's own noise stay in Ray's log folder, which is named (as for run).
     assert "Ray's own logs and each trial's output:" in resumed.stdout
     assert "(run_trial pid=" not in resumed.stdout + resumed.stderr
+    assert "Downloading artifacts" not in resumed.stdout + resumed.stderr  # MLflow's bars, as it reads the tables
     assert "Failed to query Ray Train Controller" not in resumed.stdout + resumed.stderr
 
 

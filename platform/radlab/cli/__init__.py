@@ -4,6 +4,7 @@ cannot use) is one red line and exit status 2; any other exception keeps its tra
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -27,6 +28,9 @@ def _version(show: bool) -> None:
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="print radlab's version and exit")] = False) -> None:
     """Train, judge and serve radiology report models."""
+    # radlab shows its own progress; MLflow's bar for every small table it reads back (a sweep reads
+    # each trial's per-report table) would interleave with it. A value in the environment is kept.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 for _module in (experiments, evaluate, models, serving, cluster):

@@ -505,7 +505,8 @@ class SweepConfig(Section):
                                               "are sampled at random (Optuna reads only the final objective)")
     max_concurrent_trials: int = Field(1, ge=1)
     max_failures: int = Field(1, ge=0, description="retries of a trial that failed by a fault (a mistake is not retried)")
-    alias: str = Field("champion", description="registry alias moved to the best trial when it beats the holder")
+    alias: str = Field("champion", description="registry alias moved to the best trial when it beats the holder "
+                                               "in a paired test on the reports both were evaluated on")
 
     @model_validator(mode="after")
     def _axes(self) -> SweepConfig:

@@ -2,7 +2,8 @@
 Train, evaluation with CheXprompt) with the grid cell's overrides applied; the grid is a Tune
 grid search, and a `search:` block runs Optuna inside each cell. MLflow holds one sweep run, a
 child run per trial (its stage runs below it), a comparison table and plots; the best trial's
-checkpoint is registered and takes the alias when it beats the holder."""
+checkpoint is registered and takes the alias when it beats the holder in a paired test
+(`verdict.challenge_alias`)."""
 
 from __future__ import annotations
 

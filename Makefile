@@ -57,8 +57,8 @@ benchmark: install
 	$(PY) benchmarks/table.py $(BENCHMARK_RESULTS) | tee benchmarks/results.md
 
 # On a machine with a GPU: the 7B path's stage 2 under DeepSpeed ZeRO-2 in fp16 and bf16, its peak
-# memory against the plan, a resume against a straight run, then generation speed (about 5 minutes
-# on one H200; figures in the README). Without a GPU it says so and exits 0.
+# memory against the plan, a resume against a straight run, then generation speed (about 4 minutes
+# on one H100; figures in the README). Without a GPU it says so and exits 0.
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py
 	$(PY) benchmarks/gpu_generate.py

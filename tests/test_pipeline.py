@@ -117,6 +117,9 @@ def encoder_run(ray_session, mlflow_server, synthetic_root, tmp_path_factory):
                           stage0={"enabled": True, "max_steps": 6, "batch": 16, "log_every": 2, "checkpoint_every": 3},
                           stage1={"enabled": False}, stage2={"enabled": False})
     raw["name"] = "test-encoder"
+    # Relative paths, as the shipped YAMLs write them: `radlab eval` must find the encoder the run kept.
+    (workdir / "synthetic").symlink_to(synthetic_root)
+    raw["data"]["synthetic"]["root"], raw["ray"]["storage_path"] = "synthetic", "ray"
     (workdir / "encoder.yaml").write_text(json.dumps(raw))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(workdir)
@@ -140,6 +143,7 @@ def test_an_encoder_only_run_logs_retrieval_and_its_encoder(encoder_run, mlflow_
     assert summary.metrics["retrieval/i2t_R1_ci_high"] == intervals["ci_high"][k]
     assert not any(key.endswith(("_ci_low", "_ci_high")) for key in metrics)
     assert "trained_vs_untrained/retrieval/i2t_R1/p_value" in metrics
+    assert "trained_vs_untrained/zero_shot/auroc_mean/p_value" in metrics
     assert "eval/trained_vs_untrained.json" in {a.path for a in client.list_artifacts(summary.parent_run_id, "eval")}
     artifacts = {a.path for a in client.list_artifacts(summary.parent_run_id, "encoder")}
     assert {"encoder/radlab.json", "encoder/model.safetensors", "encoder/config.json"} <= artifacts

@@ -93,7 +93,9 @@ def outputs_root(experiment: Experiment) -> Path:
 
 
 def encoder_folder(experiment: Experiment) -> Path:
-    """Where a run's trained stage 0 encoder is kept."""
+    """Where a run's trained stage 0 encoder is kept: keyed by the experiment as `run_experiment`
+    resolves it (relative paths made absolute), so that `radlab eval` finds what a run wrote."""
+    experiment = with_absolute_paths(experiment)
     return outputs_root(experiment) / "encoders" / f"{experiment.name}-{stage_key(experiment, 'stage0')}"
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from radlab.evaluation.compare import compare_systems
-from radlab.evaluation.retrieval import ReadOut, auroc_metrics, hits_at, retrieval_hits, zero_shot_scores
+from radlab.evaluation.retrieval import (ReadOut, auroc_metrics, compare_auroc, hits_at, retrieval_hits,
+                                        zero_shot_scores)
 
 
 def test_recall_at_k_counts_a_relevant_item_in_the_top_k():
@@ -75,3 +76,30 @@ def test_the_mean_zero_shot_auroc_has_an_interval_that_draws_patients():
     interval = once.intervals(200)
     assert interval["zero_shot/auroc_mean_ci_low"] < point < interval["zero_shot/auroc_mean_ci_high"]
     assert twice.intervals(200) == interval
+
+
+def test_two_encoders_zero_shot_auroc_compares_by_a_paired_permutation_of_ranks():
+    """Scores of two encoders are on different scales, so the test swaps their ranks, not their
+    scores: an encoder whose scores are a monotone rescaling of another's is the same classifier.
+    A patient's images are drawn and swapped together."""
+    rng = np.random.default_rng(6)
+    truth = rng.random(60) < 0.4
+    good, noise = truth + rng.normal(0, 0.8, 60), rng.normal(0, 1, 60)
+
+    def read(score, copies: int = 1) -> ReadOut:
+        ids = [f"s{k}" for k in range(60 * copies)]
+        return ReadOut({}, {}, ids, [f"p{k // copies}" for k in range(60 * copies)],
+                       {"Pleural Effusion": (np.repeat(truth, copies), np.repeat(score, copies)),
+                        "Edema": (np.repeat(~truth, copies), np.repeat(-score, copies))})
+
+    trained, untrained = read(good), read(noise)
+    row = compare_auroc(trained, untrained, 300)
+    point = auroc_metrics(trained.zero_shot)["zero_shot/auroc_mean"] - auroc_metrics(untrained.zero_shot)["zero_shot/auroc_mean"]
+    assert row["metric"] == "zero_shot/auroc_mean" and row["n"] == 60
+    assert row["difference"] == pytest.approx(point)
+    assert 0 < row["ci_low"] < point < row["ci_high"] and row["p_value"] < 0.05
+    assert compare_auroc(read(good, 2), read(noise, 2), 300) | {"n": 60} == pytest.approx(row)
+
+    rescaled = compare_auroc(read(1000 * np.exp(good)), trained, 300)  # the same ranks on another scale
+    assert rescaled["difference"] == pytest.approx(0) and rescaled["p_value"] == 1.0
+    assert compare_auroc(trained, ReadOut({}, {}, trained.ids, trained.patients), 300) is None

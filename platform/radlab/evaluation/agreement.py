@@ -12,7 +12,7 @@ from scipy.stats import kendalltau
 
 from radlab.data.dataset import read_jsonl
 from radlab.evaluation.chexprompt import ERROR_TYPES, LETTERS
-from radlab.evaluation.resampling import resampled_rows
+from radlab.evaluation.resampling import statistic_interval
 
 
 def read_judgments(path: Path) -> dict[str, dict]:
@@ -23,18 +23,6 @@ def read_judgments(path: Path) -> dict[str, dict]:
 def tau(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall's tau-b of two columns; NaN where either is constant (no ranking to agree on)."""
     return float(kendalltau(x, y).statistic) if np.ptp(x) and np.ptp(y) else float("nan")
-
-
-def interval(statistic, n: int, resamples: int, clusters: list[str]) -> tuple[float, float]:
-    """95% percentile interval of `statistic(rows)` over resamples of the patients; resamples where it
-    is undefined (a column constant in them) are left out, and the interval is NaN where more than
-    one in twenty is."""
-    values = np.array([statistic(rows) for rows in resampled_rows(n, resamples, 0, clusters)])
-    finite = values[np.isfinite(values)]
-    if len(finite) < 0.95 * len(values):
-        return float("nan"), float("nan")
-    low, high = np.percentile(finite, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def agreement(a: dict[str, dict], b: dict[str, dict], resamples: int = 1000) -> dict[str, dict[str, float]]:
@@ -59,6 +47,6 @@ def agreement(a: dict[str, dict], b: dict[str, dict], resamples: int = 1000) -> 
         row = {"n": float(len(ids)), "kendall_tau": tau(x, y), "mean_abs_diff": float(np.abs(x - y).mean())}
         for key, statistic in (("kendall_tau", lambda rows, x=x, y=y: tau(x[rows], y[rows])),
                                ("mean_abs_diff", lambda rows, x=x, y=y: float(np.abs(x[rows] - y[rows]).mean()))):
-            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = interval(statistic, len(ids), resamples, clusters)
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = statistic_interval(statistic, len(ids), resamples, 0, clusters)
         out[name] = row
     return out

@@ -74,6 +74,20 @@ def bootstrap(values, statistic=np.mean, resamples: int = 1000, seed: int = 0, c
     return Interval(float(statistic(values)), float(low), float(high))
 
 
+def statistic_interval(statistic, n: int, resamples: int, seed: int | np.random.Generator = 0,
+                       clusters: Clusters = None) -> tuple[float, float]:
+    """95% percentile interval of `statistic(rows)`, a statistic of the reports `rows` that may be
+    undefined (NaN) on some resamples, as Kendall tau on a constant column or an AUROC with one
+    class: such resamples are left out, and the interval is NaN where more than one in twenty is
+    (too often to say what the rest cover)."""
+    values = np.array([statistic(rows) for rows in resampled_rows(n, resamples, seed, clusters)])
+    finite = values[np.isfinite(values)]
+    if len(finite) < 0.95 * len(values) or not len(finite):
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def cluster_sums(values: np.ndarray, clusters: Clusters) -> tuple[np.ndarray, np.ndarray]:
     """(each cluster's sum of `values`, its number of reports), clusters in order of appearance."""
     codes = cluster_codes(clusters, len(values))

@@ -15,12 +15,13 @@ from functools import partial
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from radlab.data.dataset import Example
 from radlab.data.pairs import PairDataset, collate_pairs, encode_report, text_batch
-from radlab.evaluation.resampling import bootstrap
+from radlab.evaluation.resampling import bootstrap, cluster_codes, statistic_interval
 from radlab.formats.images import ImageTransform
 from radlab.model.encoder import DualEncoder
 
@@ -125,21 +126,67 @@ class ReadOut:
 
     def intervals(self, resamples: int) -> dict[str, float]:
         """The 95% interval (`<name>_ci_low`, `<name>_ci_high`) of each Recall@K and of the mean
-        zero-shot AUROC (where every resample holds a finding with both classes), drawing patients."""
+        zero-shot AUROC (see `resampling.statistic_interval` for resamples that hold no finding with
+        both classes), drawing patients."""
         out: dict[str, float] = {}
         for name, hit in self.hits.items():
             interval = bootstrap(hit, resamples=resamples, clusters=self.patients)
             out |= {f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high}
         if self.zero_shot:
-            interval = bootstrap(np.arange(len(self.ids)), partial(auroc_mean, self.zero_shot), resamples,
-                                 clusters=self.patients)
-            if np.isfinite([interval.low, interval.high]).all():
-                out |= {"zero_shot/auroc_mean_ci_low": interval.low, "zero_shot/auroc_mean_ci_high": interval.high}
+            low, high = statistic_interval(partial(auroc_mean, self.zero_shot), len(self.ids), resamples, 0,
+                                           self.patients)
+            if np.isfinite([low, high]).all():
+                out |= {"zero_shot/auroc_mean_ci_low": low, "zero_shot/auroc_mean_ci_high": high}
         return out
 
     def per_pair(self) -> dict[str, dict[str, float]]:
         """id -> {Recall@K metric -> that pair's hit}, as `compare.compare_systems` takes them."""
         return {pair: {name: float(hit[k]) for name, hit in self.hits.items()} for k, pair in enumerate(self.ids)}
+
+
+def _auroc(truth: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The AUROC of each row of `values` (..., n) for the classes `truth` (n,): the Mann-Whitney U
+    of their ranks (ties count a half, as in roc_auc_score), for many rows at once."""
+    positives = int(truth.sum())
+    negatives = len(truth) - positives
+    ranks = rankdata(values, axis=-1)
+    return (ranks[..., truth].sum(axis=-1) - positives * (positives + 1) / 2) / (positives * negatives)
+
+
+def compare_auroc(first: ReadOut, second: ReadOut, resamples: int, seed: int = 0) -> dict | None:
+    """The mean zero-shot AUROC of two encoders on the same pairs, first minus second, as a row of
+    `compare.compare_systems`: its 95% interval draws patients (the same draws for both encoders;
+    see `resampling.statistic_interval`), and its p-value is the paired permutation
+    test of Bandos, Rockette and Gur (2005): each encoder's scores are replaced by their ranks within
+    each finding, which leaves its AUROC as it is and puts the two encoders on one scale, and each
+    permutation swaps the two encoders' ranks on all of a patient's images at once. None where
+    either encoder has no zero-shot scores or they were read on other pairs."""
+    findings = [name for name in first.zero_shot if name in second.zero_shot]
+    if not findings or first.ids != second.ids:
+        return None
+    truths = [first.zero_shot[name][0] for name in findings]
+    ranked = [np.stack([rankdata(first.zero_shot[name][1]), rankdata(second.zero_shot[name][1])]) / len(first.ids)
+              for name in findings]
+
+    def difference(rows: np.ndarray) -> float:
+        pairs = [_auroc(truth[rows], both[:, rows]) for truth, both in zip(truths, ranked) if 0 < truth[rows].sum() < len(rows)]
+        return float(np.mean([a - b for a, b in pairs])) if pairs else float("nan")
+
+    n = len(first.ids)
+    observed = difference(np.arange(n))
+    rng = np.random.default_rng(seed)
+    low, high = statistic_interval(difference, n, resamples, rng, first.patients)
+    codes = cluster_codes(first.patients, n)
+    swapped = (rng.random((max(resamples, 999), int(codes.max()) + 1)) < 0.5)[:, codes]  # (permutations, images)
+    permuted = np.mean([np.subtract(*_auroc(truth, np.where(swapped, both[::-1, None], both[:, None])))
+                        for truth, both in zip(truths, ranked)], axis=0)
+    # Two-sided as scipy.stats.permutation_test gives it (the paired tests beside this row): twice
+    # the smaller tail, each counting the observed difference.
+    tails = [(1 + np.sum(side)) / (1 + len(permuted)) for side in (permuted <= observed + 1e-12,
+                                                                    permuted >= observed - 1e-12)]
+    p_value = min(1.0, 2 * min(tails))
+    return {"metric": "zero_shot/auroc_mean", "n": n, "difference": observed, "ci_low": float(low),
+            "ci_high": float(high), "p_value": float(p_value)}
 
 
 def read_out(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,

@@ -24,7 +24,7 @@ from radlab.evaluation.reporting import (
     print_comparison,
     print_summary,
 )
-from radlab.evaluation.retrieval import read_out
+from radlab.evaluation.retrieval import compare_auroc, read_out
 from radlab.evaluation.scoring import score
 from radlab.model.build import build_model
 from radlab.model.checkpoint import load_checkpoint
@@ -108,6 +108,7 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
         log_scores(tracker, run_id, columns["untrained"], "untrained/")
         comparison = compare_systems(trained.per_pair(), untrained.per_pair(), cfg.bootstrap,
                                      dict(zip(trained.ids, trained.patients)))
+        comparison += [row for row in [compare_auroc(trained, untrained, cfg.bootstrap)] if row]
         log_comparison(tracker, run_id, comparison, "trained_vs_untrained")
     print_summary(console, columns, {}, RETRIEVAL_SUMMARY,
                   f"retrieval on {cfg.split} ({int(trained.metrics['retrieval/n_pairs'])} pairs)")

@@ -198,6 +198,16 @@ def fused_adam_problem() -> str | None:
     return None
 
 
+def card_precisions(requested: list[str], capability: tuple[int, int]) -> list[str]:
+    """The requested precisions this card runs: bf16 needs compute capability 8.0 (A100, H100, L4);
+    a V100 (7.0) or T4 (7.5) checks fp16 alone, as radlab trains it there, and says so."""
+    if capability >= (8, 0) or "bf16" not in requested:
+        return requested
+    print(f"bf16 left out: this GPU (compute capability {capability[0]}.{capability[1]}) has no bf16; "
+          "radlab trains in fp16 here")
+    return [p for p in requested if p != "bf16"]
+
+
 def start_process_group(device: torch.device) -> None:
     """A one-process group, as DeepSpeed expects one."""
     with socket.socket() as sock:
@@ -218,10 +228,11 @@ def main() -> None:
         device, precisions, card_gib = torch.device("cpu"), ["fp32"], 0.0
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     elif torch.cuda.is_available():
-        device, precisions = torch.device("cuda"), args.precisions
+        device = torch.device("cuda")
         card_gib = torch.cuda.get_device_properties(0).total_memory / 1024 ** 3
         os.environ.setdefault("DS_ACCELERATOR", "cuda")
         print(f"{torch.cuda.get_device_name()} ({card_gib:.0f} GiB), torch {torch.__version__}")
+        precisions = card_precisions(args.precisions, torch.cuda.get_device_capability())
     else:
         print("no GPU here: gpu_check.py checks the 7B path on a GPU; nothing to do (--tiny runs it on the CPU)")
         sys.exit(0)

@@ -1,6 +1,7 @@
 """`make gpu-check`'s scripts: their checks run on the tiny shapes on the CPU, and they exit
 cleanly where there is no GPU."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,12 @@ def test_generation_runs_the_model_radlab_serves():
     assert "(LoRA folded, sdpa attention), 16 image tokens, 6-token findings" in lines[0]
     assert [line.split(":")[0] for line in lines[1:]] == ["batch   1", "batch   3", "batch 1 decode"]
     assert all(" reports/s " in line for line in lines[1:3])
+
+
+def test_a_card_without_bf16_checks_fp16_alone(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    gpu_check = importlib.import_module("gpu_check")
+    assert gpu_check.card_precisions(["fp16", "bf16"], (9, 0)) == ["fp16", "bf16"]
+    assert capsys.readouterr().out == ""
+    assert gpu_check.card_precisions(["fp16", "bf16"], (7, 0)) == ["fp16"]  # a V100
+    assert "bf16 left out: this GPU (compute capability 7.0) has no bf16" in capsys.readouterr().out

@@ -33,6 +33,8 @@ def test_ingest_stats_structure_preprocess(ray_session, tmp_path, monkeypatch):
         structured = runner.invoke(app, ["data", "structure", "ds", "--base-url", url, "--cost-per-1k-input", "0.01"])
     assert structured.exit_code == 0, structured.output
     assert "2 reports: 2 structured" in structured.output and "cost 0.0040" in structured.output
+    assert "2 requests (no rate limit)" in structured.output  # a loopback server is not paced like GPT-4
+    assert "choose text with data.mixture[].text: [rule], [llm] or [rule, llm]" in structured.output
     quality = json.loads((tmp_path / "ds" / "structure_quality.json").read_text())
     assert quality["llm_vs_rule"]["text/rouge_l_f1"] > 50
     cards = json.loads(runner.invoke(app, ["data", "stats", "ds", "--json"]).output)

@@ -8,7 +8,7 @@ import pytest
 from fastapi import FastAPI, Request
 
 from radlab.config import JudgeConfig
-from radlab.data.dataset import load_examples
+from radlab.data.dataset import DataError, load_examples
 from radlab.data.ingest import generic
 from radlab.data.ingest.common import ingest
 from radlab.data.structure import LLM_METHOD, parse_structured, structure_folder
@@ -97,6 +97,23 @@ def test_structuring_adds_llm_records_caches_and_counts_failures(tmp_path):
     assert summary.pairs[0] == ("Unchanged small left effusion compared to the prior study.", "Small left effusion.")
     # A pair per image, with its patient: the quality report's intervals draw the study's two together.
     assert len(summary.pairs) == 3 and summary.patients == ["p0", "p0", "p2"]
+
+
+def test_a_partial_or_failed_pass_loses_no_earlier_llm_record(tmp_path):
+    """Structuring again with --limit keeps the LLM records past the limit; a pass where every
+    request fails (the server gone) is an error and leaves the manifest as it was."""
+    folder = dataset(tmp_path)
+    app, _ = gpt4_fake()
+    with serve_in_thread(app) as url:
+        structure_folder(folder, config(tmp_path, url))
+        before = (folder / "train.jsonl").read_bytes()
+        first_only = structure_folder(folder, config(tmp_path, url), splits=("train",), limit=1)
+    assert (first_only.structured, first_only.kept) == (1, 1)  # r0 again, r1's record from the first pass
+    assert (folder / "train.jsonl").read_bytes() == before
+    gone = config(tmp_path, url)  # the server has stopped: every request fails to connect
+    with pytest.raises(DataError, match=r"none of the 2 reports sent was structured .*train.jsonl is left as it was"):
+        structure_folder(folder, gone.model_copy(update={"cache": tmp_path / "other.sqlite"}), splits=("train",))
+    assert (folder / "train.jsonl").read_bytes() == before
 
 
 def test_findings_synthesized_from_labels_for_a_labels_only_dataset(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -153,7 +154,9 @@ def structure(folder: Annotated[Path, typer.Argument(help="an ingested dataset f
               base_url: Annotated[str, typer.Option(help="the server (compatible) or resource URL (azure)")] = None,
               model: Annotated[str, typer.Option(help="model, or deployment name on Azure")] = "gpt-4",
               opt_in_offsite: Annotated[bool, typer.Option("--opt-in-offsite", help="consent to send reports off this machine")] = False,
-              concurrency: int = 8, requests_per_minute: Annotated[float, typer.Option("--rpm")] = 30,
+              concurrency: int = 8,
+              requests_per_minute: Annotated[float, typer.Option("--rpm", help="requests per minute (default: no "
+                                                                 "limit on this site, 30 off it)")] = None,
               splits: Annotated[list[str], typer.Option("--split", help="splits to structure (repeat)")] = ["train", "val"],
               synthesize_from_labels: Annotated[bool, typer.Option(help="write findings from labels where a report has none")] = False,
               limit: Annotated[int, typer.Option(help="only the first N records of each split")] = None,
@@ -173,10 +176,12 @@ def structure(folder: Annotated[Path, typer.Argument(help="an ingested dataset f
         task = bar.add_task("structure", total=None)
         summary = or_exit(structure_folder, folder, config, tuple(splits), synthesize_from_labels, limit,
                           lambda n: bar.advance(task, n))
+    rate = f"{config.rate_limit:g} requests/min" if config.rate_limit else "no rate limit"
     console.print(f"{summary.reports} reports: {summary.structured} structured ({summary.cached} from cache), "
-                  f"{summary.failed} failed, {summary.skipped} without text to structure; "
-                  f"{summary.usage['requests']} requests, {summary.usage['prompt_tokens']}+"
-                  f"{summary.usage['completion_tokens']} tokens, cost {summary.cost:.4f}")
+                  f"{summary.failed} failed, {summary.skipped} without text to structure, {summary.kept} LLM "
+                  f"records of an earlier pass kept; {summary.usage['requests']} requests ({rate}), "
+                  f"{summary.usage['prompt_tokens']}+{summary.usage['completion_tokens']} tokens, "
+                  f"cost {summary.cost:.4f}")
     for failure in summary.failures:
         console.print(f"  [yellow]failed[/] {failure}", highlight=False)
     quality = or_exit(compare_texts, summary.pairs, config if quality_judge else None, clusters=summary.patients)
@@ -186,7 +191,7 @@ def structure(folder: Annotated[Path, typer.Argument(help="an ingested dataset f
     if quality:
         console.print("LLM vs rule findings: " + ", ".join(f"{k} {v:.2f}" for k, v in quality.items()
                                                         if not k.endswith(("_ci_low", "_ci_high"))))
-    console.print(f"[green]ok[/] {folder}: choose text with data.mixture[].text: [rule], [llm] or [rule, llm]")
+    console.print(f"[green]ok[/] {folder}: choose text with data.mixture[].text: " + escape("[rule], [llm] or [rule, llm]"))
 
 
 @data_app.command("preprocess")

@@ -83,6 +83,7 @@ class StructureSummary:
     cached: int = 0
     failed: int = 0
     skipped: int = 0
+    kept: int = 0  # LLM records of an earlier pass kept for reports this pass did not structure
     failures: list[str] = field(default_factory=list)
     usage: dict = field(default_factory=dict)
     cost: float = 0.0
@@ -93,22 +94,33 @@ class StructureSummary:
 def structure_folder(folder: Path, config: JudgeConfig, splits: tuple[str, ...] = ("train", "val"),
                      synthesize: bool = False, limit: int | None = None, progress=None) -> StructureSummary:
     """Add LLM-structured records to the split manifests of an ingested folder, in place and
-    atomically; LLM records from an earlier pass are replaced. One request per distinct report
-    (the images of a study share it)."""
+    atomically. One request per distinct report (the images of a study share it). A report
+    structured again replaces its earlier LLM record; one this pass did not structure (failed,
+    skipped, or past `limit`) keeps it. A split where every report sent failed is an error and its
+    manifest is left as it was."""
     if "test" in splits:
         raise DataError("the test split stays rule-based (as in the paper): structure train and val only")
     client = LLMClient(config, consent_field="--opt-in-offsite")
     summary = StructureSummary()
     for split in splits:
         path = folder / SPLIT_FILES[split]
-        rule = [r for r in read_jsonl(path) if r.get("generate_method") != LLM_METHOD]
+        records = read_jsonl(path)
+        rule = [r for r in records if r.get("generate_method") != LLM_METHOD]
+        earlier = {r["id"]: r for r in records if r.get("generate_method") == LLM_METHOD}
+        asked = rule[:limit]
         texts: dict[str, Request | None] = {}
-        for record in rule[:limit]:
+        for record in asked:
             texts.setdefault(report_text(record), request_for(record, synthesize))
         keys = list(texts)
         answers = client.ask([texts[k] for k in keys], parse_structured, progress)
         by_text = dict(zip(keys, answers))
         summary.reports += len(keys)
+        failures = [(key, answer) for key, answer in by_text.items() if answer is not None and not answer.ok]
+        if failures and not any(answer is not None and answer.ok for answer in answers):
+            key, answer = failures[0]
+            excerpt = " ".join(key[:60].split())
+            raise DataError(f"{path}: none of the {len(failures)} reports sent was structured ({answer.error}; report: "
+                            f"{excerpt}...); {path.name} is left as it was: check --base-url and --model")
         for key, answer in by_text.items():
             if answer is None:
                 summary.skipped += 1
@@ -120,13 +132,15 @@ def structure_folder(folder: Path, config: JudgeConfig, splits: tuple[str, ...] 
                 if len(summary.failures) < 5:
                     summary.failures.append(f"{split}: {answer.error} (report: {key[:80]}...)")
         structured = []
-        for record in rule[:limit]:
-            answer = by_text[report_text(record)]
-            if answer is None or not answer.ok:
-                continue
-            summary.pairs.append((_findings(record), answer.value["findings"]))
-            summary.patients.append(str(record.get("patient_id") or record["id"]))
-            structured.append(_llm_record(record, answer.value, config.model))
+        for k, record in enumerate(rule):
+            answer = by_text[report_text(record)] if k < len(asked) else None
+            if answer is not None and answer.ok:
+                summary.pairs.append((_findings(record), answer.value["findings"]))
+                summary.patients.append(str(record.get("patient_id") or record["id"]))
+                structured.append(_llm_record(record, answer.value, config.model))
+            elif f"{record['id']}#llm" in earlier:  # not structured this time: the earlier pass's record stays
+                structured.append(earlier[f"{record['id']}#llm"])
+                summary.kept += 1
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rule + structured), encoding="utf-8")
         tmp.replace(path)

@@ -235,6 +235,9 @@ def test_sweep_tables_say_a_trial_row_shows_its_configuration_when_seeds_are_poo
     pooled_test["p_adjusted"] = 0.012  # six configurations tested against the baseline (Holm)
     configurations[1]["vs_baseline_p_adjusted"] = 0.012
     assert rendered(result).count("+0.500 [+0.30, +0.68], p 0.002 (0.012 adjusted)") == 3
+    assert rendered(result).count("vs baseline [95% CI], p") == 2
+    pooled_test["confidence"] = 1 - 0.05 / 6  # Bonferroni's intervals for the six
+    assert rendered(result).count("vs baseline [99.2% CI: 95% together], p") == 2
     single = {"trials": result["trials"][:1], "best": {"configurations": [{**configurations[0], "seeds": [0]}]}}
     text = rendered(single)
     assert "its configuration" not in text and "configurations over training seeds" not in text

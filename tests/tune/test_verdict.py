@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from radlab.config import parse_experiment
+from radlab.evaluation.compare import versus_over_seeds
 from radlab.tracking.runs import Tracker
 from radlab.tune.verdict import challenge_alias, configurations, versus_baseline
 
@@ -113,6 +114,13 @@ def test_many_configurations_against_one_baseline_need_more_than_p_under_005(syn
     assert not slight["significant"] and slight["p_adjusted"] >= 0.05
     assert slight["verdict"].startswith("lr=slight did not beat the baseline lr=base")
     assert "adjusted for the 6 configurations tested (Holm)" in slight["verdict"]
+    # Its interval is Bonferroni's for the six together: wider than the one it has alone.
+    assert slight["confidence"] == pytest.approx(1 - 0.05 / 6) and "99.2% interval" in slight["verdict"]
+    def scores(errors):
+        return {0: {f"s{i}": {"chexprompt/significant": float(e)} for i, e in enumerate(errors)}}
+
+    alone = versus_over_seeds(scores(cells["slight"]), scores(cells["base"]), "chexprompt/significant", False, 300)
+    assert slight["ci_low"] < alone["ci_low"] and slight["ci_high"] > alone["ci_high"]
 
 
 def test_the_alias_changes_hands_only_on_a_paired_test_of_the_same_reports(synthetic_root, tmp_path):

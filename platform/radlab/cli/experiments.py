@@ -166,7 +166,10 @@ def sweep_tables(result: dict, metric: str) -> list:
 
     best = result["best"]
     over_seeds = bool(best) and any(len(row["seeds"]) > 1 for row in best["configurations"])
-    versus_header = ("its configuration " if over_seeds else "") + "vs baseline [95% CI], p"
+    levels = [row["vs_baseline"].get("confidence", 0.95) for row in result["trials"] if "p_value" in row.get("vs_baseline", {})]
+    # Bonferroni's intervals where several configurations were tested (see radlab.tune.verdict).
+    ci = "95% CI" if max(levels, default=0.95) <= 0.95 else f"{max(levels):.1%} CI: 95% together"
+    versus_header = ("its configuration " if over_seeds else "") + f"vs baseline [{ci}], p"
     trials = Table("trial", "status", f"{metric} [95% CI]", versus_header, "val_loss", title="sweep")
     for row in result["trials"]:
         value, low, high = (row.get(f"{metric}{end}") for end in ("", "_ci_low", "_ci_high"))
@@ -179,7 +182,7 @@ def sweep_tables(result: dict, metric: str) -> list:
                        versus, "-" if loss is None else f"{loss:.3f}")
     if not over_seeds:
         return [trials]
-    pooled = Table("configuration", "seeds", f"{metric} mean (min-max)", "vs baseline [95% CI], p",
+    pooled = Table("configuration", "seeds", f"{metric} mean (min-max)", f"vs baseline [{ci}], p",
                    title="configurations over training seeds")
     for row in best["configurations"]:
         versus = (_versus(row["vs_baseline_difference"], row["vs_baseline_ci_low"], row["vs_baseline_ci_high"],

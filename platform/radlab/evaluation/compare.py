@@ -36,9 +36,10 @@ class Paired:
                 "ci_high": self.high, "p_value": self.p_value}
 
 
-def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Clusters = None) -> Paired:
+def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Clusters = None,
+           confidence: float = 0.95) -> Paired:
     """The paired comparison of two equally long score arrays (NaN where a report was not scored);
-    `clusters`: each report's patient."""
+    `clusters`: each report's patient; `confidence`: the interval's level."""
     a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
@@ -59,7 +60,7 @@ def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Cluste
     else:
         interval = stats.bootstrap((sums, counts), lambda s, n, axis: s.sum(axis=axis) / n.sum(axis=axis),
                                    paired=True, vectorized=True, n_resamples=resamples, method="percentile",
-                                   confidence_level=0.95, random_state=rng).confidence_interval
+                                   confidence_level=confidence, random_state=rng).confidence_interval
         low, high = float(interval.low), float(interval.high)
     # Swapping the systems on a patient flips the sign of its summed difference; the mean over
     # patients is the mean over reports times a constant, so the p-value is the reports' one.
@@ -142,30 +143,33 @@ def patients_from_table(table: dict[str, list]) -> dict[str, str] | None:
 
 
 def versus(first: dict[str, dict[str, float]], second: dict[str, dict[str, float]], score: str,
-           higher_is_better: bool, resamples: int = 1000, patients_of: dict[str, str] | None = None) -> dict:
-    """The paired comparison of one per-report score, first minus second, and whether the first is
-    significantly better (p < 0.05, the difference in the better direction)."""
+           higher_is_better: bool, resamples: int = 1000, patients_of: dict[str, str] | None = None,
+           confidence: float = 0.95) -> dict:
+    """The paired comparison of one per-report score, first minus second (its interval at
+    `confidence`), and whether the first is significantly better (p < 0.05, the difference in the
+    better direction)."""
     ids = [i for i in first if i in second]
     result = paired([first[i].get(score, np.nan) for i in ids], [second[i].get(score, np.nan) for i in ids],
-                    resamples, clusters=_clusters(ids, patients_of)).row(score)
+                    resamples, clusters=_clusters(ids, patients_of), confidence=confidence).row(score)
     better = result["difference"] > 0 if higher_is_better else result["difference"] < 0
     return result | {"significant": bool(better and result["p_value"] < LEVEL)}
 
 
 def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dict[int, dict[str, dict[str, float]]],
                       score: str, higher_is_better: bool, resamples: int = 1000, seed: int = 0,
-                      patients_of: dict[str, str] | None = None) -> dict:
+                      patients_of: dict[str, str] | None = None, confidence: float = 0.95) -> dict:
     """Two configurations, each trained with several training seeds (seed -> that run's per-report
     scores), compared on one per-report score, first minus second, over the seeds both ran and the
     studies every one of those runs scored. Two sources of chance make a difference: the studies
-    and the training seed, which alone can move a run more than a configuration does. So the 95%
+    and the training seed, which alone can move a run more than a configuration does. So the
     interval resamples both (seeds, then patients, with replacement: a two-level bootstrap), the
     p-value is the paired permutation test over patients of the seed-averaged scores, and the first
     is significantly better only when both agree (p < 0.05 and an interval on the better side of
-    zero). `per_seed` holds the mean difference of each seed's pair of runs."""
+    zero). `per_seed` holds the mean difference of each seed's pair of runs; `confidence`: the
+    interval's level."""
     seeds = sorted(set(first) & set(second))
     if len(seeds) == 1:
-        one = versus(first[seeds[0]], second[seeds[0]], score, higher_is_better, resamples, patients_of)
+        one = versus(first[seeds[0]], second[seeds[0]], score, higher_is_better, resamples, patients_of, confidence)
         return one | {"seeds": 1, "per_seed": {seeds[0]: one["difference"]}}
     runs = [first[s] for s in seeds] + [second[s] for s in seeds]
     ids = [i for i in (first[seeds[0]] if seeds else {})
@@ -182,7 +186,8 @@ def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dic
                                    for rows in resampled_rows(len(ids), resamples, rng, clusters)]).T  # (seeds, resamples)
     picked = rng.integers(len(seeds), size=(resamples, len(seeds)))
     means = np.take_along_axis(per_seed_resampled.T, picked, axis=1).mean(axis=1)
-    low, high = (float(x) for x in np.percentile(means, [2.5, 97.5]))
+    tail = 50 * (1 - confidence)
+    low, high = (float(x) for x in np.percentile(means, [tail, 100 - tail]))
     p_value = paired(a.mean(axis=0), b.mean(axis=0), resamples, seed, clusters).p_value
     difference = float(differences.mean())
     better = (low > 0) if higher_is_better else (high < 0)

@@ -8,7 +8,9 @@ configurations, and the verdict says so. With a `seed` axis the runs of a config
 and the best configuration is the one with the best mean over its seeds. Every configuration is
 tested against the same baseline, so the more there are, the likelier one of them beats it by
 chance: a configuration beats the baseline only where its p-value, adjusted by Holm's method over
-all the configurations tested, stays under 0.05.
+all the configurations tested, stays under 0.05, and the intervals are Bonferroni's (each at
+1 - 0.05/m for m configurations), so that all of them hold together with 95% confidence and an
+interval that clears zero says what the adjusted p-value says.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from radlab.evaluation.metrics import score_of
 from radlab.tracking.runs import Tracker
 
 SEED_AXIS = "seed"
-TESTED = ("difference", "ci_low", "ci_high", "p_value", "p_adjusted", "significant")
+TESTED = ("difference", "ci_low", "ci_high", "confidence", "p_value", "p_adjusted", "significant")
 
 
 @dataclass
@@ -87,6 +89,8 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
         return {s: scores_from_table(t) for s, t in found.items()}
 
     base_scores = scores(base) if base is not None and score.per_report is not None else None
+    # Bonferroni's level for the intervals: 95% for all the configurations tested against the baseline together.
+    confidence = 1 - LEVEL / max(1, sum(c is not base for c in configs))
     tested_configs = []
     for config in configs:
         if config is base:
@@ -99,7 +103,8 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
             config.vs_baseline = {"verdict": f"no per-report scores logged to test against {base_name}"}
         else:
             config.vs_baseline = versus_over_seeds(mine, base_scores, score.per_report, score.higher_is_better,
-                                                   resamples, patients_of=patients_of or None)
+                                                   resamples, patients_of=patients_of or None,
+                                                   confidence=confidence) | {"confidence": confidence}
             tested_configs.append(config)
     tested = [c for c in tested_configs if not math.isnan(c.vs_baseline["p_value"])]
     for config, adjusted in zip(tested, holm([c.vs_baseline["p_value"] for c in tested])):
@@ -128,6 +133,8 @@ def _verdict(name: str, base_name: str, metric: str, tested: dict, most_runs: in
     """The verdict's sentence; `most_runs` is the most seeds either side finished."""
     said = "beat" if tested["significant"] else "did not beat"
     interval = f"{tested['difference']:+.3f} [{tested['ci_low']:+.3f}, {tested['ci_high']:+.3f}] per report"
+    if tested.get("confidence", 0.95) > 0.95:
+        interval += f" ({tested['confidence']:.1%} interval: 95% for the configurations tested together)"
     p = f"p = {tested['p_value']:.3g}"
     if tested.get("compared", 1) > 1:
         p += f", {tested['p_adjusted']:.3g} adjusted for the {tested['compared']} configurations tested (Holm)"

@@ -103,7 +103,8 @@ def test_saying_nothing_scores_worse_than_the_most_common_report(tmp_path, monke
     assert metrics["chexprompt/significant_mean"] < metrics["baseline/chexprompt/significant_mean"]
     assert metrics["predictions_vs_baseline/chexprompt/significant/difference"] < 0
     assert metrics["predictions_vs_baseline/chexprompt/significant/p_value"] < 0.05
-    assert "predictions - baseline" in result.output
+    assert metrics["predictions_vs_baseline/text/sacrebleu_bleu4/difference"] > 0  # corpus BLEU paired too
+    assert "predictions - baseline" in result.output and "text/sacrebleu_bleu4" in result.output
     same = CliRunner().invoke(app, ["eval", "--predictions", str(common), "--baseline", str(common),
                                     "--references", str(refs)])
     assert same.exit_code == 0 and "1" in next(line for line in same.output.splitlines()
@@ -163,3 +164,33 @@ def test_a_difference_over_seeds_counts_only_when_the_seeds_agree():
     # One seed per side: the single paired test, as before.
     one = versus_over_seeds({0: first[0]}, {0: second[0]}, "s", higher_is_better=False)
     assert one["seeds"] == 1 and one["significant"] and one["per_seed"] == {0: one["difference"]}
+
+
+def test_corpus_bleu_is_compared_by_patient_through_each_reports_ngram_statistics():
+    """BLEU has no per-report score; two systems are paired through each report's n-gram statistics:
+    the difference is the two corpus BLEUs' difference, a study's two images count once, and two
+    identical systems differ by 0 with p 1."""
+    from radlab.evaluation.compare import compare_bleu
+    from radlab.evaluation.metrics import bleu
+
+    rng = np.random.default_rng(3)
+    findings = [EFFUSION, NODULE, NORMAL, write_findings([Finding("pneumothorax", "left", None, "small")])]
+    references = [findings[k] for k in rng.integers(0, 4, 40)]
+    good = [{"id": f"s{i}", "reference": r, "candidate": r if rng.random() < 0.8 else NORMAL}
+            for i, r in enumerate(references)]
+    poor = [{"id": f"s{i}", "reference": r, "candidate": findings[rng.integers(0, 4)]} for i, r in enumerate(references)]
+    rows = {row["metric"]: row for row in compare_bleu(good, poor, 300)}
+    good_bleu = bleu([(p["reference"], p["candidate"]) for p in good], 10)["text/sacrebleu_bleu4"]
+    poor_bleu = bleu([(p["reference"], p["candidate"]) for p in poor], 10)["text/sacrebleu_bleu4"]
+    four = rows["text/sacrebleu_bleu4"]
+    assert four["n"] == 40 and four["difference"] == pytest.approx(good_bleu - poor_bleu)
+    assert 0 < four["ci_low"] < four["difference"] < four["ci_high"] and four["p_value"] < 0.05
+    assert set(rows) == {"text/sacrebleu_bleu1", "text/sacrebleu_bleu4"}
+
+    def doubled(system):  # each study's two images: two reports of one patient
+        return [{**p, "id": f"{p['id']}-{view}", "patient": p["id"]} for p in system for view in ("AP", "PA")]
+
+    twice = compare_bleu(doubled(good), doubled(poor), 300, patients_by_id(doubled(good)))
+    assert {row["metric"]: row for row in twice}["text/sacrebleu_bleu4"] | {"n": 40} == pytest.approx(four)
+    same = {row["metric"]: row for row in compare_bleu(good, good, 300)}["text/sacrebleu_bleu4"]
+    assert same["difference"] == 0 and same["p_value"] == 1.0

@@ -5,8 +5,9 @@ paired permutation p-value (scipy.stats.permutation_test). Both take a patient's
 of a patient's reports at once. Where each report is its own patient, these are the bootstrap over
 reports and the test swapping within each report. Identical scores give a difference of 0 and p = 1.
 
-Only reports both systems were scored on are paired; `n` says how many. Corpus-level metrics
-(BLEU, F1-CheXbert micro/macro) have no per-report score and are not compared here.
+Only reports both systems were scored on are paired; `n` says how many. Corpus BLEU has no
+per-report score: `compare_bleu` pairs it through each report's n-gram statistics. F1-CheXbert
+micro/macro are not compared here.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import numpy as np
 from scipy import stats
 
 from radlab.evaluation.chexprompt import LETTERS
-from radlab.evaluation.resampling import Clusters, cluster_sums, patients, resampled_rows
+from radlab.evaluation.metrics import BLEU_ORDERS, bleu_statistics
+from radlab.evaluation.resampling import (Clusters, cluster_codes, cluster_sums, patients, resampled_rows,
+                                            statistic_interval, two_sided_p)
 
 LEVEL = 0.05  # a p-value under it, with the difference in the better direction, is a significant one
 
@@ -68,6 +71,48 @@ def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Cluste
                                   permutation_type="samples", n_resamples=max(resamples, 999), vectorized=True,
                                   random_state=rng)
     return Paired(len(a), mean, low, high, float(test.pvalue))
+
+
+def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples: int = 1000, seed: int = 0,
+                  clusters: Clusters = None) -> Paired:
+    """Two systems' corpus-level score (BLEU) on the same reports, first minus second, from each
+    report's sufficient statistics (rows: reports) and `corpus_score(summed statistics)`: the 95%
+    interval resamples patients, both systems with the same draws, and the p-value is the paired
+    permutation test that swaps the two systems' statistics on all of a patient's reports
+    (sacrebleu's approximate randomisation, drawn by patient)."""
+    n = len(first)
+    if n < 2:
+        return Paired(n, float("nan"), float("nan"), float("nan"), float("nan"))
+
+    def difference(rows: np.ndarray) -> float:
+        return corpus_score(first[rows].sum(0)) - corpus_score(second[rows].sum(0))
+
+    observed = difference(np.arange(n))
+    rng = np.random.default_rng(seed)
+    low, high = statistic_interval(difference, n, resamples, rng, clusters)
+    codes = cluster_codes(clusters, n)
+    moves = np.zeros((int(codes.max()) + 1, first.shape[1]))
+    np.add.at(moves, codes, first - second)  # what swapping a patient moves from the first system to the second
+    totals = first.sum(0), second.sum(0)
+    null = np.array([corpus_score(totals[0] - moved) - corpus_score(totals[1] + moved)
+                     for moved in (rng.random((max(resamples, 999), len(moves))) < 0.5) @ moves])
+    return Paired(n, observed, low, high, two_sided_p(null, observed))
+
+
+def compare_bleu(first: list[dict], second: list[dict], resamples: int = 1000,
+                 patients_of: dict[str, str] | None = None) -> list[dict]:
+    """Rows as `compare_systems` gives them for corpus BLEU-1 and BLEU-4, over the reports both
+    systems wrote a candidate for (`paired_corpus`)."""
+    theirs = {str(p["id"]): p for p in second if "candidate" in p}
+    both = [(p, theirs[str(p["id"])]) for p in first if "candidate" in p and str(p["id"]) in theirs]
+    ids = [str(a["id"]) for a, _ in both]
+    rows = []
+    for order in BLEU_ORDERS:
+        corpus, mine = bleu_statistics([(a["reference"], a["candidate"]) for a, _ in both], order)
+        _, other = bleu_statistics([(a["reference"], b["candidate"]) for a, b in both], order)
+        rows.append(paired_corpus(mine, other, corpus, resamples, clusters=_clusters(ids, patients_of))
+                    .row(f"text/sacrebleu_bleu{order}"))
+    return rows
 
 
 def per_report_scores(predictions: list[dict], scored) -> dict[str, dict[str, float]]:

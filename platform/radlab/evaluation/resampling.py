@@ -88,6 +88,13 @@ def statistic_interval(statistic, n: int, resamples: int, seed: int | np.random.
     return float(low), float(high)
 
 
+def two_sided_p(null: np.ndarray, observed: float) -> float:
+    """A permutation test's two-sided p-value as scipy.stats.permutation_test gives it: twice the
+    smaller tail of the permuted statistics `null`, each tail counting the observed one."""
+    tails = [(1 + np.sum(side)) / (1 + len(null)) for side in (null <= observed + 1e-12, null >= observed - 1e-12)]
+    return float(min(1.0, 2 * min(tails)))
+
+
 def cluster_sums(values: np.ndarray, clusters: Clusters) -> tuple[np.ndarray, np.ndarray]:
     """(each cluster's sum of `values`, its number of reports), clusters in order of appearance."""
     codes = cluster_codes(clusters, len(values))

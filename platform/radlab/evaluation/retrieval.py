@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from radlab.data.dataset import Example
 from radlab.data.pairs import PairDataset, collate_pairs, encode_report, text_batch
-from radlab.evaluation.resampling import bootstrap, cluster_codes, statistic_interval
+from radlab.evaluation.resampling import bootstrap, cluster_codes, statistic_interval, two_sided_p
 from radlab.formats.images import ImageTransform
 from radlab.model.encoder import DualEncoder
 
@@ -180,13 +180,8 @@ def compare_auroc(first: ReadOut, second: ReadOut, resamples: int, seed: int = 0
     swapped = (rng.random((max(resamples, 999), int(codes.max()) + 1)) < 0.5)[:, codes]  # (permutations, images)
     permuted = np.mean([np.subtract(*_auroc(truth, np.where(swapped, both[::-1, None], both[:, None])))
                         for truth, both in zip(truths, ranked)], axis=0)
-    # Two-sided as scipy.stats.permutation_test gives it (the paired tests beside this row): twice
-    # the smaller tail, each counting the observed difference.
-    tails = [(1 + np.sum(side)) / (1 + len(permuted)) for side in (permuted <= observed + 1e-12,
-                                                                    permuted >= observed - 1e-12)]
-    p_value = min(1.0, 2 * min(tails))
     return {"metric": "zero_shot/auroc_mean", "n": n, "difference": observed, "ci_low": float(low),
-            "ci_high": float(high), "p_value": float(p_value)}
+            "ci_high": float(high), "p_value": two_sided_p(permuted, observed)}
 
 
 def read_out(encoder: DualEncoder, examples: list[Example], tokenizer, transform: ImageTransform,

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from radlab.config import Experiment
 from radlab.data.dataset import split_examples
-from radlab.evaluation.compare import compare_systems, patients_by_id, per_report_scores
+from radlab.evaluation.compare import compare_bleu, compare_systems, patients_by_id, per_report_scores
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.grounding import grounding_checks
 from radlab.evaluation.reporting import (
@@ -64,8 +64,7 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
             base = score(experiment, untrained, advance)
         log_evaluation(tracker, run_id, experiment, untrained, base, "untrained/")
         columns["untrained"] = base.metrics
-        comparison = compare_systems(per_report_scores(trained, scored), per_report_scores(untrained, base),
-                                     cfg.bootstrap, patients_by_id(trained))
+        comparison = compare_reports(experiment, trained, scored, untrained, base)
         log_comparison(tracker, run_id, comparison, "trained_vs_untrained")
     if scored.judgments:
         log_error_chart(tracker, run_id, columns)
@@ -119,6 +118,16 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
     return columns["trained"]
 
 
+def compare_reports(experiment: Experiment, first: list[dict], first_scored, second: list[dict],
+                    second_scored) -> list[dict]:
+    """Two systems' reports on the same studies, paired: every per-report score, and corpus BLEU
+    where it is scored."""
+    resamples, patients_of = experiment.eval.bootstrap, patients_by_id(first)
+    rows = compare_systems(per_report_scores(first, first_scored), per_report_scores(second, second_scored),
+                           resamples, patients_of)
+    return rows + (compare_bleu(first, second, resamples, patients_of) if "bleu" in experiment.eval.metrics else [])
+
+
 def evaluate_predictions(experiment: Experiment, records: list[dict], baseline: list[dict] | None, tracker: Tracker,
                          run_id: str, console: Console, title: str) -> dict[str, float]:
     """Judge, score and log a predictions file (and a baseline's on the same studies, compared with
@@ -133,8 +142,7 @@ def evaluate_predictions(experiment: Experiment, records: list[dict], baseline: 
         log_evaluation(tracker, run_id, experiment, baseline, base, "baseline/")
         columns["baseline"] = base.metrics
         systems["baseline"] = (baseline, base.judgments)
-        rows = compare_systems(per_report_scores(records, scored), per_report_scores(baseline, base),
-                               experiment.eval.bootstrap, patients_by_id(records))
+        rows = compare_reports(experiment, records, scored, baseline, base)
         log_comparison(tracker, run_id, rows, "predictions_vs_baseline")
     if scored.judgments:
         log_error_chart(tracker, run_id, columns)

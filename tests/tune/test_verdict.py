@@ -15,13 +15,16 @@ from ..conftest import experiment_dict
 METRIC = "chexprompt/significant_mean"
 
 
-def _trial(tracker: Tracker, errors: np.ndarray, **cell) -> dict:
-    """A finished trial's row, its run holding the per-report table evaluation logs."""
+def _trial(tracker: Tracker, errors: np.ndarray, texts: tuple[list[str], list[str]] | None = None, **cell) -> dict:
+    """A finished trial's row, its run holding the per-report table evaluation logs (with the
+    reports' `texts`, (references, candidates), where given)."""
     run_id = tracker.open_parent("trial", "d", digest=json.dumps(cell, sort_keys=True))
     table = {"id": [f"s{i}" for i in range(len(errors))], "judge_status": ["ok"] * len(errors),
              "significant_A": [int(e) for e in errors]} | {
         f"{kind}_{x}": [0] * len(errors) for kind in ("significant", "insignificant") for x in "ABCDEF"
         if (kind, x) != ("significant", "A")}
+    if texts:
+        table |= {"reference": texts[0], "candidate": texts[1]}
     tracker.log_table(run_id, table, "eval/trained/per_report.json")
     return {"trial": "-", "status": "ok", "run_id": run_id, METRIC: float(errors.mean()), **cell}
 
@@ -126,7 +129,7 @@ def test_many_configurations_against_one_baseline_need_more_than_p_under_005(syn
 def test_the_alias_changes_hands_only_on_a_paired_test_of_the_same_reports(synthetic_root, tmp_path):
     """The alias serving resolves goes to a sweep's best only where it beats the holder on the
     objective's per-report score over the reports both were evaluated on; a lower mean by chance,
-    an evaluation of other reports, or a corpus-level objective leave it where it is."""
+    an evaluation of other reports, or an objective with no paired test leave it where it is."""
     tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
         "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t"))
     rng = np.random.default_rng(2)
@@ -157,8 +160,8 @@ def test_the_alias_changes_hands_only_on_a_paired_test_of_the_same_reports(synth
     other = challenge_alias(tracker, "champion", elsewhere, run_id, METRIC, 500)
     assert not other["moved"] and "evaluated on other reports than version" in other["verdict"]
 
-    corpus = challenge_alias(tracker, "champion", elsewhere, run_id, "text/sacrebleu_bleu4", 500)
-    assert not corpus["moved"] and "text/sacrebleu_bleu4 is corpus-level" in corpus["verdict"]
+    corpus = challenge_alias(tracker, "champion", elsewhere, run_id, "clinical/label_f1_micro", 500)
+    assert not corpus["moved"] and "clinical/label_f1_micro is corpus-level" in corpus["verdict"]
 
     better = np.maximum(holder_errors - (rng.random(60) < 0.6), 0)
     winner, run_id = registered(better)
@@ -166,3 +169,34 @@ def test_the_alias_changes_hands_only_on_a_paired_test_of_the_same_reports(synth
     assert taken["moved"] and taken["ci_high"] < 0 and taken["p_value"] < 0.05
     assert taken["verdict"].startswith(f"version {winner} took alias 'champion' from version {version}")
     assert tracker.alias_holder("champion").version == winner
+
+
+def test_a_bleu_objective_is_tested_through_each_reports_ngram_statistics(synthetic_root, tmp_path):
+    """Corpus BLEU has no per-report score: configurations and the alias's holder are compared on
+    the reports' n-gram statistics, over seeds where there are several."""
+    from radlab.data.synthetic import Finding, write_findings
+
+    tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t"))
+    rng = np.random.default_rng(7)
+    kinds = [write_findings([]), write_findings([Finding("effusion", "left", None, "small")]),
+             write_findings([Finding("nodule", "right", "upper", None)])]
+    references = [kinds[k] for k in rng.integers(0, 3, 50)]
+
+    def written(right: float) -> list[str]:  # each report right with this chance, else another finding's
+        return [r if rng.random() < right else kinds[rng.integers(0, 3)] for r in references]
+
+    bleu4 = "text/sacrebleu_bleu4"
+    rows = [_trial(tracker, np.zeros(50), (references, written(right)), **{"stage2.lr": name, "seed": seed})
+            for name, right in (("base", 0.4), ("better", 0.9)) for seed in (0, 1)]
+    configs = configurations(rows, ["stage2.lr", "seed"], default_seed=0)
+    versus_baseline(tracker, configs, {"stage2.lr": "base"}, bleu4, resamples=300)
+    better = configs[1].vs_baseline
+    assert better["significant"] and better["seeds"] == 2 and better["ci_low"] > 0
+    assert "n-gram statistics pooled over seeds" in better["verdict"] and "per report" not in better["verdict"]
+
+    holder = tracker.register(rows[0]["run_id"], f"runs:/{rows[0]['run_id']}/model", alias=None)
+    challenge_alias(tracker, "champion", holder, rows[0]["run_id"], bleu4, 300)
+    winner = tracker.register(rows[2]["run_id"], f"runs:/{rows[2]['run_id']}/model", alias=None)
+    taken = challenge_alias(tracker, "champion", winner, rows[2]["run_id"], bleu4, 300)
+    assert taken["moved"] and taken["difference"] > 0 and tracker.alias_holder("champion").version == winner

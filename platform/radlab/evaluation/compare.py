@@ -13,6 +13,7 @@ micro/macro are not compared here.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,12 +75,12 @@ def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Cluste
 
 
 def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples: int = 1000, seed: int = 0,
-                  clusters: Clusters = None) -> Paired:
+                  clusters: Clusters = None, confidence: float = 0.95) -> Paired:
     """Two systems' corpus-level score (BLEU) on the same reports, first minus second, from each
-    report's sufficient statistics (rows: reports) and `corpus_score(summed statistics)`: the 95%
-    interval resamples patients, both systems with the same draws, and the p-value is the paired
-    permutation test that swaps the two systems' statistics on all of a patient's reports
-    (sacrebleu's approximate randomisation, drawn by patient)."""
+    report's sufficient statistics (rows: reports) and `corpus_score(summed statistics)`: the
+    interval (at `confidence`) resamples patients, both systems with the same draws, and the p-value
+    is the paired permutation test that swaps the two systems' statistics on all of a patient's
+    reports (sacrebleu's approximate randomisation, drawn by patient)."""
     n = len(first)
     if n < 2:
         return Paired(n, float("nan"), float("nan"), float("nan"), float("nan"))
@@ -89,7 +90,7 @@ def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples
 
     observed = difference(np.arange(n))
     rng = np.random.default_rng(seed)
-    low, high = statistic_interval(difference, n, resamples, rng, clusters)
+    low, high = statistic_interval(difference, n, resamples, rng, clusters, confidence)
     codes = cluster_codes(clusters, n)
     moves = np.zeros((int(codes.max()) + 1, first.shape[1]))
     np.add.at(moves, codes, first - second)  # what swapping a patient moves from the first system to the second
@@ -97,6 +98,60 @@ def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples
     null = np.array([corpus_score(totals[0] - moved) - corpus_score(totals[1] + moved)
                      for moved in (rng.random((max(resamples, 999), len(moves))) < 0.5) @ moves])
     return Paired(n, observed, low, high, two_sided_p(null, observed))
+
+
+def bleu_order(metric: str) -> int | None:
+    """The n-gram order of a corpus BLEU score's key (text/sacrebleu_bleu4: 4), else None."""
+    found = re.fullmatch(r"text/sacrebleu_bleu(\d)", metric)
+    return int(found[1]) if found else None
+
+
+def texts_from_table(table: dict[str, list]) -> list[dict] | None:
+    """The reports of a logged per-report table as `compare_bleu` takes them (None for a table
+    logged without its texts)."""
+    if "candidate" not in table or "reference" not in table:
+        return None
+    return [{"id": str(i), "reference": reference, "candidate": candidate}
+            for i, reference, candidate in zip(table["id"], table["reference"], table["candidate"])]
+
+
+def versus_corpus(first: dict[int, list[dict]], second: dict[int, list[dict]], order: int, resamples: int = 1000,
+                  seed: int = 0, patients_of: dict[str, str] | None = None, confidence: float = 0.95) -> dict:
+    """`versus_over_seeds` for corpus BLEU-`order` (training seed -> that run's reports with their
+    texts), first minus second, on the reports every run wrote a candidate for: per seed the two
+    corpus BLEUs' difference; the interval resamples patients (the same draws for every run), then
+    seeds; the p-value is `paired_corpus`'s test on the n-gram statistics pooled over the seeds; the
+    first is significantly better only where both agree."""
+    seeds = sorted(set(first) & set(second))
+    runs = [first[s] for s in seeds] + [second[s] for s in seeds]
+    common = set.intersection(*({str(p["id"]) for p in run if "candidate" in p} for run in runs)) if runs else set()
+    ids = [str(p["id"]) for p in first[seeds[0]] if str(p["id"]) in common] if seeds else []
+    metric = f"text/sacrebleu_bleu{order}"
+    if len(ids) < 2:
+        return {"metric": metric, "n": len(ids), "seeds": len(seeds), "difference": math.nan, "ci_low": math.nan,
+                "ci_high": math.nan, "p_value": math.nan, "significant": False, "per_seed": {}}
+
+    def statistics(run: list[dict]):
+        by_id = {str(p["id"]): p for p in run}
+        return bleu_statistics([(by_id[i]["reference"], by_id[i]["candidate"]) for i in ids], order)
+
+    corpus = statistics(first[seeds[0]])[0]
+    a, b = ([statistics(system[s])[1] for s in seeds] for system in (first, second))
+    clusters = _clusters(ids, patients_of)
+    per_seed = {s: corpus(a_s.sum(0)) - corpus(b_s.sum(0)) for s, a_s, b_s in zip(seeds, a, b)}
+    pooled = paired_corpus(sum(a), sum(b), corpus, resamples, seed, clusters, confidence)
+    if len(seeds) == 1:
+        low, high = pooled.low, pooled.high
+    else:
+        rng = np.random.default_rng(seed)
+        drawn = np.array([[corpus(a_s[rows].sum(0)) - corpus(b_s[rows].sum(0)) for a_s, b_s in zip(a, b)]
+                          for rows in resampled_rows(len(ids), resamples, rng, clusters)])  # (resamples, seeds)
+        means = np.take_along_axis(drawn, rng.integers(len(seeds), size=drawn.shape), axis=1).mean(axis=1)
+        tail = (100 - 100 * confidence) / 2  # 2.5 exactly at 95%
+        low, high = (float(x) for x in np.percentile(means, [tail, 100 - tail]))
+    return {"metric": metric, "n": len(ids), "seeds": len(seeds), "difference": float(np.mean(list(per_seed.values()))),
+            "ci_low": low, "ci_high": high, "p_value": pooled.p_value,
+            "significant": bool(low > 0 and pooled.p_value < LEVEL), "per_seed": per_seed}
 
 
 def compare_bleu(first: list[dict], second: list[dict], resamples: int = 1000,
@@ -231,7 +286,7 @@ def versus_over_seeds(first: dict[int, dict[str, dict[str, float]]], second: dic
                                    for rows in resampled_rows(len(ids), resamples, rng, clusters)]).T  # (seeds, resamples)
     picked = rng.integers(len(seeds), size=(resamples, len(seeds)))
     means = np.take_along_axis(per_seed_resampled.T, picked, axis=1).mean(axis=1)
-    tail = 50 * (1 - confidence)
+    tail = (100 - 100 * confidence) / 2  # 2.5 exactly at 95%
     low, high = (float(x) for x in np.percentile(means, [tail, 100 - tail]))
     p_value = paired(a.mean(axis=0), b.mean(axis=0), resamples, seed, clusters).p_value
     difference = float(differences.mean())

@@ -75,16 +75,17 @@ def bootstrap(values, statistic=np.mean, resamples: int = 1000, seed: int = 0, c
 
 
 def statistic_interval(statistic, n: int, resamples: int, seed: int | np.random.Generator = 0,
-                       clusters: Clusters = None) -> tuple[float, float]:
-    """95% percentile interval of `statistic(rows)`, a statistic of the reports `rows` that may be
-    undefined (NaN) on some resamples, as Kendall tau on a constant column or an AUROC with one
-    class: such resamples are left out, and the interval is NaN where more than one in twenty is
-    (too often to say what the rest cover)."""
+                       clusters: Clusters = None, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile interval (95% by default) of `statistic(rows)`, a statistic of the reports `rows`
+    that may be undefined (NaN) on some resamples, as Kendall tau on a constant column or an AUROC
+    with one class: such resamples are left out, and the interval is NaN where more than one in
+    twenty is (too often to say what the rest cover)."""
     values = np.array([statistic(rows) for rows in resampled_rows(n, resamples, seed, clusters)])
     finite = values[np.isfinite(values)]
     if len(finite) < 0.95 * len(values) or not len(finite):
         return float("nan"), float("nan")
-    low, high = np.percentile(finite, [2.5, 97.5])
+    tail = (100 - 100 * confidence) / 2  # 2.5 exactly at 95%
+    low, high = np.percentile(finite, [tail, 100 - tail])
     return float(low), float(high)
 
 

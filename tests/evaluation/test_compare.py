@@ -29,6 +29,19 @@ def test_a_known_difference_is_significant_and_identical_scores_are_not():
     assert noise.low < 0 < noise.high and noise.p_value > 0.05
 
 
+def test_a_better_system_needs_its_interval_on_the_better_side_as_well_as_p():
+    """At a widened level (a sweep's Bonferroni interval) the interval can cross zero while p < 0.05:
+    that is no win."""
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 1, 60)
+    b = a + rng.normal(0.3, 1, 60)
+    first, second = ({f"s{i}": {"x": float(v)} for i, v in enumerate(x)} for x in (b, a))
+    plain = versus(first, second, "x", True, 500)
+    widened = versus(first, second, "x", True, 500, confidence=0.995)
+    assert plain["significant"] and plain["ci_low"] > 0 and plain["p_value"] < 0.05
+    assert widened["p_value"] == plain["p_value"] and widened["ci_low"] < 0 and not widened["significant"]
+
+
 def test_only_studies_scored_by_both_systems_are_paired():
     rows = compare_systems({"1": {"m": 1.0}, "2": {"m": 2.0}, "3": {"m": 5.0}},
                            {"1": {"m": 0.0}, "2": {"m": 1.0}, "4": {"m": 9.0}})

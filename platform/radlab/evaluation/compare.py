@@ -246,12 +246,12 @@ def versus(first: dict[str, dict[str, float]], second: dict[str, dict[str, float
            higher_is_better: bool, resamples: int = 1000, patients_of: dict[str, str] | None = None,
            confidence: float = 0.95) -> dict:
     """The paired comparison of one per-report score, first minus second (its interval at
-    `confidence`), and whether the first is significantly better (p < 0.05, the difference in the
-    better direction)."""
+    `confidence`), and whether the first is significantly better: p < 0.05 and the interval on the
+    better side of zero, as `versus_over_seeds` asks (with a widened `confidence`, the two can part)."""
     ids = [i for i in first if i in second]
     result = paired([first[i].get(score, np.nan) for i in ids], [second[i].get(score, np.nan) for i in ids],
                     resamples, clusters=_clusters(ids, patients_of), confidence=confidence).row(score)
-    better = result["difference"] > 0 if higher_is_better else result["difference"] < 0
+    better = result["ci_low"] > 0 if higher_is_better else result["ci_high"] < 0
     return result | {"significant": bool(better and result["p_value"] < LEVEL)}
 
 

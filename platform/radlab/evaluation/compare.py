@@ -131,12 +131,12 @@ def versus_corpus(first: dict[int, list[dict]], second: dict[int, list[dict]], o
         return {"metric": metric, "n": len(ids), "seeds": len(seeds), "difference": math.nan, "ci_low": math.nan,
                 "ci_high": math.nan, "p_value": math.nan, "significant": False, "per_seed": {}}
 
-    def statistics(run: list[dict]):
+    def statistics(run: list[dict]) -> np.ndarray:
         by_id = {str(p["id"]): p for p in run}
-        return bleu_statistics([(by_id[i]["reference"], by_id[i]["candidate"]) for i in ids], order)
+        return bleu_statistics([(by_id[i]["reference"], by_id[i]["candidate"]) for i in ids], order)[1]
 
-    corpus = statistics(first[seeds[0]])[0]
-    a, b = ([statistics(system[s])[1] for s in seeds] for system in (first, second))
+    corpus = bleu_statistics([], order)[0]  # the scorer of summed statistics
+    a, b = ([statistics(system[s]) for s in seeds] for system in (first, second))
     clusters = _clusters(ids, patients_of)
     per_seed = {s: corpus(a_s.sum(0)) - corpus(b_s.sum(0)) for s, a_s, b_s in zip(seeds, a, b)}
     pooled = paired_corpus(sum(a), sum(b), corpus, resamples, seed, clusters, confidence)

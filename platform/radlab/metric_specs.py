@@ -9,7 +9,9 @@ from typing import NamedTuple
 
 class Score(NamedTuple):
     """One number an evaluation logs: its key, its direction, and the per-report score a paired
-    test compares two systems on (None: a corpus-level number, whose interval resamples reports)."""
+    test compares two systems on (None: a corpus-level number, whose interval resamples reports;
+    corpus BLEU and label F1 are compared through each report's statistics, see
+    `radlab.evaluation.metrics.corpus_statistics`)."""
     key: str
     higher_is_better: bool
     per_report: str | None = None

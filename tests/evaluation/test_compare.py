@@ -117,6 +117,8 @@ def test_saying_nothing_scores_worse_than_the_most_common_report(tmp_path, monke
     assert metrics["predictions_vs_baseline/chexprompt/significant/difference"] < 0
     assert metrics["predictions_vs_baseline/chexprompt/significant/p_value"] < 0.05
     assert metrics["predictions_vs_baseline/text/sacrebleu_bleu4/difference"] > 0  # corpus BLEU paired too
+    assert metrics["predictions_vs_baseline/clinical/label_f1_micro/difference"] > 0  # and label F1
+    assert metrics["predictions_vs_baseline/clinical/label_f1_micro/p_value"] < 0.05
     assert "predictions - baseline" in result.output and "text/sacrebleu_bleu4" in result.output
     same = CliRunner().invoke(app, ["eval", "--predictions", str(common), "--baseline", str(common),
                                     "--references", str(refs)])
@@ -179,12 +181,13 @@ def test_a_difference_over_seeds_counts_only_when_the_seeds_agree():
     assert one["seeds"] == 1 and one["significant"] and one["per_seed"] == {0: one["difference"]}
 
 
-def test_corpus_bleu_is_compared_by_patient_through_each_reports_ngram_statistics():
-    """BLEU has no per-report score; two systems are paired through each report's n-gram statistics:
-    the difference is the two corpus BLEUs' difference, a study's two images count once, and two
-    identical systems differ by 0 with p 1."""
-    from radlab.evaluation.compare import compare_bleu
-    from radlab.evaluation.metrics import bleu
+@pytest.mark.parametrize("metric", ["text/sacrebleu_bleu4", "clinical/label_f1_micro", "clinical/label_f1_macro"])
+def test_corpus_scores_are_compared_by_patient_through_each_reports_statistics(metric):
+    """Corpus BLEU and label F1 have no per-report score; two systems are paired through each
+    report's n-gram or label statistics: the difference is the two corpus scores' difference, a
+    study's two images count once, and two identical systems differ by 0 with p 1."""
+    from radlab.evaluation.compare import compare_corpus
+    from radlab.evaluation.metrics import bleu, label_f1
 
     rng = np.random.default_rng(3)
     findings = [EFFUSION, NODULE, NORMAL, write_findings([Finding("pneumothorax", "left", None, "small")])]
@@ -192,18 +195,19 @@ def test_corpus_bleu_is_compared_by_patient_through_each_reports_ngram_statistic
     good = [{"id": f"s{i}", "reference": r, "candidate": r if rng.random() < 0.8 else NORMAL}
             for i, r in enumerate(references)]
     poor = [{"id": f"s{i}", "reference": r, "candidate": findings[rng.integers(0, 4)]} for i, r in enumerate(references)]
-    rows = {row["metric"]: row for row in compare_bleu(good, poor, 300)}
-    good_bleu = bleu([(p["reference"], p["candidate"]) for p in good], 10)["text/sacrebleu_bleu4"]
-    poor_bleu = bleu([(p["reference"], p["candidate"]) for p in poor], 10)["text/sacrebleu_bleu4"]
-    four = rows["text/sacrebleu_bleu4"]
-    assert four["n"] == 40 and four["difference"] == pytest.approx(good_bleu - poor_bleu)
-    assert 0 < four["ci_low"] < four["difference"] < four["ci_high"] and four["p_value"] < 0.05
-    assert set(rows) == {"text/sacrebleu_bleu1", "text/sacrebleu_bleu4"}
+    row, = compare_corpus(good, poor, [metric], 300)
+
+    def scored(system):
+        pairs = [(p["reference"], p["candidate"]) for p in system]
+        return (bleu(pairs, 10) | label_f1(pairs, 10))[metric]
+
+    assert row["metric"] == metric and row["n"] == 40 and row["difference"] == pytest.approx(scored(good) - scored(poor))
+    assert 0 < row["ci_low"] < row["difference"] < row["ci_high"] and row["p_value"] < 0.05
 
     def doubled(system):  # each study's two images: two reports of one patient
         return [{**p, "id": f"{p['id']}-{view}", "patient": p["id"]} for p in system for view in ("AP", "PA")]
 
-    twice = compare_bleu(doubled(good), doubled(poor), 300, patients_by_id(doubled(good)))
-    assert {row["metric"]: row for row in twice}["text/sacrebleu_bleu4"] | {"n": 40} == pytest.approx(four)
-    same = {row["metric"]: row for row in compare_bleu(good, good, 300)}["text/sacrebleu_bleu4"]
+    twice, = compare_corpus(doubled(good), doubled(poor), [metric], 300, patients_by_id(doubled(good)))
+    assert twice | {"n": 40} == pytest.approx(row)
+    same, = compare_corpus(good, good, [metric], 300)
     assert same["difference"] == 0 and same["p_value"] == 1.0

@@ -160,8 +160,8 @@ def test_the_alias_changes_hands_only_on_a_paired_test_of_the_same_reports(synth
     other = challenge_alias(tracker, "champion", elsewhere, run_id, METRIC, 500)
     assert not other["moved"] and "evaluated on other reports than version" in other["verdict"]
 
-    corpus = challenge_alias(tracker, "champion", elsewhere, run_id, "clinical/label_f1_micro", 500)
-    assert not corpus["moved"] and "clinical/label_f1_micro is corpus-level" in corpus["verdict"]
+    corpus = challenge_alias(tracker, "champion", elsewhere, run_id, "clinical/chexbert_f1_micro_14", 500)
+    assert not corpus["moved"] and "clinical/chexbert_f1_micro_14 is corpus-level" in corpus["verdict"]
 
     better = np.maximum(holder_errors - (rng.random(60) < 0.6), 0)
     winner, run_id = registered(better)
@@ -171,9 +171,10 @@ def test_the_alias_changes_hands_only_on_a_paired_test_of_the_same_reports(synth
     assert tracker.alias_holder("champion").version == winner
 
 
-def test_a_bleu_objective_is_tested_through_each_reports_ngram_statistics(synthetic_root, tmp_path):
-    """Corpus BLEU has no per-report score: configurations and the alias's holder are compared on
-    the reports' n-gram statistics, over seeds where there are several."""
+@pytest.mark.parametrize("objective", ["text/sacrebleu_bleu4", "clinical/label_f1_micro"])
+def test_a_corpus_objective_is_tested_through_each_reports_statistics(synthetic_root, tmp_path, objective):
+    """Corpus BLEU and label F1 have no per-report score: configurations and the alias's holder are
+    compared on the reports' n-gram or label statistics, over seeds where there are several."""
     from radlab.data.synthetic import Finding, write_findings
 
     tracker = Tracker(parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
@@ -186,17 +187,16 @@ def test_a_bleu_objective_is_tested_through_each_reports_ngram_statistics(synthe
     def written(right: float) -> list[str]:  # each report right with this chance, else another finding's
         return [r if rng.random() < right else kinds[rng.integers(0, 3)] for r in references]
 
-    bleu4 = "text/sacrebleu_bleu4"
     rows = [_trial(tracker, np.zeros(50), (references, written(right)), **{"stage2.lr": name, "seed": seed})
             for name, right in (("base", 0.4), ("better", 0.9)) for seed in (0, 1)]
     configs = configurations(rows, ["stage2.lr", "seed"], default_seed=0)
-    versus_baseline(tracker, configs, {"stage2.lr": "base"}, bleu4, resamples=300)
+    versus_baseline(tracker, configs, {"stage2.lr": "base"}, objective, resamples=300)
     better = configs[1].vs_baseline
     assert better["significant"] and better["seeds"] == 2 and better["ci_low"] > 0
-    assert "n-gram statistics pooled over seeds" in better["verdict"] and "per report" not in better["verdict"]
+    assert "per-report statistics pooled over seeds" in better["verdict"] and "per report" not in better["verdict"]
 
     holder = tracker.register(rows[0]["run_id"], f"runs:/{rows[0]['run_id']}/model", alias=None)
-    challenge_alias(tracker, "champion", holder, rows[0]["run_id"], bleu4, 300)
+    challenge_alias(tracker, "champion", holder, rows[0]["run_id"], objective, 300)
     winner = tracker.register(rows[2]["run_id"], f"runs:/{rows[2]['run_id']}/model", alias=None)
-    taken = challenge_alias(tracker, "champion", winner, rows[2]["run_id"], bleu4, 300)
+    taken = challenge_alias(tracker, "champion", winner, rows[2]["run_id"], objective, 300)
     assert taken["moved"] and taken["difference"] > 0 and tracker.alias_holder("champion").version == winner

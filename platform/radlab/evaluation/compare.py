@@ -5,22 +5,22 @@ paired permutation p-value (scipy.stats.permutation_test). Both take a patient's
 of a patient's reports at once. Where each report is its own patient, these are the bootstrap over
 reports and the test swapping within each report. Identical scores give a difference of 0 and p = 1.
 
-Only reports both systems were scored on are paired; `n` says how many. Corpus BLEU has no
-per-report score: `compare_bleu` pairs it through each report's n-gram statistics. F1-CheXbert
-micro/macro are not compared here.
+Only reports both systems were scored on are paired; `n` says how many. Corpus BLEU and label F1
+have no per-report score: `compare_corpus` pairs them through each report's sufficient statistics
+(n-gram counts; true and false positives and negatives). F1-CheXbert micro/macro are not compared
+here.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from radlab.evaluation.chexprompt import LETTERS
-from radlab.evaluation.metrics import BLEU_ORDERS, bleu_statistics
+from radlab.evaluation.metrics import corpus_statistics
 from radlab.evaluation.resampling import (Clusters, cluster_codes, cluster_sums, patients, resampled_rows,
                                             statistic_interval, two_sided_p)
 
@@ -76,7 +76,7 @@ def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Cluste
 
 def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples: int = 1000, seed: int = 0,
                   clusters: Clusters = None, confidence: float = 0.95) -> Paired:
-    """Two systems' corpus-level score (BLEU) on the same reports, first minus second, from each
+    """Two systems' corpus-level score (BLEU, label F1) on the same reports, first minus second, from each
     report's sufficient statistics (rows: reports) and `corpus_score(summed statistics)`: the
     interval (at `confidence`) resamples patients, both systems with the same draws, and the p-value
     is the paired permutation test that swaps the two systems' statistics on all of a patient's
@@ -100,14 +100,8 @@ def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples
     return Paired(n, observed, low, high, two_sided_p(null, observed))
 
 
-def bleu_order(metric: str) -> int | None:
-    """The n-gram order of a corpus BLEU score's key (text/sacrebleu_bleu4: 4), else None."""
-    found = re.fullmatch(r"text/sacrebleu_bleu(\d)", metric)
-    return int(found[1]) if found else None
-
-
 def texts_from_table(table: dict[str, list]) -> list[dict] | None:
-    """The reports of a logged per-report table as `compare_bleu` takes them (None for a table
+    """The reports of a logged per-report table as `compare_corpus` takes them (None for a table
     logged without its texts)."""
     if "candidate" not in table or "reference" not in table:
         return None
@@ -115,27 +109,28 @@ def texts_from_table(table: dict[str, list]) -> list[dict] | None:
             for i, reference, candidate in zip(table["id"], table["reference"], table["candidate"])]
 
 
-def versus_corpus(first: dict[int, list[dict]], second: dict[int, list[dict]], order: int, resamples: int = 1000,
+def versus_corpus(first: dict[int, list[dict]], second: dict[int, list[dict]], metric: str, resamples: int = 1000,
                   seed: int = 0, patients_of: dict[str, str] | None = None, confidence: float = 0.95) -> dict:
-    """`versus_over_seeds` for corpus BLEU-`order` (training seed -> that run's reports with their
-    texts), first minus second, on the reports every run wrote a candidate for: per seed the two
-    corpus BLEUs' difference; the interval resamples patients (the same draws for every run), then
-    seeds; the p-value is `paired_corpus`'s test on the n-gram statistics pooled over the seeds; the
-    first is significantly better only where both agree."""
+    """`versus_over_seeds` for a corpus-level score with per-report statistics (`corpus_statistics`:
+    corpus BLEU, label F1; training seed -> that run's reports with their texts), first minus
+    second, on the reports every run wrote a candidate for: per seed the two corpus scores'
+    difference; the interval resamples patients (the same draws for every run), then seeds; the
+    p-value is `paired_corpus`'s test on the statistics pooled over the seeds; the first is
+    significantly better only where both agree."""
     seeds = sorted(set(first) & set(second))
     runs = [first[s] for s in seeds] + [second[s] for s in seeds]
     common = set.intersection(*({str(p["id"]) for p in run if "candidate" in p} for run in runs)) if runs else set()
     ids = [str(p["id"]) for p in first[seeds[0]] if str(p["id"]) in common] if seeds else []
-    metric = f"text/sacrebleu_bleu{order}"
+    of_pairs = corpus_statistics(metric)
     if len(ids) < 2:
         return {"metric": metric, "n": len(ids), "seeds": len(seeds), "difference": math.nan, "ci_low": math.nan,
                 "ci_high": math.nan, "p_value": math.nan, "significant": False, "per_seed": {}}
 
     def statistics(run: list[dict]) -> np.ndarray:
         by_id = {str(p["id"]): p for p in run}
-        return bleu_statistics([(by_id[i]["reference"], by_id[i]["candidate"]) for i in ids], order)[1]
+        return of_pairs([(by_id[i]["reference"], by_id[i]["candidate"]) for i in ids])[1]
 
-    corpus = bleu_statistics([], order)[0]  # the scorer of summed statistics
+    corpus = of_pairs([])[0]  # the score of summed statistics
     a, b = ([statistics(system[s]) for s in seeds] for system in (first, second))
     clusters = _clusters(ids, patients_of)
     per_seed = {s: corpus(a_s.sum(0)) - corpus(b_s.sum(0)) for s, a_s, b_s in zip(seeds, a, b)}
@@ -154,19 +149,20 @@ def versus_corpus(first: dict[int, list[dict]], second: dict[int, list[dict]], o
             "significant": bool(low > 0 and pooled.p_value < LEVEL), "per_seed": per_seed}
 
 
-def compare_bleu(first: list[dict], second: list[dict], resamples: int = 1000,
-                 patients_of: dict[str, str] | None = None) -> list[dict]:
-    """Rows as `compare_systems` gives them for corpus BLEU-1 and BLEU-4, over the reports both
-    systems wrote a candidate for (`paired_corpus`)."""
+def compare_corpus(first: list[dict], second: list[dict], metrics: list[str], resamples: int = 1000,
+                   patients_of: dict[str, str] | None = None) -> list[dict]:
+    """Rows as `compare_systems` gives them for the corpus-level scores `metrics` (keys with
+    `corpus_statistics`: corpus BLEU, label F1), over the reports both systems wrote a candidate for
+    (`paired_corpus`)."""
     theirs = {str(p["id"]): p for p in second if "candidate" in p}
     both = [(p, theirs[str(p["id"])]) for p in first if "candidate" in p and str(p["id"]) in theirs]
-    ids = [str(a["id"]) for a, _ in both]
+    clusters = _clusters([str(a["id"]) for a, _ in both], patients_of)
     rows = []
-    for order in BLEU_ORDERS:
-        corpus, mine = bleu_statistics([(a["reference"], a["candidate"]) for a, _ in both], order)
-        _, other = bleu_statistics([(a["reference"], b["candidate"]) for a, b in both], order)
-        rows.append(paired_corpus(mine, other, corpus, resamples, clusters=_clusters(ids, patients_of))
-                    .row(f"text/sacrebleu_bleu{order}"))
+    for metric in metrics:
+        of_pairs = corpus_statistics(metric)
+        corpus, mine = of_pairs([(a["reference"], a["candidate"]) for a, _ in both])
+        _, other = of_pairs([(a["reference"], b["candidate"]) for a, b in both])
+        rows.append(paired_corpus(mine, other, corpus, resamples, clusters=clusters).row(metric))
     return rows
 
 

@@ -54,9 +54,10 @@ def rouge_l(pairs: list[tuple[str, str]], resamples: int, clusters: Clusters = N
 
 
 BLEU_ORDERS = (1, 4)
+CorpusScorer = Callable[[np.ndarray], float]  # a corpus-level score of summed per-report statistics
 
 
-def bleu_statistics(pairs: list[tuple[str, str]], order: int) -> tuple[Callable[[np.ndarray], float], np.ndarray]:
+def bleu_statistics(pairs: list[tuple[str, str]], order: int) -> tuple[CorpusScorer, np.ndarray]:
     """(corpus BLEU-`order` of summed statistics, each (reference, candidate) pair's n-gram
     statistics): a resample's score sums the reports' statistics, extracted once, as sacrebleu's own
     significance tests do; scoring every resample from the texts would cost a corpus pass each
@@ -93,28 +94,56 @@ def bertscore(pairs: list[tuple[str, str]], model: Path, layers: int | None,
              **bootstrap(per_pair, resamples=resamples, clusters=clusters).metrics("text/bertscore_f1")}, per_pair)
 
 
+def label_statistics(pairs: list[tuple[str, str]]) -> np.ndarray:
+    """Each (reference, candidate) pair's true positives, false positives and false negatives of the
+    presence of each synthetic finding kind (side, zone and severity ignored): (pairs, 3 x kinds)."""
+    truth = np.array([[any(f.kind == k for f in parse_findings(r).findings) for k in KINDS] for r, _ in pairs],
+                     dtype=bool).reshape(len(pairs), len(KINDS))
+    guess = np.array([[any(f.kind == k for f in parse_findings(c).findings) for k in KINDS] for _, c in pairs],
+                     dtype=bool).reshape(len(pairs), len(KINDS))
+    return np.concatenate([truth & guess, ~truth & guess, truth & ~guess], axis=1).astype(float)
+
+
+def _kind_f1(summed: np.ndarray) -> np.ndarray:
+    """Each kind's F1 from summed label statistics (1 where a kind is neither reported nor present)."""
+    tp, fp, fn = summed.reshape(3, len(KINDS))
+    return np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
+
+
+def _micro_f1(summed: np.ndarray) -> float:
+    tp, fp, fn = summed.reshape(3, len(KINDS)).sum(1)
+    return 100 * 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+# Label F1 as a function of summed label statistics, by the key each is logged under.
+LABEL_F1: dict[str, CorpusScorer] = {
+    "clinical/label_f1_micro": _micro_f1,
+    "clinical/label_f1_macro": lambda summed: 100 * float(_kind_f1(summed).mean()),
+    **{f"clinical/label_f1_{kind}": (lambda summed, k=k: 100 * float(_kind_f1(summed)[k]))
+       for k, kind in enumerate(KINDS)},
+}
+
+
+def corpus_statistics(key: str) -> Callable[[list[tuple[str, str]]], tuple[CorpusScorer, np.ndarray]] | None:
+    """For a corpus-level score computed from per-report sufficient statistics (corpus BLEU, label
+    F1), the function of (reference, candidate) pairs giving (the score of summed statistics, each
+    pair's statistics), through which two systems are compared report by report; None for any other key."""
+    found = re.fullmatch(r"text/sacrebleu_bleu(\d)", key)
+    if found and int(found[1]) in BLEU_ORDERS:
+        return lambda pairs, order=int(found[1]): bleu_statistics(pairs, order)
+    if key in LABEL_F1:
+        return lambda pairs: (LABEL_F1[key], label_statistics(pairs))
+    return None
+
+
 def label_f1(pairs: list[tuple[str, str]], resamples: int = 1000, clusters: Clusters = None) -> dict[str, float]:
-    """Presence F1 of each synthetic finding kind (side, zone and severity ignored); micro and macro
-    with 95% intervals, resampling reports by `clusters`."""
-    truth = np.array([[any(f.kind == k for f in parse_findings(r).findings) for k in KINDS] for r, _ in pairs])
-    guess = np.array([[any(f.kind == k for f in parse_findings(c).findings) for k in KINDS] for _, c in pairs])
-
-    def per_kind(rows):
-        t, g = truth[rows.astype(int)], guess[rows.astype(int)]
-        tp, fp, fn = (t & g).sum(0), (~t & g).sum(0), (t & ~g).sum(0)
-        return tp, fp, fn, np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 1.0)
-
-    def micro(rows):
-        tp, fp, fn, _ = per_kind(rows)
-        return 100 * 2 * tp.sum() / max(2 * tp.sum() + fp.sum() + fn.sum(), 1)
-
-    rows = np.arange(len(pairs))
-    out = (bootstrap(rows, micro, resamples, clusters=clusters).metrics("clinical/label_f1_micro")
-           | bootstrap(rows, lambda r: 100 * per_kind(r)[3].mean(), resamples,
-                       clusters=clusters).metrics("clinical/label_f1_macro"))
-    for k, kind in enumerate(KINDS):
-        out |= bootstrap(rows, lambda r, k=k: 100 * per_kind(r)[3][k], resamples,
-                         clusters=clusters).metrics(f"clinical/label_f1_{kind}")
+    """Presence F1 of each synthetic finding kind; micro and macro with 95% intervals, resampling
+    reports by `clusters`."""
+    statistics = label_statistics(pairs)
+    out = {}
+    for key, corpus in LABEL_F1.items():
+        out |= bootstrap(np.arange(len(pairs)), lambda rows, c=corpus: c(statistics[rows.astype(int)].sum(0)),
+                         resamples, clusters=clusters).metrics(key)
     return out
 
 

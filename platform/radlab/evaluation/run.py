@@ -12,9 +12,10 @@ from rich.console import Console
 
 from radlab.config import Experiment
 from radlab.data.dataset import split_examples
-from radlab.evaluation.compare import compare_bleu, compare_systems, patients_by_id, per_report_scores
+from radlab.evaluation.compare import compare_corpus, compare_systems, patients_by_id, per_report_scores
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.grounding import grounding_checks
+from radlab.evaluation.metrics import corpus_statistics
 from radlab.evaluation.reporting import (
     log_comparison,
     log_error_chart,
@@ -29,6 +30,7 @@ from radlab.evaluation.scoring import score
 from radlab.model.build import build_model
 from radlab.model.checkpoint import load_checkpoint
 from radlab.model.encoder import build_encoder, load_encoder
+from radlab.metric_specs import SCORES
 from radlab.model.generation import inference_model, pick_device_dtype
 from radlab.progress import counted
 from radlab.tracking.runs import Tracker
@@ -120,12 +122,14 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
 
 def compare_reports(experiment: Experiment, first: list[dict], first_scored, second: list[dict],
                     second_scored) -> list[dict]:
-    """Two systems' reports on the same studies, paired: every per-report score, and corpus BLEU
-    where it is scored."""
+    """Two systems' reports on the same studies, paired: every per-report score, and the corpus-level
+    scores with per-report statistics (corpus BLEU, label F1) where both were scored."""
     resamples, patients_of = experiment.eval.bootstrap, patients_by_id(first)
     rows = compare_systems(per_report_scores(first, first_scored), per_report_scores(second, second_scored),
                            resamples, patients_of)
-    return rows + (compare_bleu(first, second, resamples, patients_of) if "bleu" in experiment.eval.metrics else [])
+    corpus = [key for key in SCORES if corpus_statistics(key) and key in first_scored.metrics
+              and key in second_scored.metrics]
+    return rows + compare_corpus(first, second, corpus, resamples, patients_of)
 
 
 def evaluate_predictions(experiment: Experiment, records: list[dict], baseline: list[dict] | None, tracker: Tracker,

@@ -35,7 +35,7 @@ def test_label_f1_hand_checked():
 
 def test_clinical_metrics_without_weights_are_skipped_with_a_reason():
     cfg = EvalConfig(metrics=["rouge_l", "chexbert_f1", "radgraph_f1", "label_f1"], bootstrap=10)
-    values, skipped, _ = text_and_clinical([("a", "a")], cfg, False)
+    values, skipped, *_ = text_and_clinical([("a", "a")], cfg, False)
     assert "text/rouge_l_f1" in values and "synthetic" in skipped["label_f1"]
     assert "chexbert_weights" in skipped["chexbert_f1"] and "radgraph_python" in skipped["radgraph_f1"]
 
@@ -58,15 +58,15 @@ def test_bertscore_with_a_local_encoder_and_skipped_without(tmp_path):
     model = tiny_bert(tmp_path / "bert")
     same = [("the heart size is normal .", "the heart size is normal .")] * 2
     cfg = EvalConfig(metrics=["bertscore"], bootstrap=10, bertscore_model=model)
-    values, skipped, per_report = text_and_clinical(same, cfg, False)
+    values, skipped, per_report, _ = text_and_clinical(same, cfg, False)
     assert not skipped and values["text/bertscore_f1"] == pytest.approx(100, abs=1e-3)
     assert per_report["bertscore_f1"] == pytest.approx([100, 100], abs=1e-3)
     different = [("the heart size is normal .", "small left pleural effusion .")]
-    values, _, _ = text_and_clinical(different, cfg.model_copy(update={"bertscore_layers": 1}), False)
+    values, *_ = text_and_clinical(different, cfg.model_copy(update={"bertscore_layers": 1}), False)
     assert values["text/bertscore_f1"] < 99
-    values, skipped, _ = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": None}), False)
+    values, skipped, *_ = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": None}), False)
     assert not values and "eval.bertscore_model" in skipped["bertscore"]
-    _, skipped, _ = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": tmp_path / "absent"}), False)
+    _, skipped, *_ = text_and_clinical(same, cfg.model_copy(update={"bertscore_model": tmp_path / "absent"}), False)
     assert "eval.bertscore_model: no encoder folder at" in skipped["bertscore"]
 
 

@@ -71,7 +71,7 @@ def test_the_evaluation_reports_radgraph_beside_the_other_metrics(radgraph_pytho
     hub_named = hub_named_copy(tiny_radgraph, tmp_path / "release")
     cfg = EvalConfig(metrics=["rouge_l", "radgraph_f1"], bootstrap=20, radgraph_python=radgraph_python,
                      radgraph_weights=hub_named, radgraph_bert=tiny_radgraph.parent / "bert")
-    values, skipped, per_report = text_and_clinical([(REPORTS[5], REPORTS[5]), (REPORTS[6], REPORTS[7])], cfg, True)
+    values, skipped, per_report, _ = text_and_clinical([(REPORTS[5], REPORTS[5]), (REPORTS[6], REPORTS[7])], cfg, True)
     assert not skipped and "text/rouge_l_f1" in values
     assert 50 < values["clinical/radgraph_f1"] < 100
     assert per_report["radgraph_f1"][0] == 100 and per_report["radgraph_f1"][1] < 100
@@ -114,6 +114,6 @@ def test_bad_scorer_setups_skip_the_metric_naming_the_field(radgraph_python, tin
         bert = tmp_path
     cfg = EvalConfig(metrics=["rouge_l", "radgraph_f1"], bootstrap=20, radgraph_python=python,
                      radgraph_weights=weights, radgraph_model=model, radgraph_bert=bert)
-    values, skipped, _ = text_and_clinical([(REPORTS[0], REPORTS[1])], cfg, True)
+    values, skipped, *_ = text_and_clinical([(REPORTS[0], REPORTS[1])], cfg, True)
     assert "text/rouge_l_f1" in values and "clinical/radgraph_f1" not in values
     assert re.search(field, skipped["radgraph_f1"], flags=re.DOTALL), skipped["radgraph_f1"]

@@ -6,15 +6,17 @@ classes blank, positive, negative, uncertain (0-3) and a two-class head for No F
 are the `chexbert.pth` of the StanfordAIMI RRG_scorers release (`model_state_dict`, keys under
 `module.`), read into transformers' BertModel; the tokenizer and BERT config come from a local
 bert-base-uncased folder, since nothing is downloaded. Variants, as named in the metrics: micro and
-macro F1 (scikit-learn, zero_division=0) over all 14 observations and over the 5 of the CheXpert
-competition, with uncertain counted as negative (LLaVA-Rad's main columns) and, under `_plus`, as
-positive.
+macro F1 over all 14 observations and over the 5 of the CheXpert competition, with uncertain
+counted as negative (LLaVA-Rad's main columns) and, under `_plus`, as positive; each as
+scikit-learn's f1_score computes it (zero_division=0), from each report's true and false positives
+and negatives, which also pair two systems report by report.
 """
 
 from __future__ import annotations
 
 import functools
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,18 +93,44 @@ def positive(labels: np.ndarray, uncertain_positive: bool) -> np.ndarray:
     return present
 
 
-def f1_from_labels(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import f1_score
+def _f1_scorer(uncertain_positive: bool, columns: list[int], average: str) -> Callable[[np.ndarray], float]:
+    """One F1 variant (x100) of summed `f1_statistics`, as scikit-learn's f1_score computes it with
+    zero_division=0: micro from the pooled counts, macro the mean of each observation's F1."""
+    def score(summed: np.ndarray) -> float:
+        tp, fp, fn = summed.reshape(2, 3, len(OBSERVATIONS))[int(uncertain_positive)][:, columns]
+        if average == "micro":
+            tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
+        denominator = 2 * tp + fp + fn
+        return 100 * float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))
+    return score
 
-    five = [OBSERVATIONS.index(name) for name in FIVE]
-    out = {}
-    for suffix, uncertain_positive in (("", False), ("_plus", True)):
+
+# Every F1-CheXbert variant as a function of summed `f1_statistics`, by the key it is logged under.
+CHEXBERT_F1: dict[str, Callable[[np.ndarray], float]] = {
+    f"clinical/chexbert{suffix}_f1_{average}_{n}": _f1_scorer(uncertain_positive, columns, average)
+    for suffix, uncertain_positive in (("", False), ("_plus", True))
+    for n, columns in (("14", list(range(len(OBSERVATIONS)))), ("5", [OBSERVATIONS.index(name) for name in FIVE]))
+    for average in ("micro", "macro")}
+
+
+def f1_statistics(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Each report's true positives, false positives and false negatives of every observation, with
+    uncertain as negative and then as positive: (reports, 2 x 3 x 14), every F1 variant's sufficient
+    statistics (summed over any set of reports, they give that set's F1s)."""
+    counts = []
+    for uncertain_positive in (False, True):
         truth, guess = positive(reference, uncertain_positive), positive(candidate, uncertain_positive)
-        for n, columns in (("14", slice(None)), ("5", five)):
-            for average in ("micro", "macro"):
-                score = f1_score(truth[:, columns], guess[:, columns], average=average, zero_division=0)
-                out[f"clinical/chexbert{suffix}_f1_{average}_{n}"] = float(score) * 100
-    return out
+        counts += [truth & guess, ~truth & guess, truth & ~guess]
+    return np.concatenate(counts, axis=1).astype(float)
+
+
+def label_codes(labels: np.ndarray) -> list[str]:
+    """Each report's 14 classes as one string of digits, the form a per-report table logs them in."""
+    return ["".join(str(int(c)) for c in row) for row in labels]
+
+
+def labels_of_codes(codes: list[str]) -> np.ndarray:
+    return np.array([[int(c) for c in code] for code in codes], dtype=int).reshape(len(codes), len(OBSERVATIONS))
 
 
 def chexbert_labels(pairs: list[tuple[str, str]], weights: Path, bert_folder: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -5,10 +5,10 @@ paired permutation p-value (scipy.stats.permutation_test). Both take a patient's
 of a patient's reports at once. Where each report is its own patient, these are the bootstrap over
 reports and the test swapping within each report. Identical scores give a difference of 0 and p = 1.
 
-Only reports both systems were scored on are paired; `n` says how many. Corpus BLEU and label F1
-have no per-report score: `compare_corpus` pairs them through each report's sufficient statistics
-(n-gram counts; true and false positives and negatives). F1-CheXbert micro/macro are not compared
-here.
+Only reports both systems were scored on are paired; `n` says how many. Corpus BLEU, label F1 and
+F1-CheXbert have no per-report score: `compare_corpus` pairs them through each report's sufficient
+statistics (n-gram counts; the true and false positives and negatives of each finding or
+observation).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from radlab.evaluation.chexprompt import LETTERS
-from radlab.evaluation.metrics import corpus_statistics
+from radlab.evaluation.metrics import CorpusScore, corpus_score
 from radlab.evaluation.resampling import (Clusters, cluster_codes, cluster_sums, patients, resampled_rows,
                                             statistic_interval, two_sided_p)
 
@@ -100,37 +100,42 @@ def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples
     return Paired(n, observed, low, high, two_sided_p(null, observed))
 
 
-def texts_from_table(table: dict[str, list]) -> list[dict] | None:
-    """The reports of a logged per-report table as `compare_corpus` takes them (None for a table
-    logged without its texts)."""
-    if "candidate" not in table or "reference" not in table:
+def reports_from_table(table: dict[str, list], score: CorpusScore) -> list[dict] | None:
+    """The reports of a logged per-report table as `versus_corpus` takes them for `score`: id and
+    the two sides it is computed from (None for a table logged without them)."""
+    fields = (score.reference, score.candidate)
+    if any(field not in table for field in fields):
         return None
-    return [{"id": str(i), "reference": reference, "candidate": candidate}
-            for i, reference, candidate in zip(table["id"], table["reference"], table["candidate"])]
+    return [{"id": str(i), **dict(zip(fields, sides))} for i, *sides in zip(table["id"], *(table[f] for f in fields))]
+
+
+def _has(report: dict, *fields: str) -> bool:
+    return all(report.get(field) is not None for field in fields)
 
 
 def versus_corpus(first: dict[int, list[dict]], second: dict[int, list[dict]], metric: str, resamples: int = 1000,
                   seed: int = 0, patients_of: dict[str, str] | None = None, confidence: float = 0.95) -> dict:
-    """`versus_over_seeds` for a corpus-level score with per-report statistics (`corpus_statistics`:
-    corpus BLEU, label F1; training seed -> that run's reports with their texts), first minus
-    second, on the reports every run wrote a candidate for: per seed the two corpus scores'
-    difference; the interval resamples patients (the same draws for every run), then seeds; the
-    p-value is `paired_corpus`'s test on the statistics pooled over the seeds; the first is
-    significantly better only where both agree."""
+    """`versus_over_seeds` for a corpus-level score with per-report statistics (`corpus_score`:
+    corpus BLEU, label F1, F1-CheXbert; training seed -> that run's reports), first minus second, on
+    the reports every run has both sides of: per seed the two corpus scores' difference; the
+    interval resamples patients (the same draws for every run), then seeds; the p-value is
+    `paired_corpus`'s test on the statistics pooled over the seeds; the first is significantly
+    better only where both agree."""
+    score = corpus_score(metric)
     seeds = sorted(set(first) & set(second))
     runs = [first[s] for s in seeds] + [second[s] for s in seeds]
-    common = set.intersection(*({str(p["id"]) for p in run if "candidate" in p} for run in runs)) if runs else set()
+    common = set.intersection(*({str(p["id"]) for p in run if _has(p, score.reference, score.candidate)}
+                                for run in runs)) if runs else set()
     ids = [str(p["id"]) for p in first[seeds[0]] if str(p["id"]) in common] if seeds else []
-    of_pairs = corpus_statistics(metric)
     if len(ids) < 2:
         return {"metric": metric, "n": len(ids), "seeds": len(seeds), "difference": math.nan, "ci_low": math.nan,
                 "ci_high": math.nan, "p_value": math.nan, "significant": False, "per_seed": {}}
 
     def statistics(run: list[dict]) -> np.ndarray:
         by_id = {str(p["id"]): p for p in run}
-        return of_pairs([(by_id[i]["reference"], by_id[i]["candidate"]) for i in ids])[1]
+        return score.statistics([by_id[i][score.reference] for i in ids], [by_id[i][score.candidate] for i in ids])
 
-    corpus = of_pairs([])[0]  # the score of summed statistics
+    corpus = score.score
     a, b = ([statistics(system[s]) for s in seeds] for system in (first, second))
     clusters = _clusters(ids, patients_of)
     per_seed = {s: corpus(a_s.sum(0)) - corpus(b_s.sum(0)) for s, a_s, b_s in zip(seeds, a, b)}
@@ -151,18 +156,20 @@ def versus_corpus(first: dict[int, list[dict]], second: dict[int, list[dict]], m
 
 def compare_corpus(first: list[dict], second: list[dict], metrics: list[str], resamples: int = 1000,
                    patients_of: dict[str, str] | None = None) -> list[dict]:
-    """Rows as `compare_systems` gives them for the corpus-level scores `metrics` (keys with
-    `corpus_statistics`: corpus BLEU, label F1), over the reports both systems wrote a candidate for
-    (`paired_corpus`)."""
-    theirs = {str(p["id"]): p for p in second if "candidate" in p}
-    both = [(p, theirs[str(p["id"])]) for p in first if "candidate" in p and str(p["id"]) in theirs]
-    clusters = _clusters([str(a["id"]) for a, _ in both], patients_of)
+    """Rows as `compare_systems` gives them for the corpus-level scores `metrics` (keys with a
+    `corpus_score`: corpus BLEU, label F1, F1-CheXbert), each over the reports both systems have
+    its candidate side of, against the first's reference side (`paired_corpus`)."""
     rows = []
     for metric in metrics:
-        of_pairs = corpus_statistics(metric)
-        corpus, mine = of_pairs([(a["reference"], a["candidate"]) for a, _ in both])
-        _, other = of_pairs([(a["reference"], b["candidate"]) for a, b in both])
-        rows.append(paired_corpus(mine, other, corpus, resamples, clusters=clusters).row(metric))
+        score = corpus_score(metric)
+        theirs = {str(p["id"]): p for p in second if _has(p, score.candidate)}
+        both = [(p, theirs[str(p["id"])]) for p in first
+                if _has(p, score.reference, score.candidate) and str(p["id"]) in theirs]
+        references = [a[score.reference] for a, _ in both]
+        mine = score.statistics(references, [a[score.candidate] for a, _ in both])
+        other = score.statistics(references, [b[score.candidate] for _, b in both])
+        rows.append(paired_corpus(mine, other, score.score, resamples,
+                                  clusters=_clusters([str(a["id"]) for a, _ in both], patients_of)).row(metric))
     return rows
 
 
@@ -213,7 +220,7 @@ def scores_from_table(table: dict[str, list]) -> dict[str, dict[str, float]]:
     table an evaluation logged (eval/trained/per_report.json)."""
     out: dict[str, dict[str, float]] = {}
     columns = [c for c in table if c not in ("id", "patient", "run_id", "reference", "candidate")
-               and not c.startswith("judge_")
+               and not c.startswith(("judge_", "labels/"))
                and not c.startswith(("significant_", "insignificant_"))]
     for k, report_id in enumerate(table["id"]):
         scores: dict[str, float] = {}

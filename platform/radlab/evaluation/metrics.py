@@ -22,10 +22,11 @@ from sacrebleu.metrics import BLEU
 from radlab.config import EvalConfig
 from radlab.data.synthetic import KINDS, parse_findings
 from radlab.evaluation import ScorerError
-from radlab.evaluation.chexbert import chexbert_labels, disagreements, f1_from_labels
+from radlab.evaluation.chexbert import (CHEXBERT_F1, chexbert_labels, disagreements, f1_statistics, label_codes,
+                                       labels_of_codes)
 from radlab.evaluation.chexprompt import ERROR_TYPES
 from radlab.evaluation.f1_radgraph import radgraph_metrics, radgraph_rewards
-from radlab.evaluation.resampling import Clusters, bootstrap, resampled_rows
+from radlab.evaluation.resampling import Clusters, bootstrap
 from radlab.metric_specs import METRIC_OF, METRICS, SCORES, Score
 
 _PHI = re.compile(r"_{2,}|X{3,}")
@@ -37,10 +38,13 @@ def normalise(text: str) -> str:
 
 class MetricResults(NamedTuple):
     """Every requested metric lands in `values` or `skipped` (with the reason), never silently
-    dropped; `per_report` holds each pair's scores by column, in the order of the pairs."""
+    dropped; `per_report` holds each pair's scores by column, in the order of the pairs, and
+    `labels` what a scorer read off each pair that a paired test needs (CheXbert's labels), by
+    column (`labels/...`)."""
     values: dict[str, float]
     skipped: dict[str, str]
     per_report: dict[str, list[float]]
+    labels: dict[str, list[str]]
 
 
 def rouge_l_scores(pairs: list[tuple[str, str]]) -> np.ndarray:
@@ -124,27 +128,53 @@ LABEL_F1: dict[str, CorpusScorer] = {
 }
 
 
-def corpus_statistics(key: str) -> Callable[[list[tuple[str, str]]], tuple[CorpusScorer, np.ndarray]] | None:
-    """For a corpus-level score computed from per-report sufficient statistics (corpus BLEU, label
-    F1), the function of (reference, candidate) pairs giving (the score of summed statistics, each
-    pair's statistics), through which two systems are compared report by report; None for any other key."""
+class CorpusScore(NamedTuple):
+    """A corpus-level score computed from per-report sufficient statistics, through which two
+    systems are compared report by report: the fields of a report holding its reference side and
+    its candidate side (texts, or labels read off them), the statistics of parallel lists of the two
+    sides (reports x statistics), and the score of summed statistics."""
+    reference: str
+    candidate: str
+    statistics: Callable[[list, list], np.ndarray]
+    score: CorpusScorer
+
+
+CHEXBERT_LABELS = ("labels/chexbert_reference", "labels/chexbert_candidate")
+
+
+def corpus_score(key: str) -> CorpusScore | None:
+    """The `CorpusScore` of a logged key (corpus BLEU, label F1, F1-CheXbert); None for any other."""
     found = re.fullmatch(r"text/sacrebleu_bleu(\d)", key)
     if found and int(found[1]) in BLEU_ORDERS:
-        return lambda pairs, order=int(found[1]): bleu_statistics(pairs, order)
+        order = int(found[1])
+        return CorpusScore("reference", "candidate",
+                           lambda refs, cands: bleu_statistics(list(zip(refs, cands)), order)[1],
+                           bleu_statistics([], order)[0])
     if key in LABEL_F1:
-        return lambda pairs: (LABEL_F1[key], label_statistics(pairs))
+        return CorpusScore("reference", "candidate", lambda refs, cands: label_statistics(list(zip(refs, cands))),
+                           LABEL_F1[key])
+    if key in CHEXBERT_F1:
+        return CorpusScore(*CHEXBERT_LABELS, lambda refs, cands: f1_statistics(labels_of_codes(refs),
+                                                                               labels_of_codes(cands)),
+                           CHEXBERT_F1[key])
     return None
+
+
+def corpus_intervals(statistics: np.ndarray, scores: dict[str, CorpusScorer], resamples: int,
+                     clusters: Clusters) -> dict[str, float]:
+    """Each corpus-level score of `statistics` (reports x statistics) with its 95% interval,
+    resampling reports by `clusters`: a resample sums its reports' statistics."""
+    out = {}
+    for key, corpus in scores.items():
+        out |= bootstrap(np.arange(len(statistics)), lambda rows, c=corpus: c(statistics[rows.astype(int)].sum(0)),
+                         resamples, clusters=clusters).metrics(key)
+    return out
 
 
 def label_f1(pairs: list[tuple[str, str]], resamples: int = 1000, clusters: Clusters = None) -> dict[str, float]:
     """Presence F1 of each synthetic finding kind; micro and macro with 95% intervals, resampling
     reports by `clusters`."""
-    statistics = label_statistics(pairs)
-    out = {}
-    for key, corpus in LABEL_F1.items():
-        out |= bootstrap(np.arange(len(pairs)), lambda rows, c=corpus: c(statistics[rows.astype(int)].sum(0)),
-                         resamples, clusters=clusters).metrics(key)
-    return out
+    return corpus_intervals(label_statistics(pairs), LABEL_F1, resamples, clusters)
 
 
 def score_rouge_l(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
@@ -173,15 +203,9 @@ def score_chexbert_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricRe
     except ScorerError as err:
         results.skipped["chexbert_f1"] = str(err)
         return
-    results.values.update(f1_from_labels(reference, candidate))
-    # Every F1 of each resample of the reports at once: one labelling, the F1s recomputed.
-    resampled = [f1_from_labels(reference[rows], candidate[rows])
-                 for rows in resampled_rows(len(pairs), cfg.bootstrap, clusters=clusters)]
-    for key in list(results.values):
-        if key.startswith("clinical/chexbert"):
-            low, high = np.percentile([r[key] for r in resampled], [2.5, 97.5])
-            results.values.update({f"{key}_ci_low": float(low), f"{key}_ci_high": float(high)})
+    results.values.update(corpus_intervals(f1_statistics(reference, candidate), CHEXBERT_F1, cfg.bootstrap, clusters))
     results.per_report["chexbert_disagreements"] = disagreements(reference, candidate).tolist()
+    results.labels.update(zip(CHEXBERT_LABELS, (label_codes(reference), label_codes(candidate))))
 
 
 def score_radgraph_f1(pairs, cfg: EvalConfig, synthetic: bool, results: MetricResults, clusters: Clusters) -> None:
@@ -256,7 +280,7 @@ def text_and_clinical(pairs: list[tuple[str, str]], cfg: EvalConfig, synthetic: 
                       clusters: Clusters = None) -> MetricResults:
     """Every requested metric but chexprompt, each by its registry entry; `clusters`: each pair's
     patient, which the intervals resample (see `resampling`)."""
-    results = MetricResults({}, {}, {})
+    results = MetricResults({}, {}, {}, {})
     for name in cfg.metrics:
         if name not in SCORERS:
             continue

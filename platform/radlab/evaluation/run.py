@@ -15,7 +15,7 @@ from radlab.data.dataset import split_examples
 from radlab.evaluation.compare import compare_corpus, compare_systems, patients_by_id, per_report_scores
 from radlab.evaluation.generate import generate_findings
 from radlab.evaluation.grounding import grounding_checks
-from radlab.evaluation.metrics import corpus_statistics
+from radlab.evaluation.metrics import corpus_score
 from radlab.evaluation.reporting import (
     log_comparison,
     log_error_chart,
@@ -123,13 +123,18 @@ def evaluate_encoder(experiment: Experiment, folder: Path, tracker: Tracker, run
 def compare_reports(experiment: Experiment, first: list[dict], first_scored, second: list[dict],
                     second_scored) -> list[dict]:
     """Two systems' reports on the same studies, paired: every per-report score, and the corpus-level
-    scores with per-report statistics (corpus BLEU, label F1) where both were scored."""
+    scores with per-report statistics (corpus BLEU, label F1, F1-CheXbert) where both were scored."""
     resamples, patients_of = experiment.eval.bootstrap, patients_by_id(first)
     rows = compare_systems(per_report_scores(first, first_scored), per_report_scores(second, second_scored),
                            resamples, patients_of)
-    corpus = [key for key in SCORES if corpus_statistics(key) and key in first_scored.metrics
+    corpus = [key for key in SCORES if corpus_score(key) and key in first_scored.metrics
               and key in second_scored.metrics]
-    return rows + compare_corpus(first, second, corpus, resamples, patients_of)
+
+    def with_labels(predictions: list[dict], scored) -> list[dict]:
+        return [p | {name: column[i] for name, column in scored.labels.items()} for i, p in enumerate(predictions)]
+
+    return rows + compare_corpus(with_labels(first, first_scored), with_labels(second, second_scored), corpus,
+                                 resamples, patients_of)
 
 
 def evaluate_predictions(experiment: Experiment, records: list[dict], baseline: list[dict] | None, tracker: Tracker,

@@ -39,12 +39,14 @@ class EvaluationFailed(RadlabError):
 class Scored:
     """One set of predictions scored: metrics, skipped metrics with reasons, per-report scores by
     column in the order of the predictions (None where a prediction has no candidate), the
-    CheXprompt judgments and the judge client."""
+    CheXprompt judgments and the judge client, and the labels a scorer read off each report
+    (`labels/...` columns, in the same order)."""
     metrics: dict[str, float]
     skipped: dict[str, str]
     per_report: dict[str, list[float | None]]
     judgments: list[Judgment] = field(default_factory=list)
     client: JudgeClient | None = None
+    labels: dict[str, list[str | None]] = field(default_factory=dict)
 
     def failures(self) -> Counter:
         """Why judgments failed: reason -> count (an HTTP status, a timeout, an unparseable answer)."""
@@ -76,15 +78,19 @@ def score(experiment: Experiment, predictions: list[dict], progress: Callable[..
     with_candidate = [i for i, p in enumerate(predictions) if "candidate" in p]
     pairs = [(predictions[i]["reference"], predictions[i]["candidate"]) for i in with_candidate]
     patient = patients(predictions)
-    values, skipped, per_pair = text_and_clinical(pairs, cfg, experiment.data.synthetic is not None,
-                                                  [patient[i] for i in with_candidate])
-    metrics.update(values)
-    per_report = {}
-    for name, column in per_pair.items():
-        per_report[name] = [None] * len(predictions)
-        for i, value in zip(with_candidate, column):
-            per_report[name][i] = value
-    return Scored(metrics, skipped, per_report, judgments, client)
+    results = text_and_clinical(pairs, cfg, experiment.data.synthetic is not None, [patient[i] for i in with_candidate])
+    metrics.update(results.values)
+
+    def by_prediction(columns: dict[str, list]) -> dict[str, list]:
+        """Columns of the scored pairs laid out by prediction (None where one has no candidate)."""
+        out = {name: [None] * len(predictions) for name in columns}
+        for name, column in columns.items():
+            for i, value in zip(with_candidate, column):
+                out[name][i] = value
+        return out
+
+    return Scored(metrics, results.skipped, by_prediction(results.per_report), judgments, client,
+                  by_prediction(results.labels))
 
 
 def judgment_records(predictions: list[dict], judgments: list[Judgment]) -> list[dict]:
@@ -107,6 +113,6 @@ def report_table(predictions: list[dict], scored: Scored) -> dict[str, list]:
         for letter in LETTERS:
             row[f"significant_{letter}"] = j.counts.significant[letter] if j and j.ok else None
             row[f"insignificant_{letter}"] = j.counts.insignificant[letter] if j and j.ok else None
-        row.update({name: column[k] for name, column in scored.per_report.items()})
+        row.update({name: column[k] for name, column in (scored.per_report | scored.labels).items()})
         rows.append(row)
     return {key: [row[key] for row in rows] for key in rows[0]} if rows else {}

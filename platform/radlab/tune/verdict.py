@@ -5,7 +5,8 @@ A trial is one configuration trained with one training seed. The seed alone can 
 than a configuration does, so one run per side compares two trained models, not two
 configurations, and the verdict says so. With a `seed` axis the runs of a configuration are pooled:
 `versus_over_seeds` resamples seeds and patients for the interval and tests the seed-averaged scores
-(`versus_corpus` likewise for corpus BLEU and label F1, through each report's sufficient statistics),
+(`versus_corpus` likewise for corpus BLEU, label F1 and F1-CheXbert, through each report's
+sufficient statistics),
 and the best configuration is the one with the best mean over its seeds. Every configuration is
 tested against the same baseline, so the more there are, the likelier one of them beats it by
 chance: a configuration beats the baseline only where its p-value, adjusted by Holm's method over
@@ -21,9 +22,9 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
-from radlab.evaluation.compare import (LEVEL, patients_from_table, scores_from_table, texts_from_table, versus,
+from radlab.evaluation.compare import (LEVEL, patients_from_table, reports_from_table, scores_from_table, versus,
                                       versus_corpus, versus_over_seeds)
-from radlab.evaluation.metrics import corpus_statistics, score_of
+from radlab.evaluation.metrics import corpus_score, score_of
 from radlab.tracking.runs import Tracker
 
 SEED_AXIS = "seed"
@@ -79,22 +80,22 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
     base_name = base.name if base else setting_name(baseline)
     score = score_of(metric)[1]
 
-    corpus = corpus_statistics(metric) is not None  # tested through each report's sufficient statistics
+    corpus = corpus_score(metric)  # tested through each report's sufficient statistics
     patients_of: dict[str, str] = {}  # id -> patient, from the tables that name them
 
     def scores(config: Configuration) -> dict[int, dict] | None:
-        """Each seed's per-report scores (for a corpus-level score, its reports' texts), or None where a
-        run logged none."""
+        """Each seed's per-report scores (for a corpus-level score, its reports' texts or labels), or
+        None where a run logged none."""
         found = {seed: tracker.read_table(row["run_id"], "eval/trained/per_report.json")
                  for seed, row in config.runs.items()}
         if any(t is None for t in found.values()):
             return None
         for table in found.values():
             patients_of.update(patients_from_table(table) or {})
-        read = {s: texts_from_table(t) if corpus else scores_from_table(t) for s, t in found.items()}
+        read = {s: reports_from_table(t, corpus) if corpus else scores_from_table(t) for s, t in found.items()}
         return None if any(r is None for r in read.values()) else read
 
-    testable = score.per_report is not None or corpus
+    testable = score.per_report is not None or corpus is not None
     base_scores = scores(base) if base is not None and testable else None
     # Bonferroni's level for the intervals: 95% for all the configurations tested against the baseline together.
     confidence = 1 - LEVEL / max(1, sum(c is not base for c in configs))
@@ -141,7 +142,7 @@ def holm(p_values: list[float]) -> list[float]:
 def _verdict(name: str, base_name: str, metric: str, tested: dict, most_runs: int) -> str:
     """The verdict's sentence; `most_runs` is the most seeds either side finished."""
     said = "beat" if tested["significant"] else "did not beat"
-    unit = "" if corpus_statistics(metric) else " per report"  # a corpus score's difference is in its points
+    unit = "" if corpus_score(metric) else " per report"  # a corpus score's difference is in its points
     interval = f"{tested['difference']:+.3f} [{tested['ci_low']:+.3f}, {tested['ci_high']:+.3f}]{unit}"
     if tested.get("confidence", 0.95) > 0.95:
         interval += f" ({tested['confidence']:.1%} interval: 95% for the configurations tested together)"
@@ -155,7 +156,7 @@ def _verdict(name: str, base_name: str, metric: str, tested: dict, most_runs: in
                 f"{p} (paired permutation test, {tested['n']} reports); one training run each, so this "
                 f"compares two trained models, not the configurations: {remedy} to compare those")
     per_seed = ", ".join(f"seed {s} {d:+.3f}" for s, d in tested["per_seed"].items())
-    pooled = "per-report statistics pooled" if corpus_statistics(metric) else "scores averaged"
+    pooled = "per-report statistics pooled" if corpus_score(metric) else "scores averaged"
     return (f"{name} {said} the baseline {base_name} significantly on {metric} over {tested['seeds']} training "
             f"seeds: difference {interval} (seeds and patients resampled), {p} (paired permutation test on "
             f"{tested['n']} reports, {pooled} over seeds); per seed: {per_seed}")
@@ -164,22 +165,22 @@ def _verdict(name: str, base_name: str, metric: str, tested: dict, most_runs: in
 def challenge_alias(tracker: Tracker, alias: str, version: str, run_id: str, metric: str, resamples: int) -> dict:
     """Whether the sweep's best, registered as `version` from the run `run_id`, takes `alias` (the
     one serving resolves) from the version holding it: only by beating it on the objective's
-    per-report score (corpus BLEU, label F1: through each report's statistics), in a paired test over
-    the reports both were evaluated on (p < LEVEL and the interval on the better side); a first
-    version takes it unopposed. Point values from two
-    evaluations are not compared: they may be of other reports, and a chance difference would hand
-    the alias back and forth. Returns {"moved", "verdict"} and, where tested, the comparison."""
+    per-report score (corpus BLEU, label F1, F1-CheXbert: through each report's statistics), in a
+    paired test over the reports both were evaluated on (p < LEVEL and the interval on the better
+    side); a first version takes it unopposed. Point values from two evaluations are not compared:
+    they may be of other reports, and a chance difference would hand the alias back and forth.
+    Returns {"moved", "verdict"} and, where tested, the comparison."""
     holder = tracker.alias_holder(alias)
     if holder is None:
         tracker.set_alias(alias, version)
         return {"moved": True, "verdict": f"version {version} took alias '{alias}', which no version held"}
     kept = f"version {holder.version} keeps alias '{alias}'"
-    score, corpus = score_of(metric)[1], corpus_statistics(metric) is not None
-    if score.per_report is None and not corpus:
+    score, corpus = score_of(metric)[1], corpus_score(metric)
+    if score.per_report is None and corpus is None:
         return {"moved": False, "verdict": f"{kept}: {metric} is corpus-level, with no per-report score to test "
                                            f"version {version} against it (set the alias in the MLflow UI to move it)"}
     mine, theirs = (tracker.read_table(run, "eval/trained/per_report.json") for run in (run_id, holder.run_id))
-    texts = [texts_from_table(table) for table in (mine, theirs) if table is not None] if corpus else []
+    texts = [reports_from_table(table, corpus) for table in (mine, theirs) if table is not None] if corpus else []
     if mine is None or theirs is None or None in texts:
         return {"moved": False, "verdict": f"{kept}: no per-report scores logged to test version {version} against it"}
     patients_of = (patients_from_table(theirs) or {}) | (patients_from_table(mine) or {})

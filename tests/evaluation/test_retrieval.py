@@ -103,3 +103,11 @@ def test_two_encoders_zero_shot_auroc_compares_by_a_paired_permutation_of_ranks(
     rescaled = compare_auroc(read(1000 * np.exp(good)), trained, 300)  # the same ranks on another scale
     assert rescaled["difference"] == pytest.approx(0) and rescaled["p_value"] == 1.0
     assert compare_auroc(trained, ReadOut({}, {}, trained.ids, trained.patients), 300) is None
+    # An image the untrained encoder could not read: the two compare on the 59 pairs both read.
+    kept = np.arange(1, 60)
+    partial = ReadOut({}, {}, [untrained.ids[k] for k in kept], [untrained.patients[k] for k in kept],
+                      {name: (t[kept], s[kept]) for name, (t, s) in untrained.zero_shot.items()})
+    both = ReadOut({}, {}, partial.ids, partial.patients,
+                   {name: (t[kept], s[kept]) for name, (t, s) in trained.zero_shot.items()})
+    assert compare_auroc(trained, partial, 300) == pytest.approx(compare_auroc(both, partial, 300))
+    assert compare_auroc(trained, partial, 300)["n"] == 59

@@ -159,24 +159,29 @@ def compare_auroc(first: ReadOut, second: ReadOut, resamples: int, seed: int = 0
     see `resampling.statistic_interval`), and its p-value is the paired permutation
     test of Bandos, Rockette and Gur (2005): each encoder's scores are replaced by their ranks within
     each finding, which leaves its AUROC as it is and puts the two encoders on one scale, and each
-    permutation swaps the two encoders' ranks on all of a patient's images at once. None where
-    either encoder has no zero-shot scores or they were read on other pairs."""
+    permutation swaps the two encoders' ranks on all of a patient's images at once. Only the pairs
+    both encoders read are compared (an image one could not decode is left out of both), as the
+    Recall@K rows; None where either encoder has no zero-shot scores or they share fewer than two pairs."""
     findings = [name for name in first.zero_shot if name in second.zero_shot]
-    if not findings or first.ids != second.ids:
+    theirs = {pair: k for k, pair in enumerate(second.ids)}
+    mine = [k for k, pair in enumerate(first.ids) if pair in theirs]
+    if not findings or len(mine) < 2:
         return None
-    truths = [first.zero_shot[name][0] for name in findings]
-    ranked = [np.stack([rankdata(first.zero_shot[name][1]), rankdata(second.zero_shot[name][1])]) / len(first.ids)
-              for name in findings]
+    other = [theirs[first.ids[k]] for k in mine]
+    truths = [first.zero_shot[name][0][mine] for name in findings]
+    ranked = [np.stack([rankdata(first.zero_shot[name][1][mine]), rankdata(second.zero_shot[name][1][other])]) /
+              len(mine) for name in findings]
+    patients = [first.patients[k] for k in mine]
 
     def difference(rows: np.ndarray) -> float:
         pairs = [_auroc(truth[rows], both[:, rows]) for truth, both in zip(truths, ranked) if 0 < truth[rows].sum() < len(rows)]
         return float(np.mean([a - b for a, b in pairs])) if pairs else float("nan")
 
-    n = len(first.ids)
+    n = len(mine)
     observed = difference(np.arange(n))
     rng = np.random.default_rng(seed)
-    low, high = statistic_interval(difference, n, resamples, rng, first.patients)
-    codes = cluster_codes(first.patients, n)
+    low, high = statistic_interval(difference, n, resamples, rng, patients)
+    codes = cluster_codes(patients, n)
     swapped = (rng.random((max(resamples, 999), int(codes.max()) + 1)) < 0.5)[:, codes]  # (permutations, images)
     permuted = np.mean([np.subtract(*_auroc(truth, np.where(swapped, both[::-1, None], both[:, None])))
                         for truth, both in zip(truths, ranked)], axis=0)

@@ -27,10 +27,10 @@ from radlab.evaluation.reporting import (
 )
 from radlab.evaluation.retrieval import compare_auroc, read_out
 from radlab.evaluation.scoring import score
+from radlab.metric_specs import SCORES
 from radlab.model.build import build_model
 from radlab.model.checkpoint import load_checkpoint
 from radlab.model.encoder import build_encoder, load_encoder
-from radlab.metric_specs import SCORES
 from radlab.model.generation import inference_model, pick_device_dtype
 from radlab.progress import counted
 from radlab.tracking.runs import Tracker

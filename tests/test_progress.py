@@ -1,11 +1,12 @@
-"""The driver's console during a stage: progress lines, failed worker groups and resumes, each once."""
+"""The driver's console: progress lines, failed worker groups and resumes, each once; the tables."""
 
 import io
 import time
 
 from rich.console import Console
+from rich.table import Table
 
-from radlab.progress import report_line, stage_progress
+from radlab.progress import print_table, report_line, stage_progress
 
 
 def test_a_stage_shows_its_failures_and_resumes_once_and_where_it_ended():
@@ -38,3 +39,27 @@ def test_counts_of_reports_end_with_one_line_saying_where_they_stand():
         for k in range(5):
             advance(1, f"{k // 4} failed, $0.00")
     assert out.getvalue().splitlines() == ["judging: 5/5, 1 failed, $0.00"]
+
+
+def test_a_table_in_a_log_keeps_every_name_and_number_whole():
+    """Rendered for a file or a pipe, rich would cut a table to 80 columns; radlab's tables there are
+    as wide as they need. On a terminal they keep to its width."""
+    from radlab.evaluation.reporting import print_summary
+
+    columns = {"trained": {"chexprompt/zero_significant_share": 0.825, "chexprompt/zero_significant_share_ci_low": 0.77,
+                           "chexprompt/zero_significant_share_ci_high": 0.88,
+                           "grounding/blank_image_identical_share": 0.015},
+               "untrained": {"chexprompt/zero_significant_share": 0.26, "chexprompt/zero_significant_share_ci_low": 0.2,
+                             "chexprompt/zero_significant_share_ci_high": 0.33}}
+    log = Console(file=io.StringIO(), width=80)
+    print_summary(log, columns, {})
+    lines = log.file.getvalue().splitlines()
+    assert any("chexprompt/zero_significant_share" in line and "0.825 [0.77, 0.88]" in line
+               and "0.260 [0.20, 0.33]" in line for line in lines)
+    assert any("grounding/blank_image_identical_share" in line for line in lines) and max(map(len, lines)) > 80
+    terminal = Console(file=io.StringIO(), width=80, force_terminal=True, record=True)
+    table = Table("metric", "value")
+    table.add_row("chexprompt/zero_significant_share/" * 3, "0.825")
+    print_table(terminal, table)
+    shown = terminal.export_text().splitlines()
+    assert max(map(len, shown)) <= 80 and "chexprompt/zero_significant_share/" * 3 not in "".join(shown)

@@ -1,5 +1,5 @@
 """Progress on the driver's console: one line per training stage, fed by what rank 0 reports,
-and counts of reports generated and judged.
+counts of reports generated and judged, and the tables commands print.
 
 The workers' own output stays in Ray's log files (`radlab run --verbose` brings it back), so the
 console shows each stage once: a rich progress bar (step, loss, lr, samples/s, elapsed, remaining)
@@ -8,6 +8,7 @@ in a terminal, and a plain line every few seconds where output goes to a file or
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +17,25 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
 # (step, {metric: value}) of the stage's latest report, or None before the first one.
 Poll = Callable[[], tuple[int, dict[str, float]] | None]
+
+
+def print_table(console: Console, table: Table) -> None:
+    """A table as wide as the terminal in one; where output goes to a file, a pipe or a job log
+    (which rich would render 80 columns wide), as wide as the table needs, so that no metric name
+    or number is cut short."""
+    natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+    if console.is_terminal or natural <= console.width:
+        console.print(table)
+        return
+    # Console.print caps a width at the console's own, so the table is laid out on a console of its
+    # natural width and its plain text written as it is (no terminal: no styles to keep).
+    wide = Console(file=io.StringIO(), width=natural, color_system=None)
+    wide.print(table)
+    console.out(wide.file.getvalue().rstrip("\n"), highlight=False)
 
 
 def report_line(stage: str, step: int, total: int, metrics: dict[str, float]) -> str:

@@ -10,6 +10,7 @@ import typer
 
 from radlab import jobs
 from radlab.cli.common import Address, Overrides, console, load, or_exit
+from radlab.progress import print_table
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Experiments running on a Ray cluster (Ray Jobs API).")
 
@@ -44,7 +45,7 @@ def jobs_list(address: Address = "http://127.0.0.1:8265") -> None:
     table = Table("id", "status", "experiment", "entrypoint")
     for job in or_exit(jobs.list_jobs, address):
         table.add_row(job["id"], job["status"], job["experiment"], job["entrypoint"])
-    console.print(table)
+    print_table(console, table)
 
 
 @jobs_app.command("logs")

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from radlab.cli.common import console, err_console, or_exit
+from radlab.progress import print_table
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: synthetic, ingest, stats, structure, preprocess.")
 ingest_app = typer.Typer(no_args_is_help=True, help="Turn a downloaded dataset into radlab manifests.")
@@ -58,7 +59,7 @@ def _print_summary(summary: dict) -> None:
         table = Table("problem", "count", "first examples", title="problems (nothing was dropped silently)")
         for kind, count in summary["problems"].items():
             table.add_row(kind, str(count), "\n".join(summary["problem_examples"].get(kind, [])))
-        console.print(table)
+        print_table(console, table)
 
 
 @ingest_app.command("mimic-cxr")
@@ -138,7 +139,7 @@ def stats(path: Annotated[Path, typer.Argument(help="an ingested dataset folder 
         top = ", ".join(f"{k} {v}" for k, v in list(p["positive_labels"].items())[:4])
         table.add_row(c.name, str(p["records"]), _counts(p["views"]), _counts(p["text"]), _counts(p["datasets"]),
                       top, str(p["findings_words_mean"]), c.digest)
-    console.print(table)
+    print_table(console, table)
     if summary:
         _print_summary(summary)
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from radlab.cli.common import Overrides, console, err_console, fail, load, or_exit
+from radlab.progress import print_table
 
 judge_app = typer.Typer(no_args_is_help=True, help="CheXprompt judges: the local reference judge, agreement.")
 DEFAULT_EVAL = {"name": "eval", "data": {"synthetic": {}}}
@@ -112,7 +113,7 @@ def judge_agreement(first: Path, second: Path) -> None:
 
     for name, row in result.items():
         table.add_row(name, with_interval(row, "kendall_tau"), with_interval(row, "mean_abs_diff"))
-    console.print(table)
+    print_table(console, table)
 
 
 COMMANDS = {"eval": eval_command}

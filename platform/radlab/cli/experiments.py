@@ -15,6 +15,7 @@ import typer
 from radlab.cli.common import Overrides, console, err_console, load, or_exit
 from radlab.config import ConfigError, Experiment, with_absolute_paths
 from radlab.errors import RadlabError
+from radlab.progress import print_table
 
 
 def validate(path: Path, overrides: Overrides = None,
@@ -126,7 +127,7 @@ def sweep(path: Path, overrides: Overrides = None,
         table.add_row(row["trial"], "\n".join(f"{k}={json.dumps(v)}" for k, v in row["overrides"].items()),
                       str(row["optuna_samples"]), ", ".join(row["search"]) or "-",
                       f"{r['workers']} x ({r['cpus_per_worker']:g} CPU{gpu})")
-    console.print(table)
+    print_table(console, table)
     if dry_run:
         return
     try:
@@ -137,7 +138,7 @@ def sweep(path: Path, overrides: Overrides = None,
         raise typer.Exit(2) from None
     metric = experiment.sweep.objective.metric
     for table in sweep_tables(result, metric):
-        console.print(table)
+        print_table(console, table)
     best = result["best"]
     if best:
         chosen = best["trial"] if best["trial"] == best["configuration"] else (

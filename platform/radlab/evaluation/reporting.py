@@ -20,6 +20,7 @@ from radlab.evaluation.judge_client import Judgment  # noqa: E402
 from radlab.evaluation.review import review_page  # noqa: E402
 from radlab.evaluation.scoring import Scored, judgment_records, report_table  # noqa: E402
 from radlab.metric_specs import GROUNDING, SCORES  # noqa: E402
+from radlab.progress import print_table  # noqa: E402
 from radlab.tracking.runs import Tracker  # noqa: E402
 
 
@@ -113,7 +114,7 @@ def print_comparison(console: Console, rows: list[dict], title: str) -> None:
     for row in rows:
         table.add_row(row["metric"], str(row["n"]), f"{row['difference']:+.3f} [{row['ci_low']:+.2f}, "
                       f"{row['ci_high']:+.2f}]", f"{row['p_value']:.3g}")
-    console.print(table)
+    print_table(console, table)
 
 
 def log_comparison(tracker: Tracker, run_id: str, rows: list[dict], name: str) -> None:
@@ -137,6 +138,6 @@ def print_summary(console: Console, columns: dict[str, dict[str, float]], skippe
                 low, high = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
                 cells.append("-" if value is None else f"{value:.3f}" + (f" [{low:.2f}, {high:.2f}]" if low is not None else ""))
             table.add_row(key, *cells)
-    console.print(table)
+    print_table(console, table)
     for name, reason in skipped.items():
         console.print(f"[yellow]skipped[/] {name}: {reason}")

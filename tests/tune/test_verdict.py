@@ -7,6 +7,7 @@ import pytest
 
 from radlab.config import parse_experiment
 from radlab.evaluation.compare import versus_over_seeds
+from radlab.evaluation.metrics import corpus_score
 from radlab.tracking.runs import Tracker
 from radlab.tune.verdict import challenge_alias, configurations, versus_baseline
 
@@ -212,3 +213,11 @@ def test_a_corpus_objective_is_tested_through_each_reports_statistics(synthetic_
     winner = tracker.register(rows[2]["run_id"], f"runs:/{rows[2]['run_id']}/model", alias=None)
     taken = challenge_alias(tracker, "champion", winner, rows[2]["run_id"], objective, 300)
     assert taken["moved"] and taken["difference"] > 0 and tracker.alias_holder("champion").version == winner
+
+    # An evaluation whose per-report table lacks what the score is computed from (here: no texts,
+    # nor the labels read off them) is named as such, and the alias stays.
+    bare = _trial(tracker, np.zeros(50), **{"stage2.lr": "bare", "seed": 0})
+    version = tracker.register(bare["run_id"], f"runs:/{bare['run_id']}/model", alias=None)
+    refused = challenge_alias(tracker, "champion", version, bare["run_id"], objective, 300)
+    fields = corpus_score(objective)
+    assert not refused["moved"] and f"no per-report {fields.reference} and {fields.candidate} logged" in refused["verdict"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from radlab.evaluation.compare import (LEVEL, patients_from_table, reports_from_table, scores_from_table, versus,
                                       versus_corpus, versus_over_seeds)
-from radlab.evaluation.metrics import corpus_score, score_of
+from radlab.evaluation.metrics import CorpusScore, corpus_score, score_of
 from radlab.tracking.runs import Tracker
 
 SEED_AXIS = "seed"
@@ -108,7 +108,7 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
         elif not testable:
             config.vs_baseline = {"verdict": f"{metric} is corpus-level: no paired test against {base_name}"}
         elif base_scores is None or (mine := scores(config)) is None:
-            config.vs_baseline = {"verdict": f"no per-report scores logged to test against {base_name}"}
+            config.vs_baseline = {"verdict": f"no {_logged(corpus)} logged to test against {base_name}"}
         else:
             config.vs_baseline = (
                 versus_corpus(mine, base_scores, metric, resamples, patients_of=patients_of or None,
@@ -124,6 +124,12 @@ def versus_baseline(tracker: Tracker, configs: list[Configuration], baseline: di
         config.vs_baseline["verdict"] = _verdict(config.name, base_name, metric, config.vs_baseline,
                                                  max(len(config.runs), len(base.runs)))
     return base
+
+
+def _logged(corpus: CorpusScore | None) -> str:
+    """What a test needs from each run's per-report table: its scores, or a corpus-level score's two
+    sides (an evaluation logged before the per-report table held CheXbert's labels has none)."""
+    return "per-report scores" if corpus is None else f"per-report {corpus.reference} and {corpus.candidate}"
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -180,11 +186,12 @@ def challenge_alias(tracker: Tracker, alias: str, version: str, run_id: str, met
         return {"moved": False, "verdict": f"{kept}: {metric} is corpus-level, with no per-report score to test "
                                            f"version {version} against it (set the alias in the MLflow UI to move it)"}
     mine, theirs = (tracker.read_table(run, "eval/trained/per_report.json") for run in (run_id, holder.run_id))
-    texts = [reports_from_table(table, corpus) for table in (mine, theirs) if table is not None] if corpus else []
-    if mine is None or theirs is None or None in texts:
-        return {"moved": False, "verdict": f"{kept}: no per-report scores logged to test version {version} against it"}
+    reports = [reports_from_table(table, corpus) for table in (mine, theirs) if table is not None] if corpus else []
+    if mine is None or theirs is None or None in reports:
+        return {"moved": False, "verdict": f"{kept}: no {_logged(corpus)} logged to test version {version} against it"}
     patients_of = (patients_from_table(theirs) or {}) | (patients_from_table(mine) or {})
-    tested = (versus_corpus({0: texts[0]}, {0: texts[1]}, metric, resamples, patients_of=patients_of or None) if corpus
+    tested = (versus_corpus({0: reports[0]}, {0: reports[1]}, metric, resamples, patients_of=patients_of or None)
+              if corpus
               else versus(scores_from_table(mine), scores_from_table(theirs), score.per_report, score.higher_is_better,
                           resamples, patients_of or None))
     if math.isnan(tested["p_value"]):
@@ -196,5 +203,5 @@ def challenge_alias(tracker: Tracker, alias: str, version: str, run_id: str, met
             f"{kept}: version {version} did not beat it significantly")
     return tested | {"moved": tested["significant"], "verdict": (
         f"{said} on {metric}: difference {tested['difference']:+.3f} [{tested['ci_low']:+.3f}, "
-        f"{tested['ci_high']:+.3f}]{'' if corpus else ' per report'}, p = {tested['p_value']:.3g} (paired permutation test, "
-        f"{tested['n']} reports both were evaluated on)")}
+        f"{tested['ci_high']:+.3f}]{'' if corpus else ' per report'}, p = {tested['p_value']:.3g} (paired "
+        f"permutation test, {tested['n']} reports both were evaluated on)")}

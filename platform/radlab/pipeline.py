@@ -46,9 +46,11 @@ def tokenizer_source(model: ModelConfig) -> str | None:
 def prepare_tokenizer(experiment: Experiment, data_digest: str) -> Path:
     """The run's tokenizer folder, checked against the language model's embeddings: the configured
     or pretrained one (with <image> added), or one trained on the training reports, cached by the
-    data's digest beside the finished checkpoints (the workers get its files with their job)."""
+    data's digest and its vocabulary size beside the finished checkpoints (the workers get its files
+    with their job)."""
     source = tokenizer_source(experiment.model)
-    key = hashlib.sha256(f"{source or 'local-bpe'}:{data_digest}".encode()).hexdigest()[:12]
+    trained = f"local-bpe-{experiment.model.language.vocab_size}"
+    key = hashlib.sha256(f"{source or trained}:{data_digest}".encode()).hexdigest()[:12]
     folder = outputs_root(experiment) / "tokenizers" / key
     if not (folder / "tokenizer_config.json").is_file():
         if source:

@@ -165,6 +165,22 @@ def test_trials_that_prepare_the_same_tokenizer_at_once_each_read_a_whole_one(tm
     assert [path.name for path in (tmp_path / "ray" / "tokenizers").iterdir()] == [prepare_tokenizer(experiment, "digest").name]
 
 
+def test_a_tokenizer_trained_on_the_reports_has_the_vocabulary_size_asked_for(tmp_path, synthetic_root):
+    """model.language.vocab_size reaches the BPE trained on the reports: a tokenizer trained for
+    another size on the same data is not reused for it."""
+    from radlab.config import parse_experiment
+    from radlab.formats.tokenizer import load_tokenizer
+    from radlab.pipeline import prepare_tokenizer
+
+    from ..conftest import experiment_dict
+
+    sizes = {}
+    for vocab_size in (300, 400):
+        raw = experiment_dict(synthetic_root, tmp_path, model={"language": {"vocab_size": vocab_size}})
+        sizes[vocab_size] = len(load_tokenizer(prepare_tokenizer(parse_experiment(raw, "t"), "digest")))
+    assert sizes == {300: 300, 400: 400}
+
+
 def test_a_tokenizer_folder_an_interrupted_save_left_is_refused_naming_it(tmp_path, synthetic_root):
     from radlab.config import parse_experiment
     from radlab.errors import RadlabError

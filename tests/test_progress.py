@@ -63,3 +63,12 @@ def test_a_table_in_a_log_keeps_every_name_and_number_whole():
     print_table(terminal, table)
     shown = terminal.export_text().splitlines()
     assert max(map(len, shown)) <= 80 and "chexprompt/zero_significant_share/" * 3 not in "".join(shown)
+
+
+def test_a_table_title_in_a_log_stays_on_one_line_above_narrow_rows():
+    title = "trained - untrained, paired on the same studies (p: paired permutation test)" + " and more" * 4
+    table = Table("metric", "p", title=title)
+    table.add_row("rouge_l_f1", "0.002")
+    log = Console(file=io.StringIO(), width=80)
+    print_table(log, table)
+    assert title in log.file.getvalue().splitlines()[0]

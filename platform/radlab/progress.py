@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -26,7 +27,9 @@ Poll = Callable[[], tuple[int, dict[str, float]] | None]
 def print_table(console: Console, table: Table) -> None:
     """A table as wide as the terminal in one; where output goes to a file, a pipe or a job log
     (which rich would render 80 columns wide), as wide as the table needs, so that no metric name
-    or number is cut short."""
+    or number is cut short, nor its title wrapped."""
+    if not console.is_terminal and table.title:
+        table.min_width = max(table.min_width or 0, cell_len(str(table.title)))
     natural = console.measure(table, options=console.options.update_width(10_000)).maximum
     if console.is_terminal or natural <= console.width:
         console.print(table)

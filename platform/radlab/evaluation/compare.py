@@ -76,8 +76,8 @@ def paired(first, second, resamples: int = 1000, seed: int = 0, clusters: Cluste
 
 def paired_corpus(first: np.ndarray, second: np.ndarray, corpus_score, resamples: int = 1000, seed: int = 0,
                   clusters: Clusters = None, confidence: float = 0.95) -> Paired:
-    """Two systems' corpus-level score (BLEU, label F1) on the same reports, first minus second, from each
-    report's sufficient statistics (rows: reports) and `corpus_score(summed statistics)`: the
+    """Two systems' corpus-level score (BLEU, label F1, F1-CheXbert) on the same reports, first minus
+    second, from each report's sufficient statistics (rows: reports) and `corpus_score(summed statistics)`: the
     interval (at `confidence`) resamples patients, both systems with the same draws, and the p-value
     is the paired permutation test that swaps the two systems' statistics on all of a patient's
     reports (sacrebleu's approximate randomisation, drawn by patient)."""

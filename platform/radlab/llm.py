@@ -50,7 +50,7 @@ class Answer:
 
 @dataclass
 class Request:
-    key: list[str]  # what identifies the answer in the cache, besides the model
+    key: list[str]  # what identifies the answer in the cache, besides the judge (LLMClient.asked_of)
     messages: list[dict]
 
 
@@ -106,6 +106,11 @@ class LLMClient:
         if config.offsite(self.base_url) and not config.allow_offsite:
             raise OffsiteError(config.offsite_refusal(consent_field, self.base_url))
         self.cache = AnswerCache(Path(config.cache))
+        # What decides an answer besides the request: the model, where it is asked (the same model
+        # name on another server or Azure deployment can be another model; the loopback reference
+        # judge's port changes from run to run, its model does not) and how (temperature, token limit).
+        where = "" if config.endpoint == "synthetic-reference" else self.base_url or config.endpoint
+        self.asked_of = [config.model, config.endpoint, where, f"{config.temperature:g}", str(config.max_tokens)]
         self.usage = {"requests": 0, "answered": 0, "prompt_tokens": 0, "completion_tokens": 0, "retries": 0,
                       "cache_hits": 0, "failed": 0}
 
@@ -123,7 +128,7 @@ class LLMClient:
 
     async def _ask(self, client, limiter: RateLimiter, gate: asyncio.Semaphore, request: Request,
                    parse: Callable[[str | None], Any]) -> Answer:
-        key = AnswerCache.key(self.config.model, *request.key)
+        key = AnswerCache.key(*self.asked_of, *request.key)
         hit = self.cache.get(key)
         if hit is not None:
             self.usage["cache_hits"] += 1

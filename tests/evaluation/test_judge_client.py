@@ -78,8 +78,18 @@ def test_cache_hits_send_no_requests(tmp_path):
     assert results[0].cached and results[0].ok
     assert sum(seen.values()) - before == 4            # only the failed one is asked again
     assert again.usage["cache_hits"] == 1
-    other_model = JudgeClient(config(tmp_path, model="gpt-4o"), base_url="http://127.0.0.1:1/v1")
-    assert other_model.cache.get(other_model.cache.key("gpt-4o", other_model.prompt.version, "ref", "fine")) is None
+
+
+def test_an_answer_is_reused_only_for_the_same_judge_asked_the_same_way(tmp_path):
+    """Another model, the same model name on another server, or another temperature or token limit
+    is asked again rather than served an answer it did not give."""
+    with serve_in_thread(faulty_gpt4_fake()[0]) as url, serve_in_thread(faulty_gpt4_fake()[0]) as other_server:
+        JudgeClient(config(tmp_path), base_url=url).judge([("ref", "fine")])
+        for fields, base_url in [({"model": "gpt-4o"}, url), ({}, other_server), ({"temperature": 0.7}, url),
+                                 ({"max_tokens": 1024}, url), ({}, url)]:
+            client = JudgeClient(config(tmp_path, **fields), base_url=base_url)
+            (result,) = client.judge([("ref", "fine")])
+            assert result.ok and result.cached == (fields == {} and base_url == url), (fields, base_url)
 
 
 def test_rate_limit_spaces_requests(tmp_path):

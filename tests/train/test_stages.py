@@ -133,6 +133,23 @@ def test_stage_keys_change_only_downstream(synthetic_root, tmp_path):
     assert all(stage_key(base, s) == stage_key(regrouped, s) for s in ("stage0", "stage1", "stage2"))
 
 
+def test_a_manifest_edited_in_place_is_not_the_data_a_finished_stage_saw(synthetic_root, tmp_path):
+    """The same YAML over a training manifest whose records changed keys its stages anew, so a rerun
+    trains them instead of reusing stages trained on the old records."""
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_bytes((synthetic_root / "train.jsonl").read_bytes())
+    raw = experiment_dict(synthetic_root, tmp_path)
+    raw["data"] = {"mixture": [{"name": "site", "manifest": str(manifest)}], "image_root": str(synthetic_root),
+                   "eval_manifest": str(synthetic_root / "test.jsonl"), "val_manifest": str(synthetic_root / "val.jsonl")}
+    raw["eval"] = {"metrics": ["rouge_l"]}
+    experiment = parse_experiment(raw, "t")
+    before = {s: stage_key(experiment, s) for s in ("stage0", "stage1", "stage2")}
+    assert before == {s: stage_key(experiment, s) for s in before}
+    records = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(records[:-1]) + "\n")  # one record fewer, the same path
+    assert all(stage_key(experiment, s) != key for s, key in before.items())
+
+
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
     deadline = time.time() + 120
     # The controller writes its snapshot once it has registered a reported checkpoint.

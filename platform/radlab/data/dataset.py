@@ -4,6 +4,7 @@ conversations: [{from: human, value: "<image>\\n..."}, {from: gpt, value: findin
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -263,10 +264,17 @@ def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str,
 
 
 def manifest_digest(config: DataConfig) -> str:
-    """A hash of the training manifests' bytes: logged so a run names the exact data it saw."""
-    digest = hashlib.sha256()
+    """A hash of the training manifests' bytes: logged so a run names the exact data it saw, and part
+    of each stage's key, so a manifest edited in place is trained on afresh. Read once per version of
+    the files (their sizes and modification times), as a run asks for it several times."""
     paths = ([synthetic_root(config) / SPLIT_FILES["train"]] if config.synthetic
-             else [s.manifest for s in config.mixture])
-    for path in paths:
+             else [Path(s.manifest) for s in config.mixture])
+    return _bytes_digest(tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in paths))
+
+
+@functools.lru_cache(maxsize=16)
+def _bytes_digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for path, _size, _modified in files:
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:16]

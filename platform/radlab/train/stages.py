@@ -60,10 +60,13 @@ def train_on_worker(config: dict) -> None:
 
 
 def stage_key(experiment: Experiment, stage: str) -> str:
-    """What a stage's result depends on: a rerun with the same key reuses the finished stage.
-    Settings that only change how data is read (data.stream, data.cache_mb), how many checkpoints are kept
-    (keep_last) or what later stages do with the tower (model.vision.frozen, for stage 0) are left
-    out."""
+    """What a stage's result depends on: a rerun with the same key reuses the finished stage. The
+    training manifests' bytes are part of it (a manifest edited in place is not the data the stage
+    saw); settings that only change how data is read (data.stream, data.cache_mb), how many
+    checkpoints are kept (keep_last) or what later stages do with the tower (model.vision.frozen,
+    for stage 0) are left out."""
+    from radlab.data.dataset import manifest_digest
+
     dump = experiment.model_dump(mode="json")
     for name in STAGES:  # how many checkpoints are kept does not change what a stage trains
         dump[name].pop("keep_last")
@@ -76,7 +79,8 @@ def stage_key(experiment: Experiment, stage: str) -> str:
         model = dump["model"]
     # How the optimizer runs (DeepSpeed's ZeRO or DDP's AdamW, and in which precision) is part of
     # what a stage trains; how many workers share the global batch is not.
-    parts = {"data": data, "model": model, **{s: dump[s] for s in upto},
+    parts = {"data": data, "manifests": manifest_digest(experiment.data), "model": model,
+             **{s: dump[s] for s in upto},
              "precision": dump["ray"]["precision"], "deepspeed": dump["ray"]["deepspeed"], "seed": dump["seed"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]

@@ -58,12 +58,23 @@ def test_a_finished_sweep_trial_is_found_by_its_digest(synthetic_root, tmp_path)
     tracker = Tracker(experiment)
     sweep = tracker.open_parent("sweep", "d", stage="sweep", digest="sweepkey")
     trial = tracker.open_parent("trial", "d", parent_run_id=sweep)
-    assert tracker.finished_trial(sweep) is None  # still running: not done
+    assert tracker.finished_trial(sweep, "d") is None  # still running: not done
     tracker.finish(trial)
-    assert tracker.finished_trial(sweep).info.run_id == trial
+    assert tracker.finished_trial(sweep, "d").info.run_id == trial
+    assert tracker.finished_trial(sweep, "edited") is None  # the same cell on training data that changed since
     other = parse_experiment(experiment_dict(synthetic_root, tmp_path, stage2={"lr": 1e-4},
                                              tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")
-    assert Tracker(other).finished_trial(sweep) is None  # another cell of the grid
+    assert Tracker(other).finished_trial(sweep, "d") is None  # another cell of the grid
+
+
+def test_an_unfinished_run_goes_on_only_on_the_same_training_data(synthetic_root, tmp_path):
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, tracking={
+        "uri": f"sqlite:///{tmp_path}/mlflow.db"}), "t")
+    tracker = Tracker(experiment)
+    first = tracker.open_parent("name: t", "digest-1")
+    assert tracker.open_parent("name: t", "digest-1") == first  # interrupted, rerun: goes on
+    edited = tracker.open_parent("name: t", "digest-2")  # the manifest changed in between
+    assert edited != first and tracker.client.get_run(edited).data.tags["radlab.data_digest"] == "digest-2"
 
 
 def test_a_model_reference_that_names_nothing_says_what_exists(synthetic_root, tmp_path):

@@ -27,6 +27,7 @@ from radlab.errors import RadlabError
 DIGEST_TAG = "radlab.digest"
 CANDIDATE = "candidate"  # MLflow reserves "latest"
 STAGE_TAG = "radlab.stage"
+DATA_TAG = "radlab.data_digest"  # the training manifests' digest: a run is resumed only on the same data
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -121,12 +122,14 @@ class Tracker:
                 return run.info.run_id
         return None
 
-    def finished_trial(self, sweep_run_id: str):
-        """This experiment's finished run under a sweep run, if a previous attempt completed it."""
+    def finished_trial(self, sweep_run_id: str, data_digest: str):
+        """This experiment's finished run under a sweep run, if a previous attempt completed it on the
+        same training data."""
         runs = self.client.search_runs(
             [self.experiment_id], max_results=1,
             filter_string=f"tags.`{DIGEST_TAG}` = '{self.experiment.digest()}' and tags.`{STAGE_TAG}` = 'experiment' "
-                          f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{sweep_run_id}' and attributes.status = 'FINISHED'")
+                          f"and tags.`{MLFLOW_PARENT_RUN_ID}` = '{sweep_run_id}' and tags.`{DATA_TAG}` = '{data_digest}' "
+                          "and attributes.status = 'FINISHED'")
         return runs[0] if runs else None
 
     def mark_stopped(self, sweep_run_id: str, digest: str) -> None:
@@ -144,15 +147,17 @@ class Tracker:
     def open_parent(self, submitted: str, data_digest: str, stage: str = "experiment", digest: str | None = None,
                     parent_run_id: str | None = None, resume: bool = False) -> str:
         """The run of an experiment (or of a sweep, or of a sweep's trial under `parent_run_id`): an
-        unfinished one with the same settings goes on; with `resume` (`radlab sweep --resume`, whose
-        restored trials name their sweep run) the latest goes on even where it had finished."""
+        unfinished one with the same settings and training data goes on; with `resume` (`radlab sweep
+        --resume`, whose restored trials name their sweep run) the latest goes on even where it had
+        finished."""
         digest = digest or self.experiment.digest()
-        run_id = self._unfinished(f"tags.`{DIGEST_TAG}` = '{digest}' and tags.`{STAGE_TAG}` = '{stage}'", resume)
+        run_id = self._unfinished(f"tags.`{DIGEST_TAG}` = '{digest}' and tags.`{STAGE_TAG}` = '{stage}' "
+                                  f"and tags.`{DATA_TAG}` = '{data_digest}'", resume)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         tags = {DIGEST_TAG: digest, STAGE_TAG: stage, MLFLOW_RUN_NAME: f"{self.experiment.name}-{stage}-{digest[:6]}",
-                "radlab.git_commit": git_commit(), "radlab.data_digest": data_digest}
+                "radlab.git_commit": git_commit(), DATA_TAG: data_digest}
         if parent_run_id:
             tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=tags)

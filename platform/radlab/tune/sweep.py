@@ -142,6 +142,7 @@ def run_trial(config: dict, base: dict) -> dict:
     values; reports the objective and every metric (and, with a scheduler, each checkpoint's
     validation loss on the way). `base` is bound with tune.with_parameters rather than put in the
     trial's config, which Tune prints for every trial."""
+    from radlab.data.dataset import manifest_digest
     from radlab.evaluation.reporting import logged_scores
     from radlab.pipeline import run_experiment
 
@@ -156,7 +157,7 @@ def run_trial(config: dict, base: dict) -> dict:
     lock = f"{experiment.name}-trial-{experiment.digest()}-{config['sweep_run']}"
     with held_alone(experiment, lock, lambda where: print("the same settings as a trial running now: waiting to "
                                                           f"reuse its result ({where})", flush=True)):
-        done = tracker.finished_trial(config["sweep_run"])
+        done = tracker.finished_trial(config["sweep_run"], manifest_digest(experiment.data))
         if done is not None:
             return {**logged_scores(tracker, done.info.run_id), "trial_run_id": done.info.run_id}
         # Tune retries a failed trial (sweep.max_failures) for faults; an attempt that failed by a

@@ -150,6 +150,27 @@ def test_a_manifest_edited_in_place_is_not_the_data_a_finished_stage_saw(synthet
     assert all(stage_key(experiment, s) != key for s, key in before.items())
 
 
+def test_a_model_folder_written_again_in_place_is_not_what_a_finished_stage_built_on(synthetic_root, tmp_path):
+    """A language model folder rewritten at the same path (a new conversion, other weights) keys
+    stages 1 and 2 anew; stage 0, which does not read it, keeps its key."""
+    import os
+
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    raw = experiment_dict(synthetic_root, tmp_path, model={"language": {"path": str(folder)}})
+    experiment = parse_experiment(raw, "t")
+    before = {s: stage_key(experiment, s) for s in ("stage0", "stage1", "stage2")}
+    assert before == {s: stage_key(experiment, s) for s in before}
+    (folder / "model.safetensors").write_bytes(b"other w")  # the same size
+    stat = (folder / "model.safetensors").stat()
+    os.utime(folder / "model.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    after = {s: stage_key(experiment, s) for s in before}
+    assert after["stage0"] == before["stage0"]
+    assert after["stage1"] != before["stage1"] and after["stage2"] != before["stage2"]
+
+
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
     deadline = time.time() + 120
     # The controller writes its snapshot once it has registered a reported checkpoint.

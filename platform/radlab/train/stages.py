@@ -61,8 +61,9 @@ def train_on_worker(config: dict) -> None:
 
 def stage_key(experiment: Experiment, stage: str) -> str:
     """What a stage's result depends on: a rerun with the same key reuses the finished stage. The
-    training manifests' bytes are part of it (a manifest edited in place is not the data the stage
-    saw); settings that only change how data is read (data.stream, data.cache_mb), how many
+    training manifests' bytes and the files of the local model folders it builds on are part of it
+    (a manifest edited in place, or a tower imported again into the same folder, is not what the
+    stage saw); settings that only change how data is read (data.stream, data.cache_mb), how many
     checkpoints are kept (keep_last) or what later stages do with the tower (model.vision.frozen,
     for stage 0) are left out."""
     from radlab.data.dataset import manifest_digest
@@ -77,13 +78,28 @@ def stage_key(experiment: Experiment, stage: str) -> str:
         model = {"vision": vision, "tokenizer": dump["model"]["tokenizer"]}
     else:
         model = dump["model"]
+    folders = {"model.vision.path": experiment.model.vision.path, "model.tokenizer": experiment.model.tokenizer,
+               "stage0.text.path": experiment.stage0.text.path if experiment.stage0.enabled else None}
+    if stage != "stage0":
+        folders["model.language.path"] = experiment.model.language.path
     # How the optimizer runs (DeepSpeed's ZeRO or DDP's AdamW, and in which precision) is part of
     # what a stage trains; how many workers share the global batch is not.
     parts = {"data": data, "manifests": manifest_digest(experiment.data), "model": model,
+             "folders": {name: folder_files(path) for name, path in folders.items() if path},
              **{s: dump[s] for s in upto},
              "precision": dump["ray"]["precision"], "deepspeed": dump["ray"]["deepspeed"], "seed": dump["seed"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def folder_files(path: str) -> list | None:
+    """A local folder's files as (name, size, modification time), which change when it is written
+    again in place; None for a hub id (its name is in the key) or a path that is not a folder."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    return sorted([str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns]
+                  for f in root.rglob("*") if f.is_file())
 
 
 def stage_steps(experiment: Experiment, stage: str) -> int:

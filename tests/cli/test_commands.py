@@ -156,6 +156,19 @@ def test_submit_refuses_settings_that_keep_results_in_the_jobs_copy(tmp_path, mo
     assert result.exit_code == 2 and "set it to your MLflow server" in result.output
 
 
+def test_eval_of_an_encoder_whose_training_manifest_is_gone_names_it(synthetic_root, tmp_path, monkeypatch):
+    """The trained encoder's folder is named by its stage's key, which holds the training manifests'
+    digest: a manifest no longer there is one line naming it, not a traceback."""
+    monkeypatch.chdir(tmp_path)
+    raw = experiment_dict(synthetic_root, tmp_path, eval={"metrics": ["rouge_l"]})
+    raw["data"] = {"mixture": [{"name": "site", "manifest": str(tmp_path / "gone.jsonl")}],
+                   "image_root": str(synthetic_root), "eval_manifest": str(synthetic_root / "test.jsonl"),
+                   "val_manifest": str(synthetic_root / "val.jsonl")}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["eval", "e.yaml", "--task", "retrieval"])
+    assert result.exit_code == 2 and f"{tmp_path / 'gone.jsonl'}: manifest not found" in result.output, result.output
+
+
 def test_eval_of_a_checkpoint_that_names_nothing_leaves_no_run(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 

@@ -39,7 +39,7 @@ def eval_command(
     if task not in ("reports", "retrieval"):
         raise fail(f"--task {task}: expected reports or retrieval")
     if task == "retrieval" and checkpoint is None and path is not None:
-        own = encoder_folder(load(path, overrides))
+        own = or_exit(encoder_folder, load(path, overrides))
         if not own.is_dir():
             raise fail(f"{path}: no trained encoder at {own}; run `radlab run {path}` or pass --checkpoint")
         checkpoint = str(own)

@@ -269,7 +269,13 @@ def manifest_digest(config: DataConfig) -> str:
     the files (their sizes and modification times), as a run asks for it several times."""
     paths = ([synthetic_root(config) / SPLIT_FILES["train"]] if config.synthetic
              else [Path(s.manifest) for s in config.mixture])
-    return _bytes_digest(tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in paths))
+    versions = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: manifest not found")
+        stat = path.stat()
+        versions.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return _bytes_digest(tuple(versions))
 
 
 @functools.lru_cache(maxsize=16)

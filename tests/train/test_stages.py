@@ -171,6 +171,28 @@ def test_a_model_folder_written_again_in_place_is_not_what_a_finished_stage_buil
     assert after["stage1"] != before["stage1"] and after["stage2"] != before["stage2"]
 
 
+def test_an_encoder_copied_out_again_by_a_rerun_keeps_the_key_of_the_stages_built_on_it(synthetic_root, tmp_path):
+    """A stage 0 encoder folder is copied out anew at the end of every run of its experiment (new
+    files, new modification times); the stages that build on it keep their key while its weights
+    are the same (its checksums.json), and change it when they are not."""
+    from radlab.model.checkpoint import atomic_folder
+
+    folder = tmp_path / "encoder"
+
+    def write(weights: bytes) -> None:
+        with atomic_folder(folder, checksums=True) as tmp:
+            (tmp / "config.json").write_text("{}")
+            (tmp / "model.safetensors").write_bytes(weights)
+
+    write(b"weights")
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, model={"vision": {"path": str(folder)}}), "t")
+    before = stage_key(experiment, "stage1")
+    write(b"weights")
+    assert stage_key(experiment, "stage1") == before
+    write(b"other w")
+    assert stage_key(experiment, "stage1") != before
+
+
 def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list) -> None:
     deadline = time.time() + 120
     # The controller writes its snapshot once it has registered a reported checkpoint.

@@ -92,12 +92,18 @@ def stage_key(experiment: Experiment, stage: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def folder_files(path: str) -> list | None:
-    """A local folder's files as (name, size, modification time), which change when it is written
-    again in place; None for a hub id (its name is in the key) or a path that is not a folder."""
+def folder_files(path: str) -> dict | list | None:
+    """What a local model folder holds: for one radlab wrote (a stage 0 encoder, a checkpoint), the
+    sha256 of each file from its checksums.json, which copying it out again after a rerun keeps;
+    otherwise each file's name, size and modification time, which change when it is written again
+    in place. None for a hub id (its name is in the key) or a path that is not a folder."""
+    from radlab.model.checkpoint import CHECKSUMS
+
     root = Path(path)
     if not root.is_dir():
         return None
+    if (root / CHECKSUMS).is_file():
+        return json.loads((root / CHECKSUMS).read_text())
     return sorted([str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns]
                   for f in root.rglob("*") if f.is_file())
 

@@ -1,6 +1,7 @@
 """The plain PyTorch loop radlab's training is measured against: one process, the parts radlab
 trains (the tower too where the model leaves it unfrozen), AdamW with the stage's cosine schedule
-after warmup and gradients clipped to norm 1, and in each step the examples radlab's workers draw
+after warmup and gradients clipped to norm 1, the forward under bf16 autocast where the experiment
+trains in bf16, and in each step the examples radlab's workers draw
 for the experiment's seed, collated as one batch; and stage 0's contrastive loop (`train_contrastive`)."""
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ def train_stage(model, experiment, stage_name: str, tokenizer, prepared: bool = 
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     schedule = get_cosine_schedule_with_warmup(optimizer, int(stage.warmup_ratio * stage.max_steps), stage.max_steps)
     model.train()
+    bf16 = experiment.ray.precision == "bf16"
     started = time.perf_counter()
     for index, batch in enumerate(batches):
         if index == timed_from:
             started = time.perf_counter()
-        model(**{k: batch[k] for k in INPUTS}).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**{k: batch[k] for k in INPUTS}).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()

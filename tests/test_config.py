@@ -6,7 +6,7 @@ import yaml
 from typer.testing import CliRunner
 
 from radlab.cli import app
-from radlab.config import ConfigError, apply_override, load_experiment, parse_experiment
+from radlab.config import ConfigError, apply_override, cpu_has_native_bf16, load_experiment, parse_experiment
 from radlab.formats.images import ImageTransform
 from radlab.model.towers import ModelError
 from radlab.pipeline import run_experiment
@@ -96,6 +96,39 @@ def test_override_into_list_items():
 def test_hardware_sanity_is_checked_before_start(tmp_path, ray, message):
     with pytest.raises(ConfigError, match=message):
         load_experiment(write(tmp_path, {**BASE, "ray": ray}))
+
+
+@pytest.mark.parametrize("ray, precision", [
+    ({"use_gpu": True, "accelerator": "V100"}, "fp16"),
+    ({"use_gpu": True, "accelerator": "T4"}, "fp16"),
+    ({"use_gpu": True, "accelerator": "A100"}, "bf16"),
+    ({}, "bf16" if cpu_has_native_bf16() else "fp32"),  # the embedded Ray's CPUs are this machine's
+])
+def test_precision_auto_resolves_to_what_the_hardware_trains_in(tmp_path, ray, precision):
+    experiment = load_experiment(write(tmp_path, {**BASE, "ray": {**ray, "precision": "auto"}}))
+    assert experiment.ray.precision == precision
+    # Resolved once, so a stage's key and the logged config name the precision trained in.
+    assert experiment.model_dump()["ray"]["precision"] == precision
+
+
+@pytest.mark.parametrize("ray, message", [
+    ({"use_gpu": True}, "precision auto on GPUs needs ray.accelerator"),
+    ({"address": "ray://head:10001"}, "precision auto: the workers' CPUs are the cluster's"),
+])
+def test_precision_auto_refuses_hardware_it_cannot_see(tmp_path, ray, message):
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(write(tmp_path, {**BASE, "ray": {**ray, "precision": "auto"}}))
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 sha_ni\n")
+    assert cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 amx_tile amx_bf16\n")
+    assert cpu_has_native_bf16(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")  # bf16 emulated
+    assert not cpu_has_native_bf16(cpuinfo)
+    assert not cpu_has_native_bf16(tmp_path / "absent")  # not Linux
 
 
 def test_lora_and_stage_rules(tmp_path):

@@ -382,6 +382,16 @@ ACCELERATOR_GIB = {"V100": (16, 32), "T4": (16,), "L4": (24,), "A100": (40, 80),
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
 
 
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this machine's CPU computes in bf16 natively (the avx512_bf16 or amx_bf16 flag of
+    Linux's /proc/cpuinfo); elsewhere, or without the file, False."""
+    try:
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 class RayConfig(Section):
     address: str | None = Field(None, description="None starts an embedded local Ray; 'auto' or ray://host:10001 joins one")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the embedded Ray")
@@ -394,7 +404,9 @@ class RayConfig(Section):
                                           "machine's cores shared among the workers; otherwise 1")
     use_gpu: bool = False
     accelerator: Literal["V100", "A100", "H100", "L4", "T4"] | None = None
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "fp32", description="auto: the half precision the hardware trains in natively (bf16 on a CPU with "
+        "avx512_bf16 or AMX and on GPUs from A100 on, fp16 on V100 and T4), else fp32")
     gpu_memory_gb: float | None = Field(None, gt=0, description="memory of each GPU, for the memory plan "
                                         "(default: the accelerator's smallest variant, e.g. V100 16); above it, "
                                         "the smallest variant that holds it is asked of Ray as "
@@ -436,10 +448,25 @@ class RayConfig(Section):
         cores = self.num_cpus or os.cpu_count() or 1
         return float(max(1, cores // sharing_workers)) if embedded_cpu else 1.0
 
+    def auto_precision(self) -> str:
+        """What `precision: auto` resolves to, from the hardware the workers run on: GPUs by
+        `accelerator`, the embedded Ray's CPUs by this machine's (emulated bf16 is slower than fp32)."""
+        if self.use_gpu:
+            if self.accelerator is None:
+                raise ValueError("precision auto on GPUs needs ray.accelerator (bf16 from A100 on, fp16 on V100 "
+                                 "and T4); or set ray.precision")
+            return "fp16" if self.accelerator in ("V100", "T4") else "bf16"
+        if self.address is not None or os.environ.get("RAY_ADDRESS"):
+            raise ValueError("precision auto: the workers' CPUs are the cluster's, not this machine's; set "
+                             "ray.precision: fp32, or bf16 where they have avx512_bf16 or AMX")
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+
     @model_validator(mode="after")
     def _hardware(self) -> RayConfig:
         if self.cpus_per_worker is None:
             self.cpus_per_worker = self.default_cpus_per_worker(self.workers)
+        if self.precision == "auto":
+            self.precision = self.auto_precision()
         if self.min_workers is not None and self.min_workers > self.workers:
             raise ValueError(f"min_workers {self.min_workers} exceeds workers {self.workers}")
         if self.precision == "bf16" and self.accelerator in ("V100", "T4"):

@@ -241,9 +241,10 @@ def test_two_workers_checkpoint_and_resume_after_a_worker_is_killed(ray_session,
     assert result.metrics == again.metrics == {"val_loss": client.get_run(run_id).data.metrics["val_loss"]}
 
 
-def _plain_loop_losses(model, experiment, tokenizer, stage_name: str, world: int) -> list[float]:
+def _plain_loop_losses(model, experiment, tokenizer, stage_name: str, world: int, bf16: bool = False) -> list[float]:
     """The stage written as a plain PyTorch loop, the ranks' micro-batches taken in one process:
-    each step's loss as radlab logs it (the mean of the ranks' losses)."""
+    each step's loss as radlab logs it (the mean of the ranks' losses); with `bf16`, each forward
+    under bf16 autocast."""
     stage = getattr(experiment, stage_name)
     set_trainable(model, stage.train + ([] if experiment.model.vision.frozen else ["vision"]))
     dataset = stage_dataset(experiment, tokenizer, "train", stage.template, image_transform(experiment.model.vision))
@@ -259,7 +260,8 @@ def _plain_loop_losses(model, experiment, tokenizer, stage_name: str, world: int
     model.train()
     losses = []
     for _ in range(stage.max_steps):
-        per_rank = [model(**{k: batch[k] for k in INPUTS}).loss for batch in (next(r) for r in ranks)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            per_rank = [model(**{k: batch[k] for k in INPUTS}).loss for batch in (next(r) for r in ranks)]
         (sum(per_rank) / world).backward()  # DDP's gradient: the mean of the ranks'
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -305,6 +307,32 @@ def test_stage2_starts_from_stage1_and_adds_lora(ray_session, synthetic_root, to
     assert vision_a.keys() == vision_b.keys()
     changed = [k for k in vision_a if not (vision_a[k] == vision_b[k]).all()]
     assert changed  # the tiny preset tunes its encoder (vision.frozen: false)
+
+
+def test_a_bf16_stage_on_cpus_trains_under_bf16_autocast(ray_session, synthetic_root, tokenizer_dir, tokenizer_files,
+                                                          tmp_path):
+    """`ray.precision: bf16` without GPUs (what `auto` gives on a CPU with avx512_bf16 or AMX): the
+    workers' forward runs under bf16 autocast, the weights and AdamW stay fp32. The losses radlab
+    logs are a plain loop's under autocast, and not the fp32 loop's."""
+    experiment = parse_experiment(experiment_dict(synthetic_root, tmp_path, ray={"precision": "bf16"}), "t")
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking)
+    run_id = client.create_run(client.create_experiment("bf16")).info.run_id
+    trained = run_stage(StageJob(experiment, "stage1", tokenizer_files, tracking, run_id)).checkpoint
+    tokenizer = load_tokenizer(tokenizer_dir)
+    plain = {}
+    for bf16 in (True, False):
+        torch.manual_seed(experiment.seed)
+        model = build_model(experiment.model, tokenizer, experiment.data.max_length)
+        plain[bf16] = _plain_loop_losses(model, experiment, tokenizer, "stage1", 2, bf16=bf16)
+    logged = [m.value for m in sorted(client.get_metric_history(run_id, "loss"), key=lambda m: m.step)]
+    # The first step's loss comes from the same weights on both sides: autocast's, to the bit.
+    assert logged[0] == pytest.approx(plain[True][0], rel=1e-6) != plain[False][0]
+    assert logged == pytest.approx(plain[True], rel=1e-4)
+    assert logged != pytest.approx(plain[False], rel=1e-4)
+    with trained.as_directory() as folder:
+        weights = load_checkpoint(Path(folder)).model.state_dict().values()
+    assert {w.dtype for w in weights if w.is_floating_point()} == {torch.float32}
 
 
 def _stage_metrics(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:

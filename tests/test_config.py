@@ -104,7 +104,8 @@ def test_hardware_sanity_is_checked_before_start(tmp_path, ray, message):
     ({"use_gpu": True, "accelerator": "A100"}, "bf16"),
     ({}, "bf16" if cpu_has_native_bf16() else "fp32"),  # the embedded Ray's CPUs are this machine's
 ])
-def test_precision_auto_resolves_to_what_the_hardware_trains_in(tmp_path, ray, precision):
+def test_precision_auto_resolves_to_what_the_hardware_trains_in(tmp_path, monkeypatch, ray, precision):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # not a Ray job's driver, whose CPUs are the cluster's
     experiment = load_experiment(write(tmp_path, {**BASE, "ray": {**ray, "precision": "auto"}}))
     assert experiment.ray.precision == precision
     # Resolved once, so a stage's key and the logged config name the precision trained in.

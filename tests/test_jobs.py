@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from radlab import jobs
 from radlab.cli import app
-from radlab.config import parse_experiment
+from radlab.config import cpu_has_native_bf16, parse_experiment
 
 from .conftest import ROOT, experiment_dict, free_port
 
@@ -78,8 +78,10 @@ def _project(tmp_path: Path, raw: dict) -> Path:
 
 def test_submit_runs_an_experiment_on_the_cluster(cluster, mlflow_server, synthetic_root, tmp_path, monkeypatch):
     address = cluster["address"]
+    # precision auto, as the quickstart ships: resolved on the cluster by asking its nodes.
     raw = experiment_dict(synthetic_root, tmp_path, tracking={"uri": mlflow_server, "register_as": "radlab-jobs-test"},
-                          eval={"compare_untrained": False, "judge": {"cache": str(tmp_path / "judge.sqlite")}})
+                          eval={"compare_untrained": False, "judge": {"cache": str(tmp_path / "judge.sqlite")}},
+                          ray={"precision": "auto"})
     raw["name"] = "jobs-test"
     project = _project(tmp_path, raw)
     monkeypatch.chdir(project)
@@ -96,6 +98,9 @@ def test_submit_runs_an_experiment_on_the_cluster(cluster, mlflow_server, synthe
     assert stopped.exit_code == 0 and "already finished" in stopped.output
     version = MlflowClient(mlflow_server).get_model_version("radlab-jobs-test", "1")
     assert version.run_id
+    native = "bf16" if cpu_has_native_bf16() else "fp32"  # both nodes are this machine
+    assert f"ray.precision auto: {native} (every node of the cluster" in result.output
+    assert MlflowClient(mlflow_server).get_run(version.run_id).data.params["ray.precision"] == native
 
 
 def test_jobs_verbs_name_what_is_wrong(cluster):

@@ -441,32 +441,39 @@ class RayConfig(Section):
             return self.accelerator
         return f"{self.accelerator}-{next(gib for gib in variants if gib >= self.gpu_memory_gb)}G"
 
+    @property
+    def joins_cluster(self) -> bool:
+        """Whether the run joins a running Ray (`address`, or the RAY_ADDRESS a Ray job's driver
+        gets) rather than starting one on this machine."""
+        return self.address is not None or bool(os.environ.get("RAY_ADDRESS"))
+
     def default_cpus_per_worker(self, sharing_workers: int) -> float:
         """On an embedded Ray without GPUs, this machine's cores shared among `sharing_workers`;
         otherwise 1."""
-        embedded_cpu = self.address is None and not os.environ.get("RAY_ADDRESS") and not self.use_gpu
+        embedded_cpu = not self.joins_cluster and not self.use_gpu
         cores = self.num_cpus or os.cpu_count() or 1
         return float(max(1, cores // sharing_workers)) if embedded_cpu else 1.0
 
     def auto_precision(self) -> str:
         """What `precision: auto` resolves to, from the hardware the workers run on: GPUs by
-        `accelerator`, the embedded Ray's CPUs by this machine's (emulated bf16 is slower than fp32)."""
+        `accelerator`, the embedded Ray's CPUs by this machine's (emulated bf16 is slower than fp32).
+        A cluster's CPUs are not this machine's: there it stays `auto` until the run has joined the
+        cluster and asked its nodes (`radlab.runtime.cluster_precision`)."""
         if self.use_gpu:
             if self.accelerator is None:
                 raise ValueError("precision auto on GPUs needs ray.accelerator (bf16 from A100 on, fp16 on V100 "
                                  "and T4); or set ray.precision")
             return "fp16" if self.accelerator in ("V100", "T4") else "bf16"
-        if self.address is not None or os.environ.get("RAY_ADDRESS"):
-            raise ValueError("precision auto: the workers' CPUs are the cluster's, not this machine's; set "
-                             "ray.precision: fp32, or bf16 where they have avx512_bf16 or AMX")
+        if self.joins_cluster:
+            return "auto"
         return "bf16" if cpu_has_native_bf16() else "fp32"
 
     @model_validator(mode="after")
     def _hardware(self) -> RayConfig:
         if self.cpus_per_worker is None:
             self.cpus_per_worker = self.default_cpus_per_worker(self.workers)
-        if self.precision == "auto":
-            self.precision = self.auto_precision()
+        if self.precision == "auto" and (resolved := self.auto_precision()) != "auto":
+            self.precision = resolved
         if self.min_workers is not None and self.min_workers > self.workers:
             raise ValueError(f"min_workers {self.min_workers} exceeds workers {self.workers}")
         if self.precision == "bf16" and self.accelerator in ("V100", "T4"):

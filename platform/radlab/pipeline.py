@@ -24,7 +24,7 @@ from radlab.model.checkpoint import atomic_folder
 from radlab.model.memory import experiment_plans
 from radlab.model.towers import image_transform
 from radlab.progress import stage_progress
-from radlab.runtime import check_resources, init_ray
+from radlab.runtime import check_resources, cluster_precision, init_ray
 from radlab.tracking.runs import Tracker
 from radlab.train.stages import STAGES, StageJob, exclusive_stage, finished_stage, run_stage, stage_key, stage_steps
 
@@ -144,6 +144,13 @@ def run_experiment(experiment: Experiment, submitted: str, console: Console | No
     if logs and not verbose:
         console.print(f"Ray's own logs: {logs} (--verbose shows them here)", highlight=False, soft_wrap=True)
     check_resources(experiment.ray)
+    if experiment.ray.precision == "auto":  # a cluster's CPUs: asked now that the run has joined it
+        experiment = experiment.model_copy(update={"ray": experiment.ray.model_copy(
+            update={"precision": cluster_precision(experiment.ray)})})
+        has = "has" if experiment.ray.precision == "bf16" else "has not"
+        console.print(f"ray.precision auto: {experiment.ray.precision} (every node of the cluster that can hold a "
+                      f"worker {has} avx512_bf16 or AMX)", highlight=False, soft_wrap=True)
+        tracker = Tracker(experiment)
     parent = tracker.open_parent(submitted, data_digest, parent_run_id=parent_run_id)
     checkpoint = encoder = child = None
     metrics: dict[str, float] = {}

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from radlab.config import ConfigError, RayConfig
+from radlab.config import ConfigError, RayConfig, cpu_has_native_bf16
 
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default);
@@ -118,7 +118,7 @@ def check_resources(config: RayConfig, reserved_cpu: float = 0.0) -> None:
     else for the whole run (a sweep's trial actors). Errors name the fields."""
     import ray
 
-    if config.address or os.environ.get("RAY_ADDRESS"):
+    if config.joins_cluster:
         return
     need = {"CPU": config.cpus_per_worker, "GPU": 1.0 if config.use_gpu else 0.0}
     if config.accelerator:
@@ -136,3 +136,23 @@ def check_resources(config: RayConfig, reserved_cpu: float = 0.0) -> None:
         beside = f" beside {reserved_cpu:g} CPU its trials' actors take" if reserved_cpu else ""
         raise ConfigError(f"ray.workers={wanted} x {{{asked}}}: this machine's Ray can hold {holds} such workers"
                          f"{beside} ({fields}); lower them, or join a cluster with ray.address / --address")
+
+
+def cluster_precision(config: RayConfig, timeout_s: float = 60) -> str:
+    """What `precision: auto` resolves to on a cluster's CPUs, once joined: bf16 where every alive
+    node that can hold a worker (`cpus_per_worker`) computes in it natively (avx512_bf16 or AMX),
+    else fp32 (emulated bf16 is slower than fp32); each such node is asked by a task pinned to it.
+    Nodes an autoscaler adds later are not seen: with none there yet, it refuses."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes()
+             if node.get("Alive") and node["Resources"].get("CPU", 0.0) >= config.cpus_per_worker]
+    if not nodes:
+        raise ConfigError(f"ray.precision auto: no node of the cluster can hold a worker of "
+                          f"{config.cpus_per_worker:g} CPUs yet to ask; set ray.precision: fp32, or bf16 where "
+                          f"the workers' CPUs have avx512_bf16 or AMX")
+    ask = ray.remote(num_cpus=0)(cpu_has_native_bf16)
+    native = ray.get([ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                      for node in nodes], timeout=timeout_s)
+    return "bf16" if all(native) else "fp32"

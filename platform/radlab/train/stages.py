@@ -83,11 +83,12 @@ def stage_key(experiment: Experiment, stage: str) -> str:
     if stage != "stage0":
         folders["model.language.path"] = experiment.model.language.path
     # How the optimizer runs (DeepSpeed's ZeRO or DDP's AdamW, and in which precision) is part of
-    # what a stage trains; how many workers share the global batch is not.
+    # what a report-model stage trains (stage 0 trains in fp32 with AdamW whatever they are); how
+    # many workers share the global batch is not.
+    optimizer = {} if stage == "stage0" else {"precision": dump["ray"]["precision"], "deepspeed": dump["ray"]["deepspeed"]}
     parts = {"data": data, "manifests": manifest_digest(experiment.data), "model": model,
              "folders": {name: folder_files(path) for name, path in folders.items() if path},
-             **{s: dump[s] for s in upto},
-             "precision": dump["ray"]["precision"], "deepspeed": dump["ray"]["deepspeed"], "seed": dump["seed"]}
+             **{s: dump[s] for s in upto}, **optimizer, "seed": dump["seed"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -78,7 +78,7 @@ def ray_session():
 
     from radlab.runtime import embedded_ray_options
 
-    ray.init(**embedded_ray_options(4, {"HF_HUB_OFFLINE": "1"}, dashboard=True))  # it hosts sweeps
+    ray.init(**embedded_ray_options(4, {"HF_HUB_OFFLINE": "1"}))
     yield ray
     ray.shutdown()
 

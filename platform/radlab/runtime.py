@@ -32,20 +32,19 @@ def free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
-def embedded_ray_options(num_cpus: int, env: dict[str, str] | None = None, dashboard: bool = False) -> dict:
-    """`ray.init` arguments of an embedded Ray on this machine. `dashboard` (for sweeps) runs Ray's
-    dashboard on 127.0.0.1, on a port of its own named to every process (which then never looks
-    for it among other Rays on the machine): its state API is how Ray Train's placement group
-    cleaner sees a stage controller die with the sweep trial the scheduler stopped. Without it that
-    stage's placement group holds its CPUs or GPUs until the driver ends; a `radlab run` ends with
-    its stages, and starts a second or two sooner without it."""
-    env = embedded_ray_env() | (env or {})
-    if not dashboard:
-        return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False, "runtime_env": {"env_vars": env}}
+def embedded_ray_options(num_cpus: int, env: dict[str, str] | None = None) -> dict:
+    """`ray.init` arguments of an embedded Ray on this machine. Its dashboard runs on 127.0.0.1, on
+    a port of its own named to every process as RAY_API_SERVER_ADDRESS: Ray Train's placement group
+    cleaner asks that state API every second whether a stage's controller still lives, and removes
+    the stage's workers when it does not. Without the address named, Ray looks for an API among
+    all the Rays on the machine: with none it finds nothing (and a stopped sweep trial's stage held
+    its CPUs until the driver ended), and once another Ray with a dashboard was started beside a
+    run, the run's cleaner asked that Ray, which knew no such controller, and removed the workers
+    of a stage in training."""
     port = free_loopback_port()
+    env = embedded_ray_env() | (env or {}) | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
     return {"address": "local", "num_cpus": num_cpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": port,
-            "runtime_env": {"env_vars": env | {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}}}
+            "dashboard_port": port, "runtime_env": {"env_vars": env}}
 
 
 def end_on_sigterm() -> None:
@@ -72,12 +71,11 @@ def own_signal_handlers() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def init_ray(config: RayConfig, verbose: bool = True, dashboard: bool = False,
-             embedded_env: dict[str, str] | None = None) -> str | None:
-    """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers; return
-    the folder of Ray's logs (None when Ray was already started). With `verbose` off, the workers'
-    and Ray's own output stays in those logs instead of the console. `dashboard`: see
-    `embedded_ray_options`; `embedded_env`: variables for every process of an embedded Ray."""
+def init_ray(config: RayConfig, verbose: bool = True, embedded_env: dict[str, str] | None = None) -> str | None:
+    """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers (see
+    `embedded_ray_options`); return the folder of Ray's logs (None when Ray was already started).
+    With `verbose` off, the workers' and Ray's own output stays in those logs instead of the
+    console. `embedded_env`: variables for every process of an embedded Ray."""
     import ray
 
     for key, value in LOOPBACK_ENV.items():
@@ -93,7 +91,7 @@ def init_ray(config: RayConfig, verbose: bool = True, dashboard: bool = False,
     else:
         cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
         # address="local": a Ray of its own, even where another Ray runs on this machine.
-        context = ray.init(**embedded_ray_options(cpus, embedded_env, dashboard), log_to_driver=verbose,
+        context = ray.init(**embedded_ray_options(cpus, embedded_env), log_to_driver=verbose,
                            logging_level=level)
     end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
     logs = os.path.join(context.address_info["session_dir"], "logs")

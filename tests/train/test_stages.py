@@ -25,7 +25,7 @@ from radlab.model.build import apply_lora, build_model, set_trainable
 from radlab.model.checkpoint import is_resume_point, load_checkpoint, load_train_state
 from radlab.model.towers import image_transform
 from radlab.train.findings import INPUTS, FindingsStage
-from radlab.train.stages import (DONE, StageJob, exclusive_stage, finished_stage, run_stage, stage_key,
+from radlab.train.stages import (DONE, StageJob, exclusive_stage, failure_cause, finished_stage, run_stage, stage_key,
                                  stage_run_name)
 
 from ..conftest import experiment_dict
@@ -415,3 +415,23 @@ def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, t
     metrics = client.get_run(run_id).data.metrics
     assert metrics["skipped_images"] == sum(per_rank)
     assert 0 < metrics["wall_samples_per_s"]  # start-up and checkpoints included, beside samples_per_s
+
+
+def test_a_dead_workers_cause_names_why_ray_ended_its_process():
+    """A failed health check says only that a worker is gone; Ray's exit detail says why (here its
+    placement group removed, as Ray's state API on another Ray once made Ray Train's cleaner do)."""
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+
+    died = ActorDiedError.__new__(ActorDiedError)
+    Exception.__init__(died)
+    died.error_msg = (
+        "The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker\n\tpid: 8232\n"
+        "The actor is dead because its worker process has died. Worker exit type: INTENDED_SYSTEM_EXIT Worker exit "
+        "detail: Destroying worker since its placement group was removed. Placement group id: 61182e7f54de938b943f54"
+        "768a2701000000, bundle index: 0")
+    cause = failure_cause({0: WorkerHealthCheckFailedError("A worker health check failed.", died),
+                           1: RuntimeError("gloo: connection closed by peer")})
+    assert cause == ("worker 0: WorkerHealthCheckFailedError: A worker health check failed. (Destroying worker since "
+                     "its placement group was removed)")
+    assert failure_cause({0: RuntimeError("CUDA out of memory")}) == "CUDA out of memory"

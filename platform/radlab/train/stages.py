@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -179,13 +180,16 @@ def error_signature(worker_errors: dict[int, BaseException]) -> str | None:
 
 
 def failure_cause(worker_errors: dict[int, BaseException]) -> str:
-    """One line saying why a worker group failed: the raised error, or which worker died and how."""
+    """One line saying why a worker group failed: the raised error, or which worker died and how,
+    with the reason Ray gives for the process's end ("Worker exit detail"), such as its placement
+    group removed or the OOM killer: a failed health check alone does not say it."""
     signature = error_signature(worker_errors)
     if signature is not None:
         return signature
     rank, fault = next((r, e) for r, e in sorted(worker_errors.items()) if is_fault(e))
     first = next((line.strip() for line in str(fault).splitlines() if line.strip()), "")
-    return f"worker {rank}: {type(fault).__name__}: {first}"
+    detail = re.search(r"Worker exit detail: (.+?)(?:\.\s|\.?$)", str(fault), re.MULTILINE)
+    return f"worker {rank}: {type(fault).__name__}: {first}" + (f" ({detail[1]})" if detail else "")
 
 
 class FailureWatch(UserCallback):

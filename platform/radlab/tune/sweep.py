@@ -249,7 +249,7 @@ def run_sweep(raw: dict, where: str, resume: bool = False, verbose: bool = True,
     trials = expand(raw, where)
     experiment = parse_experiment(raw, where)
     sweep = experiment.sweep
-    logs = init_ray(experiment.ray, verbose, dashboard=True)  # for the stopped trials' resources
+    logs = init_ray(experiment.ray, verbose)
     if logs and not verbose and say is not None:
         say(f"Ray's own logs and each trial's output: {logs} (--verbose shows them here)")
     try:

@@ -420,16 +420,16 @@ def test_skipped_images_are_counted_on_every_rank(ray_session, synthetic_root, t
 def test_a_dead_workers_cause_names_why_ray_ended_its_process():
     """A failed health check says only that a worker is gone; Ray's exit detail says why (here its
     placement group removed, as Ray's state API on another Ray once made Ray Train's cleaner do)."""
+    from ray.core.generated.common_pb2 import ActorDiedErrorContext
     from ray.exceptions import ActorDiedError
     from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
-    died = ActorDiedError.__new__(ActorDiedError)
-    Exception.__init__(died)
-    died.error_msg = (
-        "The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker\n\tpid: 8232\n"
-        "The actor is dead because its worker process has died. Worker exit type: INTENDED_SYSTEM_EXIT Worker exit "
-        "detail: Destroying worker since its placement group was removed. Placement group id: 61182e7f54de938b943f54"
-        "768a2701000000, bundle index: 0")
+    # As Ray builds it from the GCS's record of the dead actor.
+    died = ActorDiedError(ActorDiedErrorContext(
+        class_name="RayTrainWorker", actor_id=bytes.fromhex("311e198c98944b6fac00f1c901000000"), pid=8232,
+        error_message="The actor is dead because its worker process has died. Worker exit type: INTENDED_SYSTEM_EXIT "
+                      "Worker exit detail: Destroying worker since its placement group was removed. Placement group "
+                      "id: 61182e7f54de938b943f54768a2701000000, bundle index: 0"))
     cause = failure_cause({0: WorkerHealthCheckFailedError("A worker health check failed.", died),
                            1: RuntimeError("gloo: connection closed by peer")})
     assert cause == ("worker 0: WorkerHealthCheckFailedError: A worker health check failed. (Destroying worker since "

@@ -103,6 +103,21 @@ def test_submit_runs_an_experiment_on_the_cluster(cluster, mlflow_server, synthe
     assert MlflowClient(mlflow_server).get_run(version.run_id).data.params["ray.precision"] == native
 
 
+def test_precision_auto_with_no_node_to_ask_is_refused_by_name(cluster, synthetic_root, tmp_path):
+    """A worker larger than any node: `auto` has no node to ask, so the run stops before training
+    with the one line that says what to set."""
+    raw = experiment_dict(synthetic_root, tmp_path, stage2={"enabled": False}, eval={"enabled": False},
+                          tracking={"uri": f"sqlite:///{tmp_path}/mlflow.db", "register_as": None},
+                          ray={"precision": "auto", "cpus_per_worker": 8, "max_failures": 0})
+    raw["name"] = "auto-no-node"
+    project = _project(tmp_path, raw)
+    job_id = jobs.submit(cluster["address"], parse_experiment(raw, "t"), project / "experiments/exp.yaml", [], project)
+    assert _wait(cluster["address"], job_id, 180) == "FAILED"
+    log = jobs.logs(cluster["address"], job_id)
+    assert "ray.precision auto: no node of the cluster can hold a worker of 8 CPUs" in log, log[-3000:]
+    assert "set ray.precision: fp32" in log and "[stage1] step" not in log
+
+
 def test_jobs_verbs_name_what_is_wrong(cluster):
     address = cluster["address"]
     result = CliRunner().invoke(app, ["jobs", "logs", "radlab-no-such-job", "--address", address])

@@ -151,6 +151,10 @@ def cluster_precision(config: RayConfig, timeout_s: float = 60) -> str:
                           f"{config.cpus_per_worker:g} CPUs yet to ask; set ray.precision: fp32, or bf16 where "
                           f"the workers' CPUs have avx512_bf16 or AMX")
     ask = ray.remote(num_cpus=0)(cpu_has_native_bf16)
-    native = ray.get([ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-                      for node in nodes], timeout=timeout_s)
-    return "bf16" if all(native) else "fp32"
+    asked = [ask.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote() for node in nodes]
+    answered, _ = ray.wait(asked, num_returns=len(asked), timeout=timeout_s)
+    if len(answered) < len(asked):
+        raise ConfigError(f"ray.precision auto: {len(asked) - len(answered)} of the cluster's {len(asked)} nodes that can "
+                          f"hold a worker did not say within {timeout_s:g} s whether their CPUs have avx512_bf16 or "
+                          f"AMX; set ray.precision: fp32, or bf16 where they have")
+    return "bf16" if all(ray.get(asked)) else "fp32"

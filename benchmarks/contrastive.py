@@ -35,7 +35,7 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.formats.tokenizer import TokenizerFiles, train_tokenizer  # noqa: E402
-from radlab.runtime import embedded_ray_options  # noqa: E402
+from radlab.runtime import start_embedded_ray  # noqa: E402
 from radlab.train.stages import StageJob, train_on_worker  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def main() -> None:
         experiment = parse_experiment({"name": "bench", "data": {"synthetic": {
             "root": str(root / "synthetic"), "n_train": 2 * args.per_worker * 10, "n_val": 50, "n_test": 1}}}, "b")
         train_tokenizer(training_texts(experiment.data), root / "tokenizer")
-        ray.init(**embedded_ray_options(2), log_to_driver=False)  # as radlab starts its own Ray
+        start_embedded_ray(2, log_to_driver=False)  # as radlab starts its own Ray
         last: dict[int, dict] = {}
         runs = itertools.count()  # each measurement its own Ray Train run, so none resumes another
 

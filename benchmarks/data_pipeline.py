@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 from radlab.data.image_pipeline import BATCH, image_dataset  # noqa: E402
 from radlab.formats.images import ImageTransform, load_image  # noqa: E402
-from radlab.runtime import embedded_ray_options  # noqa: E402
+from radlab.runtime import start_embedded_ray  # noqa: E402
 
 SIZE = 518
 
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--memory-side", type=int, default=2048)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
-    ray.init(**embedded_ray_options(cores), log_to_driver=False)  # as radlab starts its own Ray
+    start_embedded_ray(cores, log_to_driver=False)  # as radlab starts its own Ray
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp) / "speed", args.images, args.side)
         # Warm: Ray Data's workers start and import the decoders (once per worker, as in a long

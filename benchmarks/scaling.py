@@ -26,7 +26,7 @@ from ray.train.torch import TorchConfig, TorchTrainer  # noqa: E402
 from radlab.config import parse_experiment  # noqa: E402
 from radlab.data.dataset import training_texts  # noqa: E402
 from radlab.formats.tokenizer import TokenizerFiles, train_tokenizer  # noqa: E402
-from radlab.runtime import embedded_ray_options  # noqa: E402
+from radlab.runtime import start_embedded_ray  # noqa: E402
 from radlab.train.stages import StageJob, train_on_worker  # noqa: E402
 
 V100_FP16_TFLOPS = 125.0     # SXM2 tensor-core peak
@@ -81,7 +81,7 @@ def main() -> None:
         experiment = parse_experiment({"name": "b", "data": {"synthetic": {
             "root": str(root / "synthetic"), "n_train": 2048, "n_val": 1, "n_test": 1}}}, "b")
         train_tokenizer(training_texts(experiment.data), root / "tokenizer")
-        ray.init(**embedded_ray_options(2), log_to_driver=False)  # as radlab starts its own Ray
+        start_embedded_ray(2, log_to_driver=False)  # as radlab starts its own Ray
         runs = itertools.count()  # each measurement its own Ray Train run, so none resumes another
         rates = alternate({f"{w} worker{'s' if w > 1 else ''}": lambda w=w: tiny_rate(root, w, args.steps,
                                                                                      f"{w}-{next(runs)}")

@@ -49,7 +49,7 @@ from radlab.model.build import build_model  # noqa: E402
 from radlab.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from radlab.model.generation import generate_batch, inference_model  # noqa: E402
 from radlab.model.sampling import Sampling  # noqa: E402
-from radlab.runtime import embedded_ray_options  # noqa: E402
+from radlab.runtime import start_embedded_ray  # noqa: E402
 from radlab.serve.app import report_app  # noqa: E402
 from radlab.serve.deploy import throughput_serving_env  # noqa: E402
 
@@ -138,7 +138,7 @@ def main() -> None:
         torch.set_num_threads(args.replica_cpus)
         # The two applications' replicas answer on 8799 and 8800, in the order they deploy, or the proxy on 8799.
         env = {} if args.proxy else throughput_serving_env(8799, replicas=2)
-        ray.init(**embedded_ray_options(os.cpu_count(), env), log_to_driver=False)  # as `radlab serve` starts it
+        start_embedded_ray(os.cpu_count(), env, log_to_driver=False)  # as `radlab serve` starts it
         serve.start(http_options={"host": "127.0.0.1", "port": 8799 if args.proxy else 0})
         serve.run(report_app({"model": str(folder), "max_new_tokens": args.max_new_tokens, "max_batch_size": 32,
                              "batch_wait_timeout_s": args.batch_wait, "batch_idle_s": args.batch_idle},

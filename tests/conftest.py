@@ -76,9 +76,9 @@ def experiment_dict(synthetic_root: Path, workdir: Path, **sections) -> dict:
 def ray_session():
     import ray
 
-    from radlab.runtime import embedded_ray_options
+    from radlab.runtime import start_embedded_ray
 
-    ray.init(**embedded_ray_options(4, {"HF_HUB_OFFLINE": "1"}))
+    start_embedded_ray(4, {"HF_HUB_OFFLINE": "1"})
     yield ray
     ray.shutdown()
 

@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import json, os, ray
 from radlab.config import RayConfig
@@ -65,3 +67,56 @@ def test_the_processes_of_an_embedded_ray_ask_its_own_state_api():
                           env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "ALIVE"
+
+
+PORT_RACE_PROBE = """
+import json, os, socket
+import ray
+import radlab.runtime as runtime
+from radlab.config import RayConfig
+
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+chosen = [taken.getsockname()[1]]
+choose = runtime.free_loopback_port
+runtime.free_loopback_port = lambda: chosen.pop() if chosen else choose()  # another process got there first
+runtime.init_ray(RayConfig(workers=1, num_cpus=1), verbose=False)
+
+
+@ray.remote(num_cpus=0)
+def ask_the_state_api():
+    from ray.util.state import list_nodes
+
+    return os.environ["RAY_API_SERVER_ADDRESS"], len(list_nodes(timeout=30))
+
+
+api, nodes = ray.get(ask_the_state_api.remote())
+print(json.dumps({"taken": taken.getsockname()[1], "api": api, "nodes": nodes}))
+ray.shutdown()
+"""
+
+
+def test_an_embedded_ray_whose_dashboard_port_was_taken_starts_on_another_and_says_so():
+    """Two runs started at once may choose the same free port for their dashboards: the second Ray
+    refuses the port before starting anything, and is started on another, which every process of
+    it is told, with a line on stderr saying why."""
+    done = subprocess.run([sys.executable, "-c", PORT_RACE_PROBE], capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not seen["api"].endswith(f":{seen['taken']}") and seen["nodes"] == 1
+    assert (f"Ray's dashboard port {seen['taken']} was taken by another process before Ray started (attempt 1 of 3); "
+            "starting Ray on another port") in done.stderr
+
+
+def test_precision_auto_refuses_a_cluster_whose_nodes_do_not_answer_in_time(ray_session):
+    """The nodes are asked by tasks; where they do not answer within the wait (a node whose raylet
+    hangs), the run is refused with what to set instead of waiting on."""
+    from radlab.config import ConfigError, RayConfig
+    from radlab.runtime import cluster_precision
+
+    with pytest.raises(ConfigError, match=r"ray.precision auto: 1 of the cluster's 1 nodes that can hold a worker did "
+                                          r"not say within 0 s .*; set ray.precision: fp32"):
+        cluster_precision(RayConfig(workers=1, cpus_per_worker=1), timeout_s=0)
+    assert cluster_precision(RayConfig(workers=1, cpus_per_worker=1)) in ("bf16", "fp32")

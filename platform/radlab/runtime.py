@@ -47,6 +47,29 @@ def embedded_ray_options(num_cpus: int, env: dict[str, str] | None = None) -> di
             "dashboard_port": port, "runtime_env": {"env_vars": env}}
 
 
+DASHBOARD_PORT_TRIES = 3
+
+
+def start_embedded_ray(num_cpus: int, env: dict[str, str] | None = None, **init_args):
+    """`ray.init` of an embedded Ray (address "local": a Ray of its own, even where another Ray runs
+    on this machine). The dashboard's port is chosen free, and another process may bind it before
+    Ray does (two runs started at once): Ray then refuses before starting anything, and it is
+    started again on another port, saying so on stderr; a refusal of anything else is raised."""
+    import ray
+
+    for attempt in range(1, DASHBOARD_PORT_TRIES):
+        options = embedded_ray_options(num_cpus, env)
+        try:
+            return ray.init(**options, **init_args)
+        except ValueError as err:
+            if "already occupied" not in str(err):
+                raise
+            print(f"Ray's dashboard port {options['dashboard_port']} was taken by another process before Ray "
+                  f"started (attempt {attempt} of {DASHBOARD_PORT_TRIES}); starting Ray on another port",
+                  file=sys.stderr, flush=True)
+    return ray.init(**embedded_ray_options(num_cpus, env), **init_args)
+
+
 def end_on_sigterm() -> None:
     """SIGTERM (a scheduler, `kill`) ends the command like Ctrl-C, so its runs are marked KILLED;
     set after Ray starts, whose core worker installs a handler of its own that aborts the process."""
@@ -90,9 +113,7 @@ def init_ray(config: RayConfig, verbose: bool = True, embedded_env: dict[str, st
         context = ray.init(address=address, log_to_driver=verbose, logging_level=level)
     else:
         cpus = config.num_cpus or max(os.cpu_count() or 1, int(config.workers * config.cpus_per_worker) + 1)
-        # address="local": a Ray of its own, even where another Ray runs on this machine.
-        context = ray.init(**embedded_ray_options(cpus, embedded_env), log_to_driver=verbose,
-                           logging_level=level)
+        context = start_embedded_ray(cpus, embedded_env, log_to_driver=verbose, logging_level=level)
     end_on_sigterm()  # after Ray: its core worker installs an aborting SIGTERM handler of its own
     logs = os.path.join(context.address_info["session_dir"], "logs")
     if not verbose:

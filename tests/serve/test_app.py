@@ -254,9 +254,9 @@ def test_a_replica_serve_restarts_is_said_with_serves_reason(served):
 CONTROLLER_LOST = """
 import json, sys, time, httpx, ray
 from ray import serve
-from radlab.runtime import embedded_ray_options
+from radlab.runtime import start_embedded_ray
 from radlab.serve.deploy import HealthWatch
-ray.init(**embedded_ray_options(2), logging_level="ERROR", log_to_driver=False)
+start_embedded_ray(2, logging_level="ERROR", log_to_driver=False)
 serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
 @serve.deployment
 class Echo:

@@ -11,7 +11,8 @@ CONSOLIDATION = Finding("consolidation", "right", "lower", "moderate")
 
 def test_exact_counts():
     ref = write_findings([EFFUSION, CONSOLIDATION])
-    assert judge_pair(ref, ref)[0].total_significant == 0
+    same = judge_pair(ref, ref)[0]
+    assert same.significant == same.insignificant == dict.fromkeys("ABCDEF", 0)
     wrong = write_findings([Finding("effusion", "right", None, "moderate"), Finding("nodule", "left", "upper")])
     counts, explanation = judge_pair(ref, wrong)
     assert counts.significant == {"A": 1, "B": 1, "C": 1, "D": 0, "E": 0, "F": 0}

@@ -22,8 +22,9 @@ def validate(path: Path, overrides: Overrides = None,
              skip_files: Annotated[bool, typer.Option(help="do not check that the files it names exist here (e.g. "
                                                            "before `radlab submit` to a cluster that has them)")] = False
              ) -> None:
-    """Check an experiment YAML (and overrides): the schema, the files it names, the judge's key,
-    the memory plan; print the resolved config or what is wrong."""
+    """Check an experiment YAML (and overrides); print the resolved config or what is wrong.
+
+    Checked: the schema, the files it names, the judge's key, the memory plan."""
     from radlab.config import missing_inputs
     from radlab.model.build import check_half_weights_stepped
     from radlab.model.memory import experiment_plans

@@ -100,16 +100,9 @@ class ParseError(AnswerUnusable):
 
 @dataclass
 class Counts:
+    """One judgment: the errors of each of the six kinds (letters A-F), clinically significant and not."""
     significant: dict[str, int]
     insignificant: dict[str, int]
-
-    @property
-    def total_significant(self) -> int:
-        return sum(self.significant.values())
-
-    @property
-    def total_insignificant(self) -> int:
-        return sum(self.insignificant.values())
 
 
 _PAIR = re.compile(r"[\(\[]\s*['\"]?([A-Fa-f])['\"]?\s*[,:]\s*(\d+)\s*[\)\]]")

@@ -86,7 +86,7 @@ def test_gathered_batches_across_workers_equal_one_big_batch(tmp_path):
         mp.spawn(_worker, args=(free_port(), kind, str(out_dir)), nprocs=2)
         for rank in (0, 1):
             distributed_loss, grads = torch.load(out_dir / f"rank{rank}.pt")
-            assert abs(distributed_loss - float(loss)) < 1e-5, kind
+            assert abs(distributed_loss - loss.item()) < 1e-5, kind
             for grad, w in zip(grads, weights):
                 expected = w.grad if w.grad is not None else torch.zeros_like(w)
                 assert torch.allclose(grad, expected, atol=1e-5), kind

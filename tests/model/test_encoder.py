@@ -37,7 +37,7 @@ def test_save_load_round_trip_and_the_tower_plugs_into_the_report_model(tokenize
     pixels, ids, mask = _batch(tokenizer)
     with torch.no_grad():
         assert all(torch.allclose(a, b) for a, b in zip(encoder(pixels, ids, mask), loaded.encoder.eval()(pixels, ids, mask)))
-    assert float(loaded.encoder.logit_bias) == -10.0 and loaded.meta["step"] == 3
+    assert loaded.encoder.logit_bias.item() == -10.0 and loaded.meta["step"] == 3
     # The folder is a CLIP folder: the pair and its image tower load with transformers, and the
     # tower as model.vision.path.
     clip = CLIPModel.from_pretrained(folder).eval()

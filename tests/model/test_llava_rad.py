@@ -2,6 +2,7 @@
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,9 @@ def release(tmp_path):
     # The adapter as LLaVA's training script saved it with PEFT 0.4: adapter_config.json and
     # adapter_model.bin (keys without PEFT's adapter name), in the bf16 it trained in.
     adapter = tmp_path / "llava-rad"
-    peft_model = get_peft_model(lm, PeftLoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
+    with warnings.catch_warnings():  # peft asks transformers for a property transformers deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(lm, PeftLoraConfig(r=4, lora_alpha=8, target_modules=TARGETS))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_" in name:

@@ -96,7 +96,7 @@ def own_signal_handlers() -> Iterator[None]:
 
 def init_ray(config: RayConfig, verbose: bool = True, embedded_env: dict[str, str] | None = None) -> str | None:
     """Join `config.address`, or start an embedded Ray on 127.0.0.1 sized for the workers (see
-    `embedded_ray_options`); return the folder of Ray's logs (None when Ray was already started).
+    `start_embedded_ray`); return the folder of Ray's logs (None when Ray was already started).
     With `verbose` off, the workers' and Ray's own output stays in those logs instead of the
     console. `embedded_env`: variables for every process of an embedded Ray."""
     import ray

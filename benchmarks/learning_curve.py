@@ -85,7 +85,7 @@ def plain_point(experiment, tokenizer) -> tuple[float, float, dict]:
         train_stage(model, experiment, stage, tokenizer)
     seconds = time.perf_counter() - started
     predictions = generate_findings(model.eval(), tokenizer, experiment, image_transform(experiment.model.vision),
-                                    experiment.eval.split, experiment.eval.limit)
+                                    experiment.eval.split, experiment.eval.limit, template=experiment.stage2.template)
     scored = score(experiment, predictions)
     return seconds, scored.metrics[METRIC], per_report_scores(predictions, scored)
 
@@ -102,7 +102,7 @@ def untrained_errors(experiment, tokenizer) -> float:
     torch.manual_seed(experiment.seed)
     model = build_model(experiment.model, tokenizer, experiment.data.max_length)
     predictions = generate_findings(model.eval(), tokenizer, experiment, image_transform(experiment.model.vision),
-                                    experiment.eval.split, experiment.eval.limit)
+                                    experiment.eval.split, experiment.eval.limit, template=experiment.stage2.template)
     return score(experiment, predictions).metrics[METRIC]
 
 

@@ -9,7 +9,7 @@ from radlab.data.dataset import DataError, ReportDataset, load_examples, read_ma
 from radlab.data.stats import experiment_cards, left_out_lines
 from radlab.formats.batch import collate
 from radlab.formats.images import ImageTransform
-from radlab.formats.prompts import IGNORE_INDEX, encode_example
+from radlab.formats.prompts import IGNORE_INDEX, VICUNA_SYSTEM, encode_example, render_prompt
 
 RECORD = {"id": "a", "image": "img.png", "generate_method": "gpt4", "view": "PA", "indication": "cough",
           "conversations": [{"from": "human", "value": "<image>\nDescribe."}, {"from": "gpt", "value": "Clear lungs."}]}
@@ -33,6 +33,26 @@ def test_the_plain_template_ends_the_findings_with_a_newline_and_no_eos(tokenize
     assert tokenizer.decode(trained) == "No pneumothorax.\n"
     assert tokenizer.eos_token_id not in encoded.input_ids
     assert encoded.input_ids[0] == tokenizer.bos_token_id and encoded.labels[0] == IGNORE_INDEX
+
+
+def test_the_image_last_chat_puts_the_findings_at_one_distance_from_the_image(tokenizer):
+    # The same chat turn with <image> at its end: whatever the indication's length, the findings
+    # start the same number of tokens after the image; with the image first, they move with it.
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+
+    def gap(template: str, indication: str) -> int:
+        human = f"<image>\nProvide a description of the findings given the following indication: {indication}"
+        encoded = encode_example(tokenizer, template, human, "No pneumothorax.", 16, 2048)
+        last_image = max(i for i, t in enumerate(encoded.input_ids) if t == image_id)
+        first_target = next(i for i, label in enumerate(encoded.labels) if label != IGNORE_INDEX)
+        return first_target - last_image
+
+    indications = ["cough", "chest pain after a fall from a ladder with shortness of breath"]
+    assert len({gap("vicuna_v1_image_last", text) for text in indications}) == 1
+    assert len({gap("vicuna_v1", text) for text in indications}) == 2
+    prompt = render_prompt("vicuna_v1_image_last", "<image>\nDescribe.")
+    assert prompt == f"{VICUNA_SYSTEM} USER: Describe.\n<image> ASSISTANT:"
+    assert render_prompt("vicuna_v1", "<image>\nDescribe.") == f"{VICUNA_SYSTEM} USER: <image>\nDescribe. ASSISTANT:"
 
 
 def test_manifest_forms_and_errors(tmp_path):

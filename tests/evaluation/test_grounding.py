@@ -44,8 +44,8 @@ def test_a_model_that_ignores_the_image_is_caught(tokenizer, synthetic_root, tmp
         for parameter in model.model.multi_modal_projector.parameters():
             parameter.zero_()
     transform = image_transform(experiment.model.vision)
-    predictions = generate_findings(model, tokenizer, experiment, transform, "test", 3)
-    metrics, table = grounding_checks(model, tokenizer, experiment, transform, predictions)
+    predictions = generate_findings(model, tokenizer, experiment, transform, "test", 3, template="vicuna_v1")
+    metrics, table = grounding_checks(model, tokenizer, "vicuna_v1", experiment, transform, predictions)
     assert metrics["grounding/blank_image_identical_share"] == 1.0
     assert metrics["grounding/blank_image_rouge_l"] == 100.0
     assert table["blank_image"] == table["generated"] == [p["candidate"] for p in predictions]

@@ -55,6 +55,16 @@ def test_a_checkpoint_keeps_the_image_transform_it_was_trained_with(tokenizer, t
         load_checkpoint(folder, expect=tiny())
 
 
+def test_a_checkpoint_keeps_the_prompt_template_it_was_trained_on(tokenizer, tmp_path):
+    """Evaluation, serving and the export prompt a model with the template it was trained on, read
+    from the checkpoint, whatever the experiment they run in says."""
+    model = build_model(tiny(), tokenizer)
+    folder = save_checkpoint(tmp_path / "last", model, tokenizer, tiny(), None, {"template": "vicuna_v1_image_last"})
+    assert load_checkpoint(folder).template == "vicuna_v1_image_last"
+    unrecorded = save_checkpoint(tmp_path / "unrecorded", model, tokenizer, tiny(), None, {})
+    assert load_checkpoint(unrecorded).template == "vicuna_v1"
+
+
 def test_failed_write_leaves_the_previous_checkpoint_intact(tokenizer, tmp_path):
     model = build_model(tiny(), tokenizer)
     save_checkpoint(tmp_path / "ckpt", model, tokenizer, tiny(), None, {"step": 1})

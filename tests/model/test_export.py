@@ -12,23 +12,27 @@ from radlab.model.generation import generate_texts
 
 TINY = ModelConfig.model_validate({"preset": "tiny"})
 HUMAN = "Provide a description of the findings in the radiology image."
+LORA = LoraConfig(r=4, alpha=8, dropout=0.0)
 
 
 @pytest.fixture()
 def lora_checkpoint(tokenizer, tmp_path):
     torch.manual_seed(0)
-    lora = LoraConfig(r=4, alpha=8, dropout=0.0)
-    model = apply_lora(build_model(TINY, tokenizer, 256), lora)
+    model = apply_lora(build_model(TINY, tokenizer, 256), LORA)
     with torch.no_grad():   # LoRA B starts at zero; give the adapters weight so merging matters
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.5)
-    folder = save_checkpoint(tmp_path / "ckpt", model, tokenizer, TINY, lora, {"template": "vicuna_v1"})
+    folder = save_checkpoint(tmp_path / "ckpt", model, tokenizer, TINY, LORA, {"template": "vicuna_v1"})
     return model.eval(), folder
 
 
-def test_export_loads_in_transformers_and_generates_the_same_tokens(lora_checkpoint, tokenizer, synthetic_root, tmp_path):
+@pytest.mark.parametrize("template", ["vicuna_v1", "vicuna_v1_image_last"])
+def test_export_loads_in_transformers_and_generates_the_same_tokens(lora_checkpoint, tokenizer, synthetic_root, tmp_path,
+                                                                    template):
     model, folder = lora_checkpoint
+    if template != "vicuna_v1":
+        folder = save_checkpoint(tmp_path / template, model, tokenizer, TINY, LORA, {"template": template})
     out = export_hf(folder, tmp_path / "hf")
     exported = LlavaForConditionalGeneration.from_pretrained(out).eval()
     processor = AutoProcessor.from_pretrained(out)
@@ -38,13 +42,13 @@ def test_export_loads_in_transformers_and_generates_the_same_tokens(lora_checkpo
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(images=image.convert("RGB"), text=prompt, return_tensors="pt")
     # The processor reproduces radlab's inputs: the same ids (image tokens expanded) and pixels.
-    ours = encode_prompt(tokenizer, render_prompt("vicuna_v1", HUMAN), 16)
+    ours = encode_prompt(tokenizer, render_prompt(template, HUMAN), 16)
     assert inputs["input_ids"][0].tolist() == ours
     pixels = load_checkpoint(folder).transform(image)
     assert torch.allclose(inputs["pixel_values"][0], pixels, atol=1e-5)
     with torch.no_grad():
         theirs = exported.generate(**inputs, max_new_tokens=12, do_sample=False)
-    expected = generate_texts(model, tokenizer, [pixels], [HUMAN], "vicuna_v1", 12)
+    expected = generate_texts(model, tokenizer, [pixels], [HUMAN], template, 12)
     assert processor.decode(theirs[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip() == expected[0]
     assert expected[0]
     # <image> is never generated, in transformers as in radlab

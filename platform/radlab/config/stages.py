@@ -21,7 +21,7 @@ class StageConfig(Section):
     micro_batch: int = Field(8, ge=1)
     train: list[Trainable] = ["projector"]
     lora: LoraConfig | None = None
-    template: Literal["plain", "vicuna_v1"] = "vicuna_v1"
+    template: Literal["plain", "vicuna_v1", "vicuna_v1_image_last"] = "vicuna_v1"
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(50, ge=1, description="optimizer steps between checkpoints")

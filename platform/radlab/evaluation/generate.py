@@ -1,4 +1,4 @@
-"""Batched greedy generation of findings for a split, with the model's stage-2 prompt template."""
+"""Batched greedy generation of findings for a split, with the model's prompt template."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from radlab.model.generation import generate_texts
 def generate_findings(model, tokenizer, experiment: Experiment, transform: ImageTransform, split: str,
                       limit: int | None = None, batch_size: int | None = None, max_new_tokens: int | None = None,
                       progress: Callable[[int], None] | None = None,
-                      alter: Callable[[Image.Image], Image.Image] | None = None) -> list[dict]:
-    """Predictions `{id, patient, image, indication, reference, candidate}` for the split's examples, their
-    images by the model's `transform`; `progress(n)` after each batch of n; `alter` changes each
-    image first (the grounding checks mirror or blank it).
+                      alter: Callable[[Image.Image], Image.Image] | None = None, *, template: str) -> list[dict]:
+    """Predictions `{id, patient, image, indication, reference, candidate}` for the split's examples,
+    their prompts in the model's `template` (the one it was trained on: `Loaded.template`) and their
+    images by its `transform`; `progress(n)` after each batch of n; `alter` changes each image first
+    (the grounding checks mirror or blank it).
 
     An image that does not decode yields a record with `error` set and no candidate, so it is
     counted rather than silently dropped.
     """
     examples = split_examples(experiment.data, split)[:limit]
-    template = experiment.stage2.template if experiment.stage2.enabled else experiment.stage1.template
     size = batch_size or experiment.eval.batch_size
     model.eval()
     predictions = []

@@ -74,16 +74,17 @@ def attribute_misses(references: list[str], candidates: list[str]) -> tuple[dict
     return {a: np.array(v) for a, v in misses.items()}, report_of
 
 
-def grounding_checks(model, tokenizer, experiment: Experiment, transform: ImageTransform, predictions: list[dict],
-                     progress: Callable[[int], None] | None = None) -> tuple[dict[str, float], dict[str, list]]:
+def grounding_checks(model, tokenizer, template: str, experiment: Experiment, transform: ImageTransform,
+                     predictions: list[dict], progress: Callable[[int], None] | None = None
+                     ) -> tuple[dict[str, float], dict[str, list]]:
     """(the grounding metrics with 95% intervals, a per-report table) for `predictions`, the
-    model's generations on the evaluation split (its images by `transform`)."""
+    model's generations on the evaluation split (its prompts in `template`, its images by `transform`)."""
     cfg = experiment.eval
     kept = [p for p in predictions if "candidate" in p]
     generated = {}
     for name, alter in (("mirrored", ImageOps.mirror), ("blank", blank)):
         runs = generate_findings(model, tokenizer, experiment, transform, cfg.split, cfg.limit, progress=progress,
-                                 alter=alter)
+                                 alter=alter, template=template)
         generated[name] = {r["id"]: r.get("candidate", "") for r in runs}
     originals = [p["candidate"] for p in kept]
     mirrored = [generated["mirrored"][p["id"]] for p in kept]

@@ -45,12 +45,13 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
     model = inference_model(loaded.model, *pick_device_dtype("auto", "auto"))
     with counted(console, f"generating findings ({cfg.split})", reports) as advance:
         trained = generate_findings(model, loaded.tokenizer, experiment, loaded.transform, cfg.split, cfg.limit,
-                                    progress=advance)
+                                    progress=advance, template=loaded.template)
     with counted(console, "judging", sum("candidate" in p for p in trained)) as advance:
         scored = score(experiment, trained, advance)
     if experiment.runs_grounding:
         with counted(console, "grounding: generating on mirrored and blank images", 2 * reports) as advance:
-            grounding, table = grounding_checks(model, loaded.tokenizer, experiment, loaded.transform, trained, advance)
+            grounding, table = grounding_checks(model, loaded.tokenizer, loaded.template, experiment, loaded.transform,
+                                                trained, advance)
         scored.metrics |= grounding
         tracker.log_table(run_id, table, "eval/trained/grounding.json")
     log_evaluation(tracker, run_id, experiment, trained, scored)
@@ -61,7 +62,7 @@ def evaluate_checkpoint(experiment: Experiment, folder: Path, tracker: Tracker, 
                                           *pick_device_dtype("auto", "auto"))
         with counted(console, "generating findings (untrained model)", reports) as advance:
             untrained = generate_findings(untrained_model, loaded.tokenizer, experiment, loaded.transform, cfg.split,
-                                          cfg.limit, progress=advance)
+                                          cfg.limit, progress=advance, template=loaded.template)
         with counted(console, "judging (untrained model)", sum("candidate" in p for p in untrained)) as advance:
             base = score(experiment, untrained, advance)
         log_evaluation(tracker, run_id, experiment, untrained, base, "untrained/")

@@ -14,12 +14,18 @@ SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 
 
 def render_prompt(template: str, human: str) -> str:
-    """The text before the answer. `plain` (stage 1) keeps only the image; `vicuna_v1` the chat."""
-    if IMAGE_TOKEN not in human:
-        human = f"{IMAGE_TOKEN}\n{human}"
+    """The text before the answer. `plain` (stage 1) keeps only the image; `vicuna_v1` the chat,
+    the image first in the user's turn (LLaVA's and LLaVA-Rad's order); `vicuna_v1_image_last` the
+    same chat with the image at the end of the user's turn, right before the answer, so that the
+    findings start at the same distance from the image whatever the instruction and indication."""
     if template == "plain":
         return IMAGE_TOKEN
+    if template == "vicuna_v1_image_last":
+        text = human.replace(IMAGE_TOKEN, "").strip()
+        return f"{VICUNA_SYSTEM} USER: {text}\n{IMAGE_TOKEN} ASSISTANT:"
     if template == "vicuna_v1":
+        if IMAGE_TOKEN not in human:
+            human = f"{IMAGE_TOKEN}\n{human}"
         return f"{VICUNA_SYSTEM} USER: {human} ASSISTANT:"
     raise ValueError(f"unknown template {template!r}")
 

@@ -55,6 +55,12 @@ class Loaded:
     meta: dict
     transform: ImageTransform
 
+    @property
+    def template(self) -> str:
+        """The prompt template the model was last trained on, which generation must use
+        (checkpoints that do not record one were trained on LLaVA's chat)."""
+        return self.meta.get("template", "vicuna_v1")
+
 
 def save_checkpoint(dest: Path, model: torch.nn.Module, tokenizer, model_config: ModelConfig,
                     lora: LoraConfig | None, meta: dict, train_state: dict | None = None,

@@ -24,17 +24,22 @@ PROBE = "Provide a description of the findings in the radiology image."
 
 def chat_template(template: str, bos: bool, junction: str) -> str:
     """radlab's prompt (`formats.prompts.render_prompt`) as a chat template for `apply_chat_template`:
-    the user turn's text after "<image>\n", then the assistant's findings. `bos`: a BOS token, for a
-    tokenizer that does not add one itself. `junction`: text after <image> that makes transformers'
-    whole-text tokenization give radlab's ids: radlab, as LLaVA's tokenizer_image_token, tokenizes
-    the text after <image> as a piece of its own, which a SentencePiece tokenizer starts with "▁"."""
+    the user turn's <image> and text in the template's order, then the assistant's findings. `bos`:
+    a BOS token, for a tokenizer that does not add one itself. `junction`: text after <image> that
+    makes transformers' whole-text tokenization give radlab's ids: radlab, as LLaVA's
+    tokenizer_image_token, tokenizes the text after <image> as a piece of its own, which a
+    SentencePiece tokenizer starts with "▁"."""
     start = "{{ bos_token }}" if bos else ""
     if template == "plain":
         return start + IMAGE_TOKEN
+    text = ("{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+            "{% endfor %}")
+    if template == "vicuna_v1_image_last":
+        user = text + "{{ '\\n' }}" + IMAGE_TOKEN + junction  # transformers' trim_blocks drops a newline after a tag
+    else:
+        user = IMAGE_TOKEN + junction + "\n" + text
     return (start + VICUNA_SYSTEM + " {% for message in messages %}{% if message['role'] == 'user' %}USER: "
-            + IMAGE_TOKEN + junction + "\n"
-            "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-            "{% endfor %} ASSISTANT:{% else %}"
+            + user + " ASSISTANT:{% else %}"
             "{% for part in message['content'] %}{% if part['type'] == 'text' %} {{ part['text'] }}{% endif %}"
             "{% endfor %}{{ eos_token }}{% endif %}{% endfor %}")
 
@@ -81,7 +86,7 @@ def export_hf(checkpoint: Path, out: Path, merge_lora: bool = True) -> Path:
                 if k in ("size", "crop_size", "do_center_crop", "resample", "image_mean", "image_std")}
     image_processor = CLIPImageProcessorPil(**settings)
     tokenizer = loaded.tokenizer
-    processor = matching_processor(checkpoint, tokenizer, image_processor, config, loaded.meta.get("template", "vicuna_v1"),
+    processor = matching_processor(checkpoint, tokenizer, image_processor, config, loaded.template,
                                    loaded.model_config.vision.num_image_tokens)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

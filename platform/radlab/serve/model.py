@@ -34,7 +34,7 @@ class ServedModel:
             torch.set_num_threads(max(1, int(cpus)))  # as many threads as the replica has CPUs (ray_actor_options)
         self.model = inference_model(loaded.model, self.device, self.dtype)
         self.tokenizer = loaded.tokenizer
-        self.template = loaded.meta.get("template", "vicuna_v1")
+        self.template = loaded.template
         self.transform = loaded.transform
         self.version = f"{loaded.meta.get('stage', '?')}@{loaded.meta.get('step', '?')}"
 

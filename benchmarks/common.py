@@ -30,19 +30,19 @@ def spread(values: list[float], digits: int = 1) -> str:
 
 
 def report(benchmark: str, measure: str, ours: list[float], baseline: list[float], baseline_name: str, unit: str,
-           goal: float | None, higher_is_better: bool = True) -> bool | None:
+           goal: float | None, higher_is_better: bool = True, digits: int = 1) -> bool | None:
     """Print ours against the baseline (medians, ranges, the ratio of medians with the range of the
     per-round ratios) and whether the goal on that ratio is met (None: a figure without a goal);
-    record the row."""
+    record the row. `digits`: the figures' decimals."""
     ratio = statistics.median(ours) / statistics.median(baseline)
     per_round = [o / b for o, b in zip(ours, baseline)]
     met = None if goal is None else ratio >= goal if higher_is_better else ratio <= goal
     target = "" if goal is None else f"{'>=' if higher_is_better else '<='} {goal}x"
-    print(f"{measure}: {spread(ours)} vs {baseline_name} {spread(baseline)} {unit} (median, min-max of "
+    print(f"{measure}: {spread(ours, digits)} vs {baseline_name} {spread(baseline, digits)} {unit} (median, min-max of "
           f"{len(ours)} rounds); ratio {ratio:.2f}x ({min(per_round):.2f}-{max(per_round):.2f})"
           + ("" if goal is None else f"; goal {target}: {'met' if met else 'NOT met'}"), flush=True)
-    record({"benchmark": benchmark, "measure": measure, "ours": spread(ours), "baseline": f"{baseline_name} "
-            f"{spread(baseline)}", "unit": unit, "ratio": round(ratio, 3), "goal": target, "met": met})
+    record({"benchmark": benchmark, "measure": measure, "ours": spread(ours, digits), "baseline": f"{baseline_name} "
+            f"{spread(baseline, digits)}", "unit": unit, "ratio": round(ratio, 3), "goal": target, "met": met})
     return met
 
 

@@ -143,7 +143,7 @@ def main() -> None:
     for minutes in args.minutes:
         points = {side: [at(minutes, curves[side, seed]) for seed in args.seeds] for side in ("plain", "radlab")}
         report("learning_curve", f"significant errors per report after {minutes:g} min of training",
-               points["radlab"], points["plain"], "plain loop", "errors/report", 1.1, higher_is_better=False)
+               points["radlab"], points["plain"], "plain loop", "errors/report", 1.1, higher_is_better=False, digits=3)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,19 @@
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from radlab.config import LoraConfig, ModelConfig
 from radlab.formats.images import load_image
-from radlab.formats.prompts import encode_prompt, render_prompt
-from radlab.model.build import ModelError, apply_lora, build_model
+from radlab.formats.prompts import encode_prompt, findings_prompt, render_prompt
+from radlab.formats.tokenizer import load_tokenizer
+from radlab.model.build import ModelError, apply_lora, build_model, llava_config
 from radlab.model.checkpoint import load_checkpoint, save_checkpoint
-from radlab.model.export import export_hf
+from radlab.model.export import export_hf, matching_processor
 from radlab.model.generation import generate_texts
+
+from .test_llava_rad import FINDINGS, vicuna_release
 
 TINY = ModelConfig.model_validate({"preset": "tiny"})
 HUMAN = "Provide a description of the findings in the radiology image."
@@ -53,6 +58,23 @@ def test_export_loads_in_transformers_and_generates_the_same_tokens(lora_checkpo
     assert expected[0]
     # <image> is never generated, in transformers as in radlab
     assert exported.generation_config.suppress_tokens == [tokenizer.convert_tokens_to_ids("<image>")]
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "vicuna_v1_image_last"])
+def test_the_exported_chat_template_gives_radlabs_ids_with_the_released_vicuna_tokenizer(tokenizer, tmp_path, template):
+    """Vicuna's SentencePiece tokenizer (lmsys' files, tiny) starts a piece after <image> with "▁":
+    the processor the export writes must still give the ids radlab trains with, in either order."""
+    vicuna = load_tokenizer(vicuna_release(tmp_path / "vicuna", FINDINGS + [HUMAN]))
+    tokens = TINY.vision.num_image_tokens
+    processor = matching_processor(tmp_path, vicuna, CLIPImageProcessorPil(size={"shortest_edge": 64},
+                                                                            crop_size={"height": 64, "width": 64}),
+                                   llava_config(build_model(TINY, tokenizer, 256)), template, tokens)
+    human = findings_prompt("cough")
+    text = human.removeprefix("<image>\n")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    ids = processor(images=Image.new("RGB", (64, 64)), text=prompt)["input_ids"][0]
+    assert list(ids) == encode_prompt(vicuna, render_prompt(template, human), tokens)
 
 
 def test_merged_lora_equals_the_adapters(lora_checkpoint, tmp_path):

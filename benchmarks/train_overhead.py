@@ -13,13 +13,17 @@ which warm up; the first epoch decodes, the later ones read the examples each wo
 `data.cache_mb`), against the plain loop's over the same steps, and its wall-clock rate (start to
 end of the stage on the driver: worker start-up, data, checkpoints and reports included) are both
 printed, and the wall time the in-loop rate does not account for (the whole `radlab run` of one
-stage: Ray Train's worker start-up, data, checkpoints, tracking).
+stage: Ray Train's worker start-up, data, checkpoints, tracking), beside what Ray Train alone takes
+to start and end a worker group as a stage's (the same workers and CPUs, a function that imports
+what a stage's workers import, radlab's training code with torch, transformers, peft and MLflow,
+and reports one checkpoint): the part of that time radlab's own work could shorten is the rest.
 Goals: in-loop >= 0.95x the plain loop with 1 worker and with 2; start-up under 8 s per stage.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import tempfile
 import time
@@ -91,6 +95,27 @@ def plain_loop_in_a_ray_train_worker(experiment, tokenizer) -> float:
     return result.metrics["samples_per_s"]
 
 
+def ray_train_alone(experiment) -> float:
+    """Seconds from `fit()` to its return for a worker group like a stage's whose function imports a
+    stage's code and reports one empty checkpoint."""
+
+    def train(config: dict) -> None:
+        for module in ("radlab.train.recipe", "radlab.train.findings"):  # what a stage's workers import
+            importlib.import_module(module)
+
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = ray.train.Checkpoint.from_directory(folder) if ray.train.get_context().get_world_rank() == 0 \
+                else None
+            ray.train.report({}, checkpoint=checkpoint)
+
+    init_ray(experiment.ray, verbose=False)
+    started = time.perf_counter()
+    TorchTrainer(train, scaling_config=ray.train.ScalingConfig(
+        num_workers=experiment.ray.workers, resources_per_worker={"CPU": experiment.ray.cpus_per_worker}),
+        run_config=ray.train.RunConfig(storage_path=experiment.ray.storage_path)).fit()
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=120)
@@ -119,9 +144,14 @@ def main() -> None:
             startups[workers].append(wall - args.steps * GLOBAL_BATCH / in_loop)
             return in_loop
 
+        def alone(workers: int) -> float:
+            return ray_train_alone(parse_experiment(experiment_raw(root, args.steps, workers, 0), "bench"))
+
         rates = alternate({"plain": lambda: plain_loop(experiment, tokenizer),
                            "plain in a Ray Train worker": lambda: plain_loop_in_a_ray_train_worker(experiment, tokenizer),
-                           "radlab 1 worker": lambda: radlab(1), "radlab 2 workers": lambda: radlab(2)}, args.rounds)
+                           "radlab 1 worker": lambda: radlab(1), "radlab 2 workers": lambda: radlab(2),
+                           "Ray Train alone, 1 worker (s)": lambda: alone(1),
+                           "Ray Train alone, 2 workers (s)": lambda: alone(2)}, args.rounds)
     report("train_overhead", "stage 1 samples/s, the plain loop inside a Ray Train worker",
            rates["plain in a Ray Train worker"], rates["plain"], "plain loop on all threads", "samples/s", None)
     for workers in (1, 2):
@@ -132,6 +162,10 @@ def main() -> None:
                "plain loop on all threads", "samples/s", None)
         check("train_overhead", f"time beyond the training loop (run and worker start-up, checkpoints, tracking), "
               f"{name}", startups[workers], "s", 8, higher_is_better=False)
+        report("train_overhead", f"time beyond the training loop, {name}", startups[workers],
+               rates[f"Ray Train alone, {name.removeprefix('radlab ')} (s)"],
+               "Ray Train alone: its worker group started, importing a stage's code, one checkpoint reported, ended",
+               "s", None, higher_is_better=False)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from common import alternate, report
 from radlab.config import JudgeConfig
 from radlab.data.synthetic import draw_findings, write_findings
 from radlab.evaluation.judge_client import JudgeClient
-from radlab.evaluation.reference_judge import create_app, free_port
+from radlab.evaluation.reference_judge import create_app
+from radlab.runtime import free_loopback_port
 
 
 def serve_judge(port: int, latency: float) -> None:
@@ -36,7 +37,7 @@ def serve_judge(port: int, latency: float) -> None:
 @contextmanager
 def judge_process(latency: float):
     """The judge in a process of its own, as a remote endpoint would be (not sharing our GIL)."""
-    port = free_port()
+    port = free_loopback_port()
     process = multiprocessing.get_context("spawn").Process(target=serve_judge, args=(port, latency), daemon=True)
     process.start()
     deadline = time.time() + 60

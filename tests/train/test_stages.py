@@ -154,6 +154,37 @@ def test_a_manifest_edited_in_place_is_not_the_data_a_finished_stage_saw(synthet
     assert all(stage_key(experiment, s) != key for s, key in before.items())
 
 
+def test_images_exported_again_to_the_same_paths_are_not_what_a_finished_stage_saw(synthetic_root, tmp_path):
+    """A rerun over training images written again at the same paths (another resolution, windowing or
+    quality: other sizes) keys every stage anew; the same images copied with new modification times
+    keep the keys. Each rerun is a process of its own, as `radlab run` is."""
+    import yaml
+
+    root = tmp_path / "site"
+    shutil.copytree(synthetic_root, root)
+    raw = experiment_dict(synthetic_root, tmp_path)
+    raw["data"] = {"mixture": [{"name": "site", "manifest": str(root / "train.jsonl")}], "image_root": str(root),
+                   "eval_manifest": str(root / "test.jsonl"), "val_manifest": str(root / "val.jsonl")}
+    raw["eval"] = {"metrics": ["rouge_l"]}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(raw))
+    code = ("import json, sys; from radlab.config import load_experiment; from radlab.train.stages import stage_key; "
+            "e = load_experiment(sys.argv[1]); print(json.dumps({s: stage_key(e, s) for s in ('stage0', 'stage1', 'stage2')}))")
+
+    def keys() -> dict:
+        run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "experiment.yaml")], capture_output=True,
+                             text=True, check=True)
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    before = keys()
+    image = root / json.loads((root / "train.jsonl").read_text().splitlines()[0])["image"]
+    for path in (root / "images").rglob("*.png"):  # copied again: the same bytes, new modification times
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert keys() == before
+    image.write_bytes(image.read_bytes() + b"\0")  # exported again: other bytes at the same path
+    after = keys()
+    assert all(after[s] != before[s] for s in before)
+
+
 def test_a_model_folder_written_again_in_place_is_not_what_a_finished_stage_built_on(synthetic_root, tmp_path):
     """A language model folder rewritten at the same path (a new conversion, other weights) keys
     stages 1 and 2 anew; stage 0, which does not read it, keeps its key."""

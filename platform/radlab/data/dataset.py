@@ -284,3 +284,33 @@ def _bytes_digest(files: tuple[tuple[str, int, int], ...]) -> str:
     for path, _size, _modified in files:
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def images_digest(config: DataConfig) -> str:
+    """A hash of the training images' paths and sizes, part of each stage's key: images written again
+    at the same paths (exported anew at another resolution, windowing or quality, which changes their
+    sizes) are trained on afresh, while the same set copied elsewhere and mounted at the same path
+    (new modification times) is reused. Read once per process for each version of the manifests."""
+    return _sizes_digest(manifest_digest(config), config.model_dump_json())
+
+
+@functools.lru_cache(maxsize=16)
+def _sizes_digest(manifests: str, config_json: str) -> str:
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = sorted({str(e.image) for e in split_examples(DataConfig.model_validate_json(config_json), "train")})
+
+    def sizes_of(chunk: list[str]) -> list[int | None]:
+        sizes = []
+        for path in chunk:
+            try:
+                sizes.append(Path(path).stat().st_size)
+            except OSError:
+                sizes.append(None)  # a missing image is read, and counted as unreadable, by training itself
+        return sizes
+
+    # Threads, each over a chunk: on a shared file system each size is a round trip to the server.
+    with ThreadPoolExecutor(32) as pool:
+        sizes = [size for chunk in pool.map(sizes_of, [paths[i:i + 1024] for i in range(0, len(paths), 1024)])
+                 for size in chunk]
+    return hashlib.sha256(json.dumps([manifests, *zip(paths, sizes)]).encode()).hexdigest()[:16]

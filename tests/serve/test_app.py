@@ -291,7 +291,7 @@ def test_a_controller_that_stops_answering_is_said_and_serving_goes_on():
 
 
 RADLAB_SERVE_OWN_RAY = """
-import ipaddress, json, os, signal, sys, time, httpx, psutil
+import ipaddress, json, os, re, signal, sys, time, httpx, psutil
 from radlab.serve.deploy import deploy, undeploy
 folder, port = sys.argv[1], int(sys.argv[2])
 url, _ = deploy({"model": folder, "max_new_tokens": 8}, {"num_cpus": 1}, "127.0.0.1", port, verbose=True)
@@ -301,12 +301,15 @@ def listeners():
     return [(c.laddr.ip, c.laddr.port, c.pid, titles[c.pid]) for c in psutil.net_connections(kind="inet")
             if c.status == psutil.CONN_LISTEN and c.pid in titles]
 
+def actor(title):  # the title less the ".<method>" Ray adds to an actor's title while it runs that method
+    return re.sub(r"^(ray::[^ .]+)\\.\\S+", r"\\1", title.split()[0])
+
 def answered():
     return httpx.post(f"{url}/v1/reports", files={"image": ("x.png", open(sys.argv[3], "rb"))}, timeout=60).status_code
 
 first = [(pid, title) for _, p, pid, title in listeners() if p == port]
-result = {"url": url, "answered": answered(), "on_port": [title.split()[0] for _, title in first],
-          "wildcard": sorted(t.split()[0] for ip, _, _, t in listeners() if not ipaddress.ip_address(ip).is_loopback
+result = {"url": url, "answered": answered(), "on_port": [actor(title) for _, title in first],
+          "wildcard": sorted(actor(t) for ip, _, _, t in listeners() if not ipaddress.ip_address(ip).is_loopback
                              and not ip.endswith("127.0.0.1"))}
 os.kill(first[0][0], signal.SIGKILL)  # a replica that dies: Serve starts another on the same port
 deadline = time.time() + 90
@@ -317,7 +320,7 @@ while time.time() < deadline:
         break
     except httpx.TransportError:
         pass
-result["on_port_again"] = [t.split()[0] for _, p, pid, t in listeners() if p == port and pid != first[0][0]]
+result["on_port_again"] = [actor(t) for _, p, pid, t in listeners() if p == port and pid != first[0][0]]
 undeploy()
 print(json.dumps(result))
 """
@@ -391,9 +394,11 @@ def test_dtype_choice_per_device():
 
 
 def listening_sockets() -> list[tuple[str, str]]:
-    """(bound address, process title) of every listening socket of this test and the Ray it started."""
+    """(bound address, process) of every listening socket of this test and the Ray it started: the
+    process's title, less the ".<method>" Ray adds to an actor's title while it runs that method."""
     me = psutil.Process()
-    titles = {p.pid: " ".join(p.cmdline()) for p in [me, *me.children(recursive=True)]}
+    titles = {p.pid: re.sub(r"^(ray::[^ .]+)\.\S+", r"\1", " ".join(p.cmdline()))
+              for p in [me, *me.children(recursive=True)]}
     return [(c.laddr.ip, titles[c.pid]) for c in psutil.net_connections(kind="inet")
             if c.status == psutil.CONN_LISTEN and c.pid in titles]
 

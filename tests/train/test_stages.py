@@ -168,7 +168,8 @@ def test_images_exported_again_to_the_same_paths_are_not_what_a_finished_stage_s
     raw["eval"] = {"metrics": ["rouge_l"]}
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(raw))
     code = ("import json, sys; from radlab.config import load_experiment; from radlab.train.stages import stage_key; "
-            "e = load_experiment(sys.argv[1]); print(json.dumps({s: stage_key(e, s) for s in ('stage0', 'stage1', 'stage2')}))")
+            "e = load_experiment(sys.argv[1]); "
+            "print(json.dumps({s: stage_key(e, s) for s in ('stage0', 'stage1', 'stage2')}))")
 
     def keys() -> dict:
         run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "experiment.yaml")], capture_output=True,

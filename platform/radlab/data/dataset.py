@@ -10,6 +10,7 @@ import json
 import logging
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -296,8 +297,8 @@ def images_digest(config: DataConfig) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _sizes_digest(manifests: str, config_json: str) -> str:
-    from concurrent.futures import ThreadPoolExecutor
-
+    """The digest of the training images' paths and sizes. `manifests`, the manifests' digest, is
+    there for the cache: a manifest edited in place is read again."""
     paths = sorted({str(e.image) for e in split_examples(DataConfig.model_validate_json(config_json), "train")})
 
     def sizes_of(chunk: list[str]) -> list[int | None]:
@@ -313,4 +314,4 @@ def _sizes_digest(manifests: str, config_json: str) -> str:
     with ThreadPoolExecutor(32) as pool:
         sizes = [size for chunk in pool.map(sizes_of, [paths[i:i + 1024] for i in range(0, len(paths), 1024)])
                  for size in chunk]
-    return hashlib.sha256(json.dumps([manifests, *zip(paths, sizes)]).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(list(zip(paths, sizes))).encode()).hexdigest()[:16]

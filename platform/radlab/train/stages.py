@@ -63,10 +63,11 @@ def train_on_worker(config: dict) -> None:
 def stage_key(experiment: Experiment, stage: str) -> str:
     """What a stage's result depends on: a rerun with the same key reuses the finished stage. The
     training manifests' bytes, the sizes of the images they name and the files of the local model
-    folders it builds on are part of it (a manifest edited in place, images exported again to the same
-    paths, or a tower imported again into the same folder, is not what the stage saw); settings that only change how data is read (data.stream, data.cache_mb), how many
-    checkpoints are kept (keep_last) or what later stages do with the tower (model.vision.frozen,
-    for stage 0) are left out."""
+    folders it builds on are part of it (a manifest edited in place, images exported again to the
+    same paths, or a tower imported again into the same folder, is not what the stage saw); settings
+    that only change how data is read (data.stream, data.cache_mb), how many checkpoints are kept
+    (keep_last) or what later stages do with the tower (model.vision.frozen, for stage 0) are left
+    out."""
     from radlab.data.dataset import images_digest, manifest_digest
 
     dump = experiment.model_dump(mode="json")
@@ -88,8 +89,7 @@ def stage_key(experiment: Experiment, stage: str) -> str:
     # many workers share the global batch is not.
     optimizer = {} if stage == "stage0" else {"precision": dump["ray"]["precision"], "deepspeed": dump["ray"]["deepspeed"]}
     parts = {"data": data, "manifests": manifest_digest(experiment.data), "images": images_digest(experiment.data),
-             "model": model,
-             "folders": {name: folder_files(path) for name, path in folders.items() if path},
+             "model": model, "folders": {name: folder_files(path) for name, path in folders.items() if path},
              **{s: dump[s] for s in upto}, **optimizer, "seed": dump["seed"]}
     parts = {k: v for k, v in parts.items() if not (k in STAGES and not v["enabled"])}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:10]

@@ -12,7 +12,7 @@ from radlab.runtime import init_ray
 
 init_ray(RayConfig(workers=1, num_cpus=1), verbose=False)
 seen = ray.get(ray.remote(lambda: {k: os.environ.get(k) for k in (
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_USAGE_STATS_ENABLED")}).remote())
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "RAY_USAGE_STATS_ENABLED")}).remote())
 print(json.dumps(seen))
 ray.shutdown()
 """
@@ -27,10 +27,13 @@ def embedded_ray_sees(env: dict) -> dict:
 
 def test_the_embedded_ray_polls_train_workers_often_unless_the_environment_says_otherwise():
     """Ray Train's controller, which runs in Ray's processes, polls every 0.25 s on the embedded Ray
-    (a report with a checkpoint and the end of a stage wait for its poll); a value the user set wins."""
-    default = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": None}
-    assert embedded_ray_sees(default) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_USAGE_STATS_ENABLED": "0"}
-    assert embedded_ray_sees({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5"})["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5"
+    (a report with a checkpoint and the end of a stage wait for its poll) and starts no preemption
+    watcher (tests/train/test_stages.py checks none ran); a value the user set wins."""
+    default = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": None, "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": None}
+    assert embedded_ray_sees(default) == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+                                          "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    mine = embedded_ray_sees({"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "1"})
+    assert mine["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5" and mine["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
 
 
 STATE_PROBE = """

@@ -105,6 +105,10 @@ def test_a_stage_kept_behind_a_storage_url_is_recorded_there_and_reused(ray_sess
     assert run_stage(StageJob(experiment, "stage1", tokenizer_files)).checkpoint.path == first.checkpoint.path
     assert time.perf_counter() - started < 2  # no worker group was started
     assert list(work.iterdir()) == []
+    # The embedded Ray is one machine that nothing drains: Ray Train started no preemption watcher.
+    from ray.util.state import list_actors
+
+    assert list_actors(filters=[("class_name", "=", "PreemptionWatcher")]) == []
 
 
 def test_the_module_ray_trains_controller_unpickles_does_not_import_torch():

@@ -1,4 +1,3 @@
-import dataclasses
 import json
 from collections import Counter
 
@@ -103,7 +102,7 @@ def test_corrupt_image_is_skipped_and_counted(synthetic_root, tokenizer, tmp_pat
     examples = load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:3]
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG garbage")
-    examples[1] = dataclasses.replace(examples[1], image=broken)
+    examples[1].image = broken
     dataset = ReportDataset(examples, tokenizer, "plain", 64, ImageTransform(64), 512)
     batch = collate([dataset[i] for i in range(3)], tokenizer.pad_token_id)
     assert batch["skipped"] == 1
@@ -116,11 +115,11 @@ def test_corrupt_image_is_skipped_and_counted(synthetic_root, tokenizer, tmp_pat
 def test_prepared_examples_are_kept_up_to_the_cache_size(synthetic_root, tokenizer, tmp_path):
     """The examples a cache keeps come back identical after their images are gone; the ones past
     its size are read again (here: no longer there, skipped)."""
-    originals = []
-    for example in load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:4]:
+    originals = load_examples(synthetic_root / "train.jsonl", synthetic_root, ["AP", "PA"])[:4]
+    for example in originals:
         copy = tmp_path / example.image.name
         copy.write_bytes(example.image.read_bytes())
-        originals.append(dataclasses.replace(example, image=copy))
+        example.image = copy
     plain = ReportDataset(originals, tokenizer, "plain", 64, ImageTransform(64), 512)
     first = [plain[i] for i in range(4)]
     two = sum(64 * 64 + 36 * (len(item["input_ids"]) + len(item["labels"])) for item in first[:2])  # uint8 image, ids
@@ -173,24 +172,3 @@ def test_selecting_or_training_on_the_test_set_is_refused(tmp_path, data, messag
                                  "eval_manifest": test, **data}, "eval": {"metrics": ["rouge_l"]}}
     with pytest.raises(ConfigError, match=message):
         parse_experiment(raw, "t")
-
-
-def test_a_manifest_is_read_once_per_version(tmp_path, monkeypatch):
-    from radlab.data import dataset
-
-    reads = []
-    monkeypatch.setattr(dataset, "read_manifest", lambda path: reads.append(path) or read_manifest(path))
-    path = tmp_path / "m.jsonl"
-    records = [dict(RECORD, id=str(i), view="LATERAL" if i == 2 else "PA") for i in range(3)]
-    path.write_text("\n".join(json.dumps(r) for r in records))
-    first, left_out = load_examples(path, None, ["PA"]), Counter()
-    first.clear()  # a caller's list is its own
-    assert [e.id for e in load_examples(path, None, ["PA"], left_out=left_out)] == ["0", "1"]
-    assert left_out == {"view LATERAL not in data.views": 1} and len(reads) == 1
-    assert [e.id for e in load_examples(path, None, ["PA", "LATERAL"])] == ["0", "1", "2"] and len(reads) == 2
-    path.write_text(json.dumps(dict(RECORD, id="new")) + "\n")  # written again in place
-    assert [e.id for e in load_examples(path, None, ["PA"])] == ["new"] and len(reads) == 3
-    replacement = tmp_path / "next.jsonl"
-    replacement.write_text(json.dumps(dict(RECORD, id="wen")) + "\n")  # the same size, renamed onto it
-    replacement.replace(path)
-    assert [e.id for e in load_examples(path, None, ["PA"])] == ["wen"] and len(reads) == 4

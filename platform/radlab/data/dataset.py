@@ -33,7 +33,7 @@ class DataError(RadlabError, ValueError):
     """A manifest or record that cannot be used; the message names the file and line."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Example:
     id: str
     image: Path
@@ -125,42 +125,17 @@ def left_out_because(example: Example, views: list[str], methods: list[str] | No
 def load_examples(manifest: Path, image_root: Path | None, views: list[str],
                   methods: list[str] | None = None, left_out: Counter | None = None) -> list[Example]:
     """Examples of one manifest with a non-empty findings text, of the wanted views and methods;
-    `left_out` counts the other records by their reason. Read once per process for each version
-    of the file (its size, modification time and inode): a run asks for its training examples
-    several times (each stage's steps, the dataset cards, the images' digest, the tokenizer's
-    texts), which on a manifest of hundreds of thousands of records is seconds each."""
-    manifest = Path(manifest)
-    kept, reasons = _examples(file_version(manifest), str(image_root or manifest.parent), tuple(views),
-                              None if methods is None else tuple(methods))
-    if left_out is not None:
-        left_out.update(dict(reasons))
-    return list(kept)
-
-
-def file_version(path: Path) -> tuple[str, int, int, int]:
-    """(path, size, modification time, inode): what changes when a file is written again, in place or
-    by a rename onto it."""
-    if not path.is_file():
-        raise DataError(f"{path}: manifest not found")
-    stat = path.stat()
-    return str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino
-
-
-@functools.lru_cache(maxsize=8)
-def _examples(version: tuple[str, int, int, int], root: str, views: tuple[str, ...],
-              methods: tuple[str, ...] | None) -> tuple[tuple[Example, ...], tuple[tuple[str, int], ...]]:
-    """The kept examples and the left-out records' reasons with their counts; `version` names the
-    file and keys the cache."""
-    manifest = Path(version[0])
-    out, left_out = [], Counter()
+    `left_out` counts the other records by their reason."""
+    root = image_root or manifest.parent
+    out = []
     for i, record in enumerate(read_manifest(manifest)):
-        example = to_example(record, Path(root), f"{manifest} record {i}")
-        reason = left_out_because(example, list(views), list(methods) if methods else None)
+        example = to_example(record, root, f"{manifest} record {i}")
+        reason = left_out_because(example, views, methods)
         if reason is None:
             out.append(example)
-        else:
+        elif left_out is not None:
             left_out[reason] += 1
-    return tuple(out), tuple(left_out.items())
+    return out
 
 
 def synthetic_root(config: DataConfig) -> Path:
@@ -292,17 +267,22 @@ def stage_dataset(experiment: Experiment, tokenizer, split: str, template: str,
 def manifest_digest(config: DataConfig) -> str:
     """A hash of the training manifests' bytes: logged so a run names the exact data it saw, and part
     of each stage's key, so a manifest edited in place is trained on afresh. Read once per version of
-    the files (`file_version`), as a run asks for it several times."""
+    the files (their sizes and modification times), as a run asks for it several times."""
     paths = ([synthetic_root(config) / SPLIT_FILES["train"]] if config.synthetic
              else [Path(s.manifest) for s in config.mixture])
-    versions = [file_version(path) for path in paths]
+    versions = []
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"{path}: manifest not found")
+        stat = path.stat()
+        versions.append((str(path), stat.st_size, stat.st_mtime_ns))
     return _bytes_digest(tuple(versions))
 
 
 @functools.lru_cache(maxsize=16)
-def _bytes_digest(files: tuple[tuple[str, int, int, int], ...]) -> str:
+def _bytes_digest(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path, *_version in files:
+    for path, _size, _modified in files:
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:16]
 
